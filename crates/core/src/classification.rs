@@ -1,0 +1,95 @@
+//! The classification extension: an output requested with `classification: k`
+//! comes back as BYTES `"<value>:<index>[:<label>]"`, top k per batch item,
+//! as Triton formats it.
+
+use crate::datatype::DataType;
+use crate::error::{Error, Result};
+use crate::tensor::{join_bytes_elements, Tensor};
+use half::{bf16, f16};
+
+/// Reads every element of a fixed-size tensor as f64.
+pub fn to_f64(datatype: DataType, data: &[u8]) -> Result<Vec<f64>> {
+    macro_rules! read {
+        ($t:ty, $n:expr) => {
+            data.chunks_exact($n).map(|c| <$t>::from_le_bytes(c.try_into().unwrap_or([0; $n])) as f64).collect()
+        };
+    }
+    Ok(match datatype {
+        DataType::Bool | DataType::U8 => data.iter().map(|b| *b as f64).collect(),
+        DataType::I8 => data.iter().map(|b| *b as i8 as f64).collect(),
+        DataType::U16 => read!(u16, 2),
+        DataType::I16 => read!(i16, 2),
+        DataType::U32 => read!(u32, 4),
+        DataType::I32 => read!(i32, 4),
+        DataType::U64 => read!(u64, 8),
+        DataType::I64 => read!(i64, 8),
+        DataType::F32 => read!(f32, 4),
+        DataType::F64 => read!(f64, 8),
+        DataType::F16 => data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
+        DataType::BF16 => data.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
+        DataType::Bytes => return Err(Error::invalid("classification needs a numeric output, not BYTES")),
+    })
+}
+
+fn format_value(datatype: DataType, v: f64) -> String {
+    match datatype {
+        DataType::F16 | DataType::BF16 | DataType::F32 | DataType::F64 => format!("{v:.6}"),
+        _ => format!("{}", v as i128),
+    }
+}
+
+/// Replaces `output` by its top-`k` classes per batch item.
+pub fn classify(output: &Tensor, batched: bool, k: usize, labels: Option<&[String]>) -> Result<Tensor> {
+    if k == 0 {
+        return Err(Error::invalid(format!("output '{}': classification count must be > 0", output.name)));
+    }
+    let values = to_f64(output.datatype, &output.data)
+        .map_err(|e| Error::invalid(format!("output '{}': {}", output.name, e.message)))?;
+    let batch = if batched { output.shape.first().copied().unwrap_or(1).max(0) as usize } else { 1 };
+    let per_item = if batch == 0 { 0 } else { values.len() / batch };
+    let k = k.min(per_item);
+    let mut strings = Vec::with_capacity(batch * k);
+    for item in 0..batch {
+        let row = &values[item * per_item..(item + 1) * per_item];
+        let mut idx: Vec<usize> = (0..row.len()).collect();
+        idx.sort_by(|a, b| row[*b].partial_cmp(&row[*a]).unwrap_or(std::cmp::Ordering::Equal));
+        for &i in idx.iter().take(k) {
+            let mut s = format!("{}:{}", format_value(output.datatype, row[i]), i);
+            if let Some(label) = labels.and_then(|l| l.get(i)) {
+                s.push(':');
+                s.push_str(label);
+            }
+            strings.push(s);
+        }
+    }
+    let shape = if batched { vec![batch as i64, k as i64] } else { vec![k as i64] };
+    let data = join_bytes_elements(strings.iter().map(|s| s.as_bytes()));
+    Ok(Tensor::new(output.name.clone(), DataType::Bytes, shape, data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::split_bytes_elements;
+
+    #[test]
+    fn top_k_with_labels() {
+        let vals: Vec<u8> = [0.1f32, 0.7, 0.2, 0.9, 0.05, 0.05].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let t = Tensor::new("p", DataType::F32, vec![2, 3], vals);
+        let labels = vec!["a".to_string(), "b".into(), "c".into()];
+        let out = classify(&t, true, 2, Some(&labels)).unwrap();
+        assert_eq!(out.shape, vec![2, 2]);
+        let parts = split_bytes_elements(&out.data, "p").unwrap();
+        assert_eq!(parts[0], b"0.700000:1:b");
+        assert_eq!(parts[1], b"0.200000:2:c");
+        assert_eq!(parts[2], b"0.900000:0:a");
+    }
+
+    #[test]
+    fn integers_print_without_decimals() {
+        let vals: Vec<u8> = [3i32, -1, 7].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let t = Tensor::new("o", DataType::I32, vec![3], vals);
+        let out = classify(&t, false, 1, None).unwrap();
+        assert_eq!(split_bytes_elements(&out.data, "o").unwrap(), vec![&b"7:2"[..]]);
+    }
+}

@@ -1,0 +1,166 @@
+//! Triton model configuration: parsed from `config.pbtxt` (text protobuf) or
+//! JSON, rendered as JSON with Triton's field names, and checked for the
+//! facts the service relies on.
+
+use crate::datatype::DataType;
+use crate::error::{Error, Result};
+use flotilla_proto::inference::{model_version_policy, ModelConfig, ModelInput, ModelOutput};
+use prost_reflect::{DeserializeOptions, DynamicMessage, ReflectMessage, SerializeOptions};
+
+const MODEL_CONFIG: &str = "inference.ModelConfig";
+
+fn descriptor() -> prost_reflect::MessageDescriptor {
+    flotilla_proto::descriptor_pool()
+        .get_message_by_name(MODEL_CONFIG)
+        .expect("inference.ModelConfig is in the compiled descriptor set")
+}
+
+/// Parses Triton's text-protobuf model configuration; `origin` names the file in errors.
+pub fn parse_pbtxt(text: &str, origin: &str) -> Result<ModelConfig> {
+    let msg = DynamicMessage::parse_text_format(descriptor(), text)
+        .map_err(|e| Error::invalid(format!("{origin}: invalid model configuration: {e}")))?;
+    msg.transcode_to::<ModelConfig>()
+        .map_err(|e| Error::invalid(format!("{origin}: invalid model configuration: {e}")))
+}
+
+/// Parses a model configuration in Triton's JSON form (as sent with a load request).
+pub fn parse_json(text: &str, origin: &str) -> Result<ModelConfig> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let opts = DeserializeOptions::new().deny_unknown_fields(true);
+    let msg = DynamicMessage::deserialize_with_options(descriptor(), &mut de, &opts)
+        .map_err(|e| Error::invalid(format!("{origin}: invalid model configuration JSON: {e}")))?;
+    msg.transcode_to::<ModelConfig>()
+        .map_err(|e| Error::invalid(format!("{origin}: invalid model configuration JSON: {e}")))
+}
+
+/// Renders a configuration as Triton does on `GET /v2/models/{m}/config`:
+/// proto field names, every field present, enums by name, 64-bit integers as strings.
+pub fn to_json(config: &ModelConfig) -> serde_json::Value {
+    let dynamic = config.transcode_to_dynamic();
+    let opts = SerializeOptions::new().use_proto_field_name(true).skip_default_fields(false);
+    dynamic
+        .serialize_with_options(serde_json::value::Serializer, &opts)
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Checks the facts the service relies on and fills Triton's defaults.
+pub fn validate(config: &mut ModelConfig, origin: &str) -> Result<()> {
+    if config.max_batch_size < 0 {
+        return Err(Error::invalid(format!("{origin}: max_batch_size must be >= 0, got {}", config.max_batch_size)));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for input in &config.input {
+        check_io(&input.name, input.data_type, &input.dims, "input", origin)?;
+        if !seen.insert(("input", input.name.as_str())) {
+            return Err(Error::invalid(format!("{origin}: input '{}' is declared twice", input.name)));
+        }
+    }
+    for output in &config.output {
+        check_io(&output.name, output.data_type, &output.dims, "output", origin)?;
+        if !seen.insert(("output", output.name.as_str())) {
+            return Err(Error::invalid(format!("{origin}: output '{}' is declared twice", output.name)));
+        }
+    }
+    if config.version_policy.as_ref().and_then(|p| p.policy_choice.as_ref()).is_none() {
+        config.version_policy = Some(flotilla_proto::inference::ModelVersionPolicy {
+            policy_choice: Some(model_version_policy::PolicyChoice::Latest(model_version_policy::Latest {
+                num_versions: 1,
+            })),
+        });
+    }
+    Ok(())
+}
+
+fn check_io(name: &str, data_type: i32, dims: &[i64], what: &str, origin: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::invalid(format!("{origin}: an {what} has no name")));
+    }
+    DataType::from_config(data_type).map_err(|e| Error::invalid(format!("{origin}: {what} '{name}': {e}")))?;
+    if let Some(d) = dims.iter().find(|d| **d < -1) {
+        return Err(Error::invalid(format!("{origin}: {what} '{name}' has dimension {d}; use -1 for variable")));
+    }
+    Ok(())
+}
+
+/// Protocol datatype of a configured input.
+pub fn input_datatype(input: &ModelInput) -> DataType {
+    DataType::from_config(input.data_type).unwrap_or(DataType::F32)
+}
+
+/// Protocol datatype of a configured output.
+pub fn output_datatype(output: &ModelOutput) -> DataType {
+    DataType::from_config(output.data_type).unwrap_or(DataType::F32)
+}
+
+/// Full shape as clients see it: `-1` batch dimension first when the model batches.
+pub fn full_shape(config: &ModelConfig, dims: &[i64]) -> Vec<i64> {
+    let mut shape = Vec::with_capacity(dims.len() + 1);
+    if config.max_batch_size > 0 {
+        shape.push(-1);
+    }
+    shape.extend_from_slice(dims);
+    shape
+}
+
+/// A `parameters { key: ... value { string_value: ... } }` entry of the config.
+pub fn parameter<'a>(config: &'a ModelConfig, key: &str) -> Option<&'a str> {
+    config.parameters.get(key).map(|p| p.string_value.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIMPLE: &str = r#"
+name: "simple"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [
+  { name: "INPUT0" data_type: TYPE_INT32 dims: [ 16 ] },
+  { name: "INPUT1" data_type: TYPE_INT32 dims: [ 16 ] }
+]
+output [ { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 16 ] } ]
+version_policy: { specific: { versions: [1, 3] } }
+instance_group [ { count: 2 kind: KIND_CPU } ]
+dynamic_batching { max_queue_delay_microseconds: 100 }
+parameters { key: "output_margin" value { string_value: "true" } }
+"#;
+
+    #[test]
+    fn parses_triton_pbtxt() {
+        let mut c = parse_pbtxt(SIMPLE, "config.pbtxt").unwrap();
+        validate(&mut c, "config.pbtxt").unwrap();
+        assert_eq!(c.name, "simple");
+        assert_eq!(c.max_batch_size, 8);
+        assert_eq!(c.input.len(), 2);
+        assert_eq!(c.input[1].dims, vec![16]);
+        assert_eq!(input_datatype(&c.input[0]), DataType::I32);
+        assert_eq!(c.instance_group[0].count, 2);
+        assert_eq!(parameter(&c, "output_margin"), Some("true"));
+        assert_eq!(full_shape(&c, &c.input[0].dims), vec![-1, 16]);
+    }
+
+    #[test]
+    fn json_matches_triton_field_names_and_round_trips() {
+        let c = parse_pbtxt(SIMPLE, "config.pbtxt").unwrap();
+        let json = to_json(&c);
+        assert_eq!(json["max_batch_size"], 8);
+        assert_eq!(json["input"][0]["data_type"], "TYPE_INT32");
+        assert_eq!(json["input"][0]["dims"][0], "16");
+        assert_eq!(json["dynamic_batching"]["max_queue_delay_microseconds"], "100");
+        let back = parse_json(&json.to_string(), "json").unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn bad_configs_name_the_problem() {
+        let e = parse_pbtxt("name: \"x\" max_batch_size: \"eight\"", "m/config.pbtxt").unwrap_err();
+        assert!(e.message.contains("m/config.pbtxt"), "{e}");
+        let e = parse_pbtxt("nmae: \"x\"", "c").unwrap_err();
+        assert!(e.message.contains("nmae"), "{e}");
+        let mut c = parse_pbtxt("input [{ name: \"a\" data_type: TYPE_FP32 dims: [-2] }]", "c").unwrap();
+        assert!(validate(&mut c, "c").unwrap_err().message.contains("-2"));
+        let mut c = parse_pbtxt("input [{ name: \"a\" dims: [1] }]", "c").unwrap();
+        assert!(validate(&mut c, "c").unwrap_err().message.contains("TYPE_INVALID"));
+    }
+}

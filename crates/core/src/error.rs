@@ -1,0 +1,119 @@
+//! The one error type of the service core, and the one table that maps each
+//! error kind to an HTTP status and a gRPC code.
+
+use std::fmt;
+
+/// What went wrong, as far as a client is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The request is malformed or does not match the model (400).
+    InvalidArgument,
+    /// Unknown model, version or output (404).
+    NotFound,
+    /// The model or server exists but cannot serve right now (503).
+    Unavailable,
+    /// The request body is larger than `--max-request-bytes` (413).
+    PayloadTooLarge,
+    /// A queue is full (429).
+    ResourceExhausted,
+    /// A deadline passed before the request ran (504).
+    DeadlineExceeded,
+    /// The operation is not allowed in the current mode (400 / FAILED_PRECONDITION).
+    FailedPrecondition,
+    /// The protocol feature is not implemented by Flotilla (501).
+    Unimplemented,
+    /// A real engine or server failure (500).
+    Internal,
+}
+
+/// Error returned by every core operation; the message names the field and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+// === impl Error ===
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidArgument, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+    pub fn unimplemented(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unimplemented, message)
+    }
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::PayloadTooLarge, message)
+    }
+    pub fn precondition(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::FailedPrecondition, message)
+    }
+
+    /// HTTP status code for this error (see [`status_table`]).
+    pub fn http_status(&self) -> u16 {
+        status_table(self.kind).0
+    }
+
+    /// gRPC status code for this error (see [`status_table`]).
+    pub fn grpc_code(&self) -> tonic::Code {
+        status_table(self.kind).1
+    }
+}
+
+/// The one table: error kind → (HTTP status, gRPC code). Matched exhaustively,
+/// so a new kind cannot be added without deciding both.
+pub const fn status_table(kind: ErrorKind) -> (u16, tonic::Code) {
+    use tonic::Code;
+    match kind {
+        ErrorKind::InvalidArgument => (400, Code::InvalidArgument),
+        ErrorKind::NotFound => (404, Code::NotFound),
+        ErrorKind::Unavailable => (503, Code::Unavailable),
+        ErrorKind::PayloadTooLarge => (413, Code::ResourceExhausted),
+        ErrorKind::ResourceExhausted => (429, Code::ResourceExhausted),
+        ErrorKind::DeadlineExceeded => (504, Code::DeadlineExceeded),
+        ErrorKind::FailedPrecondition => (400, Code::FailedPrecondition),
+        ErrorKind::Unimplemented => (501, Code::Unimplemented),
+        ErrorKind::Internal => (500, Code::Internal),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_internal_is_a_server_error() {
+        let kinds = [
+            ErrorKind::InvalidArgument,
+            ErrorKind::NotFound,
+            ErrorKind::PayloadTooLarge,
+            ErrorKind::ResourceExhausted,
+            ErrorKind::FailedPrecondition,
+        ];
+        for k in kinds {
+            assert!(status_table(k).0 < 500, "{k:?}");
+        }
+        assert_eq!(status_table(ErrorKind::Internal).0, 500);
+        assert_eq!(Error::invalid("x").grpc_code(), tonic::Code::InvalidArgument);
+    }
+}

@@ -1,0 +1,35 @@
+//! # Flotilla service core
+//!
+//! Everything between the protocol adapters and the engines.
+//!
+//! ## Layout
+//! - [`error`]: the one error type and the one table from error kind to HTTP status and gRPC code.
+//! - [`datatype`], [`tensor`], [`request`]: protocol-neutral tensors, requests and responses.
+//! - [`config`]: Triton's model configuration (`config.pbtxt`), parsed, validated and rendered as JSON.
+//! - [`engine`]: the [`engine::Engine`] trait engines implement and the [`engine::Backend`] trait that loads them.
+//! - [`pool`]: engine instances on dedicated threads (never on the async runtime).
+//! - [`repository`]: the model repository, version policies, control modes, atomic reload.
+//! - [`service`]: every protocol operation, once; HTTP and gRPC call into it.
+//! - [`classification`]: the classification extension.
+//! - [`stats`], [`metrics`]: Triton-shaped statistics and Prometheus metrics.
+#![forbid(unsafe_code)]
+
+pub mod classification;
+pub mod config;
+pub mod datatype;
+pub mod engine;
+pub mod error;
+pub mod metrics;
+pub mod pool;
+pub mod repository;
+pub mod request;
+pub mod service;
+pub mod stats;
+pub mod tensor;
+
+pub use datatype::DataType;
+pub use error::{Error, ErrorKind, Result};
+pub use flotilla_proto::inference::ModelConfig;
+pub use request::{InferRequest, InferResponse, ParamValue, Parameters, RequestedOutput};
+pub use service::Service;
+pub use tensor::Tensor;

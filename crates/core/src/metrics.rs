@@ -1,0 +1,110 @@
+//! Prometheus metrics: one registry, names prefixed `flotilla_`, histogram
+//! buckets defined here once.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// Latency buckets in seconds, shared by every duration histogram: 25 µs to 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+/// Every metric Flotilla exports.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Inference requests by model, version and outcome (`success` / `failure`).
+    pub inference_requests: IntCounterVec,
+    /// End-to-end inference request duration inside the service core.
+    pub request_duration: HistogramVec,
+    /// Time a request waited for an engine instance.
+    pub queue_duration: HistogramVec,
+    /// Engine phases: `compute_input`, `compute_infer`, `compute_output`.
+    pub compute_duration: HistogramVec,
+    /// 1 when a model version is ready to serve.
+    pub model_ready: IntGaugeVec,
+    /// Protocol responses by protocol (`http`/`grpc`), endpoint and status code.
+    pub responses: IntCounterVec,
+    /// Protocol request duration by protocol and endpoint.
+    pub response_duration: HistogramVec,
+}
+
+fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels)
+        .expect("static histogram definition is valid")
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("static counter definition is valid")
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mv = &["model", "version"];
+        let m = Self {
+            registry: Registry::new(),
+            inference_requests: counter(
+                "flotilla_inference_requests_total",
+                "Inference requests by model, version and outcome.",
+                &["model", "version", "outcome"],
+            ),
+            request_duration: histogram(
+                "flotilla_inference_request_duration_seconds",
+                "Inference request duration in the service core (queue and compute), seconds.",
+                mv,
+            ),
+            queue_duration: histogram(
+                "flotilla_inference_queue_duration_seconds",
+                "Time an inference request waited for an engine instance, seconds.",
+                mv,
+            ),
+            compute_duration: histogram(
+                "flotilla_inference_compute_duration_seconds",
+                "Engine time by phase (compute_input, compute_infer, compute_output), seconds.",
+                &["model", "version", "phase"],
+            ),
+            model_ready: IntGaugeVec::new(
+                Opts::new("flotilla_model_ready", "1 when the model version is loaded and ready."),
+                mv,
+            )
+            .expect("static gauge definition is valid"),
+            responses: counter(
+                "flotilla_responses_total",
+                "Protocol responses by protocol, endpoint and status code.",
+                &["protocol", "endpoint", "code"],
+            ),
+            response_duration: histogram(
+                "flotilla_response_duration_seconds",
+                "Protocol request duration by protocol and endpoint, seconds.",
+                &["protocol", "endpoint"],
+            ),
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.inference_requests.clone()),
+            Box::new(m.request_duration.clone()),
+            Box::new(m.queue_duration.clone()),
+            Box::new(m.compute_duration.clone()),
+            Box::new(m.model_ready.clone()),
+            Box::new(m.responses.clone()),
+            Box::new(m.response_duration.clone()),
+        ];
+        for c in collectors {
+            m.registry.register(c).expect("metric names are unique");
+        }
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let families = self.registry.gather();
+        prometheus::TextEncoder::new().encode_to_string(&families).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

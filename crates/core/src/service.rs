@@ -1,0 +1,389 @@
+//! The service layer: every protocol operation, once. HTTP and gRPC adapters
+//! decode into these calls and encode what they return; neither holds logic.
+
+use crate::classification::classify;
+use crate::config::{self, full_shape, input_datatype, output_datatype};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::repository::{IndexEntry, ModelVersion, Repository};
+use crate::request::{InferRequest, InferResponse};
+use crate::stats::{BatchTiming, StatsSnapshot};
+use crate::tensor::Tensor;
+use flotilla_proto::inference::ModelConfig;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Protocol extensions Flotilla implements, as reported in server metadata.
+pub const EXTENSIONS: &[&str] = &[
+    "classification",
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "model_configuration",
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
+];
+
+/// Server-wide options of the service layer.
+#[derive(Debug, Clone)]
+pub struct ServiceOptions {
+    pub server_name: String,
+    pub server_version: String,
+    /// Ready only when every model the server was asked to serve is ready (Triton's default).
+    pub strict_readiness: bool,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        Self {
+            server_name: "flotilla".into(),
+            server_version: env!("CARGO_PKG_VERSION").into(),
+            strict_readiness: true,
+        }
+    }
+}
+
+/// Tensor metadata (name, datatype, full shape with -1 for variable dims).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorMeta {
+    pub name: String,
+    pub datatype: String,
+    pub shape: Vec<i64>,
+}
+
+/// Model metadata as the protocol reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelMetadata {
+    pub name: String,
+    pub versions: Vec<String>,
+    pub platform: String,
+    pub inputs: Vec<TensorMeta>,
+    pub outputs: Vec<TensorMeta>,
+}
+
+/// Statistics of one model version.
+#[derive(Debug, Clone)]
+pub struct VersionStats {
+    pub name: String,
+    pub version: String,
+    pub stats: StatsSnapshot,
+}
+
+/// The service shared by the HTTP and gRPC adapters.
+pub struct Service {
+    pub repository: Arc<Repository>,
+    pub metrics: Metrics,
+    options: ServiceOptions,
+    draining: AtomicBool,
+}
+
+// === impl Service ===
+
+impl Service {
+    pub fn new(repository: Arc<Repository>, metrics: Metrics, options: ServiceOptions) -> Self {
+        Self { repository, metrics, options, draining: AtomicBool::new(false) }
+    }
+
+    pub fn options(&self) -> &ServiceOptions {
+        &self.options
+    }
+
+    pub fn live(&self) -> bool {
+        true
+    }
+
+    /// Ready to take inference traffic: not draining and, with strict readiness, every wanted model ready.
+    pub fn ready(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed) && (!self.options.strict_readiness || self.repository.all_ready())
+    }
+
+    /// Marks the server as shutting down: readiness turns false, in-flight requests finish.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn model_ready(&self, name: &str, version: &str) -> Result<bool> {
+        match self.repository.get(name, version) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind == crate::error::ErrorKind::Unavailable => Ok(false),
+            Err(e) if e.kind == crate::error::ErrorKind::NotFound && !version.is_empty() => {
+                self.repository.model(name).map(|_| false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn model_metadata(&self, name: &str, version: &str) -> Result<ModelMetadata> {
+        let mv = self.repository.get(name, version)?;
+        let model = self.repository.model(name)?;
+        let c = &mv.config;
+        let meta = |n: &str, dt: crate::datatype::DataType, dims: &[i64]| TensorMeta {
+            name: n.to_string(),
+            datatype: dt.as_str().to_string(),
+            shape: full_shape(c, dims),
+        };
+        Ok(ModelMetadata {
+            name: name.to_string(),
+            versions: model.versions.keys().map(u64::to_string).collect(),
+            platform: if c.platform.is_empty() { c.backend.clone() } else { c.platform.clone() },
+            inputs: c.input.iter().map(|i| meta(&i.name, input_datatype(i), &i.dims)).collect(),
+            outputs: c.output.iter().map(|o| meta(&o.name, output_datatype(o), &o.dims)).collect(),
+        })
+    }
+
+    pub fn model_config(&self, name: &str, version: &str) -> Result<Arc<ModelConfig>> {
+        Ok(self.repository.get(name, version)?.config.clone())
+    }
+
+    /// Statistics for one model (all its versions, or one), or for every model when `name` is empty.
+    pub fn statistics(&self, name: &str, version: &str) -> Result<Vec<VersionStats>> {
+        let row = |mv: &ModelVersion| VersionStats {
+            name: mv.name.clone(),
+            version: mv.version_str.clone(),
+            stats: mv.stats.snapshot(),
+        };
+        if name.is_empty() {
+            let loaded = self.repository.loaded();
+            let mut names: Vec<&String> = loaded.keys().collect();
+            names.sort();
+            return Ok(names.into_iter().flat_map(|n| loaded[n].versions.values().map(|v| row(v))).collect());
+        }
+        if !version.is_empty() {
+            return Ok(vec![row(&self.repository.get(name, version)?)]);
+        }
+        Ok(self.repository.model(name)?.versions.values().map(|v| row(v)).collect())
+    }
+
+    pub fn repository_index(&self, ready_only: bool) -> Result<Vec<IndexEntry>> {
+        self.repository.index(ready_only)
+    }
+
+    /// Loads or reloads a model; `config_json` overrides its config.pbtxt (Triton's load `config` parameter).
+    pub async fn load_model(&self, name: &str, config_json: Option<&str>) -> Result<()> {
+        let config = match config_json {
+            Some(text) => Some(config::parse_json(text, &format!("load request for '{name}': config"))?),
+            None => None,
+        };
+        self.repository.load(name, config).await
+    }
+
+    pub async fn unload_model(&self, name: &str) -> Result<()> {
+        self.repository.unload(name).await
+    }
+
+    /// Runs one inference request end to end.
+    pub async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
+        let started = Instant::now();
+        let mv = self.repository.get(&request.model, &request.version)?;
+        let labels = [mv.name.as_str(), mv.version_str.as_str()];
+        let result = self.infer_on(&mv, request, started).await;
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        self.metrics.inference_requests.with_label_values(&[labels[0], labels[1], outcome]).inc();
+        self.metrics.request_duration.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn infer_on(&self, mv: &ModelVersion, request: InferRequest, started: Instant) -> Result<InferResponse> {
+        let config = &mv.config;
+        let (inputs, batch) = prepare_inputs(config, request.inputs)?;
+        for o in &request.outputs {
+            if !config.output.iter().any(|c| c.name == o.name) {
+                return Err(Error::invalid(format!(
+                    "unknown output '{}' requested; model '{}' has outputs {}",
+                    o.name,
+                    mv.name,
+                    names(config.output.iter().map(|o| o.name.as_str()))
+                )));
+            }
+            if o.classification == Some(0) {
+                return Err(Error::invalid(format!("output '{}': classification count must be > 0", o.name)));
+            }
+        }
+        let done = mv.pool.run(inputs).await;
+        let queue = done.phases.start.saturating_duration_since(done.enqueued);
+        let mut outputs = match done.outputs {
+            Ok(o) => o,
+            Err(e) => {
+                mv.stats.request_failure(started.elapsed());
+                return Err(e);
+            }
+        };
+        let output_start = Instant::now();
+        let result = self.finish_outputs(mv, &mut outputs, &request.outputs, batch);
+        let output_extra = output_start.elapsed();
+        let timing = batch_timing(&done.phases, done.finished, output_extra, batch);
+        match result {
+            Ok(outputs) => {
+                mv.stats.request_success(started.elapsed(), queue, timing);
+                let l = [mv.name.as_str(), mv.version_str.as_str()];
+                self.metrics.queue_duration.with_label_values(&l).observe(queue.as_secs_f64());
+                for (phase, d) in [
+                    ("compute_input", timing.compute_input),
+                    ("compute_infer", timing.compute_infer),
+                    ("compute_output", timing.compute_output),
+                ] {
+                    self.metrics.compute_duration.with_label_values(&[l[0], l[1], phase]).observe(d.as_secs_f64());
+                }
+                Ok(InferResponse {
+                    model_name: mv.name.clone(),
+                    model_version: mv.version_str.clone(),
+                    id: request.id,
+                    parameters: Default::default(),
+                    outputs,
+                })
+            }
+            Err(e) => {
+                mv.stats.request_failure(started.elapsed());
+                Err(e)
+            }
+        }
+    }
+
+    fn finish_outputs(
+        &self,
+        mv: &ModelVersion,
+        produced: &mut Vec<Tensor>,
+        requested: &[crate::request::RequestedOutput],
+        batch: Option<i64>,
+    ) -> Result<Vec<Tensor>> {
+        let config = &mv.config;
+        for t in produced.iter_mut() {
+            let Some(c) = config.output.iter().find(|c| c.name == t.name) else { continue };
+            let want = output_datatype(c);
+            if t.datatype != want {
+                return Err(Error::internal(format!(
+                    "model '{}' produced output '{}' as {} but its configuration says {}",
+                    mv.name, t.name, t.datatype, want
+                )));
+            }
+            if c.reshape.is_some() && c.dims.iter().all(|d| *d >= 0) {
+                t.shape = match batch {
+                    Some(b) => std::iter::once(b).chain(c.dims.iter().copied()).collect(),
+                    None => c.dims.clone(),
+                };
+            }
+        }
+        let take = |name: &str, produced: &mut Vec<Tensor>| -> Result<Tensor> {
+            let pos = produced.iter().position(|t| t.name == name).ok_or_else(|| {
+                Error::internal(format!("model '{}' did not produce output '{name}'", mv.name))
+            })?;
+            Ok(produced.swap_remove(pos))
+        };
+        if requested.is_empty() {
+            return config.output.iter().map(|c| take(&c.name, produced)).collect();
+        }
+        let mut out = Vec::with_capacity(requested.len());
+        for r in requested {
+            let mut t = take(&r.name, produced)?;
+            if let Some(k) = r.classification {
+                let labels = mv.labels.get(&r.name).map(|l| l.as_slice());
+                t = classify(&t, batch.is_some(), k, labels)?;
+            }
+            t.parameters = r.parameters.clone();
+            out.push(t);
+        }
+        Ok(out)
+    }
+}
+
+fn batch_timing(phases: &crate::engine::Phases, finished: Instant, extra: Duration, batch: Option<i64>) -> BatchTiming {
+    let input_done = phases.input_done.unwrap_or(phases.start);
+    let infer_done = phases.infer_done.unwrap_or(finished).max(input_done);
+    BatchTiming {
+        batch_size: batch.unwrap_or(1).max(1) as u64,
+        compute_input: input_done.saturating_duration_since(phases.start),
+        compute_infer: infer_done.saturating_duration_since(input_done),
+        compute_output: finished.saturating_duration_since(infer_done) + extra,
+    }
+}
+
+fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
+    let v: Vec<String> = it.map(|n| format!("'{n}'")).collect();
+    format!("[{}]", v.join(", "))
+}
+
+/// Checks inputs against the configuration and orders them as configured.
+/// Returns the inputs (reshaped where the config says so) and the batch size.
+pub fn prepare_inputs(config: &ModelConfig, mut given: Vec<Tensor>) -> Result<(Vec<Tensor>, Option<i64>)> {
+    for (i, t) in given.iter().enumerate() {
+        if given[..i].iter().any(|o| o.name == t.name) {
+            return Err(Error::invalid(format!("input '{}' is given more than once", t.name)));
+        }
+        if !config.input.iter().any(|c| c.name == t.name) {
+            return Err(Error::invalid(format!(
+                "unknown input '{}'; model '{}' expects {}",
+                t.name,
+                config.name,
+                names(config.input.iter().map(|c| c.name.as_str()))
+            )));
+        }
+    }
+    let batched = config.max_batch_size > 0;
+    let mut batch: Option<i64> = None;
+    let mut out = Vec::with_capacity(config.input.len());
+    for c in &config.input {
+        let Some(pos) = given.iter().position(|t| t.name == c.name) else {
+            if c.optional {
+                continue;
+            }
+            return Err(Error::invalid(format!(
+                "missing input '{}' ({} with shape {:?}) for model '{}'",
+                c.name,
+                input_datatype(c),
+                full_shape(config, &c.dims),
+                config.name
+            )));
+        };
+        let mut t = given.swap_remove(pos);
+        let what = format!("input '{}'", t.name);
+        let want = input_datatype(c);
+        if t.datatype != want {
+            return Err(Error::invalid(format!("{what}: datatype {} does not match the model's {want}", t.datatype)));
+        }
+        t.validate(&what)?;
+        let item_shape = if batched {
+            let Some(&b) = t.shape.first() else {
+                return Err(Error::invalid(format!(
+                    "{what}: shape {:?} has no batch dimension; expected {:?}",
+                    t.shape,
+                    full_shape(config, &c.dims)
+                )));
+            };
+            if b < 1 || b > i64::from(config.max_batch_size) {
+                return Err(Error::invalid(format!(
+                    "{what}: batch size {b} is outside 1..={} (max_batch_size of model '{}')",
+                    config.max_batch_size, config.name
+                )));
+            }
+            if let Some(prev) = batch.filter(|p| *p != b) {
+                return Err(Error::invalid(format!(
+                    "{what}: batch size {b} differs from the other inputs' batch size {prev}"
+                )));
+            }
+            batch = Some(b);
+            &t.shape[1..]
+        } else {
+            &t.shape[..]
+        };
+        let dims_match = item_shape.len() == c.dims.len()
+            && item_shape.iter().zip(&c.dims).all(|(got, want)| *want == -1 || got == want);
+        if !dims_match {
+            return Err(Error::invalid(format!(
+                "{what}: shape {:?} does not match the model's {:?}",
+                t.shape,
+                full_shape(config, &c.dims)
+            )));
+        }
+        if let Some(r) = &c.reshape {
+            let mut shape: Vec<i64> = batch.into_iter().collect();
+            shape.extend_from_slice(&r.shape);
+            if r.shape.iter().all(|d| *d >= 0) {
+                t.shape = shape;
+            }
+        }
+        out.push(t);
+    }
+    Ok((out, batch))
+}
+

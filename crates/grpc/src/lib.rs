@@ -1,0 +1,48 @@
+//! KServe v2 / Triton gRPC adapter: `inference.GRPCInferenceService` over
+//! [`flotilla_core::Service`], plus `grpc.health.v1.Health` and server
+//! reflection. Decode, call the service, encode; no business logic here.
+#![forbid(unsafe_code)]
+
+pub mod convert;
+mod layer;
+mod service;
+
+pub use layer::MetricsLayer;
+pub use service::InferenceService;
+
+use flotilla_core::Service;
+use flotilla_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
+use std::sync::Arc;
+use tonic_health::server::HealthReporter;
+
+/// Fully-qualified name of the inference service (for health checks).
+pub const SERVICE_NAME: &str = "inference.GRPCInferenceService";
+
+/// Everything the gRPC listener serves, and the health reporter to flip on drain.
+pub struct GrpcParts {
+    pub routes: tonic::service::Routes,
+    pub health: HealthReporter,
+}
+
+/// Builds the inference, health and reflection services; messages up to `max_message_bytes`.
+pub async fn build(service: Arc<Service>, max_message_bytes: usize) -> Result<GrpcParts, String> {
+    let inference = GrpcInferenceServiceServer::new(InferenceService::new(service))
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(usize::MAX);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    health.set_service_status(SERVICE_NAME, tonic_health::ServingStatus::Serving).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(flotilla_proto::DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| format!("cannot build gRPC reflection: {e}"))?;
+    let routes = tonic::service::Routes::new(inference).add_service(health_service).add_service(reflection);
+    Ok(GrpcParts { routes, health })
+}
+
+/// Marks every service NOT_SERVING (on drain).
+pub async fn set_not_serving(health: &HealthReporter) {
+    health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    health.set_service_status(SERVICE_NAME, tonic_health::ServingStatus::NotServing).await;
+}

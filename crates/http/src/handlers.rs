@@ -1,0 +1,273 @@
+//! REST endpoint handlers: decode, call the service, encode.
+
+use crate::body;
+use crate::json::{decode_request, encode_response};
+use crate::{ApiError, AppState};
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use flotilla_core::config::to_json;
+use flotilla_core::stats::{CountNs, StatsSnapshot};
+use flotilla_core::Error;
+use serde_json::{json, Value};
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+pub async fn server_metadata(State(s): State<AppState>) -> Json<Value> {
+    let o = s.service.options();
+    Json(json!({
+        "name": o.server_name,
+        "version": o.server_version,
+        "extensions": flotilla_core::service::EXTENSIONS,
+    }))
+}
+
+pub async fn live(State(s): State<AppState>) -> StatusCode {
+    if s.service.live() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+pub async fn ready(State(s): State<AppState>) -> StatusCode {
+    if s.service.ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+fn metadata(s: &AppState, model: &str, version: &str) -> Result<Json<Value>> {
+    let m = s.service.model_metadata(model, version)?;
+    let tensors = |ts: &[flotilla_core::service::TensorMeta]| -> Vec<Value> {
+        ts.iter().map(|t| json!({"name": t.name, "datatype": t.datatype, "shape": t.shape})).collect()
+    };
+    Ok(Json(json!({
+        "name": m.name,
+        "versions": m.versions,
+        "platform": m.platform,
+        "inputs": tensors(&m.inputs),
+        "outputs": tensors(&m.outputs),
+    })))
+}
+
+pub async fn model_metadata(State(s): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>> {
+    metadata(&s, &model, "")
+}
+
+pub async fn model_metadata_v(State(s): State<AppState>, Path((m, v)): Path<(String, String)>) -> Result<Json<Value>> {
+    metadata(&s, &m, &v)
+}
+
+fn ready_status(s: &AppState, model: &str, version: &str) -> Result<StatusCode> {
+    if s.service.model_ready(model, version)? {
+        Ok(StatusCode::OK)
+    } else {
+        Err(Error::unavailable(format!("model '{model}' is not ready")).into())
+    }
+}
+
+pub async fn model_ready(State(s): State<AppState>, Path(model): Path<String>) -> Result<StatusCode> {
+    ready_status(&s, &model, "")
+}
+
+pub async fn model_ready_v(State(s): State<AppState>, Path((m, v)): Path<(String, String)>) -> Result<StatusCode> {
+    ready_status(&s, &m, &v)
+}
+
+pub async fn model_config(State(s): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>> {
+    Ok(Json(to_json(&s.service.model_config(&model, "")?)))
+}
+
+pub async fn model_config_v(State(s): State<AppState>, Path((m, v)): Path<(String, String)>) -> Result<Json<Value>> {
+    Ok(Json(to_json(&s.service.model_config(&m, &v)?)))
+}
+
+fn count_ns(c: CountNs) -> Value {
+    json!({"count": c.count, "ns": c.ns})
+}
+
+fn stats_json(rows: Vec<flotilla_core::service::VersionStats>) -> Json<Value> {
+    let models: Vec<Value> = rows
+        .into_iter()
+        .map(|r| {
+            let s: StatsSnapshot = r.stats;
+            let batches: Vec<Value> = s
+                .batches
+                .iter()
+                .map(|(size, [i, c, o])| {
+                    json!({"batch_size": size, "compute_input": count_ns(*i), "compute_infer": count_ns(*c), "compute_output": count_ns(*o)})
+                })
+                .collect();
+            json!({
+                "name": r.name,
+                "version": r.version,
+                "last_inference": s.last_inference_ms,
+                "inference_count": s.inference_count,
+                "execution_count": s.execution_count,
+                "inference_stats": {
+                    "success": count_ns(s.success),
+                    "fail": count_ns(s.fail),
+                    "queue": count_ns(s.queue),
+                    "compute_input": count_ns(s.compute_input),
+                    "compute_infer": count_ns(s.compute_infer),
+                    "compute_output": count_ns(s.compute_output),
+                    "cache_hit": count_ns(CountNs::default()),
+                    "cache_miss": count_ns(CountNs::default()),
+                },
+                "response_stats": {},
+                "batch_stats": batches,
+                "memory_usage": [],
+            })
+        })
+        .collect();
+    Json(json!({ "model_stats": models }))
+}
+
+pub async fn stats_all(State(s): State<AppState>) -> Result<Json<Value>> {
+    Ok(stats_json(s.service.statistics("", "")?))
+}
+
+pub async fn model_stats(State(s): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>> {
+    Ok(stats_json(s.service.statistics(&model, "")?))
+}
+
+pub async fn model_stats_v(State(s): State<AppState>, Path((m, v)): Path<(String, String)>) -> Result<Json<Value>> {
+    Ok(stats_json(s.service.statistics(&m, &v)?))
+}
+
+pub async fn infer(State(s): State<AppState>, Path(model): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    infer_inner(s, model, String::new(), headers, body).await.unwrap_or_else(|e| e.into_response())
+}
+
+pub async fn infer_v(
+    State(s): State<AppState>,
+    Path((m, v)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    infer_inner(s, m, v, headers, body).await.unwrap_or_else(|e| e.into_response())
+}
+
+async fn infer_inner(s: AppState, model: String, version: String, headers: HeaderMap, body: Body) -> Result<Response> {
+    let bytes = body::read(&headers, body, s.options.max_request_bytes).await?;
+    let header_len = match headers.get("inference-header-content-length") {
+        None => None,
+        Some(v) => Some(v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).ok_or_else(|| {
+            Error::invalid(format!("Inference-Header-Content-Length {v:?} is not a non-negative integer"))
+        })?),
+    };
+    let decoded = decode_request(&model, &version, bytes, header_len)?;
+    let (binary_outputs, default_binary) = (decoded.binary_outputs, decoded.default_binary);
+    let response = s.service.infer(decoded.request).await?;
+    let (payload, json_len) =
+        encode_response(&response, |name| binary_outputs.get(name).copied().unwrap_or(default_binary))?;
+    let mut out_headers = HeaderMap::new();
+    if let Some(n) = json_len {
+        out_headers.insert("inference-header-content-length", HeaderValue::from(n));
+        out_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    } else {
+        out_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    let payload = match body::accepted_encoding(&headers) {
+        Some(enc) => {
+            out_headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(enc));
+            body::compress(&payload, enc)
+        }
+        None => payload,
+    };
+    Ok((StatusCode::OK, out_headers, payload).into_response())
+}
+
+async fn json_body(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Value> {
+    let bytes = body::read(headers, body, s.options.max_request_bytes).await?;
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(json!({}));
+    }
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| Error::invalid(format!("malformed JSON body: {e}")))?;
+    if !v.is_object() {
+        return Err(Error::invalid("request body must be a JSON object").into());
+    }
+    Ok(v)
+}
+
+pub async fn repository_index(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Result<Json<Value>> {
+    let req = json_body(&s, &headers, body).await?;
+    let ready = match req.get("ready") {
+        None => false,
+        Some(v) => v.as_bool().ok_or_else(|| Error::invalid("'ready' must be a boolean"))?,
+    };
+    let rows: Vec<Value> = s
+        .service
+        .repository_index(ready)?
+        .into_iter()
+        .map(|e| {
+            let mut row = json!({"name": e.name});
+            if !e.version.is_empty() {
+                row["version"] = json!(e.version);
+            }
+            if !e.state.is_empty() {
+                row["state"] = json!(e.state);
+            }
+            if !e.reason.is_empty() {
+                row["reason"] = json!(e.reason);
+            }
+            row
+        })
+        .collect();
+    Ok(Json(Value::Array(rows)))
+}
+
+pub async fn load(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode> {
+    let req = json_body(&s, &headers, body).await?;
+    let config = match req.pointer("/parameters/config") {
+        None => None,
+        Some(Value::String(c)) => Some(c.clone()),
+        Some(_) => return Err(Error::invalid("parameters.config must be a string holding the model config JSON").into()),
+    };
+    if let Some(params) = req.get("parameters").and_then(Value::as_object) {
+        if let Some(k) = params.keys().find(|k| k.starts_with("file:")) {
+            return Err(Error::unimplemented(format!(
+                "load parameter '{k}': uploading model files with a load request is not supported; put the files in the repository"
+            ))
+            .into());
+        }
+    }
+    s.service.load_model(&model, config.as_deref()).await?;
+    Ok(StatusCode::OK)
+}
+
+pub async fn unload(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode> {
+    let _ = json_body(&s, &headers, body).await?;
+    s.service.unload_model(&model).await?;
+    Ok(StatusCode::OK)
+}
+
+pub async fn unimplemented_shm() -> ApiError {
+    Error::unimplemented("shared-memory regions are not supported by Flotilla; send tensors in the request body").into()
+}
+
+pub async fn unimplemented_trace() -> ApiError {
+    Error::unimplemented("trace settings are not supported by Flotilla; use its tracing logs (--log-level)").into()
+}
+
+pub async fn unimplemented_logging() -> ApiError {
+    Error::unimplemented("log settings cannot be changed at run time; use --log-level and --log-format").into()
+}
+
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    Error::not_found(format!("no endpoint at {}", uri.path())).into()
+}

@@ -1,0 +1,101 @@
+//! KServe v2 REST adapter: decodes HTTP into [`flotilla_core::Service`] calls
+//! and encodes what they return. No business logic lives here.
+//!
+//! - [`router`] builds the axum router with every endpoint and the shared
+//!   metrics middleware.
+//! - `json`: the JSON + binary tensor codec; `body`: size limits and compression.
+#![forbid(unsafe_code)]
+
+mod body;
+mod handlers;
+pub mod json;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use flotilla_core::{Error, Service};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Settings of the HTTP adapter.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Bodies above this many bytes (compressed or not) are answered 413.
+    pub max_request_bytes: usize,
+}
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub service: Arc<Service>,
+    pub options: HttpOptions,
+}
+
+/// An error on its way to the client as `{"error": "..."}` with the table's status.
+pub(crate) struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = axum::http::StatusCode::from_u16(self.0.http_status())
+            .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::json!({ "error": self.0.message });
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+/// The REST router over `service`.
+pub fn router(service: Arc<Service>, options: HttpOptions) -> Router {
+    use handlers::*;
+    let state = AppState { service, options };
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/stats", get(stats_all))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(model_metadata_v))
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready_v))
+        .route("/v2/models/{model}/config", get(model_config))
+        .route("/v2/models/{model}/versions/{version}/config", get(model_config_v))
+        .route("/v2/models/{model}/stats", get(model_stats))
+        .route("/v2/models/{model}/versions/{version}/stats", get(model_stats_v))
+        .route("/v2/models/{model}/infer", post(infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(load))
+        .route("/v2/repository/models/{model}/unload", post(unload))
+        .route("/v2/systemsharedmemory", get(unimplemented_shm))
+        .route("/v2/systemsharedmemory/{*rest}", get(unimplemented_shm).post(unimplemented_shm))
+        .route("/v2/cudasharedmemory", get(unimplemented_shm))
+        .route("/v2/cudasharedmemory/{*rest}", get(unimplemented_shm).post(unimplemented_shm))
+        .route("/v2/trace/setting", get(unimplemented_trace).post(unimplemented_trace))
+        .route("/v2/models/{model}/trace/setting", get(unimplemented_trace).post(unimplemented_trace))
+        .route("/v2/logging", get(unimplemented_logging).post(unimplemented_logging))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), record))
+        .with_state(state)
+}
+
+/// Shared middleware: counts responses by endpoint and status and times them.
+async fn record(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let endpoint = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let start = Instant::now();
+    let response = next.run(request).await;
+    let m = &state.service.metrics;
+    let code = response.status().as_u16().to_string();
+    m.responses.with_label_values(&["http", &endpoint, &code]).inc();
+    m.response_duration.with_label_values(&["http", &endpoint]).observe(start.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,113 @@
+//! Command-line flags (each with a `FLOTILLA_*` environment fallback).
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// Flotilla: a real-time ML inference server speaking the KServe v2 / Triton protocols.
+#[derive(Debug, Parser)]
+#[command(name = "flotilla", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve a model repository over HTTP (KServe v2 REST), gRPC and Prometheus metrics.
+    Serve(ServeConfig),
+}
+
+/// How the repository decides what to load (as Triton's --model-control-mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ControlModeArg {
+    /// Load every model at start; the repository API cannot load or unload.
+    None,
+    /// Load every model at start, then rescan the repository every --repository-poll-secs and reload what changed.
+    Poll,
+    /// Load only --load-model models; the repository API loads and unloads.
+    Explicit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Settings of `flotilla serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Model repository folder, in Triton's layout (<model>/config.pbtxt, <model>/<version>/model.onnx).
+    #[arg(long, env = "FLOTILLA_MODEL_REPOSITORY", default_value = "examples/repository")]
+    pub model_repository: PathBuf,
+
+    /// Address to listen on.
+    #[arg(long, env = "FLOTILLA_HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+
+    /// HTTP port for the KServe v2 REST API (0 = any free port, printed at start).
+    #[arg(long, env = "FLOTILLA_HTTP_PORT", default_value_t = 8000)]
+    pub http_port: u16,
+
+    /// gRPC port for inference.GRPCInferenceService, health and reflection (0 = any free port).
+    #[arg(long, env = "FLOTILLA_GRPC_PORT", default_value_t = 8001)]
+    pub grpc_port: u16,
+
+    /// Port for Prometheus metrics at /metrics (0 = disabled).
+    #[arg(long, env = "FLOTILLA_METRICS_PORT", default_value_t = 8002)]
+    pub metrics_port: u16,
+
+    /// Which models are loaded, and whether the repository API may load and unload.
+    #[arg(long, env = "FLOTILLA_MODEL_CONTROL_MODE", value_enum, default_value_t = ControlModeArg::None)]
+    pub model_control_mode: ControlModeArg,
+
+    /// Seconds between repository scans in poll mode.
+    #[arg(long, env = "FLOTILLA_REPOSITORY_POLL_SECS", default_value_t = 15)]
+    pub repository_poll_secs: u64,
+
+    /// Model to load at start in explicit mode (repeatable; `*` loads every model).
+    #[arg(long = "load-model", env = "FLOTILLA_LOAD_MODEL", value_delimiter = ',')]
+    pub load_model: Vec<String>,
+
+    /// Report ready on /v2/health/ready only when every model the server was asked to serve is ready.
+    #[arg(long, env = "FLOTILLA_STRICT_READINESS", default_value_t = true, action = ArgAction::Set)]
+    pub strict_readiness: bool,
+
+    /// On SIGTERM/SIGINT: stop accepting, let in-flight requests finish for up to this many seconds, then exit.
+    #[arg(long, env = "FLOTILLA_EXIT_TIMEOUT_SECS", default_value_t = 30)]
+    pub exit_timeout_secs: u64,
+
+    /// Log line format.
+    #[arg(long, env = "FLOTILLA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter: a level (error, warn, info, debug, trace) or tracing directives such as `flotilla=debug`.
+    #[arg(long, env = "FLOTILLA_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Largest accepted request body in bytes, before and after decompression (413 above it);
+    /// also the largest gRPC message.
+    #[arg(long, env = "FLOTILLA_MAX_REQUEST_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_request_bytes: usize,
+
+    /// max_batch_size given to models without config.pbtxt whose tensors all have a variable first dimension.
+    #[arg(long, env = "FLOTILLA_DEFAULT_MAX_BATCH_SIZE", default_value_t = 4)]
+    pub default_max_batch_size: i32,
+
+    /// Engine instances (threads) per model version when its config has no instance_group (0 = one per core, at most 4).
+    #[arg(long, env = "FLOTILLA_INSTANCES", default_value_t = 0)]
+    pub instances: usize,
+}
+
+impl ServeConfig {
+    /// Defaults as `flotilla serve` with no flags, for tests and embedding.
+    pub fn with_repository(path: impl Into<PathBuf>) -> Self {
+        let cli = Cli::parse_from(["flotilla", "serve"]);
+        let Command::Serve(mut c) = cli.command;
+        c.model_repository = path.into();
+        c
+    }
+}

@@ -1,0 +1,186 @@
+//! # Flotilla
+//!
+//! A real-time ML inference server in one binary, speaking the KServe v2 /
+//! Triton protocols so existing clients work unchanged.
+//!
+//! ## Layout (along the request path)
+//! - `flotilla-http` (axum) and `flotilla-grpc` (tonic): thin protocol adapters.
+//! - `flotilla-core`: the service layer, model repository, engine pools, errors, stats, metrics.
+//! - `flotilla-tract`: the ONNX engine (tract, pure Rust).
+//! - `flotilla-proto`: protocol and model-config messages (built with protox).
+//! - this crate: the CLI ([`config`]) and [`run`], which wires everything and drains on shutdown.
+#![forbid(unsafe_code)]
+
+pub mod config;
+
+use anyhow::Context;
+use config::{ControlModeArg, ServeConfig};
+use flotilla_core::engine::{AutocompleteOptions, Backend};
+use flotilla_core::metrics::Metrics;
+use flotilla_core::repository::{ControlMode, LoadSettings, Repository};
+use flotilla_core::service::{Service, ServiceOptions};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Bound sockets for the server (tests bind port 0).
+pub struct Listeners {
+    pub http: TcpListener,
+    pub grpc: TcpListener,
+    pub metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the ports `config` names; metrics port 0 disables metrics.
+    pub async fn bind(config: &ServeConfig) -> anyhow::Result<Self> {
+        let bind = |port: u16| async move {
+            let addr = SocketAddr::new(config.host, port);
+            TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))
+        };
+        Ok(Self {
+            http: bind(config.http_port).await?,
+            grpc: bind(config.grpc_port).await?,
+            metrics: match config.metrics_port {
+                0 => None,
+                p => Some(bind(p).await?),
+            },
+        })
+    }
+}
+
+/// The backends compiled into this binary.
+pub fn backends() -> Vec<Arc<dyn Backend>> {
+    vec![Arc::new(flotilla_tract::TractBackend)]
+}
+
+/// Builds the service: repository (with its initial loads) and metrics.
+pub async fn build_service(config: &ServeConfig) -> anyhow::Result<Arc<Service>> {
+    let metrics = Metrics::new();
+    let mode = match config.model_control_mode {
+        ControlModeArg::None => ControlMode::None,
+        ControlModeArg::Poll => ControlMode::Poll,
+        ControlModeArg::Explicit => ControlMode::Explicit,
+    };
+    let instances = match config.instances {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4),
+        n => n,
+    };
+    let settings = LoadSettings {
+        backends: backends(),
+        autocomplete: AutocompleteOptions { default_max_batch_size: config.default_max_batch_size },
+        default_instances: instances,
+    };
+    let ready = metrics.model_ready.clone();
+    let repository = Repository::new(config.model_repository.clone(), mode, settings).with_change_hook(
+        move |model, versions, up| {
+            for v in versions {
+                ready.with_label_values(&[model, v]).set(i64::from(up));
+            }
+        },
+    );
+    repository
+        .load_initial(&config.load_model)
+        .await
+        .with_context(|| format!("model repository {}", config.model_repository.display()))?;
+    let options = ServiceOptions { strict_readiness: config.strict_readiness, ..ServiceOptions::default() };
+    Ok(Arc::new(Service::new(Arc::new(repository), metrics, options)))
+}
+
+/// Runs the server until `shutdown` completes, then drains: readiness turns
+/// false, listeners stop accepting, in-flight requests finish (up to
+/// `--exit-timeout-secs`).
+pub async fn run(config: ServeConfig, listeners: Listeners, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let service = build_service(&config).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    tracing::info!(
+        http = %listeners.http.local_addr()?,
+        grpc = %listeners.grpc.local_addr()?,
+        metrics = %listeners.metrics.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()).unwrap_or_else(|| "disabled".into()),
+        repository = %config.model_repository.display(),
+        "listening"
+    );
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let http_router = flotilla_http::router(
+        service.clone(),
+        flotilla_http::HttpOptions { max_request_bytes: config.max_request_bytes },
+    );
+    let http = axum::serve(listeners.http, http_router).with_graceful_shutdown(stopped());
+    tasks.spawn(async move { http.await.context("HTTP server") });
+
+    let grpc_parts = flotilla_grpc::build(service.clone(), config.max_request_bytes)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let health = grpc_parts.health.clone();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc);
+    let grpc = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .layer(flotilla_grpc::MetricsLayer::new(service.metrics.clone()))
+        .add_routes(grpc_parts.routes)
+        .serve_with_incoming_shutdown(incoming, stopped());
+    tasks.spawn(async move { grpc.await.context("gRPC server") });
+
+    if let Some(listener) = listeners.metrics {
+        let m = service.metrics.clone();
+        let router = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = m.clone();
+                async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
+            }),
+        );
+        let server = axum::serve(listener, router).with_graceful_shutdown(stopped());
+        tasks.spawn(async move { server.await.context("metrics server") });
+    }
+
+    if config.model_control_mode == ControlModeArg::Poll {
+        let repository = service.repository.clone();
+        let every = Duration::from_secs(config.repository_poll_secs.max(1));
+        let mut stop = stopped_rx(&stop_tx);
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => repository.poll().await,
+                    _ = stop.wait_for(|s| *s) => return Ok(()),
+                }
+            }
+        });
+    }
+
+    tokio::select! {
+        _ = shutdown => tracing::info!("shutdown requested; draining"),
+        Some(result) = tasks.join_next() => {
+            result.context("server task panicked")??;
+            anyhow::bail!("a listener stopped unexpectedly");
+        }
+    }
+    service.start_draining();
+    flotilla_grpc::set_not_serving(&health).await;
+    let _ = stop_tx.send(true);
+    let drain = async {
+        while let Some(result) = tasks.join_next().await {
+            if let Err(e) = result.context("server task panicked").and_then(|r| r) {
+                tracing::warn!(error = %e, "error while draining");
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(config.exit_timeout_secs), drain).await.is_err() {
+        tracing::warn!(timeout_secs = config.exit_timeout_secs, "exit timeout reached with requests still in flight");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn stopped_rx(tx: &watch::Sender<bool>) -> watch::Receiver<bool> {
+    tx.subscribe()
+}
