@@ -5,7 +5,7 @@
 use crate::datatype::DataType;
 use crate::error::{Error, Result};
 use flotilla_proto::inference::{model_version_policy, ModelConfig, ModelInput, ModelOutput};
-use prost_reflect::{DeserializeOptions, DynamicMessage, ReflectMessage, SerializeOptions};
+use prost_reflect::{DeserializeOptions, DynamicMessage, SerializeOptions};
 
 const MODEL_CONFIG: &str = "inference.ModelConfig";
 
@@ -17,10 +17,57 @@ fn descriptor() -> prost_reflect::MessageDescriptor {
 
 /// Parses Triton's text-protobuf model configuration; `origin` names the file in errors.
 pub fn parse_pbtxt(text: &str, origin: &str) -> Result<ModelConfig> {
-    let msg = DynamicMessage::parse_text_format(descriptor(), text)
+    let text = colon_before_lists(text);
+    let msg = DynamicMessage::parse_text_format(descriptor(), &text)
         .map_err(|e| Error::invalid(format!("{origin}: invalid model configuration: {e}")))?;
     msg.transcode_to::<ModelConfig>()
         .map_err(|e| Error::invalid(format!("{origin}: invalid model configuration: {e}")))
+}
+
+/// Text format lets a repeated message field omit the colon before a list
+/// (`input [ { ... } ]`, as every Triton config writes it); the parser we use
+/// wants `input: [ ... ]`. Inserts the colon, leaving strings and comments alone.
+fn colon_before_lists(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut chars = text.chars().peekable();
+    let mut last_ident_end = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '"' | '\'' => {
+                out.push(c);
+                while let Some(d) = chars.next() {
+                    out.push(d);
+                    if d == '\\' {
+                        if let Some(e) = chars.next() {
+                            out.push(e);
+                        }
+                    } else if d == c {
+                        break;
+                    }
+                }
+                last_ident_end = false;
+            }
+            '#' => {
+                out.push(c);
+                for d in chars.by_ref() {
+                    out.push(d);
+                    if d == '\n' {
+                        break;
+                    }
+                }
+            }
+            '[' if last_ident_end => {
+                out.push_str(": [");
+                last_ident_end = false;
+            }
+            c if c.is_whitespace() => out.push(c),
+            c => {
+                out.push(c);
+                last_ident_end = c.is_ascii_alphanumeric() || c == '_';
+            }
+        }
+    }
+    out
 }
 
 /// Parses a model configuration in Triton's JSON form (as sent with a load request).
@@ -36,7 +83,10 @@ pub fn parse_json(text: &str, origin: &str) -> Result<ModelConfig> {
 /// Renders a configuration as Triton does on `GET /v2/models/{m}/config`:
 /// proto field names, every field present, enums by name, 64-bit integers as strings.
 pub fn to_json(config: &ModelConfig) -> serde_json::Value {
-    let dynamic = config.transcode_to_dynamic();
+    let mut dynamic = DynamicMessage::new(descriptor());
+    if dynamic.transcode_from(config).is_err() {
+        return serde_json::Value::Null;
+    }
     let opts = SerializeOptions::new().use_proto_field_name(true).skip_default_fields(false);
     dynamic
         .serialize_with_options(serde_json::value::Serializer, &opts)
@@ -138,6 +188,14 @@ parameters { key: "output_margin" value { string_value: "true" } }
         assert_eq!(c.instance_group[0].count, 2);
         assert_eq!(parameter(&c, "output_margin"), Some("true"));
         assert_eq!(full_shape(&c, &c.input[0].dims), vec![-1, 16]);
+    }
+
+    #[test]
+    fn list_syntax_with_and_without_colons() {
+        let a = parse_pbtxt("input [ { name: \"a[0]\" dims: [ 1 ] } ] # c [x\noutput: [ { name: 'b' } ]", "c").unwrap();
+        assert_eq!(a.input[0].name, "a[0]");
+        assert_eq!(a.input[0].dims, vec![1]);
+        assert_eq!(a.output[0].name, "b");
     }
 
     #[test]

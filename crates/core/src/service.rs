@@ -150,7 +150,7 @@ impl Service {
             return Ok(names.into_iter().flat_map(|n| loaded[n].versions.values().map(|v| row(v))).collect());
         }
         if !version.is_empty() {
-            return Ok(vec![row(&self.repository.get(name, version)?)]);
+            return Ok(vec![row(self.repository.get(name, version)?.as_ref())]);
         }
         Ok(self.repository.model(name)?.versions.values().map(|v| row(v)).collect())
     }

@@ -48,7 +48,7 @@ pub fn byte_size(datatype: DataType, shape: &[i64], what: &str) -> Result<Option
 }
 
 /// Splits BYTES binary form into its elements; errors on a truncated length prefix or element.
-pub fn split_bytes_elements(data: &[u8], what: &str) -> Result<Vec<&[u8]>> {
+pub fn split_bytes_elements<'a>(data: &'a [u8], what: &str) -> Result<Vec<&'a [u8]>> {
     let mut out = Vec::new();
     let mut rest = data;
     while !rest.is_empty() {

@@ -32,12 +32,18 @@ pub async fn build(service: Arc<Service>, max_message_bytes: usize) -> Result<Gr
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", tonic_health::ServingStatus::Serving).await;
     health.set_service_status(SERVICE_NAME, tonic_health::ServingStatus::Serving).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(flotilla_proto::DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| format!("cannot build gRPC reflection: {e}"))?;
-    let routes = tonic::service::Routes::new(inference).add_service(health_service).add_service(reflection);
+    // Reflection in both versions: grpcurl speaks v1, older clients (grpcio-reflection) v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(flotilla_proto::DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let v1 = reflection().build_v1().map_err(|e| format!("cannot build gRPC reflection: {e}"))?;
+    let v1alpha = reflection().build_v1alpha().map_err(|e| format!("cannot build gRPC reflection: {e}"))?;
+    let routes = tonic::service::Routes::new(inference)
+        .add_service(health_service)
+        .add_service(v1)
+        .add_service(v1alpha);
     Ok(GrpcParts { routes, health })
 }
 

@@ -79,11 +79,11 @@ pub async fn model_ready_v(State(s): State<AppState>, Path((m, v)): Path<(String
 }
 
 pub async fn model_config(State(s): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>> {
-    Ok(Json(to_json(&s.service.model_config(&model, "")?)))
+    Ok(Json(to_json(&*s.service.model_config(&model, "")?)))
 }
 
 pub async fn model_config_v(State(s): State<AppState>, Path((m, v)): Path<(String, String)>) -> Result<Json<Value>> {
-    Ok(Json(to_json(&s.service.model_config(&m, &v)?)))
+    Ok(Json(to_json(&*s.service.model_config(&m, &v)?)))
 }
 
 fn count_ns(c: CountNs) -> Value {

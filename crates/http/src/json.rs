@@ -5,7 +5,7 @@ use bytes::Bytes;
 use flotilla_core::tensor::split_bytes_elements;
 use flotilla_core::{DataType, Error, InferRequest, InferResponse, ParamValue, Parameters, RequestedOutput, Result, Tensor};
 use half::{bf16, f16};
-use serde::de::{DeserializeSeed, Error as _, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;

@@ -150,9 +150,10 @@ pub async fn run(config: ServeConfig, listeners: Listeners, shutdown: impl Futur
         tasks.spawn(async move {
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(every) => repository.poll().await,
+                    _ = tokio::time::sleep(every) => {}
                     _ = stop.wait_for(|s| *s) => return Ok(()),
                 }
+                repository.poll().await;
             }
         });
     }

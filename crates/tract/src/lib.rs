@@ -25,7 +25,7 @@ pub struct TractBackend;
 /// One loaded ONNX model: an optimised plan plus the mapping between
 /// configuration tensor names and plan positions.
 pub struct TractEngine {
-    plan: TypedSimplePlan,
+    plan: Arc<TypedSimplePlan>,
     /// For each plan input, in plan order: the config input name.
     input_names: Vec<String>,
     /// For each plan output, in plan order: (name, configured or native datatype).
@@ -122,7 +122,7 @@ impl TractEngine {
             .into_optimized()
             .and_then(|m| m.into_runnable())
             .map_err(|e| load_error(file, e))?;
-        Ok(Self { plan: Arc::try_unwrap(plan).unwrap_or_else(|arc| (*arc).clone()), input_names, outputs })
+        Ok(Self { plan, input_names, outputs })
     }
 }
 

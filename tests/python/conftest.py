@@ -1,0 +1,102 @@
+"""Black-box fixtures: start the real `flotilla` binary on free ports."""
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+import requests
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BIN = os.environ.get("FLOTILLA_BIN", str(ROOT / "target" / "debug" / "flotilla"))
+EXAMPLES = ROOT / "examples" / "repository"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A running `flotilla serve`; ports come from its own `listening` log line."""
+
+    def __init__(self, repository, *args, metrics=True):
+        self.metrics_port = free_port() if metrics else 0
+        cmd = [
+            BIN, "serve",
+            "--model-repository", str(repository),
+            "--host", "127.0.0.1",
+            "--http-port", "0", "--grpc-port", "0",
+            "--metrics-port", str(self.metrics_port),
+            "--log-format", "json",
+            *args,
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.lines = []
+        self.http_port = self.grpc_port = None
+        listening = threading.Event()
+
+        def pump():
+            for line in self.proc.stderr:
+                self.lines.append(line)
+                try:
+                    fields = json.loads(line).get("fields", {})
+                except ValueError:
+                    continue
+                if fields.get("message") == "listening":
+                    self.http_port = int(fields["http"].rsplit(":", 1)[1])
+                    self.grpc_port = int(fields["grpc"].rsplit(":", 1)[1])
+                    listening.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not listening.wait(120):
+            self.stop()
+            raise RuntimeError("flotilla did not start:\n" + "".join(self.lines))
+        self.http = f"127.0.0.1:{self.http_port}"
+        self.grpc = f"127.0.0.1:{self.grpc_port}"
+        self.url = f"http://{self.http}"
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                requests.get(self.url + "/v2/health/live", timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.05)
+
+    def log(self):
+        return "".join(self.lines)
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def server():
+    s = Server(EXAMPLES)
+    yield s
+    assert s.alive(), "server died during the session:\n" + s.log()
+    assert s.stop() == 0, s.log()
+
+
+@pytest.fixture
+def repo_copy(tmp_path):
+    """A writable copy of the example repository."""
+    dst = tmp_path / "repository"
+    shutil.copytree(EXAMPLES, dst)
+    return dst
