@@ -59,7 +59,7 @@ def test_async_infer(client):
     a, b, inputs = simple_inputs(2)
     results = queue.Queue()
     for _ in range(6):
-        client.async_infer("simple", inputs, partial(lambda q, r, e: q.put((r, e)), results))
+        client.async_infer("simple", inputs, partial(lambda q, result, error: q.put((result, error)), results))
     for _ in range(6):
         r, e = results.get(timeout=30)
         assert e is None
@@ -68,7 +68,7 @@ def test_async_infer(client):
 
 def test_stream_infer(client):
     results = queue.Queue()
-    client.start_stream(callback=lambda r, e: results.put((r, e)))
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
     try:
         for i in range(5):
             a, b, inputs = simple_inputs(1 + i % 3)
