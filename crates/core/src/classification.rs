@@ -46,7 +46,7 @@ pub fn classify(output: &Tensor, batched: bool, k: usize, labels: Option<&[Strin
     let values = to_f64(output.datatype, &output.data)
         .map_err(|e| Error::invalid(format!("output '{}': {}", output.name, e.message)))?;
     let batch = if batched { output.shape.first().copied().unwrap_or(1).max(0) as usize } else { 1 };
-    let per_item = if batch == 0 { 0 } else { values.len() / batch };
+    let per_item = values.len().checked_div(batch).unwrap_or(0);
     let k = k.min(per_item);
     let mut strings = Vec::with_capacity(batch * k);
     for item in 0..batch {

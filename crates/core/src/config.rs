@@ -20,8 +20,7 @@ pub fn parse_pbtxt(text: &str, origin: &str) -> Result<ModelConfig> {
     let text = colon_before_lists(text);
     let msg = DynamicMessage::parse_text_format(descriptor(), &text)
         .map_err(|e| Error::invalid(format!("{origin}: invalid model configuration: {e}")))?;
-    msg.transcode_to::<ModelConfig>()
-        .map_err(|e| Error::invalid(format!("{origin}: invalid model configuration: {e}")))
+    msg.transcode_to::<ModelConfig>().map_err(|e| Error::invalid(format!("{origin}: invalid model configuration: {e}")))
 }
 
 /// Text format lets a repeated message field omit the colon before a list
@@ -88,9 +87,7 @@ pub fn to_json(config: &ModelConfig) -> serde_json::Value {
         return serde_json::Value::Null;
     }
     let opts = SerializeOptions::new().use_proto_field_name(true).skip_default_fields(false);
-    dynamic
-        .serialize_with_options(serde_json::value::Serializer, &opts)
-        .unwrap_or(serde_json::Value::Null)
+    dynamic.serialize_with_options(serde_json::value::Serializer, &opts).unwrap_or(serde_json::Value::Null)
 }
 
 /// Checks the facts the service relies on and fills Triton's defaults.

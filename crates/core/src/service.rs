@@ -249,7 +249,9 @@ impl Service {
     ) -> Result<Vec<Tensor>> {
         let config = &mv.config;
         for t in produced.iter_mut() {
-            let Some(c) = config.output.iter().find(|c| c.name == t.name) else { continue };
+            let Some(c) = config.output.iter().find(|c| c.name == t.name) else {
+                continue;
+            };
             let want = output_datatype(c);
             if t.datatype != want {
                 return Err(Error::internal(format!(
@@ -265,9 +267,10 @@ impl Service {
             }
         }
         let take = |name: &str, produced: &mut Vec<Tensor>| -> Result<Tensor> {
-            let pos = produced.iter().position(|t| t.name == name).ok_or_else(|| {
-                Error::internal(format!("model '{}' did not produce output '{name}'", mv.name))
-            })?;
+            let pos = produced
+                .iter()
+                .position(|t| t.name == name)
+                .ok_or_else(|| Error::internal(format!("model '{}' did not produce output '{name}'", mv.name)))?;
             Ok(produced.swap_remove(pos))
         };
         if requested.is_empty() {
@@ -386,4 +389,3 @@ pub fn prepare_inputs(config: &ModelConfig, mut given: Vec<Tensor>) -> Result<(V
     }
     Ok((out, batch))
 }
-

@@ -3,7 +3,9 @@
 
 use bytes::Bytes;
 use flotilla_core::tensor::{join_bytes_elements, split_bytes_elements};
-use flotilla_core::{DataType, Error, InferRequest, InferResponse, ParamValue, Parameters, RequestedOutput, Result, Tensor};
+use flotilla_core::{
+    DataType, Error, InferRequest, InferResponse, ParamValue, Parameters, RequestedOutput, Result, Tensor,
+};
 use flotilla_proto::inference::infer_parameter::ParameterChoice;
 use flotilla_proto::inference::model_infer_response::InferOutputTensor;
 use flotilla_proto::inference::{InferParameter, InferTensorContents, ModelInferRequest, ModelInferResponse};
@@ -117,8 +119,7 @@ pub fn bytes_to_contents(t: &Tensor) -> Result<InferTensorContents> {
         DataType::F32 => c.fp32_contents = read!(f32, 4).collect(),
         DataType::F64 => c.fp64_contents = read!(f64, 8).collect(),
         DataType::Bytes => {
-            c.bytes_contents =
-                split_bytes_elements(&t.data, &t.name)?.into_iter().map(Bytes::copy_from_slice).collect()
+            c.bytes_contents = split_bytes_elements(&t.data, &t.name)?.into_iter().map(Bytes::copy_from_slice).collect()
         }
         DataType::F16 | DataType::BF16 => {
             return Err(Error::invalid(format!("{}: {} has no typed contents field", t.name, t.datatype)))

@@ -40,10 +40,8 @@ pub async fn build(service: Arc<Service>, max_message_bytes: usize) -> Result<Gr
     };
     let v1 = reflection().build_v1().map_err(|e| format!("cannot build gRPC reflection: {e}"))?;
     let v1alpha = reflection().build_v1alpha().map_err(|e| format!("cannot build gRPC reflection: {e}"))?;
-    let routes = tonic::service::Routes::new(inference)
-        .add_service(health_service)
-        .add_service(v1)
-        .add_service(v1alpha);
+    let routes =
+        tonic::service::Routes::new(inference).add_service(health_service).add_service(v1).add_service(v1alpha);
     Ok(GrpcParts { routes, health })
 }
 

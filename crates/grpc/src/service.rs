@@ -66,7 +66,11 @@ impl GrpcInferenceService for InferenceService {
         let m = self.service.model_metadata(&r.name, &r.version).map_err(status)?;
         let tensors = |ts: Vec<flotilla_core::service::TensorMeta>| {
             ts.into_iter()
-                .map(|t| pb::model_metadata_response::TensorMetadata { name: t.name, datatype: t.datatype, shape: t.shape })
+                .map(|t| pb::model_metadata_response::TensorMetadata {
+                    name: t.name,
+                    datatype: t.datatype,
+                    shape: t.shape,
+                })
                 .collect()
         };
         Ok(Response::new(pb::ModelMetadataResponse {
@@ -105,9 +109,10 @@ impl GrpcInferenceService for InferenceService {
                         Err(e) => Err(e),
                     };
                     Ok(match result {
-                        Ok(resp) => {
-                            pb::ModelStreamInferResponse { error_message: String::new(), infer_response: Some(response_to_proto(resp)) }
-                        }
+                        Ok(resp) => pb::ModelStreamInferResponse {
+                            error_message: String::new(),
+                            infer_response: Some(response_to_proto(resp)),
+                        },
                         Err(e) => pb::ModelStreamInferResponse {
                             error_message: e.message,
                             infer_response: Some(pb::ModelInferResponse { id, ..Default::default() }),
@@ -193,7 +198,9 @@ impl GrpcInferenceService for InferenceService {
         for (k, v) in &r.parameters {
             match (k.as_str(), &v.parameter_choice) {
                 ("config", Some(ParameterChoice::StringParam(s))) => config = Some(s.clone()),
-                ("config", _) => return Err(Status::invalid_argument("load parameter 'config' must be a string_param")),
+                ("config", _) => {
+                    return Err(Status::invalid_argument("load parameter 'config' must be a string_param"))
+                }
                 (k, _) if k.starts_with("file:") => {
                     return Err(Status::unimplemented(format!(
                         "load parameter '{k}': uploading model files is not supported; put them in the repository"

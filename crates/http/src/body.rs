@@ -31,9 +31,9 @@ pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes
         "" | "identity" => Ok(raw),
         "gzip" => inflate(GzDecoder::new(&raw[..]), limit, "gzip"),
         "deflate" => inflate(ZlibDecoder::new(&raw[..]), limit, "deflate"),
-        other => Err(Error::invalid(format!(
-            "unsupported Content-Encoding '{other}'; expected gzip, deflate or identity"
-        ))),
+        other => {
+            Err(Error::invalid(format!("unsupported Content-Encoding '{other}'; expected gzip, deflate or identity")))
+        }
     }
 }
 
@@ -44,9 +44,7 @@ fn inflate(reader: impl Read, limit: usize, name: &str) -> Result<Bytes> {
         .read_to_end(&mut out)
         .map_err(|e| Error::invalid(format!("request body is not valid {name} data: {e}")))?;
     if n > limit {
-        return Err(Error::too_large(format!(
-            "decompressed request body exceeds --max-request-bytes ({limit})"
-        )));
+        return Err(Error::too_large(format!("decompressed request body exceeds --max-request-bytes ({limit})")));
     }
     Ok(Bytes::from(out))
 }

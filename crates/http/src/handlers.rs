@@ -231,7 +231,9 @@ pub async fn load(
     let config = match req.pointer("/parameters/config") {
         None => None,
         Some(Value::String(c)) => Some(c.clone()),
-        Some(_) => return Err(Error::invalid("parameters.config must be a string holding the model config JSON").into()),
+        Some(_) => {
+            return Err(Error::invalid("parameters.config must be a string holding the model config JSON").into())
+        }
     };
     if let Some(params) = req.get("parameters").and_then(Value::as_object) {
         if let Some(k) = params.keys().find(|k| k.starts_with("file:")) {

@@ -3,7 +3,9 @@
 
 use bytes::Bytes;
 use flotilla_core::tensor::split_bytes_elements;
-use flotilla_core::{DataType, Error, InferRequest, InferResponse, ParamValue, Parameters, RequestedOutput, Result, Tensor};
+use flotilla_core::{
+    DataType, Error, InferRequest, InferResponse, ParamValue, Parameters, RequestedOutput, Result, Tensor,
+};
 use half::{bf16, f16};
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -89,8 +91,8 @@ pub fn decode_request(model: &str, version: &str, body: Bytes, header_len: Optio
         None => body.len(),
     };
     let header = &body[..split];
-    let parsed: RequestJson = serde_json::from_slice(header)
-        .map_err(|e| Error::invalid(format!("malformed inference request JSON: {e}")))?;
+    let parsed: RequestJson =
+        serde_json::from_slice(header).map_err(|e| Error::invalid(format!("malformed inference request JSON: {e}")))?;
     let mut binary = body.slice(split..);
     let parameters = params(parsed.parameters, "request")?;
     let default_binary = parameters.get("binary_data_output").and_then(ParamValue::as_bool).unwrap_or(false);
@@ -106,10 +108,9 @@ pub fn decode_request(model: &str, version: &str, body: Bytes, header_len: Optio
                 return Err(Error::invalid(format!("{what}: has both 'data' and binary_data_size; give one")))
             }
             (Some(size), None) => {
-                let size = size
-                    .as_i64()
-                    .and_then(|s| usize::try_from(s).ok())
-                    .ok_or_else(|| Error::invalid(format!("{what}: binary_data_size must be a non-negative integer")))?;
+                let size = size.as_i64().and_then(|s| usize::try_from(s).ok()).ok_or_else(|| {
+                    Error::invalid(format!("{what}: binary_data_size must be a non-negative integer"))
+                })?;
                 if size > binary.len() {
                     return Err(Error::invalid(format!(
                         "{what}: binary_data_size {size} exceeds the {} binary bytes left in the request",
@@ -167,9 +168,7 @@ pub fn decode_request(model: &str, version: &str, body: Bytes, header_len: Optio
 pub fn parse_data(raw: &RawValue, datatype: DataType, what: &str) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     let mut de = serde_json::Deserializer::from_str(raw.get());
-    Flatten { datatype, out: &mut out }
-        .deserialize(&mut de)
-        .map_err(|e| Error::invalid(format!("{what}: {e}")))?;
+    Flatten { datatype, out: &mut out }.deserialize(&mut de).map_err(|e| Error::invalid(format!("{what}: {e}")))?;
     Ok(out)
 }
 

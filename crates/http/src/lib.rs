@@ -86,11 +86,8 @@ pub fn router(service: Arc<Service>, options: HttpOptions) -> Router {
 
 /// Shared middleware: counts responses by endpoint and status and times them.
 async fn record(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let endpoint = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
+    let endpoint =
+        request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
     let start = Instant::now();
     let response = next.run(request).await;
     let m = &state.service.metrics;

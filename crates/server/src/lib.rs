@@ -118,9 +118,8 @@ pub async fn run(config: ServeConfig, listeners: Listeners, shutdown: impl Futur
     let http = axum::serve(listeners.http, http_router).with_graceful_shutdown(stopped());
     tasks.spawn(async move { http.await.context("HTTP server") });
 
-    let grpc_parts = flotilla_grpc::build(service.clone(), config.max_request_bytes)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let grpc_parts =
+        flotilla_grpc::build(service.clone(), config.max_request_bytes).await.map_err(anyhow::Error::msg)?;
     let health = grpc_parts.health.clone();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc);
     let grpc = tonic::transport::Server::builder()

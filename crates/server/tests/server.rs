@@ -1,4 +1,5 @@
 //! Starts the whole server in-process on port 0 and talks to it over HTTP and gRPC.
+#![allow(clippy::unwrap_used)] // test helpers: a failed setup should fail loudly
 
 use flotilla::config::ServeConfig;
 use flotilla::{run, Listeners};
@@ -56,8 +57,15 @@ async fn serves_http_grpc_and_metrics_then_drains() {
         {"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "data": (0..16).collect::<Vec<i32>>()},
         {"name": "INPUT1", "shape": [1, 16], "datatype": "INT32", "data": vec![2; 16]},
     ]});
-    let r: serde_json::Value =
-        client.post(format!("{}/v2/models/simple/infer", s.http)).json(&body).send().await.unwrap().json().await.unwrap();
+    let r: serde_json::Value = client
+        .post(format!("{}/v2/models/simple/infer", s.http))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(r["outputs"][1]["data"], json!((0..16).map(|i| i - 2).collect::<Vec<i32>>()));
 
     let mut grpc = GrpcInferenceServiceClient::connect(s.grpc.clone()).await.unwrap();

@@ -58,10 +58,8 @@ pub fn complete(config: &mut ModelConfig, file: &Path, options: &AutocompleteOpt
     let proto = tract_onnx::onnx()
         .proto_model_for_path(file)
         .map_err(|e| Error::invalid(format!("{}: cannot read ONNX model: {e}", file.display())))?;
-    let graph = proto
-        .graph
-        .as_ref()
-        .ok_or_else(|| Error::invalid(format!("{}: ONNX model has no graph", file.display())))?;
+    let graph =
+        proto.graph.as_ref().ok_or_else(|| Error::invalid(format!("{}: ONNX model has no graph", file.display())))?;
     let initializers: std::collections::HashSet<&str> = graph.initializer.iter().map(|i| i.name.as_str()).collect();
     let inputs: Vec<_> = graph
         .input

@@ -94,9 +94,8 @@ pub fn from_tract(name: &str, want: DataType, value: &tract_onnx::prelude::Tenso
         value.clone()
     };
     if value.datum_type() == DatumType::String {
-        let view = value
-            .to_plain_array_view::<String>()
-            .map_err(|e| Error::internal(format!("output '{name}': {e}")))?;
+        let view =
+            value.to_plain_array_view::<String>().map_err(|e| Error::internal(format!("output '{name}': {e}")))?;
         let data = join_bytes_elements(view.iter().map(|s| s.as_bytes()));
         return Ok(Tensor::new(name, DataType::Bytes, shape, data));
     }

@@ -76,8 +76,12 @@ impl TractEngine {
         let mut model = tract_onnx::onnx().model_for_path(file).map_err(|e| load_error(file, e))?;
         let batch = model.sym("N");
         let mut input_names = Vec::new();
-        let plan_inputs: Vec<String> =
-            model.input_outlets().map_err(|e| load_error(file, e))?.iter().map(|o| model.node(o.node).name.clone()).collect();
+        let plan_inputs: Vec<String> = model
+            .input_outlets()
+            .map_err(|e| load_error(file, e))?
+            .iter()
+            .map(|o| model.node(o.node).name.clone())
+            .collect();
         for (ix, name) in plan_inputs.iter().enumerate() {
             let Some(c) = config.input.iter().find(|c| &c.name == name) else {
                 return Err(load_error(
@@ -94,14 +98,15 @@ impl TractEngine {
             for (j, d) in dims.iter().enumerate() {
                 shape.push(if *d < 0 { model.sym(&format!("{name}_d{j}")).into() } else { TDim::from(*d) });
             }
-            model
-                .set_input_fact(ix, InferenceFact::dt_shape(dt, shape))
-                .map_err(|e| load_error(file, e))?;
+            model.set_input_fact(ix, InferenceFact::dt_shape(dt, shape)).map_err(|e| load_error(file, e))?;
             input_names.push(name.clone());
         }
         for c in &config.input {
             if !plan_inputs.contains(&c.name) {
-                return Err(load_error(file, format!("configured input '{}' is not an input of the ONNX graph", c.name)));
+                return Err(load_error(
+                    file,
+                    format!("configured input '{}' is not an input of the ONNX graph", c.name),
+                ));
             }
         }
         let mut outputs = Vec::new();
@@ -115,13 +120,13 @@ impl TractEngine {
         }
         for c in &config.output {
             if !outputs.iter().any(|(n, _)| n == &c.name) {
-                return Err(load_error(file, format!("configured output '{}' is not an output of the ONNX graph", c.name)));
+                return Err(load_error(
+                    file,
+                    format!("configured output '{}' is not an output of the ONNX graph", c.name),
+                ));
             }
         }
-        let plan = model
-            .into_optimized()
-            .and_then(|m| m.into_runnable())
-            .map_err(|e| load_error(file, e))?;
+        let plan = model.into_optimized().and_then(|m| m.into_runnable()).map_err(|e| load_error(file, e))?;
         Ok(Self { plan, input_names, outputs })
     }
 }

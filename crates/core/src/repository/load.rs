@@ -70,7 +70,9 @@ pub(crate) fn version_dirs(model_dir: &Path) -> BTreeMap<u64, PathBuf> {
 pub(crate) fn fingerprint(dir: &Path, skip_versions: bool) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     fn walk(dir: &Path, skip_versions: bool, depth: usize, h: &mut impl Hasher) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
         let mut entries: Vec<_> = entries.flatten().collect();
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
@@ -126,10 +128,9 @@ pub(crate) fn resolve_config(
         config.backend = backend.name().to_string();
     }
     if config.input.is_empty() || config.output.is_empty() {
-        let (_, dir) = versions
-            .iter()
-            .next_back()
-            .ok_or_else(|| Error::invalid(format!("{name}: no numeric version folder to complete the configuration from")))?;
+        let (_, dir) = versions.iter().next_back().ok_or_else(|| {
+            Error::invalid(format!("{name}: no numeric version folder to complete the configuration from"))
+        })?;
         let file = dir.join(model_filename(&config, backend.as_ref()));
         backend.autocomplete(&mut config, &file, &settings.autocomplete)?;
     }
@@ -182,9 +183,7 @@ pub(crate) fn select_versions(config: &ModelConfig, on_disk: &BTreeMap<u64, Path
         Some(PolicyChoice::Specific(s)) => {
             s.versions.iter().filter_map(|v| u64::try_from(*v).ok()).filter(|v| on_disk.contains_key(v)).collect()
         }
-        Some(PolicyChoice::Latest(l)) => {
-            on_disk.keys().rev().take(l.num_versions.max(1) as usize).copied().collect()
-        }
+        Some(PolicyChoice::Latest(l)) => on_disk.keys().rev().take(l.num_versions.max(1) as usize).copied().collect(),
         None => on_disk.keys().next_back().copied().into_iter().collect(),
     }
 }

@@ -59,6 +59,9 @@ struct Status {
     print: Option<u64>,
 }
 
+/// Called with (model, versions, ready) when versions come and go.
+type ChangeHook = Box<dyn Fn(&str, &[String], bool) + Send + Sync>;
+
 /// The model repository.
 pub struct Repository {
     root: PathBuf,
@@ -68,7 +71,7 @@ pub struct Repository {
     status: Mutex<BTreeMap<String, Status>>,
     /// Loads and unloads happen one at a time.
     load_lock: tokio::sync::Mutex<()>,
-    on_change: Box<dyn Fn(&str, &[String], bool) + Send + Sync>,
+    on_change: ChangeHook,
 }
 
 // === impl Repository ===
@@ -102,9 +105,8 @@ impl Repository {
 
     /// Model folder names in the repository, sorted.
     pub fn scan(&self) -> Result<Vec<String>> {
-        let entries = std::fs::read_dir(&self.root).map_err(|e| {
-            Error::unavailable(format!("cannot read model repository {}: {e}", self.root.display()))
-        })?;
+        let entries = std::fs::read_dir(&self.root)
+            .map_err(|e| Error::unavailable(format!("cannot read model repository {}: {e}", self.root.display())))?;
         let mut names: Vec<String> = entries
             .flatten()
             .filter(|e| e.path().is_dir())
@@ -177,10 +179,7 @@ impl Repository {
         }
         let dir = self.root.join(name);
         if !dir.is_dir() {
-            return Err(Error::not_found(format!(
-                "failed to load '{name}': no model folder {}",
-                dir.display()
-            )));
+            return Err(Error::not_found(format!("failed to load '{name}': no model folder {}", dir.display())));
         }
         let override_config = override_config.or_else(|| {
             (self.mode == ControlMode::Explicit)
@@ -203,7 +202,8 @@ impl Repository {
             Ok(outcome) => {
                 status.failed_versions = outcome.failed.clone();
                 if outcome.versions.is_empty() {
-                    let reasons: Vec<String> = outcome.failed.iter().map(|(v, r)| format!("version {v}: {r}")).collect();
+                    let reasons: Vec<String> =
+                        outcome.failed.iter().map(|(v, r)| format!("version {v}: {r}")).collect();
                     Err(Error::invalid(format!("failed to load '{name}': {}", reasons.join("; "))))
                 } else {
                     let mut map = HashMap::clone(&self.models.load());
@@ -284,10 +284,9 @@ impl Repository {
 
     fn unknown_model(&self, name: &str) -> Error {
         match self.status.lock().get(name) {
-            Some(s) if s.error.is_some() => Error::unavailable(format!(
-                "model '{name}' is not ready: {}",
-                s.error.as_deref().unwrap_or_default()
-            )),
+            Some(s) if s.error.is_some() => {
+                Error::unavailable(format!("model '{name}' is not ready: {}", s.error.as_deref().unwrap_or_default()))
+            }
             Some(s) if s.unloaded => Error::unavailable(format!("model '{name}' is unloaded")),
             _ => Error::not_found(format!("unknown model '{name}'")),
         }

@@ -29,8 +29,18 @@ impl Backend for EchoBackend {
         "model.echo"
     }
     fn autocomplete(&self, c: &mut ModelConfig, _: &Path, _: &AutocompleteOptions) -> Result<()> {
-        c.input = vec![ModelInput { name: "IN".into(), data_type: DataType::U8.to_config() as i32, dims: vec![1], ..Default::default() }];
-        c.output = vec![ModelOutput { name: "OUT".into(), data_type: DataType::U8.to_config() as i32, dims: vec![1], ..Default::default() }];
+        c.input = vec![ModelInput {
+            name: "IN".into(),
+            data_type: DataType::U8.to_config() as i32,
+            dims: vec![1],
+            ..Default::default()
+        }];
+        c.output = vec![ModelOutput {
+            name: "OUT".into(),
+            data_type: DataType::U8.to_config() as i32,
+            dims: vec![1],
+            ..Default::default()
+        }];
         Ok(())
     }
     fn load(&self, _: &ModelConfig, file: &Path) -> Result<Arc<dyn Engine>> {
@@ -68,7 +78,11 @@ async fn version_policies() {
     for v in 1..=3 {
         write_version(dir.path(), "m", v, &v.to_string());
     }
-    std::fs::write(dir.path().join("m/config.pbtxt"), "backend: \"echo\"\nversion_policy: { latest { num_versions: 2 } }").unwrap();
+    std::fs::write(
+        dir.path().join("m/config.pbtxt"),
+        "backend: \"echo\"\nversion_policy: { latest { num_versions: 2 } }",
+    )
+    .unwrap();
     r.load_initial(&[]).await.unwrap();
     assert_eq!(r.model("m").unwrap().versions.keys().copied().collect::<Vec<_>>(), vec![2, 3]);
     assert_eq!(answer(&r, "m", "").await, 3);
@@ -79,7 +93,11 @@ async fn version_policies() {
     for v in [1, 5, 9] {
         write_version(dir.path(), "m", v, "1");
     }
-    std::fs::write(dir.path().join("m/config.pbtxt"), "backend: \"echo\"\nversion_policy: { specific { versions: [1, 9, 12] } }").unwrap();
+    std::fs::write(
+        dir.path().join("m/config.pbtxt"),
+        "backend: \"echo\"\nversion_policy: { specific { versions: [1, 9, 12] } }",
+    )
+    .unwrap();
     r.load_initial(&[]).await.unwrap();
     assert_eq!(r.model("m").unwrap().versions.keys().copied().collect::<Vec<_>>(), vec![1, 9]);
 

@@ -34,7 +34,10 @@ fn typed_contents_are_checked() {
     };
     assert!(request_from_proto(req).unwrap_err().message.contains("raw_input_contents"));
     let mut p = HashMap::new();
-    p.insert("classification".to_string(), InferParameter { parameter_choice: Some(ParameterChoice::StringParam("x".into())) });
+    p.insert(
+        "classification".to_string(),
+        InferParameter { parameter_choice: Some(ParameterChoice::StringParam("x".into())) },
+    );
     let req = ModelInferRequest {
         outputs: vec![InferRequestedOutputTensor { name: "o".into(), parameters: p }],
         ..Default::default()

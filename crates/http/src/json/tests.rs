@@ -40,7 +40,10 @@ fn malformed_requests_name_the_problem() {
         (r#"{"inputs":[{"name":"a","shape":[1],"datatype":"BOOL","data":[1]}]}"#, "expected BOOL"),
         (r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32"}]}"#, "no 'data'"),
         (r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32","data":[null]}]}"#, "null"),
-        (r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32","data":[1],"parameters":{"binary_data_size":4}}]}"#, "both"),
+        (
+            r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32","data":[1],"parameters":{"binary_data_size":4}}]}"#,
+            "both",
+        ),
         (r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}}]}"#, "exceeds"),
         (r#"{"inputs":[{"name":"a","shape":"x","datatype":"FP32","data":[1]}]}"#, "malformed"),
         (r#"{"inputs":[], "bogus": 1}"#, "unknown field"),
