@@ -52,9 +52,9 @@ CASES = [
      "got the string"),
     ("unknown-output", "simple", body(good_input("INPUT0"), good_input("INPUT1"), outputs=[{"name": "OUT9"}]), {},
      400, "unknown output 'OUT9'"),
-    ("unknown-model", "nope", body(good_input("INPUT0")), {}, 404, "unknown model 'nope'"),
+    ("unknown-model", "nope", body(good_input("INPUT0")), {}, 404, "Request for unknown model: 'nope' is not found"),
     ("unknown-version", "simple/versions/9", body(good_input("INPUT0"), good_input("INPUT1")), {}, 404,
-     "no ready version 9"),
+     "Request for unknown model: 'simple' version 9 is not found"),
     ("bad-version", "simple/versions/x", body(good_input("INPUT0"), good_input("INPUT1")), {}, 400,
      "not a non-negative integer"),
     ("header-length-too-large", "simple", body(good_input("INPUT0"), good_input("INPUT1")).encode(),
@@ -210,7 +210,7 @@ def test_grpc_bad_input(server, case):
 
 def test_other_endpoints_reject_bad_input(server):
     r = requests.get(f"{server.url}/v2/models/nope")
-    assert r.status_code == 404 and "unknown model" in r.json()["error"]
+    assert r.status_code == 404 and "Request for unknown model" in r.json()["error"]
     r = requests.get(f"{server.url}/v2/models/simple/versions/5/config")
     assert r.status_code == 404
     r = requests.post(f"{server.url}/v2/repository/index", data=b"{bad")

@@ -32,7 +32,7 @@ def test_health_metadata_config(client):
     cfg = client.get_model_config("simple", as_json=True)["config"]
     assert cfg["max_batch_size"] == 8
     assert cfg["input"][1]["name"] == "INPUT1"
-    assert client.get_server_metadata().name == "flotilla"
+    assert client.get_server_metadata().name == "triton"
 
 
 @pytest.mark.parametrize("batch", [1, 3, 8])

@@ -47,6 +47,18 @@ def test_explicit_load_unload(repo_copy):
         import json
         c.load_model("simple", config=json.dumps(cfg))
         assert c.get_model_config("simple")["max_batch_size"] == 2
+        # a partial override: the rest is completed from the ONNX graph, as Triton does
+        c.load_model("simple", config='{"max_batch_size":"16"}')
+        cfg = c.get_model_config("simple")
+        assert cfg["max_batch_size"] == 16 and [i["name"] for i in cfg["input"]] == ["INPUT0", "INPUT1"]
+        a16 = np.zeros((16, 16), dtype=np.int32)
+        inputs = [httpclient.InferInput(n, [16, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+        for i in inputs:
+            i.set_data_from_numpy(a16)
+        assert c.infer("simple", inputs).as_numpy("OUTPUT0").shape == (16, 16)
+        with pytest.raises(InferenceServerException) as e:
+            c.load_model("simple", config='"parameters": {"config": {{"max_batch_size": "16"}}}')
+        assert "failed to load" in str(e.value)
         with pytest.raises(InferenceServerException) as e:
             c.load_model("does_not_exist")
         assert "does_not_exist" in str(e.value)

@@ -162,7 +162,7 @@ impl Service {
     /// Loads or reloads a model; `config_json` overrides its config.pbtxt (Triton's load `config` parameter).
     pub async fn load_model(&self, name: &str, config_json: Option<&str>) -> Result<()> {
         let config = match config_json {
-            Some(text) => Some(config::parse_json(text, &format!("load request for '{name}': config"))?),
+            Some(text) => Some(config::parse_json(text, &format!("failed to load '{name}': config parameter"))?),
             None => None,
         };
         self.repository.load(name, config).await

@@ -97,6 +97,11 @@ pub struct ServeConfig {
     #[arg(long, env = "FLOTILLA_DEFAULT_MAX_BATCH_SIZE", default_value_t = 4)]
     pub default_max_batch_size: i32,
 
+    /// Server name reported by server metadata (`GET /v2`, ServerMetadata). "triton" by default
+    /// because Triton's clients and example scripts check for it; the version field is Flotilla's.
+    #[arg(long, env = "FLOTILLA_SERVER_NAME", default_value = "triton")]
+    pub server_name: String,
+
     /// Engine instances (threads) per model version when its config has no instance_group (0 = one per core, at most 4).
     #[arg(long, env = "FLOTILLA_INSTANCES", default_value_t = 0)]
     pub instances: usize,

@@ -85,7 +85,11 @@ pub async fn build_service(config: &ServeConfig) -> anyhow::Result<Arc<Service>>
         .load_initial(&config.load_model)
         .await
         .with_context(|| format!("model repository {}", config.model_repository.display()))?;
-    let options = ServiceOptions { strict_readiness: config.strict_readiness, ..ServiceOptions::default() };
+    let options = ServiceOptions {
+        strict_readiness: config.strict_readiness,
+        server_name: config.server_name.clone(),
+        ..ServiceOptions::default()
+    };
     Ok(Arc::new(Service::new(Arc::new(repository), metrics, options)))
 }
 

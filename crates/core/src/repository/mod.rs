@@ -279,7 +279,7 @@ impl Repository {
             .versions
             .get(&v)
             .cloned()
-            .ok_or_else(|| Error::not_found(format!("model '{name}' has no ready version {v}")))
+            .ok_or_else(|| Error::not_found(format!("Request for unknown model: '{name}' version {v} is not found")))
     }
 
     fn unknown_model(&self, name: &str) -> Error {
@@ -288,7 +288,8 @@ impl Repository {
                 Error::unavailable(format!("model '{name}' is not ready: {}", s.error.as_deref().unwrap_or_default()))
             }
             Some(s) if s.unloaded => Error::unavailable(format!("model '{name}' is unloaded")),
-            _ => Error::not_found(format!("unknown model '{name}'")),
+            // Triton's wording: its clients and example scripts match on it.
+            _ => Error::not_found(format!("Request for unknown model: '{name}' is not found")),
         }
     }
 
