@@ -45,6 +45,13 @@ def test_infer(client, batch):
     assert r.get_response().id == "g1"
 
 
+@pytest.mark.parametrize("algo", ["gzip", "deflate"])
+def test_compression(client, algo):
+    a, b, inputs = simple_inputs(4)
+    r = client.infer("simple", inputs, compression_algorithm=algo)
+    np.testing.assert_array_equal(r.as_numpy("OUTPUT0"), a + b)
+
+
 def test_output_selection_and_classification(client):
     a, b, inputs = simple_inputs()
     r = client.infer("simple", inputs, outputs=[grpcclient.InferRequestedOutput("OUTPUT1", class_count=3)])

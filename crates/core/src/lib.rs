@@ -26,6 +26,8 @@ pub mod request;
 pub mod service;
 pub mod stats;
 pub mod tensor;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 pub use datatype::DataType;
 pub use error::{Error, ErrorKind, Result};

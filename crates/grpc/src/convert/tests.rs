@@ -1,5 +1,5 @@
 use super::*;
-use flotilla_core::datatype::ALL_DATATYPES;
+use flotilla_core::testing::arb_tensor;
 use flotilla_proto::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use proptest::prelude::*;
 
@@ -43,28 +43,6 @@ fn typed_contents_are_checked() {
         ..Default::default()
     };
     assert!(request_from_proto(req).unwrap_err().message.contains("classification"));
-}
-
-fn arb_tensor() -> impl Strategy<Value = Tensor> {
-    (0..ALL_DATATYPES.len(), proptest::collection::vec(0i64..4, 0..3)).prop_flat_map(|(i, shape)| {
-        let dt = ALL_DATATYPES[i];
-        let n = shape.iter().product::<i64>() as usize;
-        let data: BoxedStrategy<Vec<u8>> = match dt {
-            DataType::Bool => proptest::collection::vec(0u8..=1, n).boxed(),
-            DataType::Bytes => proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..8), n)
-                .prop_map(|v| join_bytes_elements(v.iter().map(|e| &e[..])))
-                .boxed(),
-            // NaN payloads do not survive f32 -> proto -> f32 bit-exactly in every case; keep floats finite.
-            DataType::F32 => proptest::collection::vec(-1e30f32..1e30, n)
-                .prop_map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect())
-                .boxed(),
-            DataType::F64 => proptest::collection::vec(-1e300f64..1e300, n)
-                .prop_map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect())
-                .boxed(),
-            other => proptest::collection::vec(any::<u8>(), n * other.size().unwrap_or(1)).boxed(),
-        };
-        data.prop_map(move |d| Tensor::new("t", dt, shape.clone(), d))
-    })
 }
 
 proptest! {

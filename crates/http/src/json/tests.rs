@@ -1,6 +1,5 @@
 use super::*;
-use flotilla_core::datatype::ALL_DATATYPES;
-use flotilla_core::tensor::join_bytes_elements;
+use flotilla_core::testing::arb_tensor;
 use proptest::prelude::*;
 
 fn decode(body: &str) -> Result<DecodedRequest> {
@@ -86,38 +85,6 @@ fn response_binary_layout() {
     assert!(n.is_none());
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["outputs"][0]["data"], serde_json::json!([1, 2]));
-}
-
-/// Random finite tensor data of `dt` with `n` elements, in wire bytes.
-pub fn arb_data(dt: DataType, n: usize) -> BoxedStrategy<Vec<u8>> {
-    let fixed = |size: usize| proptest::collection::vec(any::<u8>(), n * size).boxed();
-    match dt {
-        DataType::Bool => proptest::collection::vec(0u8..=1, n).boxed(),
-        DataType::F32 => proptest::collection::vec(-1e30f32..1e30, n)
-            .prop_map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect())
-            .boxed(),
-        DataType::F64 => proptest::collection::vec(-1e300f64..1e300, n)
-            .prop_map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect())
-            .boxed(),
-        DataType::F16 => proptest::collection::vec(-60000f32..60000.0, n)
-            .prop_map(|v| v.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect())
-            .boxed(),
-        DataType::BF16 => proptest::collection::vec(-1e30f32..1e30, n)
-            .prop_map(|v| v.iter().flat_map(|x| bf16::from_f32(*x).to_le_bytes()).collect())
-            .boxed(),
-        DataType::Bytes => proptest::collection::vec("[a-zA-Z0-9 _\\-éü]{0,12}", n)
-            .prop_map(|v| join_bytes_elements(v.iter().map(|s| s.as_bytes())))
-            .boxed(),
-        other => fixed(other.size().unwrap_or(1)),
-    }
-}
-
-fn arb_tensor() -> impl Strategy<Value = Tensor> {
-    (0..ALL_DATATYPES.len(), proptest::collection::vec(0i64..4, 0..3)).prop_flat_map(|(i, shape)| {
-        let dt = ALL_DATATYPES[i];
-        let n = shape.iter().product::<i64>() as usize;
-        arb_data(dt, n).prop_map(move |data| Tensor::new("t", dt, shape.clone(), data))
-    })
 }
 
 proptest! {
