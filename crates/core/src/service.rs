@@ -173,6 +173,7 @@ impl Service {
     }
 
     /// Runs one inference request end to end.
+    #[tracing::instrument(name = "infer", skip_all, fields(model = %request.model, version = %request.version, id = %request.id))]
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
         let started = Instant::now();
         let mv = self.repository.get(&request.model, &request.version)?;

@@ -14,6 +14,7 @@
 pub mod config;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use config::{ControlModeArg, ServeConfig};
 use flotilla_core::engine::{AutocompleteOptions, Backend};
 use flotilla_core::metrics::Metrics;
@@ -119,7 +120,11 @@ pub async fn run(config: ServeConfig, listeners: Listeners, shutdown: impl Futur
         service.clone(),
         flotilla_http::HttpOptions { max_request_bytes: config.max_request_bytes },
     );
-    let http = axum::serve(listeners.http, http_router).with_graceful_shutdown(stopped());
+    // No Nagle delay on small responses (headers and body may leave in separate writes).
+    let http_listener = listeners.http.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let http = axum::serve(http_listener, http_router).with_graceful_shutdown(stopped());
     tasks.spawn(async move { http.await.context("HTTP server") });
 
     let grpc_parts =
