@@ -24,11 +24,11 @@ for proto in http grpc; do
   port=$([ $proto = http ] && echo $http || echo $grpc)
   csv=$(mktemp)
   .venv/bin/perf_analyzer -m simple -u localhost:$port -i $proto --concurrency-range 1:4 \
-    --measurement-interval 3000 --percentile 99 -f "$csv" >/dev/null
+    --measurement-interval 3000 --stability-percentage 50 --max-trials 20 -f "$csv" >/dev/null
   # CSV columns: Concurrency, Inferences/Second, ..., p50 latency, p90, p95, p99, ...
   .venv/bin/python - "$csv" "$proto" >> "$out" <<'PY'
 import csv, sys
-rows = list(csv.DictReader(open(sys.argv[1])))
+rows = sorted(csv.DictReader(open(sys.argv[1])), key=lambda r: int(r["Concurrency"]))
 for r in rows:
     print(f"| {sys.argv[2]} | {r['Concurrency']} | {float(r['Inferences/Second']):.0f} | {r['p50 latency']} | {r['p99 latency']} |")
 PY

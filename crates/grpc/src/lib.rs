@@ -27,15 +27,14 @@ pub struct GrpcParts {
 /// Builds the inference, health and reflection services; messages up to `max_message_bytes`.
 pub async fn build(service: Arc<Service>, max_message_bytes: usize) -> Result<GrpcParts, String> {
     use tonic::codec::CompressionEncoding::{Deflate, Gzip};
-    // Message compression as tritonclient's `compression_algorithm` sends it; responses are
-    // compressed only for clients that advertise the encoding.
+    // Accept requests compressed as tritonclient's `compression_algorithm` sends them. Responses
+    // go uncompressed, as Triton sends them: gRPC C++ clients advertise gzip/deflate by default,
+    // and compressing small tensors costs more than it saves.
     let inference = GrpcInferenceServiceServer::new(InferenceService::new(service))
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(usize::MAX)
         .accept_compressed(Gzip)
-        .accept_compressed(Deflate)
-        .send_compressed(Gzip)
-        .send_compressed(Deflate);
+        .accept_compressed(Deflate);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", tonic_health::ServingStatus::Serving).await;
     health.set_service_status(SERVICE_NAME, tonic_health::ServingStatus::Serving).await;

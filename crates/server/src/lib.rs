@@ -130,9 +130,9 @@ pub async fn run(config: ServeConfig, listeners: Listeners, shutdown: impl Futur
     let grpc_parts =
         flotilla_grpc::build(service.clone(), config.max_request_bytes).await.map_err(anyhow::Error::msg)?;
     let health = grpc_parts.health.clone();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc);
+    // Server::tcp_nodelay only applies to sockets tonic binds itself; set it on ours.
+    let incoming = tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
     let grpc = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .layer(flotilla_grpc::MetricsLayer::new(service.metrics.clone()))
         .add_routes(grpc_parts.routes)
         .serve_with_incoming_shutdown(incoming, stopped());
