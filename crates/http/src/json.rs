@@ -266,12 +266,17 @@ pub fn write_data(t: &Tensor, out: &mut Vec<u8>) -> Result<()> {
         }
         first = false;
     };
+    // serde_json writes integers with itoa and floats with ryu (shortest text that reads back
+    // bit-exactly; f32 as f32), and non-finite floats as null.
     macro_rules! each {
+        ($t:ty, $n:expr) => {
+            each!($t, $n, |v: $t| v)
+        };
         ($t:ty, $n:expr, $conv:expr) => {
             for c in t.data.chunks_exact($n) {
                 sep(out);
                 let v = <$t>::from_le_bytes(c.try_into().unwrap_or([0; $n]));
-                write_number(out, $conv(v));
+                let _ = serde_json::to_writer(&mut *out, &$conv(v));
             }
         };
     }
@@ -282,24 +287,18 @@ pub fn write_data(t: &Tensor, out: &mut Vec<u8>) -> Result<()> {
                 out.extend_from_slice(if *b != 0 { b"true" } else { b"false" });
             }
         }
-        DataType::U8 => each!(u8, 1, serde_json::Value::from),
-        DataType::I8 => each!(i8, 1, serde_json::Value::from),
-        DataType::U16 => each!(u16, 2, serde_json::Value::from),
-        DataType::I16 => each!(i16, 2, serde_json::Value::from),
-        DataType::U32 => each!(u32, 4, serde_json::Value::from),
-        DataType::I32 => each!(i32, 4, serde_json::Value::from),
-        DataType::U64 => each!(u64, 8, serde_json::Value::from),
-        DataType::I64 => each!(i64, 8, serde_json::Value::from),
-        DataType::F32 => each!(f32, 4, |v: f32| float_value(v as f64, v.to_string())),
-        DataType::F64 => each!(f64, 8, |v: f64| float_value(v, v.to_string())),
-        DataType::F16 => each!(u16, 2, |v: u16| {
-            let f = f16::from_bits(v).to_f32();
-            float_value(f as f64, f.to_string())
-        }),
-        DataType::BF16 => each!(u16, 2, |v: u16| {
-            let f = bf16::from_bits(v).to_f32();
-            float_value(f as f64, f.to_string())
-        }),
+        DataType::U8 => each!(u8, 1),
+        DataType::I8 => each!(i8, 1),
+        DataType::U16 => each!(u16, 2),
+        DataType::I16 => each!(i16, 2),
+        DataType::U32 => each!(u32, 4),
+        DataType::I32 => each!(i32, 4),
+        DataType::U64 => each!(u64, 8),
+        DataType::I64 => each!(i64, 8),
+        DataType::F32 => each!(f32, 4),
+        DataType::F64 => each!(f64, 8),
+        DataType::F16 => each!(u16, 2, |v: u16| f16::from_bits(v).to_f32()),
+        DataType::BF16 => each!(u16, 2, |v: u16| bf16::from_bits(v).to_f32()),
         DataType::Bytes => {
             for e in split_bytes_elements(&t.data, &t.name)? {
                 sep(out);
@@ -310,19 +309,6 @@ pub fn write_data(t: &Tensor, out: &mut Vec<u8>) -> Result<()> {
     }
     out.push(b']');
     Ok(())
-}
-
-/// Floats keep their shortest round-trip text (f32 as f32); NaN/inf become null.
-fn float_value(v: f64, text: String) -> serde_json::Value {
-    if !v.is_finite() {
-        return serde_json::Value::Null;
-    }
-    let text = if text.contains(['.', 'e', 'E']) { text } else { format!("{text}.0") };
-    serde_json::from_str::<serde_json::Value>(&text).unwrap_or(serde_json::Value::Null)
-}
-
-fn write_number(out: &mut Vec<u8>, v: serde_json::Value) {
-    let _ = serde_json::to_writer(out, &v);
 }
 
 /// Encodes a response; outputs for which `binary(name)` is true go after the JSON header.
