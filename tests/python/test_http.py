@@ -34,6 +34,10 @@ def test_health_and_server_metadata(client, server):
     assert md["name"] == "triton"  # what Triton's clients check; --server-name changes it
     assert "classification" in md["extensions"]
     assert requests.get(server.url + "/v2").json()["version"]
+    # Open Inference Protocol bodies (the KServe SDK reads them; tritonclient reads the status)
+    assert requests.get(server.url + "/v2/health/live").json() == {"live": True}
+    assert requests.get(server.url + "/v2/health/ready").json() == {"ready": True}
+    assert requests.get(server.url + "/v2/models/simple/ready").json() == {"name": "simple", "ready": True}
 
 
 def test_model_metadata_and_config(client):
@@ -113,7 +117,8 @@ def test_compressed_raw_http(server):
 
 
 def test_nested_json_and_curl_style(server):
-    body = {"id": "n1", "inputs": [
+    # model_name/model_version in the body (as the KServe SDK sends them) are accepted
+    body = {"id": "n1", "model_name": "simple", "model_version": "1", "inputs": [
         {"name": "INPUT0", "shape": [2, 16], "datatype": "INT32", "data": [[1] * 16, [2] * 16]},
         {"name": "INPUT1", "shape": [2, 16], "datatype": "INT32", "data": [[1] * 16, [1] * 16]},
     ], "outputs": [{"name": "OUTPUT0"}]}

@@ -24,20 +24,19 @@ pub async fn server_metadata(State(s): State<AppState>) -> Json<Value> {
     }))
 }
 
-pub async fn live(State(s): State<AppState>) -> StatusCode {
-    if s.service.live() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    }
+/// 200 when true, 503 when false; the body is the Open Inference Protocol's `{"<key>": bool}`
+/// (Triton's clients read the status, the KServe SDK reads the body).
+fn health(key: &str, ok: bool) -> (StatusCode, Json<Value>) {
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({ key: ok })))
 }
 
-pub async fn ready(State(s): State<AppState>) -> StatusCode {
-    if s.service.ready() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    }
+pub async fn live(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
+    health("live", s.service.live())
+}
+
+pub async fn ready(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
+    health("ready", s.service.ready())
 }
 
 fn metadata(s: &AppState, model: &str, version: &str) -> Result<Json<Value>> {
@@ -62,19 +61,19 @@ pub async fn model_metadata_v(State(s): State<AppState>, Path((m, v)): Path<(Str
     metadata(&s, &m, &v)
 }
 
-fn ready_status(s: &AppState, model: &str, version: &str) -> Result<StatusCode> {
+fn ready_status(s: &AppState, model: &str, version: &str) -> Result<Json<Value>> {
     if s.service.model_ready(model, version)? {
-        Ok(StatusCode::OK)
+        Ok(Json(json!({"name": model, "ready": true})))
     } else {
         Err(Error::unavailable(format!("model '{model}' is not ready")).into())
     }
 }
 
-pub async fn model_ready(State(s): State<AppState>, Path(model): Path<String>) -> Result<StatusCode> {
+pub async fn model_ready(State(s): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>> {
     ready_status(&s, &model, "")
 }
 
-pub async fn model_ready_v(State(s): State<AppState>, Path((m, v)): Path<(String, String)>) -> Result<StatusCode> {
+pub async fn model_ready_v(State(s): State<AppState>, Path((m, v)): Path<(String, String)>) -> Result<Json<Value>> {
     ready_status(&s, &m, &v)
 }
 

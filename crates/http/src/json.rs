@@ -13,8 +13,9 @@ use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 use std::fmt;
 
+// Unknown fields are ignored, not refused: the KServe SDK sends `model_name` and
+// `model_version` in the body, and other clients add their own keys.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RequestJson<'a> {
     #[serde(default)]
     id: Option<String>,
@@ -27,7 +28,6 @@ struct RequestJson<'a> {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct InputJson<'a> {
     name: String,
     shape: Vec<i64>,
@@ -39,7 +39,6 @@ struct InputJson<'a> {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct OutputJson {
     name: String,
     #[serde(default)]
