@@ -149,11 +149,6 @@ pub fn full_shape(config: &ModelConfig, dims: &[i64]) -> Vec<i64> {
     shape
 }
 
-/// A `parameters { key: ... value { string_value: ... } }` entry of the config.
-pub fn parameter<'a>(config: &'a ModelConfig, key: &str) -> Option<&'a str> {
-    config.parameters.get(key).map(|p| p.string_value.as_str())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,7 +178,7 @@ parameters { key: "output_margin" value { string_value: "true" } }
         assert_eq!(c.input[1].dims, vec![16]);
         assert_eq!(input_datatype(&c.input[0]), DataType::I32);
         assert_eq!(c.instance_group[0].count, 2);
-        assert_eq!(parameter(&c, "output_margin"), Some("true"));
+        assert_eq!(c.parameters["output_margin"].string_value, "true");
         assert_eq!(full_shape(&c, &c.input[0].dims), vec![-1, 16]);
     }
 

@@ -122,15 +122,6 @@ impl Tensor {
         }
         Ok(())
     }
-
-    /// Number of elements, assuming the tensor is valid.
-    pub fn len(&self) -> usize {
-        element_count(&self.shape, &self.name).unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]

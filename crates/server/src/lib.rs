@@ -154,7 +154,7 @@ pub async fn run(config: ServeConfig, listeners: Listeners, shutdown: impl Futur
     if config.model_control_mode == ControlModeArg::Poll {
         let repository = service.repository.clone();
         let every = Duration::from_secs(config.repository_poll_secs.max(1));
-        let mut stop = stopped_rx(&stop_tx);
+        let mut stop = stop_tx.subscribe();
         tasks.spawn(async move {
             loop {
                 tokio::select! {
@@ -188,8 +188,4 @@ pub async fn run(config: ServeConfig, listeners: Listeners, shutdown: impl Futur
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-fn stopped_rx(tx: &watch::Sender<bool>) -> watch::Receiver<bool> {
-    tx.subscribe()
 }

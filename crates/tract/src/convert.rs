@@ -79,19 +79,21 @@ pub fn to_tract(t: &Tensor) -> Result<tract_onnx::prelude::Tensor> {
     Ok(out)
 }
 
-/// Copies a tract output into a protocol tensor of datatype `want`.
-pub fn from_tract(name: &str, want: DataType, value: &tract_onnx::prelude::Tensor) -> Result<Tensor> {
+/// Copies a tract output into a protocol tensor, cast to `want` (the configured
+/// datatype) when given; outputs the configuration does not name keep their own type.
+pub fn from_tract(name: &str, want: Option<DataType>, value: &tract_onnx::prelude::Tensor) -> Result<Tensor> {
     let shape: Vec<i64> = value.shape().iter().map(|d| *d as i64).collect();
     let got = protocol_type(value.datum_type())
         .ok_or_else(|| Error::internal(format!("output '{name}': unsupported tract type {:?}", value.datum_type())))?;
+    let want = want.unwrap_or(got);
+    // Borrowed unless a cast is needed: the only copy is into the protocol tensor below.
     let value = if got != want && want != DataType::Bytes && got != DataType::Bytes {
         let target = tract_type(want)?;
         value
             .cast_to_dt(target)
             .map_err(|e| Error::internal(format!("output '{name}': cannot cast {got} to {want}: {e}")))?
-            .into_owned()
     } else {
-        value.clone()
+        std::borrow::Cow::Borrowed(value)
     };
     if value.datum_type() == DatumType::String {
         let view =

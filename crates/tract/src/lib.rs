@@ -28,8 +28,8 @@ pub struct TractEngine {
     plan: Arc<TypedSimplePlan>,
     /// For each plan input, in plan order: the config input name.
     input_names: Vec<String>,
-    /// For each plan output, in plan order: (name, configured or native datatype).
-    outputs: Vec<(String, flotilla_core::DataType)>,
+    /// For each plan output, in plan order: (name, configured datatype if the config names it).
+    outputs: Vec<(String, Option<flotilla_core::DataType>)>,
 }
 
 // === impl TractBackend ===
@@ -112,10 +112,7 @@ impl TractEngine {
         let mut outputs = Vec::new();
         for o in model.output_outlets().map_err(|e| load_error(file, e))?.to_vec() {
             let name = model.outlet_label(o).map(str::to_string).unwrap_or_else(|| model.node(o.node).name.clone());
-            let dt = match config.output.iter().find(|c| c.name == name) {
-                Some(c) => output_datatype(c),
-                None => flotilla_core::DataType::F32,
-            };
+            let dt = config.output.iter().find(|c| c.name == name).map(output_datatype);
             outputs.push((name, dt));
         }
         for c in &config.output {

@@ -133,23 +133,24 @@ impl Repository {
         Ok(())
     }
 
-    /// Repository API load (explicit mode): loads or reloads `name`, optionally with a config override.
-    pub async fn load(&self, name: &str, config: Option<ModelConfig>) -> Result<()> {
+    fn require_explicit(&self) -> Result<()> {
         if self.mode != ControlMode::Explicit {
             return Err(Error::precondition(
                 "explicit model load / unload is not allowed unless --model-control-mode=explicit",
             ));
         }
+        Ok(())
+    }
+
+    /// Repository API load (explicit mode): loads or reloads `name`, optionally with a config override.
+    pub async fn load(&self, name: &str, config: Option<ModelConfig>) -> Result<()> {
+        self.require_explicit()?;
         self.load_inner(name, config).await
     }
 
     /// Repository API unload (explicit mode).
     pub async fn unload(&self, name: &str) -> Result<()> {
-        if self.mode != ControlMode::Explicit {
-            return Err(Error::precondition(
-                "explicit model load / unload is not allowed unless --model-control-mode=explicit",
-            ));
-        }
+        self.require_explicit()?;
         let _guard = self.load_lock.lock().await;
         let known = self.status.lock().contains_key(name) || self.models.load().contains_key(name);
         if !known && !self.scan()?.iter().any(|n| n == name) {
