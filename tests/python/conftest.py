@@ -26,7 +26,8 @@ def free_port():
 class Server:
     """A running `flotilla serve`; ports come from its own `listening` log line."""
 
-    def __init__(self, repository, *args, metrics=True):
+    def __init__(self, repository, *args, metrics=True, env=None, cwd=None):
+        """`env` adds to (None values remove from) the inherited environment; `cwd` is the server's folder."""
         self.metrics_port = free_port() if metrics else 0
         cmd = [
             BIN, "serve",
@@ -37,7 +38,14 @@ class Server:
             "--log-format", "json",
             *args,
         ]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        environ = dict(os.environ)
+        for key, value in (env or {}).items():
+            if value is None:
+                environ.pop(key, None)
+            else:
+                environ[key] = value
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     env=environ, cwd=cwd)
         self.lines = []
         self.http_port = self.grpc_port = None
         listening = threading.Event()

@@ -71,6 +71,26 @@ impl DataType {
         })
     }
 
+    /// Whether this is a floating-point type.
+    pub const fn is_float(self) -> bool {
+        matches!(self, DataType::F16 | DataType::BF16 | DataType::F32 | DataType::F64)
+    }
+
+    /// Whether this is a signed or unsigned integer type.
+    pub const fn is_integer(self) -> bool {
+        matches!(
+            self,
+            DataType::U8
+                | DataType::U16
+                | DataType::U32
+                | DataType::U64
+                | DataType::I8
+                | DataType::I16
+                | DataType::I32
+                | DataType::I64
+        )
+    }
+
     /// Bytes per element, or `None` for BYTES.
     pub const fn size(self) -> Option<usize> {
         match self {

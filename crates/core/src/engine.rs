@@ -61,8 +61,13 @@ pub trait Backend: Send + Sync + 'static {
     fn platform(&self) -> &'static str;
     /// Whether this backend serves a model whose configuration names `platform`/`backend`.
     fn serves(&self, config: &ModelConfig) -> bool;
-    /// The model file name looked for in a version folder when the config names none.
-    fn default_filename(&self) -> &'static str;
+    /// Model file names looked for in a version folder when the config names none, in order of preference.
+    fn default_filenames(&self) -> &'static [&'static str];
+    /// Whether a version folder holds a model this backend loads, for models whose
+    /// configuration names no platform or backend (default: one of its default files exists).
+    fn recognises(&self, version_dir: &Path) -> bool {
+        self.default_filenames().iter().any(|f| version_dir.join(f).is_file())
+    }
     /// Fills in inputs, outputs and max_batch_size that the configuration leaves out, from the model file.
     fn autocomplete(&self, config: &mut ModelConfig, model_file: &Path, options: &AutocompleteOptions) -> Result<()>;
     /// Loads the model file into an engine.

@@ -23,6 +23,14 @@ pub struct Metrics {
     pub compute_duration: HistogramVec,
     /// 1 when a model version is ready to serve.
     pub model_ready: IntGaugeVec,
+    /// Requests turned away because the queue was full, per model version.
+    pub rejected: IntCounterVec,
+    /// Requests whose deadline passed in the queue, per model version.
+    pub timed_out: IntCounterVec,
+    /// Requests waiting for an engine instance, per model version.
+    pub queue_depth: IntGaugeVec,
+    /// Requests in the service core, per model version.
+    pub in_flight: IntGaugeVec,
     /// Protocol responses by protocol (`http`/`grpc`), endpoint and status code.
     pub responses: IntCounterVec,
     /// Protocol request duration by protocol and endpoint.
@@ -36,6 +44,10 @@ fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     IntCounterVec::new(Opts::new(name, help), labels).expect("static counter definition is valid")
+}
+
+fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("static gauge definition is valid")
 }
 
 // === impl Metrics ===
@@ -70,6 +82,22 @@ impl Metrics {
                 mv,
             )
             .expect("static gauge definition is valid"),
+            rejected: counter(
+                "flotilla_inference_rejected_total",
+                "Requests turned away at once because the model's queue was full (429 / RESOURCE_EXHAUSTED).",
+                mv,
+            ),
+            timed_out: counter(
+                "flotilla_inference_timeouts_total",
+                "Requests whose deadline passed while they waited in the queue (504 / DEADLINE_EXCEEDED).",
+                mv,
+            ),
+            queue_depth: gauge(
+                "flotilla_inference_queue_depth",
+                "Requests waiting for an engine instance of the model version.",
+                mv,
+            ),
+            in_flight: gauge("flotilla_inference_in_flight", "Inference requests in the service core now.", mv),
             responses: counter(
                 "flotilla_responses_total",
                 "Protocol responses by protocol, endpoint and status code.",
@@ -87,6 +115,10 @@ impl Metrics {
             Box::new(m.queue_duration.clone()),
             Box::new(m.compute_duration.clone()),
             Box::new(m.model_ready.clone()),
+            Box::new(m.rejected.clone()),
+            Box::new(m.timed_out.clone()),
+            Box::new(m.queue_depth.clone()),
+            Box::new(m.in_flight.clone()),
             Box::new(m.responses.clone()),
             Box::new(m.response_duration.clone()),
         ];

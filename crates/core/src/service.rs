@@ -3,10 +3,10 @@
 
 use crate::classification::classify;
 use crate::config::{self, full_shape, input_datatype, output_datatype};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::Metrics;
 use crate::repository::{IndexEntry, ModelVersion, Repository};
-use crate::request::{InferRequest, InferResponse};
+use crate::request::{InferRequest, InferResponse, Parameters};
 use crate::stats::{BatchTiming, StatsSnapshot};
 use crate::tensor::Tensor;
 use flotilla_proto::inference::ModelConfig;
@@ -178,7 +178,16 @@ impl Service {
         let started = Instant::now();
         let mv = self.repository.get(&request.model, &request.version)?;
         let labels = [mv.name.as_str(), mv.version_str.as_str()];
+        let in_flight = self.metrics.in_flight.with_label_values(&labels);
+        in_flight.inc();
         let result = self.infer_on(&mv, request, started).await;
+        in_flight.dec();
+        self.metrics.queue_depth.with_label_values(&labels).set(mv.pool.queued() as i64);
+        match result.as_ref().map_err(|e| e.kind) {
+            Err(ErrorKind::ResourceExhausted) => self.metrics.rejected.with_label_values(&labels).inc(),
+            Err(ErrorKind::DeadlineExceeded) => self.metrics.timed_out.with_label_values(&labels).inc(),
+            _ => {}
+        }
         let outcome = if result.is_ok() { "success" } else { "failure" };
         self.metrics.inference_requests.with_label_values(&[labels[0], labels[1], outcome]).inc();
         self.metrics.request_duration.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
@@ -201,7 +210,7 @@ impl Service {
                 return Err(Error::invalid(format!("output '{}': classification count must be > 0", o.name)));
             }
         }
-        let done = mv.pool.run(inputs).await;
+        let done = mv.pool.run(inputs, deadline(config, &request.parameters, started)?).await;
         let queue = done.phases.start.saturating_duration_since(done.enqueued);
         let mut outputs = match done.outputs {
             Ok(o) => o,
@@ -389,4 +398,18 @@ pub fn prepare_inputs(config: &ModelConfig, mut given: Vec<Tensor>) -> Result<(V
         out.push(t);
     }
     Ok((out, batch))
+}
+
+/// When a queued request gives up: the request's `timeout` parameter (µs, as Triton's clients
+/// send it), else the model's `default_queue_policy.default_timeout_microseconds`.
+fn deadline(config: &ModelConfig, parameters: &Parameters, started: Instant) -> Result<Option<Instant>> {
+    let from_request = match parameters.get("timeout") {
+        None => None,
+        Some(v) => Some(v.as_i64().and_then(|t| u64::try_from(t).ok()).ok_or_else(|| {
+            Error::invalid("request parameter 'timeout' must be a non-negative integer (microseconds)")
+        })?),
+    };
+    let policy = config::queue_policy(config);
+    let micros = from_request.or_else(|| policy.map(|p| p.default_timeout_microseconds)).filter(|t| *t > 0);
+    Ok(micros.map(|t| started + std::time::Duration::from_micros(t)))
 }

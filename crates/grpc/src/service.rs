@@ -83,7 +83,12 @@ impl GrpcInferenceService for InferenceService {
     }
 
     async fn model_infer(&self, r: Request<pb::ModelInferRequest>) -> Reply<pb::ModelInferResponse> {
-        let request = request_from_proto(r.into_inner()).map_err(status)?;
+        let deadline = grpc_timeout_micros(r.metadata());
+        let mut request = request_from_proto(r.into_inner()).map_err(status)?;
+        // The gRPC deadline bounds queueing too, unless the request names its own `timeout`.
+        if let Some(us) = deadline {
+            request.parameters.entry("timeout".into()).or_insert(flotilla_core::ParamValue::Uint(us));
+        }
         let response = self.service.infer(request).await.map_err(status)?;
         Ok(Response::new(response_to_proto(response)))
     }
@@ -270,5 +275,42 @@ impl GrpcInferenceService for InferenceService {
 
     async fn log_settings(&self, _: Request<pb::LogSettingsRequest>) -> Reply<pb::LogSettingsResponse> {
         unimplemented("run-time log settings (use --log-level)")
+    }
+}
+
+/// The client's gRPC deadline (`grpc-timeout: <digits><H|M|S|m|u|n>`) in microseconds.
+fn grpc_timeout_micros(metadata: &tonic::metadata::MetadataMap) -> Option<u64> {
+    let v = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    let us = match unit {
+        "H" => n.checked_mul(3_600_000_000)?,
+        "M" => n.checked_mul(60_000_000)?,
+        "S" => n.checked_mul(1_000_000)?,
+        "m" => n.checked_mul(1_000)?,
+        "u" => n,
+        "n" => n / 1_000,
+        _ => return None,
+    };
+    Some(us.max(1))
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    use super::grpc_timeout_micros;
+
+    #[test]
+    fn grpc_timeout_header_units() {
+        let mut m = tonic::metadata::MetadataMap::new();
+        for (v, want) in
+            [("5S", Some(5_000_000)), ("250m", Some(250_000)), ("7u", Some(7)), ("1H", Some(3_600_000_000))]
+        {
+            m.insert("grpc-timeout", v.parse().unwrap());
+            assert_eq!(grpc_timeout_micros(&m), want, "{v}");
+        }
+        for bad in ["", "S", "12x", "99999999999999999999S"] {
+            m.insert("grpc-timeout", bad.parse().unwrap());
+            assert_eq!(grpc_timeout_micros(&m), None, "{bad}");
+        }
     }
 }

@@ -90,8 +90,20 @@ pub fn decode_request(model: &str, version: &str, body: Bytes, header_len: Optio
         None => body.len(),
     };
     let header = &body[..split];
-    let parsed: RequestJson =
-        serde_json::from_slice(header).map_err(|e| Error::invalid(format!("malformed inference request JSON: {e}")))?;
+    let rewritten: Option<Vec<u8>>;
+    let parsed: RequestJson = match serde_json::from_slice(header) {
+        Ok(p) => p,
+        // Triton reads NaN/Infinity literals (tritonclient writes them for non-finite floats);
+        // standard JSON has none, so only a body that fails to parse pays for the rewrite.
+        Err(e) => {
+            rewritten = quote_non_finite(header);
+            match &rewritten {
+                Some(r) => serde_json::from_slice(r),
+                None => Err(e),
+            }
+            .map_err(|e| Error::invalid(format!("malformed inference request JSON: {e}")))?
+        }
+    };
     let mut binary = body.slice(split..);
     let parameters = params(parsed.parameters, "request")?;
     let default_binary = parameters.get("binary_data_output").and_then(ParamValue::as_bool).unwrap_or(false);
@@ -243,6 +255,15 @@ impl<'de> Visitor<'de> for Flatten<'_> {
         self.push_float(v)
     }
     fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<(), E> {
+        if self.datatype.is_float() {
+            // NaN/Infinity literals, quoted by `quote_non_finite`.
+            match v {
+                NAN => return self.push_float(f64::NAN),
+                INF => return self.push_float(f64::INFINITY),
+                NEG_INF => return self.push_float(f64::NEG_INFINITY),
+                _ => {}
+            }
+        }
         if self.datatype != DataType::Bytes {
             return Err(E::custom(format!("expected {} values, got the string {v:?}", self.datatype)));
         }
@@ -255,6 +276,86 @@ impl<'de> Visitor<'de> for Flatten<'_> {
     }
 }
 
+const NAN: &str = "\u{0}NaN";
+const INF: &str = "\u{0}Infinity";
+const NEG_INF: &str = "\u{0}-Infinity";
+
+/// Rewrites bare `NaN`, `Infinity` and `-Infinity` tokens (outside strings) into
+/// marked strings the float decoder reads back; `None` when there are none.
+fn quote_non_finite(json: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(json.len() + 64);
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut changed = false;
+    let mut i = 0;
+    while i < json.len() {
+        let c = json[i];
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == b'\\' {
+                escaped = true;
+            } else if c == b'"' {
+                in_string = false;
+            }
+        } else if c == b'"' {
+            in_string = true;
+        } else {
+            let rest = &json[i..];
+            let token = [("NaN", NAN), ("Infinity", INF), ("-Infinity", NEG_INF)]
+                .into_iter()
+                .find(|(t, _)| rest.starts_with(t.as_bytes()));
+            if let Some((t, marked)) = token {
+                out.push(b'"');
+                out.extend_from_slice(b"\\u0000");
+                out.extend_from_slice(&marked.as_bytes()[1..]);
+                out.push(b'"');
+                i += t.len();
+                changed = true;
+                continue;
+            }
+        }
+        out.push(c);
+        i += 1;
+    }
+    changed.then_some(out)
+}
+
+/// A number as JSON text; non-finite floats as Triton's literals.
+trait WriteNumber {
+    fn write(self, out: &mut Vec<u8>);
+}
+
+macro_rules! write_ints {
+    ($($t:ty),*) => {$(
+        impl WriteNumber for $t {
+            fn write(self, out: &mut Vec<u8>) {
+                let _ = serde_json::to_writer(&mut *out, &self);
+            }
+        }
+    )*};
+}
+write_ints!(u8, i8, u16, i16, u32, i32, u64, i64);
+
+macro_rules! write_floats {
+    ($($t:ty),*) => {$(
+        impl WriteNumber for $t {
+            fn write(self, out: &mut Vec<u8>) {
+                if self.is_finite() {
+                    let _ = serde_json::to_writer(&mut *out, &self);
+                } else if self.is_nan() {
+                    out.extend_from_slice(b"NaN");
+                } else if self > 0.0 {
+                    out.extend_from_slice(b"Infinity");
+                } else {
+                    out.extend_from_slice(b"-Infinity");
+                }
+            }
+        }
+    )*};
+}
+write_floats!(f32, f64);
+
 /// Writes a tensor's elements as a flat JSON array.
 pub fn write_data(t: &Tensor, out: &mut Vec<u8>) -> Result<()> {
     out.push(b'[');
@@ -266,7 +367,7 @@ pub fn write_data(t: &Tensor, out: &mut Vec<u8>) -> Result<()> {
         first = false;
     };
     // serde_json writes integers with itoa and floats with ryu (shortest text that reads back
-    // bit-exactly; f32 as f32), and non-finite floats as null.
+    // bit-exactly; f32 as f32); non-finite floats as NaN/Infinity/-Infinity, as Triton writes them.
     macro_rules! each {
         ($t:ty, $n:expr) => {
             each!($t, $n, |v: $t| v)
@@ -274,8 +375,8 @@ pub fn write_data(t: &Tensor, out: &mut Vec<u8>) -> Result<()> {
         ($t:ty, $n:expr, $conv:expr) => {
             for c in t.data.chunks_exact($n) {
                 sep(out);
-                let v = <$t>::from_le_bytes(c.try_into().unwrap_or([0; $n]));
-                let _ = serde_json::to_writer(&mut *out, &$conv(v));
+                let v = $conv(<$t>::from_le_bytes(c.try_into().unwrap_or([0; $n])));
+                v.write(out);
             }
         };
     }

@@ -46,6 +46,10 @@ impl IntoResponse for ApiError {
         let status = axum::http::StatusCode::from_u16(self.0.http_status())
             .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::json!({ "error": self.0.message });
+        if status == axum::http::StatusCode::TOO_MANY_REQUESTS {
+            // Shed load: tell the client when to come back.
+            return (status, [(axum::http::header::RETRY_AFTER, "1")], axum::Json(body)).into_response();
+        }
         (status, axum::Json(body)).into_response()
     }
 }

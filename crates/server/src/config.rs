@@ -105,6 +105,11 @@ pub struct ServeConfig {
     /// Engine instances (threads) per model version when its config has no instance_group (0 = one per core, at most 4).
     #[arg(long, env = "FLOTILLA_INSTANCES", default_value_t = 0)]
     pub instances: usize,
+
+    /// ONNX Runtime shared library (libonnxruntime.so) that runs ONNX models; `none` leaves them to tract.
+    /// Unset: ORT_DYLIB_PATH, else the onnxruntime Python wheel in $VIRTUAL_ENV or ./.venv, else tract (with a warning).
+    #[arg(long, env = "FLOTILLA_ONNXRUNTIME_LIB")]
+    pub onnxruntime_lib: Option<PathBuf>,
 }
 
 impl ServeConfig {

@@ -6,7 +6,9 @@
 //! ## Layout (along the request path)
 //! - `flotilla-http` (axum) and `flotilla-grpc` (tonic): thin protocol adapters.
 //! - `flotilla-core`: the service layer, model repository, engine pools, errors, stats, metrics.
-//! - `flotilla-tract`: the ONNX engine (tract, pure Rust).
+//! - `flotilla-ort`: the ONNX engine through ONNX Runtime (library loaded at run time).
+//! - `flotilla-tract`: the ONNX engine in pure Rust (when ONNX Runtime is absent, or `backend: "tract"`).
+//! - `flotilla-text`: text models (tokenizer.json + ONNX encoder): strings in, embeddings or logits out.
 //! - `flotilla-proto`: protocol and model-config messages (built with protox).
 //! - this crate: the CLI ([`config`]) and [`run`], which wires everything and drains on shutdown.
 #![forbid(unsafe_code)]
@@ -52,9 +54,28 @@ impl Listeners {
     }
 }
 
-/// The backends compiled into this binary.
-pub fn backends() -> Vec<Arc<dyn Backend>> {
-    vec![Arc::new(flotilla_tract::TractBackend)]
+/// The backends of this server, in the order the repository tries them: trees (XGBoost,
+/// LightGBM), text (tokenizer + encoder), ONNX Runtime when its library is found (a
+/// `--onnxruntime-lib` that does not load is an error), then tract.
+/// `instances` is the engine instance count of models without instance_group.
+pub fn backends(config: &ServeConfig, instances: usize) -> anyhow::Result<Vec<Arc<dyn Backend>>> {
+    let mut backends: Vec<Arc<dyn Backend>> = vec![Arc::new(flotilla_trees::TreeBackend)];
+    if let Some(runtime) = flotilla_ort::library::init(config.onnxruntime_lib.as_deref())? {
+        tracing::info!(
+            library = %runtime.path().display(),
+            from = %runtime.origin(),
+            "ONNX Runtime loaded; ONNX models run on it (backend: \"tract\" picks tract)"
+        );
+        backends.push(Arc::new(flotilla_ort::OrtBackend::new(runtime, instances)));
+    }
+    backends.push(Arc::new(flotilla_tract::TractBackend));
+    // Text models (model.onnx with a tokenizer.json) are tried before the ONNX backends and
+    // run their encoder on the preferred one: ONNX Runtime when loaded, else tract.
+    if let Some(at) = backends.iter().position(|b| b.platform() == "onnxruntime_onnx") {
+        let text = flotilla_text::TextBackend::new(backends[at].clone());
+        backends.insert(at, Arc::new(text));
+    }
+    Ok(backends)
 }
 
 /// Builds the service: repository (with its initial loads) and metrics.
@@ -70,7 +91,7 @@ pub async fn build_service(config: &ServeConfig) -> anyhow::Result<Arc<Service>>
         n => n,
     };
     let settings = LoadSettings {
-        backends: backends(),
+        backends: backends(config, instances)?,
         autocomplete: AutocompleteOptions { default_max_batch_size: config.default_max_batch_size },
         default_instances: instances,
     };

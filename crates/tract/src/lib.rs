@@ -48,8 +48,8 @@ impl Backend for TractBackend {
             || matches!(config.backend.as_str(), "onnxruntime" | "onnx" | "tract")
     }
 
-    fn default_filename(&self) -> &'static str {
-        "model.onnx"
+    fn default_filenames(&self) -> &'static [&'static str] {
+        &["model.onnx"]
     }
 
     fn autocomplete(&self, config: &mut ModelConfig, model_file: &Path, options: &AutocompleteOptions) -> Result<()> {

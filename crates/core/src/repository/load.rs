@@ -131,19 +131,22 @@ pub(crate) fn resolve_config(
         let (_, dir) = versions.iter().next_back().ok_or_else(|| {
             Error::invalid(format!("{name}: no numeric version folder to complete the configuration from"))
         })?;
-        let file = dir.join(model_filename(&config, backend.as_ref()));
+        let file = model_file(&config, backend.as_ref(), dir);
         backend.autocomplete(&mut config, &file, &settings.autocomplete)?;
     }
     config::validate(&mut config, &format!("{name}/config.pbtxt"))?;
     Ok((config, backend))
 }
 
-fn model_filename(config: &ModelConfig, backend: &dyn Backend) -> String {
-    if config.default_model_filename.is_empty() {
-        backend.default_filename().to_string()
-    } else {
-        config.default_model_filename.clone()
+/// The model file of a version folder: the configured `default_model_filename`, else the
+/// first of the backend's default names that exists (else its first, for the error message).
+fn model_file(config: &ModelConfig, backend: &dyn Backend, dir: &Path) -> PathBuf {
+    if !config.default_model_filename.is_empty() {
+        return dir.join(&config.default_model_filename);
     }
+    let names = backend.default_filenames();
+    let found = names.iter().map(|n| dir.join(n)).find(|p| p.is_file());
+    found.unwrap_or_else(|| dir.join(names.first().copied().unwrap_or("model")))
 }
 
 fn pick_backend(
@@ -164,7 +167,12 @@ fn pick_backend(
     }
     for dir in versions.values().rev() {
         for b in &settings.backends {
-            if dir.join(model_filename(config, b.as_ref())).exists() {
+            let found = if config.default_model_filename.is_empty() {
+                b.recognises(dir)
+            } else {
+                dir.join(&config.default_model_filename).is_file()
+            };
+            if found {
                 return Ok(b.clone());
             }
         }
@@ -172,7 +180,7 @@ fn pick_backend(
     Err(Error::invalid(format!(
         "{}: config.pbtxt names no platform or backend, and no version folder holds a file a backend recognises ({})",
         config.name,
-        settings.backends.iter().map(|b| b.default_filename()).collect::<Vec<_>>().join(", ")
+        settings.backends.iter().flat_map(|b| b.default_filenames().iter().copied()).collect::<Vec<_>>().join(", ")
     )))
 }
 
@@ -216,10 +224,11 @@ pub(crate) fn load_model(
             continue;
         }
         let label = format!("{name}/{v}");
-        let file = dir.join(model_filename(&config, backend.as_ref()));
+        let file = model_file(&config, backend.as_ref(), dir);
         let loaded = backend.load(&config, &file).and_then(|engine| {
             let count = instance_count(&config, settings.default_instances);
-            InstancePool::start(engine, count, &label)
+            let max_queue = config::queue_policy(&config).map_or(0, |q| q.max_queue_size as usize);
+            InstancePool::start(engine, count, &label, max_queue)
         });
         match loaded {
             Ok(pool) => {

@@ -87,6 +87,27 @@ fn response_binary_layout() {
     assert_eq!(v["outputs"][0]["data"], serde_json::json!([1, 2]));
 }
 
+#[test]
+fn nan_and_infinity_literals_as_triton_reads_and_writes_them() {
+    let d = decode(
+        r#"{"id":"NaN","inputs":[{"name":"a","shape":[4],"datatype":"FP32","data":[NaN,Infinity,-Infinity,1.5]},
+            {"name":"s","shape":[1],"datatype":"BYTES","data":["NaN Infinity"]}]}"#,
+    )
+    .unwrap();
+    let v: Vec<f32> =
+        d.request.inputs[0].data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    assert!(v[0].is_nan() && v[1] == f32::INFINITY && v[2] == f32::NEG_INFINITY && v[3] == 1.5);
+    assert_eq!(&d.request.inputs[1].data[4..], b"NaN Infinity");
+    assert_eq!(d.request.id, "NaN");
+    // NaN in an integer tensor is still an error that names the type.
+    let e = decode(r#"{"inputs":[{"name":"a","shape":[1],"datatype":"INT32","data":[NaN]}]}"#).unwrap_err();
+    assert!(e.message.contains("INT32"), "{e}");
+    let t = Tensor { data: d.request.inputs[0].data.clone(), ..d.request.inputs[0].clone() };
+    let mut out = Vec::new();
+    write_data(&t, &mut out).unwrap();
+    assert_eq!(String::from_utf8(out).unwrap(), "[NaN,Infinity,-Infinity,1.5]");
+}
+
 proptest! {
     #[test]
     fn json_data_round_trips_every_datatype(t in arb_tensor()) {
