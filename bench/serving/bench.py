@@ -1,0 +1,382 @@
+"""Serving benchmark: Flotilla against MLServer 1.7 (XGBoost) and Triton 2.51 (Python backend,
+onnxruntime MLP), the raw engine in-process, an overload point and memory across reloads, in one
+run on one machine with the same models and clients. Started by bench/serving/run.sh, which
+installs everything; writes bench/results/serving.{md,json} (--smoke: a short run whose table
+goes to bench/.work-serving/serving-smoke.{md,json}). Never asserts on times: targets are
+reported PASS/MISS.
+"""
+import argparse, csv, json, os, platform, shutil, signal, socket, subprocess, sys, time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = ROOT / "bench" / "serving"
+WORK = ROOT / "bench" / ".work-serving"
+VENV = {k: ROOT / "bench" / f".venv-serving-{k}" for k in ("mlserver", "triton", "client")}
+SITE = "lib/python3.11/site-packages"
+PORTS = {"flotilla": 18200, "mlserver": 18210, "triton": 18220, "memory": 18230}
+QUEUE_SIZE = 4  # xgb_q's max_queue_size
+
+
+def log(msg):
+    print(f"==> {msg}", flush=True)
+
+
+# === servers ===
+
+class Server:
+    """A server in its own process group; stop() ends the whole group."""
+    running = []
+
+    def __init__(self, name, cmd, ready_urls, env=None, cwd=None):
+        self.name = name
+        self.log = open(WORK / f"{name}.log", "w")
+        self.proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, cwd=cwd, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        Server.running.append(self)
+        deadline = time.time() + 180
+        for url in ready_urls:
+            while not http_ok(url):
+                if self.proc.poll() is not None or time.time() > deadline:
+                    self.stop()
+                    tail = (WORK / f"{name}.log").read_text()[-3000:]
+                    raise SystemExit(f"{name} did not become ready ({url}); log tail:\n{tail}")
+                time.sleep(0.2)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stop(self):
+        if self in Server.running:
+            Server.running.remove(self)
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            except ProcessLookupError:
+                pass
+        self.log.close()
+
+    @classmethod
+    def stop_all(cls):
+        for s in list(cls.running):
+            s.stop()
+
+
+def http_ok(url, data=None):
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=30) as r:
+            return 200 <= r.status < 300
+    except Exception:
+        return False
+
+
+def rss_kib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def ort_lib():
+    libs = sorted((VENV["triton"] / SITE / "onnxruntime" / "capi").glob("libonnxruntime.so*"))
+    if not libs:
+        raise SystemExit("onnxruntime wheel not found in the Triton venv")
+    return str(libs[0])
+
+
+def start_flotilla(binary, repo, port, extra=()):
+    cmd = [binary, "serve", "--model-repository", str(repo), "--host", "127.0.0.1", "--http-port", str(port),
+           "--grpc-port", str(port + 1), "--metrics-port", "0", "--log-level", "warn",
+           "--onnxruntime-lib", ort_lib(), *extra]
+    return Server(f"flotilla-{port}", cmd, [f"http://127.0.0.1:{port}/v2/health/ready"])
+
+
+def start_mlserver():
+    repo = WORK / "mlserver"
+    port = PORTS["mlserver"]
+    (repo / "settings.json").write_text(json.dumps({
+        "host": "127.0.0.1", "http_port": port, "grpc_port": port + 1, "metrics_port": port + 2}))
+    env = {"OMP_NUM_THREADS": "1", "PATH": f"{VENV['mlserver']}/bin:{os.environ['PATH']}"}
+    return Server("mlserver", [str(VENV["mlserver"] / "bin" / "mlserver"), "start", str(repo)],
+                  [f"http://127.0.0.1:{port}/v2/models/xgb/ready"], env=env)
+
+
+def triton_paths():
+    wheel = VENV["triton"] / SITE / "pytriton"
+    return wheel / "tritonserver", VENV["triton"] / SITE / "nvidia_pytriton.libs"
+
+
+def start_triton():
+    tdir, libs = triton_paths()
+    backends = WORK / "triton-backends"
+    if not (backends / "python" / "triton_python_backend_stub").exists():
+        shutil.rmtree(backends, ignore_errors=True)
+        shutil.copytree(tdir / "backends", backends)
+        shutil.copy(tdir / "python_backend_stubs" / "3.11" / "triton_python_backend_stub", backends / "python")
+    import sysconfig
+    port = PORTS["triton"]
+    env = {"LD_LIBRARY_PATH": f"{sysconfig.get_config_var('LIBDIR')}:{libs}",
+           "PYTHONPATH": str(VENV["triton"] / SITE)}
+    cmd = [str(tdir / "bin" / "tritonserver"), "--model-repository", str(WORK / "triton"),
+           "--backend-directory", str(backends), "--http-address", "127.0.0.1", "--http-port", str(port),
+           "--grpc-address", "127.0.0.1", "--grpc-port", str(port + 1), "--allow-metrics", "false"]
+    server = Server("triton", cmd, [f"http://127.0.0.1:{port}/v2/models/mlp/ready"], env=env)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2") as r:
+        server.version = json.load(r).get("version", "?")
+    return server
+
+
+# === load generators ===
+
+def wrk(port, model, c, seconds):
+    """REST JSON batch 1 through wrk; connections = c, threads = min(2, c)."""
+    out = subprocess.run(
+        ["wrk", "-t", str(min(2, c)), "-c", str(c), "-d", f"{seconds}s", "--timeout", "5s", "-s",
+         str(HERE / "wrk.lua"), f"http://127.0.0.1:{port}/v2/models/{model}/infer"],
+        env={**os.environ, "WRK_BODY": str(WORK / "body.json")}, capture_output=True, text=True)
+    line = next((l for l in out.stdout.splitlines() if l.startswith("WRKJSON ")), None)
+    if line is None:
+        return {"error": (out.stdout + out.stderr)[-500:]}
+    r = json.loads(line[8:])
+    return {"req_s": r["requests"] / (r["duration_us"] / 1e6), "p50_us": r["p50_us"], "p99_us": r["p99_us"],
+            "errors": r["non2xx"] + r["socket_errors"] + r["timeouts"], "requests": r["requests"]}
+
+
+def perf_analyzer(port, model, protocol, c, interval_ms):
+    """perf_analyzer (binary tensors over HTTP, or gRPC), batch 1, random data."""
+    csv_file = WORK / f"pa-{model}-{port}-{protocol}-{c}.csv"
+    csv_file.unlink(missing_ok=True)
+    env = {**os.environ, "LD_LIBRARY_PATH": cuda_runtime_lib()}
+    out = subprocess.run(
+        [str(VENV["client"] / "bin" / "perf_analyzer"), "-m", model, "-u", f"127.0.0.1:{port}", "-i", protocol,
+         "--concurrency-range", f"{c}:{c}", "--measurement-interval", str(interval_ms),
+         "--stability-percentage", "50", "--max-trials", "5", "-f", str(csv_file)],
+        env=env, capture_output=True, text=True, timeout=300)
+    if out.returncode != 0 or not csv_file.exists():
+        return {"error": (out.stdout + out.stderr).strip()[-400:]}
+    row = next(csv.DictReader(open(csv_file)))
+    return {"req_s": float(row["Inferences/Second"]), "p50_us": float(row["p50 latency"]),
+            "p99_us": float(row["p99 latency"]), "errors": 0}
+
+
+def cuda_runtime_lib():
+    return str(VENV["client"] / SITE / "nvidia" / "cuda_runtime" / "lib")
+
+
+def bench_load(binary, port, model, c, seconds):
+    out = subprocess.run([binary, f"http://127.0.0.1:{port}/v2/models/{model}/infer", str(WORK / "body.json"),
+                          "--connections", str(c), "--seconds", str(seconds), "--threads", str(min(2, c))],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def raw_engine(binary, model, seconds):
+    out = subprocess.run([binary, str(WORK / "flotilla" / model), "--seconds", str(seconds), "--batch", "64",
+                          "--callers", "2", "--onnxruntime-lib", ort_lib()], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"bench_raw {model} failed:\n{out.stderr}")
+    return {r["setting"]: r for r in map(json.loads, out.stdout.splitlines())}
+
+
+# === the run ===
+
+def memory(binary, cycles):
+    """Idle RSS with examples/repository loaded, then RSS after `cycles` reloads of every model."""
+    repo = WORK / "memrepo"
+    shutil.rmtree(repo, ignore_errors=True)
+    shutil.copytree(ROOT / "examples" / "repository", repo, ignore=shutil.ignore_patterns("minilm"))
+    models = sorted(p.name for p in repo.iterdir() if p.is_dir())
+    port = PORTS["memory"]
+    server = start_flotilla(binary, repo, port, ["--model-control-mode", "explicit", "--load-model", "*"])
+    try:
+        time.sleep(2)
+        idle = rss_kib(server.pid)
+        t0, failures = time.time(), 0
+        for i in range(cycles):
+            for m in models:
+                stamp = time.time() + i  # a new mtime, so the load is a real reload
+                for f in (repo / m).rglob("*"):
+                    if f.is_file():
+                        os.utime(f, (stamp, stamp))
+                if not http_ok(f"http://127.0.0.1:{port}/v2/repository/models/{m}/load", data=b"{}"):
+                    failures += 1
+        reload_s = time.time() - t0
+        time.sleep(2)
+        after = rss_kib(server.pid)
+    finally:
+        server.stop()
+    return {"models": models, "cycles": cycles, "idle_rss_kib": idle, "after_rss_kib": after,
+            "change_pct": (after - idle) / idle * 100, "reload_failures": failures, "reload_seconds": reload_s}
+
+
+def versions(triton):
+    def pip_version(venv, pkg):
+        out = subprocess.run([str(venv / "bin" / "python"), "-c",
+                              f"import importlib.metadata as m; print(m.version('{pkg}'))"], capture_output=True, text=True)
+        return out.stdout.strip() or "?"
+    default_workers = subprocess.run(
+        [str(VENV["mlserver"] / "bin" / "python"), "-c", "from mlserver.settings import Settings; "
+         "print(Settings().parallel_workers)"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    return {"flotilla": commit, "mlserver": pip_version(VENV["mlserver"], "mlserver"),
+            "mlserver_parallel_workers": default_workers, "nvidia-pytriton": pip_version(VENV["triton"], "nvidia-pytriton"),
+            "tritonserver": triton, "onnxruntime": pip_version(VENV["triton"], "onnxruntime"),
+            "xgboost": pip_version(VENV["mlserver"], "xgboost-cpu"),
+            "tritonclient": pip_version(VENV["client"], "tritonclient"),
+            "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split(" [")[0].strip()}
+
+
+def machine():
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    return {"host": socket.gethostname(), "cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--smoke", action="store_true", help="a few seconds per section, table in the work dir")
+    ap.add_argument("--flotilla", required=True)
+    ap.add_argument("--raw", required=True)
+    ap.add_argument("--load", required=True)
+    a = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    smoke = a.smoke
+    secs = 1 if smoke else 8
+    conc = [1, 8, 32] if smoke else [1, 8, 32, 128]
+    pa_conc = [1, 32] if smoke else [1, 8, 32, 128]
+    pa_ms = 500 if smoke else 3000
+    res = {"machine": machine(), "mode": "smoke" if smoke else "full", "points": []}
+
+    def point(server, model, client, protocol, c, r):
+        res["points"].append({"server": server, "model": model, "client": client, "protocol": protocol,
+                              "concurrency": c, **r})
+        shown = f"{r['req_s']:.0f} req/s p50 {r['p50_us']:.0f} µs p99 {r['p99_us']:.0f} µs err {r['errors']}" \
+            if "req_s" in r else f"error: {r['error'][:200]}"
+        print(f"  {server:9} {model:8} {client:13} {protocol:4} c={c:<4} {shown}", flush=True)
+
+    try:
+        log("raw engine in-process (bench_raw)")
+        res["raw"] = {m: raw_engine(a.raw, m, 0.5 if smoke else 3) for m in ("xgb", "mlp")}
+        for m, r in res["raw"].items():
+            print(f"  {m}: " + "; ".join(f"{k} {v['calls_per_s']:.0f} calls/s {v['rows_per_s']:.0f} rows/s "
+                                          f"p50 {v['p50_us']:.1f} µs" for k, v in r.items()), flush=True)
+
+        fl = start_flotilla(a.flotilla, WORK / "flotilla", PORTS["flotilla"])
+        log("Flotilla vs MLServer: XGBoost, REST JSON batch 1 (wrk)")
+        ml = start_mlserver()
+        for c in conc:
+            point("flotilla", "xgb", "wrk", "json", c, wrk(PORTS["flotilla"], "xgb", c, secs))
+            point("mlserver", "xgb", "wrk", "json", c, wrk(PORTS["mlserver"], "xgb", c, secs))
+        log("MLServer over gRPC (perf_analyzer), if it takes it")
+        point("mlserver", "xgb", "perf_analyzer", "grpc", 1, perf_analyzer(PORTS["mlserver"] + 1, "xgb", "grpc", 1, pa_ms))
+        ml.stop()
+
+        log("Flotilla vs Triton: ONNX MLP, REST JSON (wrk), HTTP binary and gRPC (perf_analyzer)")
+        tr = start_triton()
+        for c in conc:
+            point("flotilla", "mlp", "wrk", "json", c, wrk(PORTS["flotilla"], "mlp", c, secs))
+            point("triton", "mlp", "wrk", "json", c, wrk(PORTS["triton"], "mlp", c, secs))
+        for protocol, off in (("http", 0), ("grpc", 1)):
+            for c in pa_conc:
+                point("flotilla", "mlp", "perf_analyzer", protocol, c,
+                      perf_analyzer(PORTS["flotilla"] + off, "mlp", protocol, c, pa_ms))
+                point("triton", "mlp", "perf_analyzer", protocol, c,
+                      perf_analyzer(PORTS["triton"] + off, "mlp", protocol, c, pa_ms))
+        tr.stop()
+
+        log("dynamic batching (xgb_dyn: max_queue_delay_microseconds 200)")
+        for c in conc[-2:]:
+            point("flotilla", "xgb_dyn", "wrk", "json", c, wrk(PORTS["flotilla"], "xgb_dyn", c, secs))
+
+        log(f"overload (xgb_q: max_queue_size {QUEUE_SIZE}) with bench_load")
+        sweep = [p for p in res["points"] if p["server"] == "flotilla" and p["model"] == "xgb" and "req_s" in p]
+        best = max(p["req_s"] for p in sweep)
+        saturation = min(p["concurrency"] for p in sweep if p["req_s"] >= 0.9 * best)
+        unloaded = bench_load(a.load, PORTS["flotilla"], "xgb_q", 1, secs)
+        loaded = bench_load(a.load, PORTS["flotilla"], "xgb_q", 3 * saturation, secs)
+        res["overload"] = {"max_queue_size": QUEUE_SIZE, "saturation_concurrency": saturation,
+                           "concurrency": 3 * saturation, "unloaded": unloaded, "loaded": loaded}
+        print(f"  unloaded {json.dumps(unloaded['status'])}\n  x3 saturation (c={3 * saturation}) "
+              f"{json.dumps(loaded['status'])} errors {loaded['errors']}", flush=True)
+        fl.stop()
+
+        log("memory: idle RSS, then reload cycles (explicit mode)")
+        res["memory"] = memory(a.flotilla, 20 if smoke else 1000)
+        print(f"  {res['memory']}", flush=True)
+        res["versions"] = versions(tr.version)
+    finally:
+        Server.stop_all()
+
+    res["targets"] = targets(res)
+    import report
+    md = report.markdown(res)
+    out = (WORK / "serving-smoke") if smoke else (ROOT / "bench" / "results" / "serving")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(md)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
+    print("\n" + md)
+    print(f"wrote {out}.md and {out}.json")
+
+
+def find(res, server, model, client, protocol, c):
+    for p in res["points"]:
+        if (p["server"], p["model"], p["client"], p["protocol"], p["concurrency"]) == (server, model, client, protocol, c):
+            return p if "req_s" in p else None
+    return None
+
+
+def targets(res):
+    """Each target from the issue, with the numbers it was judged on (None when not measured)."""
+    t = []
+
+    def add(name, ok, measured):
+        t.append({"target": name, "pass": ok, "measured": measured})
+
+    for peer, model, ratio in (("mlserver", "xgb", 25), ("triton", "mlp", 10)):
+        f, p = find(res, "flotilla", model, "wrk", "json", 32), find(res, peer, model, "wrk", "json", 32)
+        if f and p and p["req_s"] > 0:
+            r = f["req_s"] / p["req_s"]
+            add(f"≥ {ratio}× {peer} req/s at c=32 (REST JSON) with lower p99", r >= ratio and f["p99_us"] < p["p99_us"],
+                f"{r:.1f}× ({f['req_s']:.0f} vs {p['req_s']:.0f} req/s); p99 {f['p99_us']:.0f} vs {p['p99_us']:.0f} µs")
+        else:
+            add(f"≥ {ratio}× {peer} req/s at c=32", None, "not measured")
+    for model in ("xgb", "mlp"):
+        f, raw = find(res, "flotilla", model, "wrk", "json", 1), res["raw"][model]["batch1"]
+        if f:
+            d = f["p50_us"] - raw["p50_us"]
+            add(f"server overhead ≤ 30 µs at c=1 ({model}: wrk p50 − raw p50)", d <= 30,
+                f"{d:.0f} µs ({f['p50_us']:.0f} − {raw['p50_us']:.1f})")
+    dyn = [p for p in res["points"] if p["model"] == "xgb_dyn" and "req_s" in p]
+    raw = res["raw"]["xgb"]["batched"]
+    if dyn:
+        best = max(dyn, key=lambda p: p["req_s"])
+        add("dynamic batching: req/s at c=32/128 ≥ 90% of raw batched rows/s", best["req_s"] >= 0.9 * raw["rows_per_s"],
+            f"{best['req_s']:.0f} req/s (c={best['concurrency']}) = {best['req_s'] / raw['rows_per_s'] * 100:.1f}% "
+            f"of {raw['rows_per_s']:.0f} rows/s (batch {raw['batch']}, 1 caller)")
+    o = res.get("overload")
+    if o:
+        ok = o["loaded"]["status"].get("200")
+        base = o["unloaded"]["status"].get("200")
+        rej = o["loaded"]["status"].get("429")
+        if ok and base:
+            add("overload: admitted p99 ≤ 2× unloaded p99", ok["p99_us"] <= 2 * base["p99_us"],
+                f"{ok['p99_us']:.0f} vs {base['p99_us']:.0f} µs (×{ok['p99_us'] / base['p99_us']:.1f})")
+        add("overload: 429 answers in < 1 ms (p99)", rej["p99_us"] < 1000 if rej else None,
+            f"p50 {rej['p50_us']:.0f} µs, p99 {rej['p99_us']:.0f} µs ({rej['count']} rejected)" if rej
+            else "no 429 at this load")
+    m = res.get("memory")
+    if m:
+        add(f"RSS flat (±5%) over {m['cycles']} reload cycles", abs(m["change_pct"]) <= 5,
+            f"{m['idle_rss_kib'] / 1024:.1f} → {m['after_rss_kib'] / 1024:.1f} MiB ({m['change_pct']:+.1f}%)")
+    return t
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
+    main()

@@ -1,0 +1,96 @@
+"""Markdown for bench/results/serving.md from the run's result dict (see bench.py)."""
+
+
+def fmt(p, key, digits=0):
+    return "—" if p is None or key not in p else f"{p[key]:,.{digits}f}"
+
+
+def side_by_side(res, model, peer, client, protocol):
+    rows = []
+    for c in sorted({p["concurrency"] for p in res["points"]
+                     if (p["model"], p["client"], p["protocol"]) == (model, client, protocol)}):
+        def get(server):
+            return next((p for p in res["points"] if (p["server"], p["model"], p["client"], p["protocol"],
+                                                      p["concurrency"]) == (server, model, client, protocol, c)), None)
+        f, q = get("flotilla"), get(peer)
+        ratio = f"**{f['req_s'] / q['req_s']:.1f}×**" if f and q and "req_s" in f and "req_s" in q and q["req_s"] else "—"
+        cells = []
+        for p in (f, q):
+            if p is not None and "error" in p:
+                cells += ["failed", "", "", p["error"].splitlines()[-1][:60].replace("|", "/") if p["error"] else "?"]
+            else:
+                cells += [fmt(p, "req_s"), fmt(p, "p50_us"), fmt(p, "p99_us"), fmt(p, "errors")]
+        rows.append(f"| {client} | {protocol} | {c} | " + " | ".join(cells) + f" | {ratio} |")
+    return rows
+
+
+def markdown(res):
+    m, v = res["machine"], res.get("versions", {})
+    out = [f"# Serving benchmark: Flotilla vs MLServer and Triton ({m['date']}, {res['mode']} run)", "",
+           f"Machine: `{m['host']}`, {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}. Servers and load "
+           "generators share these cores; one run, same models, same clients. Latencies in µs.", "",
+           f"Versions: Flotilla `{v.get('flotilla')}` (release build), MLServer {v.get('mlserver')} "
+           f"(xgboost {v.get('xgboost')}), Triton {v.get('tritonserver')} (nvidia-pytriton {v.get('nvidia-pytriton')}), "
+           f"onnxruntime {v.get('onnxruntime')}, {v.get('wrk')}, perf_analyzer from tritonclient {v.get('tritonclient')}.",
+           "",
+           "Configuration: every server has 2 model instances on 2 cores, no dynamic batching (except `xgb_dyn`). "
+           f"MLServer: default settings (parallel_workers = {v.get('mlserver_parallel_workers')}), `OMP_NUM_THREADS=1`. "
+           "Triton: default HTTP/gRPC threads, Python backend (`instance_group` count 2) running the ONNX file "
+           "through onnxruntime with 1 intra-op and 1 inter-op thread per instance. Flotilla: tree engine "
+           "(`backend: \"fil\"`, 2 instances) and ONNX Runtime from the same wheel (2 sessions, "
+           "`intra_op_thread_count` 1). Clients: wrk (REST JSON batch 1, threads = min(2, c), "
+           "connections = c) and perf_analyzer (binary tensors over HTTP, and gRPC, batch 1).", ""]
+
+    head = ("| client | protocol | c | Flotilla req/s | p50 | p99 | errors | {peer} req/s | p50 | p99 | errors "
+            "| Flotilla/{peer} |")
+    sep = "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    out += ["## XGBoost (100 trees, 30 features, binary:logistic): Flotilla vs MLServer", "",
+            head.format(peer="MLServer"), sep]
+    out += side_by_side(res, "xgb", "mlserver", "wrk", "json")
+    out += side_by_side(res, "xgb", "mlserver", "perf_analyzer", "grpc")
+    out += ["", "## ONNX MLP (30→64→64→1): Flotilla (ONNX Runtime) vs Triton (Python backend + onnxruntime)", "",
+            head.format(peer="Triton"), sep]
+    for client, protocol in (("wrk", "json"), ("perf_analyzer", "http"), ("perf_analyzer", "grpc")):
+        out += side_by_side(res, "mlp", "triton", client, protocol)
+
+    out += ["", "## Raw engine in-process (`crates/server/examples/bench_raw.rs`: `Engine::infer` in a loop)", "",
+            "| model | batch | callers | calls/s | rows/s | p50 | p99 |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for model, settings in res["raw"].items():
+        for s in settings.values():
+            out.append(f"| {model} | {s['batch']} | {s['callers']} | {s['calls_per_s']:,.0f} | {s['rows_per_s']:,.0f} "
+                       f"| {s['p50_us']:.1f} | {s['p99_us']:.1f} |")
+
+    dyn = [p for p in res["points"] if p["model"] == "xgb_dyn"]
+    if dyn:
+        out += ["", "## Dynamic batching (`xgb_dyn`: `max_queue_delay_microseconds: 200`, REST JSON batch 1, wrk)", "",
+                "| c | req/s | p50 | p99 | errors |", "|---:|---:|---:|---:|---:|"]
+        out += [f"| {p['concurrency']} | {fmt(p, 'req_s')} | {fmt(p, 'p50_us')} | {fmt(p, 'p99_us')} | "
+                f"{fmt(p, 'errors')} |" for p in dyn]
+
+    o = res.get("overload")
+    if o:
+        out += ["", f"## Overload (`xgb_q`: `max_queue_size: {o['max_queue_size']}`; `bench_load`, latency per status)", "",
+                f"Saturation concurrency (smallest c reaching 90% of the best `xgb` req/s): {o['saturation_concurrency']}; "
+                f"driven at c = {o['concurrency']}.", "",
+                "| load | status | count | per s | p50 | p99 | max |", "|---|---|---:|---:|---:|---:|---:|"]
+        for label, run in (("c=1", o["unloaded"]), (f"c={o['concurrency']}", o["loaded"])):
+            for status, s in run["status"].items():
+                out.append(f"| {label} | {status} | {s['count']:,} | {s['per_s']:,.0f} | {s['p50_us']:.0f} | "
+                           f"{s['p99_us']:.0f} | {s['max_us']:.0f} |")
+            if run["errors"]:
+                out.append(f"| {label} | transport errors | {run['errors']} | | | | |")
+
+    mem = res.get("memory")
+    if mem:
+        out += ["", "## Memory", "",
+                f"Flotilla with `examples/repository` ({', '.join(mem['models'])}) in explicit mode: idle RSS "
+                f"**{mem['idle_rss_kib'] / 1024:.1f} MiB**; after {mem['cycles']} reload cycles (every model's files "
+                f"touched, then `POST /v2/repository/models/{{m}}/load`; {mem['reload_seconds']:.0f} s, "
+                f"{mem['reload_failures']} failed loads) **{mem['after_rss_kib'] / 1024:.1f} MiB** "
+                f"({mem['change_pct']:+.1f}%)."]
+
+    out += ["", "## Targets", "", "| target | measured | result |", "|---|---|---|"]
+    for t in res["targets"]:
+        result = {True: "PASS", False: "**MISS**", None: "n/a"}[t["pass"]]
+        out.append(f"| {t['target']} | {t['measured']} | {result} |")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Serving benchmark, one command: Flotilla vs MLServer 1.7 (XGBoost) and Triton 2.51 (Python
+# backend + onnxruntime MLP), the raw engine in-process, dynamic batching, overload (429s) and
+# memory across reloads, in one run on this machine. Installs what it needs (Debian: wrk,
+# libb64-0d; pinned venvs bench/.venv-serving-{mlserver,triton,client}), builds the release
+# binary, then writes bench/results/serving.{md,json}.
+# Usage: bench/serving/run.sh [--smoke]   (--smoke: seconds per section; table in bench/.work-serving/)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+log() { printf '==> %s\n' "$*"; }
+
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+[ -e /usr/lib/x86_64-linux-gnu/libb64.so.0d ] || need+=(libb64-0d)
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing Debian packages: ${need[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# One venv per peer, reinstalled only when its pinned requirements change.
+for name in mlserver triton client; do
+  venv=bench/.venv-serving-$name req=bench/serving/requirements-$name.txt
+  want=$(sha256sum $req | cut -d' ' -f1)
+  if [ ! -x $venv/bin/python ] || [ "$(cat $venv/.requirements.sha 2>/dev/null)" != "$want" ]; then
+    log "creating $venv ($req)"
+    rm -rf $venv
+    python3 -m venv $venv
+    $venv/bin/pip install -q --upgrade pip
+    $venv/bin/pip install -q -r $req
+    echo "$want" > $venv/.requirements.sha
+  fi
+done
+
+log "cargo build --release (flotilla, bench_raw, bench_load)"
+cargo build --release --locked -q -p flotilla --bin flotilla --example bench_raw --example bench_load
+
+mkdir -p bench/.work-serving
+bench/.venv-serving-client/bin/python bench/serving/make_models.py bench/.work-serving 4
+exec bench/.venv-serving-client/bin/python bench/serving/bench.py "$@" \
+  --flotilla target/release/flotilla --raw target/release/examples/bench_raw --load target/release/examples/bench_load
