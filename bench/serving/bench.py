@@ -196,8 +196,10 @@ def memory(binary, cycles):
     try:
         time.sleep(2)
         idle = rss_kib(server.pid)
-        t0, failures = time.time(), 0
+        t0, failures, samples = time.time(), 0, []
         for i in range(cycles):
+            if i % max(1, cycles // 10) == 0:
+                samples.append((i, rss_kib(server.pid)))
             for m in models:
                 stamp = time.time() + i  # a new mtime, so the load is a real reload
                 for f in (repo / m).rglob("*"):
@@ -211,7 +213,8 @@ def memory(binary, cycles):
     finally:
         server.stop()
     return {"models": models, "cycles": cycles, "idle_rss_kib": idle, "after_rss_kib": after,
-            "change_pct": (after - idle) / idle * 100, "reload_failures": failures, "reload_seconds": reload_s}
+            "change_pct": (after - idle) / idle * 100, "reload_failures": failures, "reload_seconds": reload_s,
+            "samples_cycle_rss_kib": samples + [(cycles, after)]}
 
 
 def versions(triton):
@@ -222,8 +225,10 @@ def versions(triton):
     default_workers = subprocess.run(
         [str(VENV["mlserver"] / "bin" / "python"), "-c", "from mlserver.settings import Settings; "
          "print(Settings().parallel_workers)"], capture_output=True, text=True).stdout.strip()
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    git = lambda *a: subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD")
+    if git("status", "--porcelain", "--", "crates", "Cargo.toml", "Cargo.lock"):
+        commit += " + uncommitted changes in crates/"
     return {"flotilla": commit, "mlserver": pip_version(VENV["mlserver"], "mlserver"),
             "mlserver_parallel_workers": default_workers, "nvidia-pytriton": pip_version(VENV["triton"], "nvidia-pytriton"),
             "tritonserver": triton, "onnxruntime": pip_version(VENV["triton"], "onnxruntime"),
@@ -235,6 +240,7 @@ def versions(triton):
 def machine():
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     return {"host": socket.gethostname(), "cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
+            "loadavg_at_start": open("/proc/loadavg").read().split()[0],
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
@@ -310,6 +316,7 @@ def main():
         res["memory"] = memory(a.flotilla, 20 if smoke else 1000)
         print(f"  {res['memory']}", flush=True)
         res["versions"] = versions(tr.version)
+        res["machine"]["loadavg_at_end"] = open("/proc/loadavg").read().split()[0]
     finally:
         Server.stop_all()
 

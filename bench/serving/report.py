@@ -27,8 +27,9 @@ def side_by_side(res, model, peer, client, protocol):
 def markdown(res):
     m, v = res["machine"], res.get("versions", {})
     out = [f"# Serving benchmark: Flotilla vs MLServer and Triton ({m['date']}, {res['mode']} run)", "",
-           f"Machine: `{m['host']}`, {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}. Servers and load "
-           "generators share these cores; one run, same models, same clients. Latencies in µs.", "",
+           f"Machine: `{m['host']}`, {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}; 1-minute load average "
+           f"{m.get('loadavg_at_start')} at the start, {m.get('loadavg_at_end')} at the end (a shared machine). "
+           "Servers and load generators share these cores; one run, same models, same clients. Latencies in µs.", "",
            f"Versions: Flotilla `{v.get('flotilla')}` (release build), MLServer {v.get('mlserver')} "
            f"(xgboost {v.get('xgboost')}), Triton {v.get('tritonserver')} (nvidia-pytriton {v.get('nvidia-pytriton')}), "
            f"onnxruntime {v.get('onnxruntime')}, {v.get('wrk')}, perf_analyzer from tritonclient {v.get('tritonclient')}.",
@@ -87,7 +88,8 @@ def markdown(res):
                 f"**{mem['idle_rss_kib'] / 1024:.1f} MiB**; after {mem['cycles']} reload cycles (every model's files "
                 f"touched, then `POST /v2/repository/models/{{m}}/load`; {mem['reload_seconds']:.0f} s, "
                 f"{mem['reload_failures']} failed loads) **{mem['after_rss_kib'] / 1024:.1f} MiB** "
-                f"({mem['change_pct']:+.1f}%)."]
+                f"({mem['change_pct']:+.1f}%). RSS by cycle: "
+                + ", ".join(f"{c}: {r / 1024:.1f}" for c, r in mem["samples_cycle_rss_kib"]) + " MiB."]
 
     out += ["", "## Targets", "", "| target | measured | result |", "|---|---|---|"]
     for t in res["targets"]:
