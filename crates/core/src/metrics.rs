@@ -1,13 +1,18 @@
 //! Prometheus metrics: one registry, names prefixed `flotilla_`, histogram
 //! buckets defined here once.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// Latency buckets in seconds, shared by every duration histogram: 25 µs to 10 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0, 10.0,
 ];
+
+/// Batch-size buckets (rows per execution), shared by every batch histogram.
+pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0, 16384.0];
 
 /// Every metric Flotilla exports.
 #[derive(Clone)]
@@ -23,6 +28,12 @@ pub struct Metrics {
     pub compute_duration: HistogramVec,
     /// 1 when a model version is ready to serve.
     pub model_ready: IntGaugeVec,
+    /// Rows per engine execution (dynamic batching joins requests).
+    pub batch_size: HistogramVec,
+    /// Engine instances replaced after a panic.
+    pub instance_restarts: IntCounterVec,
+    /// The adaptive concurrency limit, for models that enable it.
+    pub concurrency_limit: IntGaugeVec,
     /// Requests turned away because the queue was full, per model version.
     pub rejected: IntCounterVec,
     /// Requests whose deadline passed in the queue, per model version.
@@ -82,6 +93,22 @@ impl Metrics {
                 mv,
             )
             .expect("static gauge definition is valid"),
+            batch_size: HistogramVec::new(
+                HistogramOpts::new("flotilla_inference_batch_size", "Rows per engine execution.")
+                    .buckets(BATCH_BUCKETS.to_vec()),
+                mv,
+            )
+            .expect("static histogram definition is valid"),
+            instance_restarts: counter(
+                "flotilla_instance_restarts_total",
+                "Engine instances replaced after their engine panicked.",
+                mv,
+            ),
+            concurrency_limit: gauge(
+                "flotilla_inference_concurrency_limit",
+                "Adaptive concurrency limit (requests held, queued and running) of the model version.",
+                mv,
+            ),
             rejected: counter(
                 "flotilla_inference_rejected_total",
                 "Requests turned away at once because the model's queue was full (429 / RESOURCE_EXHAUSTED).",
@@ -115,6 +142,9 @@ impl Metrics {
             Box::new(m.queue_duration.clone()),
             Box::new(m.compute_duration.clone()),
             Box::new(m.model_ready.clone()),
+            Box::new(m.batch_size.clone()),
+            Box::new(m.instance_restarts.clone()),
+            Box::new(m.concurrency_limit.clone()),
             Box::new(m.rejected.clone()),
             Box::new(m.timed_out.clone()),
             Box::new(m.queue_depth.clone()),
@@ -132,6 +162,49 @@ impl Metrics {
     pub fn render(&self) -> String {
         let families = self.registry.gather();
         prometheus::TextEncoder::new().encode_to_string(&families).unwrap_or_default()
+    }
+}
+
+/// One model version's metric handles, resolved once so the request path
+/// does not look labels up.
+pub struct VersionMetrics {
+    pub success: IntCounter,
+    pub failure: IntCounter,
+    pub request_duration: Histogram,
+    pub queue_duration: Histogram,
+    pub compute_input: Histogram,
+    pub compute_infer: Histogram,
+    pub compute_output: Histogram,
+    pub batch_size: Histogram,
+    pub instance_restarts: IntCounter,
+    /// Only for versions with an adaptive concurrency limit.
+    pub concurrency_limit: Option<IntGauge>,
+    pub rejected: IntCounter,
+    pub timed_out: IntCounter,
+    pub queue_depth: IntGauge,
+    pub in_flight: IntGauge,
+}
+
+impl VersionMetrics {
+    pub fn new(m: &Metrics, model: &str, version: &str, adaptive: bool) -> Self {
+        let l = [model, version];
+        let phase = |p: &str| m.compute_duration.with_label_values(&[model, version, p]);
+        Self {
+            success: m.inference_requests.with_label_values(&[model, version, "success"]),
+            failure: m.inference_requests.with_label_values(&[model, version, "failure"]),
+            request_duration: m.request_duration.with_label_values(&l),
+            queue_duration: m.queue_duration.with_label_values(&l),
+            compute_input: phase("compute_input"),
+            compute_infer: phase("compute_infer"),
+            compute_output: phase("compute_output"),
+            batch_size: m.batch_size.with_label_values(&l),
+            instance_restarts: m.instance_restarts.with_label_values(&l),
+            concurrency_limit: adaptive.then(|| m.concurrency_limit.with_label_values(&l)),
+            rejected: m.rejected.with_label_values(&l),
+            timed_out: m.timed_out.with_label_values(&l),
+            queue_depth: m.queue_depth.with_label_values(&l),
+            in_flight: m.in_flight.with_label_values(&l),
+        }
     }
 }
 

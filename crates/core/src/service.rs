@@ -4,9 +4,10 @@
 use crate::classification::classify;
 use crate::config::{self, full_shape, input_datatype, output_datatype};
 use crate::error::{Error, ErrorKind, Result};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, VersionMetrics};
 use crate::repository::{IndexEntry, ModelVersion, Repository};
 use crate::request::{InferRequest, InferResponse, Parameters};
+use crate::scheduler::Admission;
 use crate::stats::{BatchTiming, StatsSnapshot};
 use crate::tensor::Tensor;
 use flotilla_proto::inference::ModelConfig;
@@ -177,24 +178,39 @@ impl Service {
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
         let started = Instant::now();
         let mv = self.repository.get(&request.model, &request.version)?;
-        let labels = [mv.name.as_str(), mv.version_str.as_str()];
-        let in_flight = self.metrics.in_flight.with_label_values(&labels);
-        in_flight.inc();
-        let result = self.infer_on(&mv, request, started).await;
-        in_flight.dec();
-        self.metrics.queue_depth.with_label_values(&labels).set(mv.pool.queued() as i64);
-        match result.as_ref().map_err(|e| e.kind) {
-            Err(ErrorKind::ResourceExhausted) => self.metrics.rejected.with_label_values(&labels).inc(),
-            Err(ErrorKind::DeadlineExceeded) => self.metrics.timed_out.with_label_values(&labels).inc(),
-            _ => {}
+        let m = mv.metrics.get_or_init(|| {
+            VersionMetrics::new(&self.metrics, &mv.name, &mv.version_str, mv.scheduler.limit().is_some())
+        });
+        let result = {
+            let _in_flight = InFlight::enter(&m.in_flight);
+            self.infer_on(&mv, m, request, started).await
+        };
+        m.queue_depth.set(mv.scheduler.queued() as i64);
+        if let (Some(gauge), Some(limit)) = (&m.concurrency_limit, mv.scheduler.limit()) {
+            gauge.set(limit as i64);
         }
-        let outcome = if result.is_ok() { "success" } else { "failure" };
-        self.metrics.inference_requests.with_label_values(&[labels[0], labels[1], outcome]).inc();
-        self.metrics.request_duration.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
+        match result.as_ref().map_err(|e| e.kind) {
+            Ok(_) => m.success.inc(),
+            Err(kind) => {
+                m.failure.inc();
+                match kind {
+                    ErrorKind::ResourceExhausted => m.rejected.inc(),
+                    ErrorKind::DeadlineExceeded => m.timed_out.inc(),
+                    _ => {}
+                }
+            }
+        }
+        m.request_duration.observe(started.elapsed().as_secs_f64());
         result
     }
 
-    async fn infer_on(&self, mv: &ModelVersion, request: InferRequest, started: Instant) -> Result<InferResponse> {
+    async fn infer_on(
+        &self,
+        mv: &ModelVersion,
+        m: &VersionMetrics,
+        request: InferRequest,
+        started: Instant,
+    ) -> Result<InferResponse> {
         let config = &mv.config;
         let (inputs, batch) = prepare_inputs(config, request.inputs)?;
         for o in &request.outputs {
@@ -210,7 +226,11 @@ impl Service {
                 return Err(Error::invalid(format!("output '{}': classification count must be > 0", o.name)));
             }
         }
-        let done = mv.pool.run(inputs, deadline(config, &request.parameters, started)?).await;
+        let admission = admission(&request.parameters, started)?;
+        let done = mv.scheduler.run(inputs, admission).await;
+        if done.instance_replaced && done.records_batch {
+            m.instance_restarts.inc();
+        }
         let queue = done.phases.start.saturating_duration_since(done.enqueued);
         let mut outputs = match done.outputs {
             Ok(o) => o,
@@ -219,6 +239,11 @@ impl Service {
                 return Err(e);
             }
         };
+        if done.records_batch {
+            let rows = Some(done.batch_rows as i64);
+            mv.stats.execution(batch_timing(&done.phases, done.finished, Duration::ZERO, rows));
+            m.batch_size.observe(done.batch_rows as f64);
+        }
         let output_start = Instant::now();
         let result = self.finish_outputs(mv, &mut outputs, &request.outputs, batch);
         let output_extra = output_start.elapsed();
@@ -226,15 +251,10 @@ impl Service {
         match result {
             Ok(outputs) => {
                 mv.stats.request_success(started.elapsed(), queue, timing);
-                let l = [mv.name.as_str(), mv.version_str.as_str()];
-                self.metrics.queue_duration.with_label_values(&l).observe(queue.as_secs_f64());
-                for (phase, d) in [
-                    ("compute_input", timing.compute_input),
-                    ("compute_infer", timing.compute_infer),
-                    ("compute_output", timing.compute_output),
-                ] {
-                    self.metrics.compute_duration.with_label_values(&[l[0], l[1], phase]).observe(d.as_secs_f64());
-                }
+                m.queue_duration.observe(queue.as_secs_f64());
+                m.compute_input.observe(timing.compute_input.as_secs_f64());
+                m.compute_infer.observe(timing.compute_infer.as_secs_f64());
+                m.compute_output.observe(timing.compute_output.as_secs_f64());
                 Ok(InferResponse {
                     model_name: mv.name.clone(),
                     model_version: mv.version_str.clone(),
@@ -400,16 +420,36 @@ pub fn prepare_inputs(config: &ModelConfig, mut given: Vec<Tensor>) -> Result<(V
     Ok((out, batch))
 }
 
-/// When a queued request gives up: the request's `timeout` parameter (µs, as Triton's clients
-/// send it), else the model's `default_queue_policy.default_timeout_microseconds`.
-fn deadline(config: &ModelConfig, parameters: &Parameters, started: Instant) -> Result<Option<Instant>> {
-    let from_request = match parameters.get("timeout") {
-        None => None,
-        Some(v) => Some(v.as_i64().and_then(|t| u64::try_from(t).ok()).ok_or_else(|| {
-            Error::invalid("request parameter 'timeout' must be a non-negative integer (microseconds)")
-        })?),
+/// The scheduling asks of a request: its `priority` (1 is highest) and `timeout` (µs, as
+/// Triton's clients send it) parameters.
+fn admission(parameters: &Parameters, started: Instant) -> Result<Admission> {
+    let number = |key: &str, what: &str| -> Result<Option<u64>> {
+        match parameters.get(key) {
+            None => Ok(None),
+            Some(v) => v.as_i64().and_then(|t| u64::try_from(t).ok()).map(Some).ok_or_else(|| {
+                Error::invalid(format!("request parameter '{key}' must be a non-negative integer ({what})"))
+            }),
+        }
     };
-    let policy = config::queue_policy(config);
-    let micros = from_request.or_else(|| policy.map(|p| p.default_timeout_microseconds)).filter(|t| *t > 0);
-    Ok(micros.map(|t| started + std::time::Duration::from_micros(t)))
+    Ok(Admission {
+        priority: number("priority", "1 is the highest level, 0 the model's default")?,
+        timeout_us: number("timeout", "microseconds")?,
+        started,
+    })
+}
+
+/// Counts a request in the in-flight gauge until it is dropped, answered or abandoned.
+struct InFlight<'a>(&'a prometheus::IntGauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }

@@ -73,7 +73,8 @@ pub struct StatsSnapshot {
 // === impl ModelStats ===
 
 impl ModelStats {
-    /// Records a request that completed successfully after `total` (queue included).
+    /// Records a request that completed successfully after `total` (queue included); `batch`
+    /// holds the request's own rows and the compute times of the batch it ran in.
     pub fn request_success(&self, total: Duration, queue: Duration, batch: BatchTiming) {
         self.success.add(total);
         self.queue.add(queue);
@@ -81,8 +82,12 @@ impl ModelStats {
         self.compute_infer.add(batch.compute_infer);
         self.compute_output.add(batch.compute_output);
         self.inference_count.fetch_add(batch.batch_size, Ordering::Relaxed);
-        self.execution_count.fetch_add(1, Ordering::Relaxed);
         self.touch();
+    }
+
+    /// Records one engine execution (a batch of one or more requests, `batch.batch_size` rows).
+    pub fn execution(&self, batch: BatchTiming) {
+        self.execution_count.fetch_add(1, Ordering::Relaxed);
         let mut batches = self.batches.lock();
         let entry = batches.entry(batch.batch_size).or_default();
         for (slot, d) in entry.iter_mut().zip([batch.compute_input, batch.compute_infer, batch.compute_output]) {
@@ -129,6 +134,8 @@ mod tests {
         let b = BatchTiming { batch_size: 2, compute_input: ms(1), compute_infer: ms(2), compute_output: ms(3) };
         s.request_success(ms(10), ms(4), b);
         s.request_success(ms(10), ms(4), b);
+        s.execution(b);
+        s.execution(b);
         s.request_failure(ms(1));
         let snap = s.snapshot();
         assert_eq!(snap.inference_count, 4);

@@ -1,10 +1,11 @@
 //! Loading one model folder: its configuration (given, parsed or completed),
-//! the versions its policy selects, and an engine pool per version.
+//! the versions its policy selects, and a scheduler with engine instances per version.
 
 use crate::config;
 use crate::engine::{AutocompleteOptions, Backend};
 use crate::error::{Error, Result};
-use crate::pool::InstancePool;
+use crate::metrics::VersionMetrics;
+use crate::scheduler::{Policy, Scheduler};
 use crate::stats::ModelStats;
 use flotilla_proto::inference::{model_version_policy::PolicyChoice, ModelConfig};
 use std::collections::{BTreeMap, HashMap};
@@ -18,8 +19,10 @@ pub struct ModelVersion {
     pub version: u64,
     pub version_str: String,
     pub config: Arc<ModelConfig>,
-    pub pool: InstancePool,
+    pub scheduler: Scheduler,
     pub stats: ModelStats,
+    /// Metric handles with this version's labels, resolved on first use.
+    pub metrics: std::sync::OnceLock<VersionMetrics>,
     /// Output name → class labels (from `label_filename`), for the classification extension.
     pub labels: HashMap<String, Arc<Vec<String>>>,
     /// Fingerprint of the version folder and the model-level files it was loaded from.
@@ -225,21 +228,21 @@ pub(crate) fn load_model(
         }
         let label = format!("{name}/{v}");
         let file = model_file(&config, backend.as_ref(), dir);
-        let loaded = backend.load(&config, &file).and_then(|engine| {
-            let count = instance_count(&config, settings.default_instances);
-            let max_queue = config::queue_policy(&config).map_or(0, |q| q.max_queue_size as usize);
-            InstancePool::start(engine, count, &label, max_queue)
+        let loaded = Policy::from_config(&config, &format!("{name}/config.pbtxt")).and_then(|policy| {
+            let engine = backend.load(&config, &file)?;
+            Scheduler::start(engine, policy, instance_count(&config, settings.default_instances), &label)
         });
         match loaded {
-            Ok(pool) => {
+            Ok(scheduler) => {
                 tracing::info!(model = name, version = v, "loaded");
                 let mv = ModelVersion {
                     name: name.to_string(),
                     version: v,
                     version_str: v.to_string(),
                     config: config.clone(),
-                    pool,
+                    scheduler,
                     stats: ModelStats::default(),
+                    metrics: Default::default(),
                     labels: labels.clone(),
                     fingerprint: print,
                 };

@@ -1,6 +1,7 @@
 use super::*;
 use crate::datatype::DataType;
 use crate::engine::{AutocompleteOptions, Backend, Engine, Phases};
+use crate::scheduler::Admission;
 use crate::tensor::Tensor;
 use flotilla_proto::inference::{ModelInput, ModelOutput};
 use std::path::Path;
@@ -69,7 +70,7 @@ fn write_version(root: &Path, model: &str, v: u64, value: &str) {
 
 async fn answer(r: &Repository, model: &str, version: &str) -> u8 {
     let mv = r.get(model, version).unwrap();
-    mv.pool.run(vec![], None).await.outputs.unwrap()[0].data[0]
+    mv.scheduler.run(vec![], Admission::now()).await.outputs.unwrap()[0].data[0]
 }
 
 #[tokio::test]
@@ -123,7 +124,7 @@ async fn reload_is_atomic_and_a_bad_version_keeps_the_old_one() {
     write_version(dir.path(), "m", 1, "11");
     r.poll().await;
     assert_eq!(answer(&r, "m", "").await, 11);
-    assert_eq!(held.pool.run(vec![], None).await.outputs.unwrap()[0].data[0], 10);
+    assert_eq!(held.scheduler.run(vec![], Admission::now()).await.outputs.unwrap()[0].data[0], 10);
     // Broken new files: the previous load keeps serving, the index says why.
     write_version(dir.path(), "m", 1, "not a number!");
     r.poll().await;

@@ -1,0 +1,412 @@
+//! The scheduler of one model version: a bounded priority queue in front of
+//! `count` engine instances on dedicated threads (engine work never runs on
+//! the async runtime's threads), with Triton's dynamic batching.
+//!
+//! - Admission: a level whose queue holds `max_queue_size` requests answers at
+//!   once with RESOURCE_EXHAUSTED (429); so does the adaptive limit when on.
+//! - Deadlines: a request still queued at its deadline is answered
+//!   DEADLINE_EXCEEDED without running (or, with the DELAY action, moved
+//!   behind the others). A request whose caller went away leaves the queue.
+//! - Batching: see [`queue`]; joined inputs run once and outputs are split back.
+//! - Panics: an engine panic fails that batch's requests with an error naming
+//!   the model; the instance's thread is retired and a new one replaces it.
+
+pub mod adaptive;
+pub mod batch;
+pub mod policy;
+mod queue;
+#[cfg(test)]
+mod tests;
+
+use crate::engine::{Engine, Phases};
+use crate::error::{Error, ErrorKind, Result};
+use crate::tensor::Tensor;
+use adaptive::Limiter;
+use parking_lot::{Condvar, Mutex};
+pub use policy::Policy;
+use queue::{Decision, Queue};
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+/// What a request gets back from the scheduler.
+#[derive(Debug)]
+pub struct Completed {
+    pub outputs: Result<Vec<Tensor>>,
+    pub enqueued: Instant,
+    /// Phase marks of the batch the request ran in.
+    pub phases: Phases,
+    pub finished: Instant,
+    /// Rows in the executed batch (0 when the request never ran).
+    pub batch_rows: usize,
+    /// Set on exactly one request of each executed batch, so executions are counted once.
+    pub records_batch: bool,
+    /// The instance that ran the batch panicked and was replaced.
+    pub instance_replaced: bool,
+}
+
+impl Completed {
+    /// A request that failed before it ran.
+    fn failure(enqueued: Instant, error: Error) -> Self {
+        let now = Instant::now();
+        Self {
+            outputs: Err(error),
+            enqueued,
+            phases: Phases::start(),
+            finished: now,
+            batch_rows: 0,
+            records_batch: false,
+            instance_replaced: false,
+        }
+    }
+}
+
+/// How a request asks to be scheduled.
+#[derive(Debug, Clone, Copy)]
+pub struct Admission {
+    /// The `priority` request parameter (1 is highest; 0/None the model's default).
+    pub priority: Option<u64>,
+    /// The `timeout` request parameter, microseconds from `started`.
+    pub timeout_us: Option<u64>,
+    /// When the request arrived.
+    pub started: Instant,
+}
+
+impl Admission {
+    /// Default priority, no timeout of its own, arriving now.
+    pub fn now() -> Self {
+        Self { priority: None, timeout_us: None, started: Instant::now() }
+    }
+}
+
+/// A queued request.
+pub(crate) struct Job {
+    inputs: Vec<Tensor>,
+    rows: usize,
+    level: usize,
+    enqueued: Instant,
+    deadline: Option<Instant>,
+    /// Moved behind the others by the DELAY timeout action.
+    delayed: bool,
+    seq: u64,
+    span: tracing::Span,
+    reply: oneshot::Sender<Completed>,
+}
+
+impl Job {
+    fn expired(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|d| now >= d)
+    }
+}
+
+/// Answers held back so requests are answered in arrival order (`preserve_ordering`).
+#[derive(Default)]
+struct Reorder {
+    next: u64,
+    held: BTreeMap<u64, (oneshot::Sender<Completed>, Option<Completed>)>,
+}
+
+struct Shared {
+    engine: Arc<dyn Engine>,
+    policy: Policy,
+    label: String,
+    queue: Mutex<Queue>,
+    work: Condvar,
+    reorder: Option<Mutex<Reorder>>,
+    limiter: Option<Limiter>,
+    /// Instance threads alive.
+    live: AtomicUsize,
+}
+
+/// The scheduler of one model version. Dropping it lets the instances finish
+/// what is queued and exit.
+pub struct Scheduler {
+    shared: Arc<Shared>,
+}
+
+// === impl Scheduler ===
+
+impl Scheduler {
+    /// Starts `count` instances of `engine` under `policy`; `label` (`model/version`) names the
+    /// model version in errors and thread names.
+    pub fn start(engine: Arc<dyn Engine>, policy: Policy, count: usize, label: &str) -> Result<Self> {
+        let shared = Arc::new(Shared {
+            engine,
+            queue: Mutex::new(Queue::new(policy.levels.len())),
+            work: Condvar::new(),
+            reorder: policy.preserve_ordering.then(|| Mutex::new(Reorder::default())),
+            limiter: policy.adaptive.clone().map(Limiter::new),
+            policy,
+            label: label.to_string(),
+            live: AtomicUsize::new(0),
+        });
+        for i in 0..count.max(1) {
+            spawn_instance(&shared, i, 0)?;
+        }
+        Ok(Self { shared })
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.shared.policy
+    }
+
+    /// Requests waiting for an instance now.
+    pub fn queued(&self) -> usize {
+        self.shared.queue.lock().len
+    }
+
+    /// The adaptive concurrency limit now, when one is configured.
+    pub fn limit(&self) -> Option<usize> {
+        self.shared.limiter.as_ref().map(Limiter::limit)
+    }
+
+    /// Queues one request (inputs already checked against the configuration) and waits for its answer.
+    pub async fn run(&self, inputs: Vec<Tensor>, admission: Admission) -> Completed {
+        let s = &self.shared;
+        let enqueued = Instant::now();
+        let level = s.policy.level(admission.priority);
+        if s.live.load(Ordering::Acquire) == 0 {
+            return Completed::failure(
+                enqueued,
+                Error::unavailable(format!("model {}: no engine instance is running", s.label)),
+            );
+        }
+        if let Some(limiter) = &s.limiter {
+            if let Err(limit) = limiter.try_acquire() {
+                let why = format!("model {}: adaptive concurrency limit of {limit} requests reached", s.label);
+                return Completed::failure(enqueued, Error::new(ErrorKind::ResourceExhausted, why));
+            }
+        }
+        let (reply, answer) = oneshot::channel();
+        let seq = {
+            let mut q = s.queue.lock();
+            let max = s.policy.levels[level].max_queue;
+            let waiting = q.level_len(level);
+            if max > 0 && waiting >= max {
+                drop(q);
+                if let Some(limiter) = &s.limiter {
+                    limiter.cancel();
+                }
+                let at =
+                    if s.policy.levels.len() > 1 { format!(" at priority level {}", level + 1) } else { String::new() };
+                let why =
+                    format!("model {}: queue is full ({waiting} requests waiting{at}, max_queue_size {max})", s.label);
+                return Completed::failure(enqueued, Error::new(ErrorKind::ResourceExhausted, why));
+            }
+            let seq = q.next_seq;
+            q.next_seq += 1;
+            q.push(Job {
+                rows: batch::rows(&inputs, s.policy.max_batch > 0),
+                inputs,
+                level,
+                enqueued,
+                deadline: s.policy.deadline(level, admission.timeout_us, admission.started),
+                delayed: false,
+                seq,
+                span: tracing::Span::current(),
+                reply,
+            });
+            seq
+        };
+        s.work.notify_one();
+        let mut waiting = Waiting { shared: s, level, seq, answered: false };
+        let done = answer.await;
+        waiting.answered = true;
+        match done {
+            Ok(done) => done,
+            Err(_) => Completed::failure(enqueued, Error::internal(format!("model {}: request was dropped", s.label))),
+        }
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.shared.queue.lock().closed = true;
+        self.shared.work.notify_all();
+    }
+}
+
+/// Removes a request from the queue when its caller stops waiting.
+struct Waiting<'a> {
+    shared: &'a Shared,
+    level: usize,
+    seq: u64,
+    answered: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let removed = self.shared.queue.lock().remove(self.level, self.seq);
+        if let Some(job) = removed {
+            self.shared.deliver(job, None);
+        }
+    }
+}
+
+fn spawn_instance(shared: &Arc<Shared>, index: usize, generation: u32) -> Result<()> {
+    let s = shared.clone();
+    let short: String = shared.label.chars().take(8).collect();
+    let name = if generation == 0 {
+        format!("engine-{short}-{index}")
+    } else {
+        format!("engine-{short}-{index}.{generation}")
+    };
+    shared.live.fetch_add(1, Ordering::AcqRel);
+    std::thread::Builder::new().name(name).spawn(move || instance_loop(s, index, generation)).map(|_| ()).map_err(|e| {
+        shared.live.fetch_sub(1, Ordering::AcqRel);
+        Error::internal(format!("{}: cannot start an engine thread: {e}", shared.label))
+    })
+}
+
+fn instance_loop(shared: Arc<Shared>, index: usize, generation: u32) {
+    while let Some(jobs) = shared.next_batch() {
+        let panicked = shared.execute(jobs);
+        shared.queue.lock().busy -= 1;
+        if panicked {
+            tracing::error!(model = %shared.label, instance = index, "engine instance panicked; replacing it");
+            let replaced = spawn_instance(&shared, index, generation.wrapping_add(1));
+            shared.live.fetch_sub(1, Ordering::AcqRel);
+            if let Err(e) = replaced {
+                tracing::error!(error = %e, "no replacement instance");
+                shared.fail_all_if_none_left();
+            }
+            return;
+        }
+    }
+    shared.live.fetch_sub(1, Ordering::AcqRel);
+}
+
+// === impl Shared ===
+
+impl Shared {
+    /// Blocks until there is a batch to run (None once the scheduler is closed and drained).
+    fn next_batch(&self) -> Option<Vec<Job>> {
+        let mut q = self.queue.lock();
+        loop {
+            let mut dropped = Vec::new();
+            let decision = q.next(&self.policy, Instant::now(), &mut dropped);
+            if !dropped.is_empty() {
+                parking_lot::MutexGuard::unlocked(&mut q, || self.answer_dropped(dropped));
+            }
+            match decision {
+                Decision::Run(jobs) => {
+                    q.busy += 1;
+                    return Some(jobs);
+                }
+                Decision::Wait(until) => {
+                    self.work.wait_until(&mut q, until);
+                }
+                Decision::Idle if q.closed => return None,
+                Decision::Idle => self.work.wait(&mut q),
+            }
+        }
+    }
+
+    /// Answers requests taken off the queue without running: timed out, or abandoned.
+    fn answer_dropped(&self, dropped: Vec<Job>) {
+        let now = Instant::now();
+        for job in dropped {
+            if job.reply.is_closed() {
+                self.deliver(job, None);
+                continue;
+            }
+            let deadline = job.deadline.unwrap_or(now);
+            let waited = deadline.saturating_duration_since(job.enqueued);
+            let e = Error::new(
+                ErrorKind::DeadlineExceeded,
+                format!("model {}: request timed out after waiting {} µs in the queue", self.label, waited.as_micros()),
+            );
+            let done = Completed::failure(job.enqueued, e);
+            self.deliver(job, Some(done));
+        }
+    }
+
+    /// Runs one batch and answers its requests; returns whether the engine panicked.
+    fn execute(&self, jobs: Vec<Job>) -> bool {
+        let rows: Vec<usize> = jobs.iter().map(|j| j.rows).collect();
+        let span = jobs[0].span.clone();
+        let _entered = span.enter();
+        let mut phases = Phases::start();
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<Vec<Vec<Tensor>>> {
+            if let [job] = jobs.as_slice() {
+                return Ok(vec![self.engine.infer(&job.inputs, &mut phases)?]);
+            }
+            let parts: Vec<&[Tensor]> = jobs.iter().map(|j| j.inputs.as_slice()).collect();
+            let joined = batch::join(&parts);
+            let outputs = self.engine.infer(&joined, &mut phases)?;
+            batch::split(outputs, &rows, &self.label)
+        }));
+        let finished = Instant::now();
+        let panicked = result.is_err();
+        let mut per_request: Vec<Result<Vec<Tensor>>> = match result {
+            Ok(Ok(parts)) => parts.into_iter().map(Ok).collect(),
+            Ok(Err(e)) => vec![Err(e); jobs.len()],
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                tracing::error!(model = %self.label, panic = %what, "engine panicked; failing this batch");
+                let e = Error::internal(format!("model {}: engine failed: {what}", self.label));
+                vec![Err(e); jobs.len()]
+            }
+        };
+        let batch_rows = rows.iter().sum();
+        for (i, (job, outputs)) in jobs.into_iter().zip(per_request.drain(..)).enumerate() {
+            let done = Completed {
+                outputs,
+                enqueued: job.enqueued,
+                phases,
+                finished,
+                batch_rows,
+                records_batch: i == 0,
+                instance_replaced: panicked,
+            };
+            self.deliver(job, Some(done));
+        }
+        panicked
+    }
+
+    /// Hands a request its answer (None: its caller is gone), in arrival order when asked to.
+    fn deliver(&self, job: Job, done: Option<Completed>) {
+        if let Some(limiter) = &self.limiter {
+            limiter.release(job.enqueued.elapsed());
+        }
+        let Some(reorder) = &self.reorder else {
+            if let Some(done) = done {
+                let _ = job.reply.send(done);
+            }
+            return;
+        };
+        let mut r = reorder.lock();
+        r.held.insert(job.seq, (job.reply, done));
+        loop {
+            let next = r.next;
+            let Some((reply, done)) = r.held.remove(&next) else { break };
+            if let Some(done) = done {
+                let _ = reply.send(done);
+            }
+            r.next += 1;
+        }
+    }
+
+    /// With no instance left, nothing would ever answer the queue: fail it.
+    fn fail_all_if_none_left(&self) {
+        if self.live.load(Ordering::Acquire) > 0 {
+            return;
+        }
+        let jobs = self.queue.lock().drain();
+        for job in jobs {
+            let e = Error::unavailable(format!("model {}: no engine instance is running", self.label));
+            let done = Completed::failure(job.enqueued, e);
+            self.deliver(job, Some(done));
+        }
+    }
+}
