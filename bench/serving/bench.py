@@ -147,6 +147,26 @@ def wrk(port, model, c, seconds):
             "errors": r["non2xx"] + r["socket_errors"] + r["timeouts"], "requests": r["requests"]}
 
 
+def server_stats(port, model):
+    """Triton statistics extension: cumulative (count, ns) per phase of the model's latest version."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/{model}/stats", timeout=10) as r:
+        s = json.load(r)["model_stats"][0]["inference_stats"]
+    return {k: (v["count"], v["ns"]) for k, v in s.items()}
+
+
+def wrk_server_side(port, model, c, seconds):
+    """wrk, plus the server's own mean time per request over the run from its statistics."""
+    before = server_stats(port, model)
+    r = wrk(port, model, c, seconds)
+    after = server_stats(port, model)
+    phases = ("success", "queue", "compute_input", "compute_infer", "compute_output")
+    mean = {}
+    for k in phases:
+        n, ns = after[k][0] - before[k][0], after[k][1] - before[k][1]
+        mean[k] = ns / n / 1000 if n else None
+    return {**r, "server_mean_us": mean}
+
+
 def perf_analyzer(port, model, protocol, c, interval_ms):
     """perf_analyzer (binary tensors over HTTP, or gRPC), batch 1, random data."""
     csv_file = WORK / f"pa-{model}-{port}-{protocol}-{c}.csv"
@@ -277,7 +297,8 @@ def main():
         log("Flotilla vs MLServer: XGBoost, REST JSON batch 1 (wrk)")
         ml = start_mlserver()
         for c in conc:
-            point("flotilla", "xgb", "wrk", "json", c, wrk(PORTS["flotilla"], "xgb", c, secs))
+            run = wrk_server_side if c == 1 else wrk
+            point("flotilla", "xgb", "wrk", "json", c, run(PORTS["flotilla"], "xgb", c, secs))
             point("mlserver", "xgb", "wrk", "json", c, wrk(PORTS["mlserver"], "xgb", c, secs))
         log("MLServer over gRPC (perf_analyzer), if it takes it")
         point("mlserver", "xgb", "perf_analyzer", "grpc", 1, perf_analyzer(PORTS["mlserver"] + 1, "xgb", "grpc", 1, pa_ms))
@@ -286,8 +307,9 @@ def main():
         log("Flotilla vs Triton: ONNX MLP, REST JSON (wrk), HTTP binary and gRPC (perf_analyzer)")
         tr = start_triton()
         for c in conc:
-            point("flotilla", "mlp", "wrk", "json", c, wrk(PORTS["flotilla"], "mlp", c, secs))
-            point("triton", "mlp", "wrk", "json", c, wrk(PORTS["triton"], "mlp", c, secs))
+            run = wrk_server_side if c == 1 else wrk
+            point("flotilla", "mlp", "wrk", "json", c, run(PORTS["flotilla"], "mlp", c, secs))
+            point("triton", "mlp", "wrk", "json", c, run(PORTS["triton"], "mlp", c, secs))
         for protocol, off in (("http", 0), ("grpc", 1)):
             for c in pa_conc:
                 point("flotilla", "mlp", "perf_analyzer", protocol, c,

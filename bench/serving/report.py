@@ -61,6 +61,21 @@ def markdown(res):
             out.append(f"| {model} | {s['batch']} | {s['callers']} | {s['calls_per_s']:,.0f} | {s['rows_per_s']:,.0f} "
                        f"| {s['p50_us']:.1f} | {s['p99_us']:.1f} |")
 
+    inside = [p for p in res["points"] if "server_mean_us" in p]
+    if inside:
+        out += ["", "## Where the time goes at c=1 (server statistics, mean µs per request over the wrk run)", "",
+                "Client p50 (wrk) against the server's own accounting (Triton statistics extension: `success` is "
+                "from request arrival in the server core to response; queue and compute phases inside it). The gap "
+                "between the client's time and `success` is HTTP parsing/encoding, the loopback network and the "
+                "client itself.", "",
+                "| server | model | client p50 | success | queue | compute input | compute infer | compute output |",
+                "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for p in inside:
+            m = p["server_mean_us"]
+            cells = " | ".join("—" if m[k] is None else f"{m[k]:.1f}" for k in
+                               ("success", "queue", "compute_input", "compute_infer", "compute_output"))
+            out.append(f"| {p['server']} | {p['model']} | {p['p50_us']:.0f} | {cells} |")
+
     dyn = [p for p in res["points"] if p["model"] == "xgb_dyn"]
     if dyn:
         out += ["", "## Dynamic batching (`xgb_dyn`: `max_queue_delay_microseconds: 200`, REST JSON batch 1, wrk)", "",
