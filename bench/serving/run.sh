@@ -38,6 +38,6 @@ log "cargo build --release (flotilla, bench_raw, bench_load)"
 cargo build --release --locked -q -p flotilla --bin flotilla --example bench_raw --example bench_load
 
 mkdir -p bench/.work-serving
-bench/.venv-serving-client/bin/python bench/serving/make_models.py bench/.work-serving 4
+bench/.venv-serving-client/bin/python bench/serving/make_models.py bench/.work-serving 4 2
 exec bench/.venv-serving-client/bin/python bench/serving/bench.py "$@" \
   --flotilla target/release/flotilla --raw target/release/examples/bench_raw --load target/release/examples/bench_load
