@@ -173,14 +173,34 @@ impl Service {
         self.repository.unload(name).await
     }
 
+    /// Sheds a request before its body is decoded when the model's queue is already full
+    /// (the same answer the scheduler would give, for a fraction of the work). Unknown or
+    /// unready models pass: `infer` reports those.
+    pub fn shed_early(&self, model: &str, version: &str) -> Result<()> {
+        let Ok(mv) = self.repository.get(model, version) else {
+            return Ok(());
+        };
+        let Some(e) = mv.scheduler.full() else {
+            return Ok(());
+        };
+        let m = self.version_metrics(&mv);
+        m.failure.inc();
+        m.rejected.inc();
+        Err(e)
+    }
+
+    fn version_metrics<'a>(&self, mv: &'a ModelVersion) -> &'a VersionMetrics {
+        mv.metrics.get_or_init(|| {
+            VersionMetrics::new(&self.metrics, &mv.name, &mv.version_str, mv.scheduler.limit().is_some())
+        })
+    }
+
     /// Runs one inference request end to end.
     #[tracing::instrument(name = "infer", skip_all, fields(model = %request.model, version = %request.version, id = %request.id))]
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
         let started = Instant::now();
         let mv = self.repository.get(&request.model, &request.version)?;
-        let m = mv.metrics.get_or_init(|| {
-            VersionMetrics::new(&self.metrics, &mv.name, &mv.version_str, mv.scheduler.limit().is_some())
-        });
+        let m = self.version_metrics(&mv);
         let result = {
             let _in_flight = InFlight::enter(&m.in_flight);
             self.infer_on(&mv, m, request, started).await

@@ -153,6 +153,7 @@ pub async fn infer_v(
 
 async fn infer_inner(s: AppState, model: String, version: String, headers: HeaderMap, body: Body) -> Result<Response> {
     let bytes = body::read(&headers, body, s.options.max_request_bytes).await?;
+    s.service.shed_early(&model, &version)?;
     let header_len = match headers.get("inference-header-content-length") {
         None => None,
         Some(v) => Some(v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).ok_or_else(|| {

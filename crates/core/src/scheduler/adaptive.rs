@@ -167,6 +167,11 @@ impl Limiter {
         self.limit.store(next.floor().max(1.0) as usize, Ordering::Relaxed);
     }
 
+    /// Requests admitted and not yet answered.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
     /// The limit now.
     pub fn limit(&self) -> usize {
         self.limit.load(Ordering::Relaxed)

@@ -163,6 +163,26 @@ impl Scheduler {
         self.shared.limiter.as_ref().map(Limiter::limit)
     }
 
+    /// The error a request at the default priority would get at once because the queue is
+    /// full or the adaptive limit is reached: lets an adapter shed load before decoding a body.
+    pub fn full(&self) -> Option<Error> {
+        let s = &self.shared;
+        if let Some(limiter) = &s.limiter {
+            if limiter.held() >= limiter.limit() {
+                let why =
+                    format!("model {}: adaptive concurrency limit of {} requests reached", s.label, limiter.limit());
+                return Some(Error::new(ErrorKind::ResourceExhausted, why));
+            }
+        }
+        let level = s.policy.default_level;
+        let max = s.policy.levels[level].max_queue;
+        if max == 0 || s.policy.levels.len() > 1 {
+            return None;
+        }
+        let waiting = s.queue.lock().level_len(level);
+        (waiting >= max).then(|| Error::new(ErrorKind::ResourceExhausted, queue_full(&s.label, waiting, max, "")))
+    }
+
     /// Queues one request (inputs already checked against the configuration) and waits for its answer.
     pub async fn run(&self, inputs: Vec<Tensor>, admission: Admission) -> Completed {
         let s = &self.shared;
@@ -192,8 +212,7 @@ impl Scheduler {
                 }
                 let at =
                     if s.policy.levels.len() > 1 { format!(" at priority level {}", level + 1) } else { String::new() };
-                let why =
-                    format!("model {}: queue is full ({waiting} requests waiting{at}, max_queue_size {max})", s.label);
+                let why = queue_full(&s.label, waiting, max, &at);
                 return Completed::failure(enqueued, Error::new(ErrorKind::ResourceExhausted, why));
             }
             let seq = q.next_seq;
@@ -227,6 +246,10 @@ impl Drop for Scheduler {
         self.shared.queue.lock().closed = true;
         self.shared.work.notify_all();
     }
+}
+
+fn queue_full(label: &str, waiting: usize, max: usize, at: &str) -> String {
+    format!("model {label}: queue is full ({waiting} requests waiting{at}, max_queue_size {max})")
 }
 
 /// Removes a request from the queue when its caller stops waiting.

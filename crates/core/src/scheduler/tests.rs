@@ -106,12 +106,14 @@ async fn full_queue_rejects_at_once_and_deadlines_and_cancellations_skip_the_eng
     let rejected = s.run(one(), Admission::now()).await.outputs.unwrap_err();
     assert_eq!(rejected.kind, ErrorKind::ResourceExhausted);
     assert!(rejected.message.contains("max_queue_size 1"), "{rejected}");
+    assert_eq!(s.full().map(|e| e.kind), Some(ErrorKind::ResourceExhausted), "adapters can shed before decoding");
     release.send(()).unwrap();
     let first = running.await.unwrap().outputs;
     assert!(first.is_ok(), "{first:?}");
     let late = waiting.await.unwrap().outputs.unwrap_err();
     assert_eq!(late.kind, ErrorKind::DeadlineExceeded, "{late}");
     assert_eq!(engine.batches.lock().len(), 1, "the late request must not run");
+    assert!(s.full().is_none());
 
     // A queued request whose caller went away leaves the queue at once.
     let blocker = submit(&s, one(), Admission::now());
