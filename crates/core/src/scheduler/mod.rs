@@ -316,6 +316,10 @@ impl Shared {
             let decision = q.next(&self.policy, Instant::now(), &mut dropped);
             if !dropped.is_empty() {
                 parking_lot::MutexGuard::unlocked(&mut q, || self.answer_dropped(dropped));
+                // The queue may have changed (and its wake-up gone by) while unlocked: decide again.
+                if !matches!(decision, Decision::Run(_)) {
+                    continue;
+                }
             }
             match decision {
                 Decision::Run(jobs) => {
