@@ -129,15 +129,6 @@ fn check_io(name: &str, data_type: i32, dims: &[i64], what: &str, origin: &str) 
     Ok(())
 }
 
-/// The model's default queue policy (`dynamic_batching { default_queue_policy { ... } }`), if any.
-pub fn queue_policy(config: &ModelConfig) -> Option<&flotilla_proto::inference::ModelQueuePolicy> {
-    use flotilla_proto::inference::model_config::SchedulingChoice;
-    match config.scheduling_choice.as_ref()? {
-        SchedulingChoice::DynamicBatching(d) => d.default_queue_policy.as_ref(),
-        _ => None,
-    }
-}
-
 /// Protocol datatype of a configured input.
 pub fn input_datatype(input: &ModelInput) -> DataType {
     DataType::from_config(input.data_type).unwrap_or(DataType::F32)

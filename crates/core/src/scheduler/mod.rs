@@ -149,10 +149,6 @@ impl Scheduler {
         Ok(Self { shared })
     }
 
-    pub fn policy(&self) -> &Policy {
-        &self.shared.policy
-    }
-
     /// Requests waiting for an instance now.
     pub fn queued(&self) -> usize {
         self.shared.queue.lock().len
