@@ -6,6 +6,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -39,6 +40,9 @@ class Server:
             *args,
         ]
         environ = dict(os.environ)
+        # Each server gets its own embedded online store (one process may hold a redb file).
+        self.store_dir = tempfile.mkdtemp(prefix="flotilla-online-")
+        environ["FLOTILLA_ONLINE_STORE"] = f"embedded:{self.store_dir}/online.redb"
         for key, value in (env or {}).items():
             if value is None:
                 environ.pop(key, None)

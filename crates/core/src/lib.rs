@@ -6,8 +6,9 @@
 //! - [`error`]: the one error type and the one table from error kind to HTTP status and gRPC code.
 //! - [`datatype`], [`tensor`], [`request`]: protocol-neutral tensors, requests and responses.
 //! - [`config`]: Triton's model configuration (`config.pbtxt`), parsed, validated and rendered as JSON.
+//! - [`enrich`]: the hook request-time enrichment (the feature store) plugs into.
 //! - [`engine`]: the [`engine::Engine`] trait engines implement and the [`engine::Backend`] trait that loads them.
-//! - [`pool`]: engine instances on dedicated threads (never on the async runtime).
+//! - [`scheduler`]: per-version queues, dynamic batching and engine threads (never on the async runtime).
 //! - [`repository`]: the model repository, version policies, control modes, atomic reload.
 //! - [`service`]: every protocol operation, once; HTTP and gRPC call into it.
 //! - [`classification`]: the classification extension.
@@ -18,6 +19,7 @@ pub mod classification;
 pub mod config;
 pub mod datatype;
 pub mod engine;
+pub mod enrich;
 pub mod error;
 pub mod metrics;
 pub mod repository;

@@ -48,16 +48,19 @@ pub struct Metrics {
     pub response_duration: HistogramVec,
 }
 
-fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+/// A histogram with the shared latency buckets.
+pub fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels)
         .expect("static histogram definition is valid")
 }
 
-fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+/// A counter family.
+pub fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     IntCounterVec::new(Opts::new(name, help), labels).expect("static counter definition is valid")
 }
 
-fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+/// A gauge family.
+pub fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     IntGaugeVec::new(Opts::new(name, help), labels).expect("static gauge definition is valid")
 }
 

@@ -3,6 +3,7 @@
 
 use crate::classification::classify;
 use crate::config::{self, full_shape, input_datatype, output_datatype};
+use crate::enrich::Enricher;
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::{Metrics, VersionMetrics};
 use crate::repository::{IndexEntry, ModelVersion, Repository};
@@ -77,13 +78,20 @@ pub struct Service {
     pub metrics: Metrics,
     options: ServiceOptions,
     draining: AtomicBool,
+    enricher: Option<Arc<dyn Enricher>>,
 }
 
 // === impl Service ===
 
 impl Service {
     pub fn new(repository: Arc<Repository>, metrics: Metrics, options: ServiceOptions) -> Self {
-        Self { repository, metrics, options, draining: AtomicBool::new(false) }
+        Self { repository, metrics, options, draining: AtomicBool::new(false), enricher: None }
+    }
+
+    /// Runs `enricher` on every inference request before its inputs are checked.
+    pub fn with_enricher(mut self, enricher: Arc<dyn Enricher>) -> Self {
+        self.enricher = Some(enricher);
+        self
     }
 
     pub fn options(&self) -> &ServiceOptions {
@@ -228,9 +236,12 @@ impl Service {
         &self,
         mv: &ModelVersion,
         m: &VersionMetrics,
-        request: InferRequest,
+        mut request: InferRequest,
         started: Instant,
     ) -> Result<InferResponse> {
+        if let Some(enricher) = &self.enricher {
+            enricher.enrich(mv, &mut request).await?;
+        }
         let config = &mv.config;
         let (inputs, batch) = prepare_inputs(config, request.inputs)?;
         for o in &request.outputs {

@@ -4,9 +4,11 @@
 //! - [`router`] builds the axum router with every endpoint and the shared
 //!   metrics middleware.
 //! - `json`: the JSON + binary tensor codec; `body`: size limits and compression.
+//! - [`features`]: Feast's feature-server endpoints (`/get-online-features`, `/push`).
 #![forbid(unsafe_code)]
 
 mod body;
+pub mod features;
 mod handlers;
 pub mod json;
 
@@ -20,10 +22,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Settings of the HTTP adapter.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HttpOptions {
     /// Bodies above this many bytes (compressed or not) are answered 413.
     pub max_request_bytes: usize,
+    /// The feature store behind Feast's `/get-online-features` and `/push`, when one is open.
+    pub features: Option<Arc<flotilla_features::FeatureStore>>,
 }
 
 #[derive(Clone)]
@@ -57,8 +61,9 @@ impl IntoResponse for ApiError {
 /// The REST router over `service`.
 pub fn router(service: Arc<Service>, options: HttpOptions) -> Router {
     use handlers::*;
+    let features = options.features.clone().map(|f| features::router(f, options.max_request_bytes));
     let state = AppState { service, options };
-    Router::new()
+    let router = Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
@@ -82,10 +87,12 @@ pub fn router(service: Arc<Service>, options: HttpOptions) -> Router {
         .route("/v2/cudasharedmemory/{*rest}", get(unimplemented_shm).post(unimplemented_shm))
         .route("/v2/trace/setting", get(unimplemented_trace).post(unimplemented_trace))
         .route("/v2/models/{model}/trace/setting", get(unimplemented_trace).post(unimplemented_trace))
-        .route("/v2/logging", get(unimplemented_logging).post(unimplemented_logging))
-        .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), record))
-        .with_state(state)
+        .route("/v2/logging", get(unimplemented_logging).post(unimplemented_logging));
+    let mut router = router.with_state(state.clone());
+    if let Some(f) = features {
+        router = router.merge(f);
+    }
+    router.fallback(not_found).layer(axum::middleware::from_fn_with_state(state, record))
 }
 
 /// Shared middleware: counts responses by endpoint and status and times them.

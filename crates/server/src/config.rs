@@ -1,6 +1,7 @@
 //! Command-line flags (each with a `FLOTILLA_*` environment fallback).
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use flotilla_features::store::StoreLocation;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -16,6 +17,96 @@ pub struct Cli {
 pub enum Command {
     /// Serve a model repository over HTTP (KServe v2 REST), gRPC and Prometheus metrics.
     Serve(ServeConfig),
+    /// The feature store: ingest batch files, consume streams, build training sets.
+    #[command(subcommand)]
+    Features(FeaturesCommand),
+}
+
+/// Where the feature store's declarations and online data are.
+#[derive(Debug, Clone, Args)]
+pub struct FeatureStoreArgs {
+    /// Feature repository: a folder of TOML files declaring entities, feature views and feature services.
+    #[arg(long, env = "FLOTILLA_FEATURE_REPO", default_value = "examples/features")]
+    pub feature_repo: PathBuf,
+
+    /// Online store: `embedded:PATH` (a redb file; one process at a time) or `redis://HOST:PORT[/DB]`.
+    #[arg(long, env = "FLOTILLA_ONLINE_STORE", default_value = DEFAULT_ONLINE_STORE)]
+    pub online_store: StoreLocation,
+}
+
+pub const DEFAULT_ONLINE_STORE: &str = "embedded:.flotilla/online.redb";
+
+/// `flotilla features ...`
+#[derive(Debug, Subcommand)]
+pub enum FeaturesCommand {
+    /// Write feature views' batch files (their declared source, or --path) into the online store.
+    Ingest {
+        #[command(flatten)]
+        store: FeatureStoreArgs,
+        /// Feature view to ingest (repeatable; default: every view with a batch source).
+        #[arg(long = "view")]
+        views: Vec<String>,
+        /// A Parquet or CSV file to read instead of the view's declared source (needs exactly one --view).
+        #[arg(long)]
+        path: Option<PathBuf>,
+    },
+    /// Like ingest, for rows whose event time is within [--start, --end] (Feast's materialize).
+    Materialize {
+        #[command(flatten)]
+        store: FeatureStoreArgs,
+        /// Earliest event time, RFC 3339 (e.g. 2026-11-01T00:00:00Z).
+        #[arg(long)]
+        start: String,
+        /// Latest event time, RFC 3339.
+        #[arg(long)]
+        end: String,
+        /// Feature view (repeatable; default: every view with a batch source).
+        #[arg(long = "view")]
+        views: Vec<String>,
+    },
+    /// Consume the streams the feature views declare into the online store, until SIGINT/SIGTERM.
+    Consume {
+        #[command(flatten)]
+        store: FeatureStoreArgs,
+    },
+    /// Print online features for entities as Feast's get-online-features JSON.
+    Get {
+        #[command(flatten)]
+        store: FeatureStoreArgs,
+        /// Features: view:feature or view, comma-separated.
+        #[arg(long, value_delimiter = ',', required_unless_present = "feature_service")]
+        features: Vec<String>,
+        /// A feature service instead of --features.
+        #[arg(long, conflicts_with = "features")]
+        feature_service: Option<String>,
+        /// Entity keys as JSON, e.g. '{"card_id": [1, 2]}'.
+        #[arg(long)]
+        entities: String,
+    },
+    /// Build a point-in-time correct training set (Parquet) for entity rows (keys + event time).
+    TrainingSet {
+        /// Feature repository folder.
+        #[arg(long, env = "FLOTILLA_FEATURE_REPO", default_value = "examples/features")]
+        feature_repo: PathBuf,
+        /// Entity rows: Parquet or CSV with the join keys and an event-time column.
+        #[arg(long)]
+        entities: PathBuf,
+        /// Features: view:feature or view, comma-separated.
+        #[arg(long, value_delimiter = ',', required_unless_present = "feature_service")]
+        features: Vec<String>,
+        /// A feature service instead of --features.
+        #[arg(long, conflicts_with = "features")]
+        feature_service: Option<String>,
+        /// Output Parquet file.
+        #[arg(long)]
+        out: PathBuf,
+        /// The entity rows' event-time column.
+        #[arg(long, default_value = "event_timestamp")]
+        timestamp_field: String,
+        /// Name feature columns view__feature (needed when two views share a feature name).
+        #[arg(long)]
+        full_feature_names: bool,
+    },
 }
 
 /// How the repository decides what to load (as Triton's --model-control-mode).
@@ -106,6 +197,19 @@ pub struct ServeConfig {
     #[arg(long, env = "FLOTILLA_INSTANCES", default_value_t = 0)]
     pub instances: usize,
 
+    /// Feature repository for request-time enrichment, Feast's /get-online-features and /push, and
+    /// stream ingestion. Default: examples/features when that folder exists (else no feature store).
+    #[arg(long, env = "FLOTILLA_FEATURE_REPO")]
+    pub feature_repo: Option<PathBuf>,
+
+    /// Online store: `embedded:PATH` (a redb file) or `redis://HOST:PORT[/DB]`.
+    #[arg(long, env = "FLOTILLA_ONLINE_STORE", default_value = DEFAULT_ONLINE_STORE)]
+    pub online_store: StoreLocation,
+
+    /// Consume the streams the feature views declare while serving.
+    #[arg(long, env = "FLOTILLA_CONSUME_STREAMS", default_value_t = true, action = ArgAction::Set)]
+    pub consume_streams: bool,
+
     /// ONNX Runtime shared library (libonnxruntime.so) that runs ONNX models; `none` leaves them to tract.
     /// Unset: ORT_DYLIB_PATH, else the onnxruntime Python wheel in $VIRTUAL_ENV or ./.venv, else tract (with a warning).
     #[arg(long, env = "FLOTILLA_ONNXRUNTIME_LIB")]
@@ -116,7 +220,9 @@ impl ServeConfig {
     /// Defaults as `flotilla serve` with no flags, for tests and embedding.
     pub fn with_repository(path: impl Into<PathBuf>) -> Self {
         let cli = Cli::parse_from(["flotilla", "serve"]);
-        let Command::Serve(mut c) = cli.command;
+        let Command::Serve(mut c) = cli.command else {
+            unreachable!("parsed a serve command")
+        };
         c.model_repository = path.into();
         c
     }

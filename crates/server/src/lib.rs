@@ -9,16 +9,21 @@
 //! - `flotilla-ort`: the ONNX engine through ONNX Runtime (library loaded at run time).
 //! - `flotilla-tract`: the ONNX engine in pure Rust (when ONNX Runtime is absent, or `backend: "tract"`).
 //! - `flotilla-text`: text models (tokenizer.json + ONNX encoder): strings in, embeddings or logits out.
+//! - `flotilla-features`: the feature store (online store, ingestion, enrichment, training sets).
 //! - `flotilla-proto`: protocol and model-config messages (built with protox).
 //! - this crate: the CLI ([`config`]) and [`run`], which wires everything and drains on shutdown.
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod features_cli;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use config::{ControlModeArg, ServeConfig};
 use flotilla_core::engine::{AutocompleteOptions, Backend};
+use flotilla_core::enrich::Enricher;
+use flotilla_features::enrich::Enrichment;
+use flotilla_features::FeatureStore;
 use flotilla_core::metrics::Metrics;
 use flotilla_core::repository::{ControlMode, LoadSettings, Repository};
 use flotilla_core::service::{Service, ServiceOptions};
@@ -78,9 +83,39 @@ pub fn backends(config: &ServeConfig, instances: usize) -> anyhow::Result<Vec<Ar
     Ok(backends)
 }
 
-/// Builds the service: repository (with its initial loads) and metrics.
-pub async fn build_service(config: &ServeConfig) -> anyhow::Result<Arc<Service>> {
+/// The feature repository `serve` uses: the one given, else examples/features when it exists.
+fn feature_repo(config: &ServeConfig) -> Option<std::path::PathBuf> {
+    match &config.feature_repo {
+        Some(p) => Some(p.clone()),
+        None => Some(std::path::PathBuf::from("examples/features")).filter(|p| p.is_dir()),
+    }
+}
+
+/// Opens the feature store when there is a feature repository.
+pub async fn open_features(config: &ServeConfig, metrics: &Metrics) -> anyhow::Result<Option<Arc<FeatureStore>>> {
+    let Some(repo) = feature_repo(config) else {
+        return Ok(None);
+    };
+    let store = FeatureStore::open(&repo, &config.online_store, &metrics.registry)
+        .await
+        .with_context(|| format!("feature store ({}, {})", repo.display(), config.online_store))?;
+    tracing::info!(
+        repository = %repo.display(),
+        online_store = %config.online_store,
+        views = store.registry.views.len(),
+        "feature store open"
+    );
+    Ok(Some(Arc::new(store)))
+}
+
+/// Builds the service: repository (with its initial loads), metrics and, when there is a
+/// feature repository, the feature store that enriches requests.
+pub async fn build_service(config: &ServeConfig) -> anyhow::Result<(Arc<Service>, Option<Arc<FeatureStore>>)> {
     let metrics = Metrics::new();
+    let features = open_features(config, &metrics).await?;
+    let enrichment = features
+        .as_ref()
+        .map(|f| Arc::new(Enrichment::new(f.clone(), config.model_repository.clone())));
     let mode = match config.model_control_mode {
         ControlModeArg::None => ControlMode::None,
         ControlModeArg::Poll => ControlMode::Poll,
@@ -96,10 +131,14 @@ pub async fn build_service(config: &ServeConfig) -> anyhow::Result<Arc<Service>>
         default_instances: instances,
     };
     let ready = metrics.model_ready.clone();
+    let hook_enrichment = enrichment.clone();
     let repository = Repository::new(config.model_repository.clone(), mode, settings).with_change_hook(
         move |model, versions, up| {
             for v in versions {
                 ready.with_label_values(&[model, v]).set(i64::from(up));
+            }
+            if let Some(e) = &hook_enrichment {
+                e.model_changed(model);
             }
         },
     );
@@ -112,14 +151,18 @@ pub async fn build_service(config: &ServeConfig) -> anyhow::Result<Arc<Service>>
         server_name: config.server_name.clone(),
         ..ServiceOptions::default()
     };
-    Ok(Arc::new(Service::new(Arc::new(repository), metrics, options)))
+    let mut service = Service::new(Arc::new(repository), metrics, options);
+    if let Some(e) = enrichment {
+        service = service.with_enricher(e);
+    }
+    Ok((Arc::new(service), features))
 }
 
 /// Runs the server until `shutdown` completes, then drains: readiness turns
 /// false, listeners stop accepting, in-flight requests finish (up to
 /// `--exit-timeout-secs`).
 pub async fn run(config: ServeConfig, listeners: Listeners, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let service = build_service(&config).await?;
+    let (service, features) = build_service(&config).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -139,7 +182,7 @@ pub async fn run(config: ServeConfig, listeners: Listeners, shutdown: impl Futur
     let mut tasks = tokio::task::JoinSet::new();
     let http_router = flotilla_http::router(
         service.clone(),
-        flotilla_http::HttpOptions { max_request_bytes: config.max_request_bytes },
+        flotilla_http::HttpOptions { max_request_bytes: config.max_request_bytes, features: features.clone() },
     );
     // No Nagle delay on small responses (headers and body may leave in separate writes).
     let http_listener = listeners.http.tap_io(|tcp| {
@@ -170,6 +213,17 @@ pub async fn run(config: ServeConfig, listeners: Listeners, shutdown: impl Futur
         );
         let server = axum::serve(listener, router).with_graceful_shutdown(stopped());
         tasks.spawn(async move { server.await.context("metrics server") });
+    }
+
+    if let Some(store) = features.clone().filter(|_| config.consume_streams) {
+        let consumers = flotilla_features::streams::spawn_all(store, stop_tx.subscribe());
+        let mut stop = stop_tx.subscribe();
+        tasks.spawn(async move {
+            // Consumers end on shutdown (or give up on a source they cannot read): wait for shutdown.
+            consumers.join_all().await;
+            let _ = stop.wait_for(|s| *s).await;
+            Ok(())
+        });
     }
 
     if config.model_control_mode == ControlModeArg::Poll {

@@ -57,5 +57,10 @@ async fn main() -> anyhow::Result<()> {
             let listeners = Listeners::bind(&config).await?;
             run(config, listeners, shutdown_signal()).await
         }
+        Command::Features(command) => {
+            let filter = EnvFilter::try_from_env("FLOTILLA_LOG_LEVEL").unwrap_or_else(|_| EnvFilter::new("info"));
+            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+            flotilla::features_cli::run(command, shutdown_signal()).await
+        }
     }
 }

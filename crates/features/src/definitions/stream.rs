@@ -1,0 +1,98 @@
+//! A feature view's `stream = { type = ..., ... }` declaration.
+
+use std::collections::BTreeMap;
+
+/// Where a view's stream rows come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamSource {
+    /// NATS JetStream: a durable pull consumer on `subject` (the stream holding it is created when absent).
+    Nats { url: String, subject: String, stream: String, durable: String },
+    /// Redis Streams: XREADGROUP on `stream` in consumer group `group`.
+    Redis { url: String, stream: String, group: String },
+    /// Kafka: a consumer group on `topic`.
+    Kafka { brokers: String, topic: String, group: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSpec {
+    pub source: StreamSource,
+    /// Where bad messages go, with their reason (a subject, stream key or topic).
+    pub dead_letter: String,
+    /// Most messages written to the online store in one durable write.
+    pub batch: usize,
+}
+
+impl StreamSpec {
+    pub(super) fn parse(view: &str, table: &BTreeMap<String, toml::Value>) -> Result<Self, String> {
+        let get = |key: &str| -> Result<Option<String>, String> {
+            match table.get(key) {
+                None => Ok(None),
+                Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+                Some(other) => Err(format!("feature view '{view}': stream {key} must be a string, not {other}")),
+            }
+        };
+        let need = |key: &str| -> Result<String, String> {
+            get(key)?.ok_or_else(|| format!("feature view '{view}': stream needs '{key}'"))
+        };
+        let kind = need("type")?;
+        let (source, allowed, default_dead): (StreamSource, &[&str], String) = match kind.as_str() {
+            "nats" => {
+                let subject = need("subject")?;
+                let dead = format!("{subject}.dead_letter");
+                let source = StreamSource::Nats {
+                    url: get("url")?.unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+                    stream: get("stream")?.unwrap_or_else(|| format!("FLOTILLA_{}", view.to_uppercase().replace('-', "_"))),
+                    durable: get("durable")?.unwrap_or_else(|| format!("flotilla-{view}")),
+                    subject,
+                };
+                (source, &["url", "subject", "stream", "durable"], dead)
+            }
+            "redis" => {
+                let stream = need("stream")?;
+                let dead = format!("{stream}:dead_letter");
+                let source = StreamSource::Redis {
+                    url: get("url")?.unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+                    group: get("group")?.unwrap_or_else(|| "flotilla".into()),
+                    stream,
+                };
+                (source, &["url", "stream", "group"], dead)
+            }
+            "kafka" => {
+                let topic = need("topic")?;
+                let dead = format!("{topic}.dead_letter");
+                let source = StreamSource::Kafka {
+                    brokers: get("brokers")?.unwrap_or_else(|| "127.0.0.1:9092".into()),
+                    group: get("group")?.unwrap_or_else(|| "flotilla".into()),
+                    topic,
+                };
+                (source, &["brokers", "topic", "group"], dead)
+            }
+            other => {
+                return Err(format!("feature view '{view}': stream type '{other}' is not one of nats, redis, kafka"));
+            }
+        };
+        for key in table.keys() {
+            if !(allowed.contains(&key.as_str()) || ["type", "dead_letter", "batch"].contains(&key.as_str())) {
+                return Err(format!(
+                    "feature view '{view}': unknown stream setting '{key}' for type {kind} (allowed: type, {}, dead_letter, batch)",
+                    allowed.join(", ")
+                ));
+            }
+        }
+        let batch = match table.get("batch") {
+            None => 512,
+            Some(toml::Value::Integer(n)) if (1..=100_000).contains(n) => *n as usize,
+            Some(other) => return Err(format!("feature view '{view}': stream batch must be 1..=100000, not {other}")),
+        };
+        Ok(Self { source, dead_letter: get("dead_letter")?.unwrap_or(default_dead), batch })
+    }
+
+    /// A short name for logs and metric labels (`nats:features.card_txn_1h`).
+    pub fn label(&self) -> String {
+        match &self.source {
+            StreamSource::Nats { subject, .. } => format!("nats:{subject}"),
+            StreamSource::Redis { stream, .. } => format!("redis:{stream}"),
+            StreamSource::Kafka { topic, .. } => format!("kafka:{topic}"),
+        }
+    }
+}

@@ -1,0 +1,122 @@
+use super::*;
+
+const ENTITIES: &str = r#"
+[[entity]]
+name = "card"
+join_key = "card_id"
+value_type = "int64"
+
+[[entity]]
+name = "merchant"
+value_type = "string"
+"#;
+
+const VIEWS: &str = r#"
+[[feature_view]]
+name = "card_txn_1h"
+entities = ["card"]
+ttl = "2h"
+push_source = "card_push"
+source = { path = "data/txn.parquet", created_timestamp_column = "created" }
+stream = { type = "nats", subject = "features.txn" }
+features = [
+  { name = "txn_count_1h", dtype = "Int64" },
+  { name = "last_amount", dtype = "float32" },
+]
+
+[[feature_view]]
+name = "card_merchant"
+entities = ["card", "merchant"]
+features = [{ name = "visits", dtype = "int32" }]
+"#;
+
+const SERVICES: &str = r#"
+[[feature_service]]
+name = "fraud"
+features = ["card_txn_1h", "card_merchant:visits"]
+"#;
+
+fn load(files: &[(&str, &str)]) -> Result<Registry> {
+    let sources: Vec<(PathBuf, String)> = files.iter().map(|(n, t)| (PathBuf::from(n), t.to_string())).collect();
+    Registry::from_sources(Path::new("/repo"), &sources)
+}
+
+fn error(files: &[(&str, &str)]) -> String {
+    match load(files) {
+        Ok(_) => panic!("expected a load error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn a_repository_loads_with_resolved_keys_ttl_streams_and_services() {
+    let reg = load(&[("entities.toml", ENTITIES), ("views.toml", VIEWS), ("services.toml", SERVICES)]).unwrap();
+    let txn = reg.view("card_txn_1h").unwrap();
+    assert_eq!(txn.join_keys, vec![("card_id".to_string(), ValueType::Int64)]);
+    assert_eq!(txn.ttl_us, 2 * 3_600_000_000);
+    assert_eq!(txn.features[0].dtype, ValueType::Int64);
+    assert_eq!(txn.source.as_ref().unwrap().path, PathBuf::from("/repo/data/txn.parquet"));
+    assert_eq!(txn.source.as_ref().unwrap().timestamp_field, "event_timestamp");
+    let stream = txn.stream.as_ref().unwrap();
+    assert_eq!(stream.label(), "nats:features.txn");
+    assert_eq!(stream.dead_letter, "features.txn.dead_letter");
+    let pair = reg.view("card_merchant").unwrap();
+    assert_eq!(pair.join_keys[1], ("merchant".to_string(), ValueType::String));
+    assert_eq!(pair.ttl_us, 0);
+    let service = reg.service("fraud").unwrap();
+    let names: Vec<String> = service.features.iter().map(|f| reg.ref_name(*f)).collect();
+    assert_eq!(names, ["card_txn_1h:txn_count_1h", "card_txn_1h:last_amount", "card_merchant:visits"]);
+    assert_eq!(reg.push_target("card_push").unwrap().name, "card_txn_1h");
+    assert_eq!(reg.push_target("card_merchant").unwrap().name, "card_merchant");
+    assert!(reg.push_target("nope").is_err());
+}
+
+#[test]
+fn errors_name_the_file_and_line() {
+    let unknown_entity = VIEWS.replace(r#"entities = ["card"]"#, r#"entities = ["crad"]"#);
+    let e = error(&[("entities.toml", ENTITIES), ("views.toml", &unknown_entity)]);
+    assert!(e.starts_with("views.toml:4: feature view 'card_txn_1h': unknown entity 'crad'"), "{e}");
+
+    let dup = VIEWS.replace(r#"{ name = "last_amount""#, r#"{ name = "txn_count_1h""#);
+    let e = error(&[("entities.toml", ENTITIES), ("views.toml", &dup)]);
+    assert!(e.starts_with("views.toml:11: feature view 'card_txn_1h': feature 'txn_count_1h' is declared twice"), "{e}");
+
+    let dtype = VIEWS.replace(r#"dtype = "int32""#, r#"dtype = "decimal""#);
+    let e = error(&[("entities.toml", ENTITIES), ("views.toml", &dtype)]);
+    assert!(e.starts_with("views.toml:17: feature 'card_merchant:visits': unknown dtype 'decimal'"), "{e}");
+
+    let e = error(&[("entities.toml", ENTITIES), ("views.toml", VIEWS), ("s.toml", "[[feature_service]]\nname = \"x\"\nfeatures = [\"card_txn_1h:nope\"]\n")]);
+    assert!(e.starts_with("s.toml:3: feature service 'x': feature view 'card_txn_1h' has no feature 'nope'"), "{e}");
+
+    let e = error(&[("entities.toml", "[[entity]]\nname = \"card\"\nvalue_typ = \"int64\"\n")]);
+    assert!(e.starts_with("entities.toml: TOML parse error at line 3"), "{e}");
+    assert!(e.contains("value_typ"), "{e}");
+
+    let e = error(&[("e.toml", &format!("{ENTITIES}\n[[entity]]\nname = \"card2\"\njoin_key = \"card_id\"\nvalue_type = \"string\"\n"))]);
+    assert!(e.starts_with("e.toml:13: entity 'card2': join key 'card_id' is string here but int64 in entity 'card'"), "{e}");
+
+    let e = error(&[("e.toml", ENTITIES), ("e2.toml", ENTITIES)]);
+    assert!(e.starts_with("e2.toml:3: entity 'card' is declared twice"), "{e}");
+
+    let ttl = VIEWS.replace(r#"ttl = "2h""#, r#"ttl = "2 hours""#);
+    let e = error(&[("entities.toml", ENTITIES), ("views.toml", &ttl)]);
+    assert!(e.starts_with("views.toml:5: feature view 'card_txn_1h': ttl '2 hours' is not a duration"), "{e}");
+
+    let stream = VIEWS.replace(r#"type = "nats""#, r#"type = "pulsar""#);
+    let e = error(&[("entities.toml", ENTITIES), ("views.toml", &stream)]);
+    assert!(e.contains("views.toml:8: feature view 'card_txn_1h': stream type 'pulsar'"), "{e}");
+
+    let key_clash = VIEWS.replace(r#"{ name = "visits""#, r#"{ name = "merchant""#);
+    let e = error(&[("entities.toml", ENTITIES), ("views.toml", &key_clash)]);
+    assert!(e.contains("has the name of the view's join key"), "{e}");
+}
+
+#[test]
+fn references_resolve_with_clear_errors() {
+    let reg = load(&[("entities.toml", ENTITIES), ("views.toml", VIEWS)]).unwrap();
+    let refs = reg.resolve(&["card_merchant:visits", "card_txn_1h"]).unwrap();
+    assert_eq!(refs.len(), 3);
+    let e = reg.resolve(&["nope:x"]).unwrap_err().to_string();
+    assert!(e.contains("unknown feature view 'nope'") && e.contains("'card_txn_1h'"), "{e}");
+    assert!(matches!(reg.service("missing"), Err(FeatureError::NotFound(_))));
+}

@@ -1,0 +1,34 @@
+//! # Flotilla feature store
+//!
+//! Feast's model and semantics, in-process: a request names an entity, the server joins its
+//! latest features before the model runs; training sets hold the value known at each moment.
+//!
+//! ## Layout
+//! - [`definitions`]: entities, feature views and feature services from a folder of TOML files.
+//! - [`value`], [`record`]: typed values, entity keys and the per-entity record (values + event time).
+//! - [`store`]: online stores, embedded (redb + memory) or Redis; last write wins on event time.
+//! - [`feature_store`]: [`FeatureStore`], the registry + store + metrics every entry point shares.
+//! - [`serving`]: Feast's `get-online-features` and `push`, protocol-neutral.
+//! - [`enrich`]: a model's `features.toml` and request-time enrichment of inference requests.
+//! - [`files`], [`ingest`]: Parquet/CSV batches into the online store.
+//! - [`streams`]: NATS JetStream and Redis Streams consumers with dead letters.
+//! - [`training`]: point-in-time correct training sets.
+#![forbid(unsafe_code)]
+
+pub mod definitions;
+pub mod duration;
+pub mod enrich;
+pub mod error;
+pub mod feature_store;
+pub mod files;
+pub mod ingest;
+pub mod metrics;
+pub mod record;
+pub mod serving;
+pub mod store;
+pub mod streams;
+pub mod training;
+pub mod value;
+
+pub use error::{FeatureError, Result};
+pub use feature_store::FeatureStore;

@@ -1,0 +1,89 @@
+//! The feature store's Prometheus metrics, registered in the server's one registry.
+
+use flotilla_core::metrics::{counter, gauge, histogram};
+use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec, Registry};
+
+#[derive(Clone)]
+pub struct FeatureMetrics {
+    /// Feature values served, by view and status (PRESENT, NOT_FOUND, OUTSIDE_MAX_AGE, NULL_VALUE).
+    pub values_served: IntCounterVec,
+    /// Online-store read duration by store kind (one call may read many entities).
+    pub read_duration: HistogramVec,
+    /// Time request-time enrichment added to an inference request, per model.
+    pub enrich_duration: HistogramVec,
+    /// Rows offered to the online store, by view, source and outcome (`applied` / `stale`).
+    pub rows_written: IntCounterVec,
+    /// Stream messages by source and outcome (`ok` / `dead_letter`).
+    pub stream_messages: IntCounterVec,
+    /// Messages waiting in the stream for this consumer (when the source reports it).
+    pub stream_lag_messages: IntGaugeVec,
+    /// Seconds between the event time of the last applied message and its application.
+    pub stream_lag_seconds: prometheus::GaugeVec,
+    /// Connection or consumer errors by source (the consumer retries).
+    pub stream_errors: IntCounterVec,
+}
+
+impl FeatureMetrics {
+    pub fn new(registry: &Registry) -> Self {
+        let m = Self {
+            values_served: counter(
+                "flotilla_feature_values_served_total",
+                "Feature values served online, by view and status.",
+                &["view", "status"],
+            ),
+            read_duration: histogram(
+                "flotilla_feature_read_duration_seconds",
+                "Online store read duration, seconds.",
+                &["store"],
+            ),
+            enrich_duration: histogram(
+                "flotilla_feature_enrich_duration_seconds",
+                "Request-time feature enrichment duration per model, seconds.",
+                &["model"],
+            ),
+            rows_written: counter(
+                "flotilla_feature_rows_written_total",
+                "Rows offered to the online store, by view, source and outcome (applied or stale).",
+                &["view", "source", "outcome"],
+            ),
+            stream_messages: counter(
+                "flotilla_feature_stream_messages_total",
+                "Stream messages by source and outcome (ok or dead_letter).",
+                &["source", "outcome"],
+            ),
+            stream_lag_messages: gauge(
+                "flotilla_feature_stream_lag_messages",
+                "Messages waiting in the stream for this consumer.",
+                &["source"],
+            ),
+            stream_lag_seconds: prometheus::GaugeVec::new(
+                prometheus::Opts::new(
+                    "flotilla_feature_stream_lag_seconds",
+                    "Seconds from the last applied message's event time to its application.",
+                ),
+                &["source"],
+            )
+            .expect("static gauge definition is valid"),
+            stream_errors: counter(
+                "flotilla_feature_stream_errors_total",
+                "Stream connection or consumer errors by source (the consumer retries).",
+                &["source"],
+            ),
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.values_served.clone()),
+            Box::new(m.read_duration.clone()),
+            Box::new(m.enrich_duration.clone()),
+            Box::new(m.rows_written.clone()),
+            Box::new(m.stream_messages.clone()),
+            Box::new(m.stream_lag_messages.clone()),
+            Box::new(m.stream_lag_seconds.clone()),
+            Box::new(m.stream_errors.clone()),
+        ];
+        for c in collectors {
+            // A second FeatureMetrics on the same registry (tests) shares the first's series.
+            let _ = registry.register(c);
+        }
+        m
+    }
+}

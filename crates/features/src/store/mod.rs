@@ -1,0 +1,153 @@
+//! Online stores: the latest record per (feature view, entity).
+//!
+//! - [`embedded::Embedded`] (default): records in a redb file, mirrored in memory for reads.
+//! - [`redis::RedisStore`]: records in Redis hashes, one pipelined round trip per read.
+//!
+//! Both apply writes last-write-wins on event time (then created time), whatever the order
+//! in which rows arrive.
+
+pub mod embedded;
+pub mod redis;
+
+use crate::definitions::{FeatureView, Registry};
+use crate::error::{FeatureError, Result};
+use crate::record::{EntityKey, Record};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// Rows that replaced the stored record (or were the first for their entity).
+    pub applied: usize,
+    /// Rows older than the stored record, left out.
+    pub stale: usize,
+}
+
+/// A source's read position, stored with the data it led to (atomically, in the embedded store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub source: String,
+    pub position: Vec<u8>,
+}
+
+/// Which online store to open, from `--online-store`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// `embedded:PATH` (or a bare path): a redb file.
+    Embedded(PathBuf),
+    /// `redis://host:port[/db]`.
+    Redis(String),
+}
+
+impl std::str::FromStr for StoreLocation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.starts_with("redis://") || s.starts_with("rediss://") {
+            return Ok(Self::Redis(s.to_string()));
+        }
+        let path = s.strip_prefix("embedded:").unwrap_or(s);
+        if path.is_empty() {
+            return Err("--online-store: give embedded:PATH or redis://HOST:PORT".into());
+        }
+        Ok(Self::Embedded(PathBuf::from(path)))
+    }
+}
+
+impl std::fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Embedded(p) => write!(f, "embedded:{}", p.display()),
+            // Never print a password that the URL may carry.
+            Self::Redis(url) => match url.split_once('@') {
+                Some((scheme_user, host)) => {
+                    let scheme = scheme_user.split("://").next().unwrap_or("redis");
+                    write!(f, "{scheme}://***@{host}")
+                }
+                None => f.write_str(url),
+            },
+        }
+    }
+}
+
+/// The online store the server, the ingesters and the serving API share.
+#[derive(Clone)]
+pub enum OnlineStore {
+    Embedded(Arc<embedded::Embedded>),
+    Redis(Arc<redis::RedisStore>),
+}
+
+// === impl OnlineStore ===
+
+impl OnlineStore {
+    pub async fn open(location: &StoreLocation, registry: &Registry) -> Result<Self> {
+        Ok(match location {
+            StoreLocation::Embedded(path) => {
+                let (path, registry) = (path.clone(), registry.clone());
+                let store = tokio::task::spawn_blocking(move || embedded::Embedded::open(&path, &registry))
+                    .await
+                    .map_err(FeatureError::store)??;
+                Self::Embedded(Arc::new(store))
+            }
+            StoreLocation::Redis(url) => {
+                Self::Redis(Arc::new(redis::RedisStore::connect(url, redis::RedisOptions::default()).await?))
+            }
+        })
+    }
+
+    /// Writes rows of one view (last write wins on event time); `checkpoint` is stored with them.
+    /// Returns once the rows are durable.
+    pub async fn write(
+        &self,
+        view: &FeatureView,
+        rows: Vec<(EntityKey, Record)>,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<WriteOutcome> {
+        match self {
+            Self::Embedded(s) => {
+                let (s, view) = (s.clone(), view.clone());
+                tokio::task::spawn_blocking(move || s.write(&view, rows, checkpoint.as_ref()))
+                    .await
+                    .map_err(FeatureError::store)?
+            }
+            Self::Redis(s) => s.write(view, rows, checkpoint).await,
+        }
+    }
+
+    /// Reads the records of `(view index, key)` pairs, in one round trip for Redis.
+    pub async fn read(&self, registry: &Registry, wants: &[(usize, EntityKey)]) -> Result<Vec<Option<Arc<Record>>>> {
+        match self {
+            Self::Embedded(s) => Ok(wants.iter().map(|(view, key)| s.get(*view, key)).collect()),
+            Self::Redis(s) => s.read(registry, wants).await,
+        }
+    }
+
+    /// The last stored position of a stream source, if any.
+    pub async fn checkpoint(&self, source: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            Self::Embedded(s) => s.checkpoint(source),
+            Self::Redis(s) => s.checkpoint(source).await,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Embedded(_) => "embedded",
+            Self::Redis(_) => "redis",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse_and_hide_passwords() {
+        assert_eq!("embedded:/tmp/x.redb".parse(), Ok(StoreLocation::Embedded("/tmp/x.redb".into())));
+        assert_eq!("data/x.redb".parse(), Ok(StoreLocation::Embedded("data/x.redb".into())));
+        let r: StoreLocation = "redis://:secret@127.0.0.1:6379/2".parse().unwrap();
+        assert_eq!(r.to_string(), "redis://***@127.0.0.1:6379/2");
+        assert!("embedded:".parse::<StoreLocation>().is_err());
+    }
+}

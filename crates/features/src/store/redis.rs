@@ -1,0 +1,168 @@
+//! The Redis online store. Each (view, entity) is a hash `{prefix}{view}:{key}` with fields
+//! `t` (event time, µs), `c` (created time, µs) and `v` (the encoded record). Writes go through
+//! a Lua script that compares times on the server, so concurrent writers and late rows keep
+//! last-write-wins; reads of any number of (view, entity) pairs are one pipelined round trip.
+//! A few multiplexed connections are used in turn; each reconnects by itself after a failure.
+
+use super::{Checkpoint, WriteOutcome};
+use crate::definitions::{FeatureView, Registry};
+use crate::error::{FeatureError, Result};
+use crate::record::{EntityKey, Record};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const WRITE_SCRIPT: &str = r#"
+local cur = redis.call('HMGET', KEYS[1], 't', 'c')
+if cur[1] then
+  local t, c = tonumber(cur[1]), tonumber(cur[2] or '0')
+  local nt, nc = tonumber(ARGV[1]), tonumber(ARGV[2])
+  if nt < t or (nt == t and nc < c) then return 0 end
+end
+redis.call('HSET', KEYS[1], 't', ARGV[1], 'c', ARGV[2], 'v', ARGV[3])
+return 1
+"#;
+
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// Prefix of every key Flotilla writes.
+    pub prefix: String,
+    /// Connections used in turn (each multiplexes many requests).
+    pub connections: usize,
+    /// Longest wait for one round trip before the read or write fails as unavailable.
+    pub timeout: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self { prefix: "flotilla:".into(), connections: 4, timeout: Duration::from_secs(1) }
+    }
+}
+
+pub struct RedisStore {
+    connections: Vec<ConnectionManager>,
+    next: AtomicUsize,
+    script_sha: String,
+    options: RedisOptions,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> FeatureError {
+    FeatureError::Unavailable(format!("redis: {e}"))
+}
+
+// === impl RedisStore ===
+
+impl RedisStore {
+    pub async fn connect(url: &str, options: RedisOptions) -> Result<Self> {
+        let client = redis::Client::open(url).map_err(|e| FeatureError::invalid(format!("--online-store: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.timeout))
+            .set_response_timeout(Some(options.timeout))
+            .set_number_of_retries(2);
+        let mut connections = Vec::with_capacity(options.connections.max(1));
+        for _ in 0..options.connections.max(1) {
+            let c = ConnectionManager::new_with_config(client.clone(), config.clone()).await.map_err(unavailable)?;
+            connections.push(c);
+        }
+        let mut store = Self { connections, next: AtomicUsize::new(0), script_sha: String::new(), options };
+        store.script_sha = store.load_script().await?;
+        Ok(store)
+    }
+
+    fn connection(&self) -> ConnectionManager {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
+        self.connections[i].clone()
+    }
+
+    async fn load_script(&self) -> Result<String> {
+        let mut c = self.connection();
+        redis::cmd("SCRIPT").arg("LOAD").arg(WRITE_SCRIPT).query_async(&mut c).await.map_err(unavailable)
+    }
+
+    fn key(&self, view: &FeatureView, key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.options.prefix.len() + view.name.len() + 1 + key.len());
+        k.extend_from_slice(self.options.prefix.as_bytes());
+        k.extend_from_slice(view.name.as_bytes());
+        k.push(b':');
+        k.extend_from_slice(key);
+        k
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, redis::RedisError> {
+        let mut c = self.connection();
+        match tokio::time::timeout(self.options.timeout, pipe.query_async(&mut c)).await {
+            Ok(r) => r,
+            Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {:?}", self.options.timeout),
+            ))),
+        }
+    }
+
+    pub async fn write(
+        &self,
+        view: &FeatureView,
+        rows: Vec<(EntityKey, Record)>,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<WriteOutcome> {
+        let mut outcome = WriteOutcome::default();
+        if !rows.is_empty() {
+            let build = |sha: &str| {
+                let mut pipe = redis::pipe();
+                for (key, record) in &rows {
+                    pipe.cmd("EVALSHA")
+                        .arg(sha)
+                        .arg(1)
+                        .arg(self.key(view, key))
+                        .arg(record.event_ts)
+                        .arg(record.created_ts)
+                        .arg(record.encode(view));
+                }
+                pipe
+            };
+            let answers: Vec<i64> = match self.query(&build(&self.script_sha)).await {
+                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                    // The server restarted or flushed its scripts: load it again, once.
+                    let sha = self.load_script().await?;
+                    self.query(&build(&sha)).await.map_err(unavailable)?
+                }
+                other => other.map_err(unavailable)?,
+            };
+            outcome.applied = answers.iter().filter(|a| **a == 1).count();
+            outcome.stale = answers.len() - outcome.applied;
+        }
+        if let Some(c) = checkpoint {
+            let mut pipe = redis::pipe();
+            pipe.cmd("HSET").arg(format!("{}checkpoints", self.options.prefix)).arg(c.source).arg(c.position);
+            let () = self.query(&pipe).await.map_err(unavailable)?;
+        }
+        Ok(outcome)
+    }
+
+    pub async fn read(&self, registry: &Registry, wants: &[(usize, EntityKey)]) -> Result<Vec<Option<Arc<Record>>>> {
+        if wants.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (view, key) in wants {
+            pipe.cmd("HGET").arg(self.key(&registry.views[*view], key)).arg("v");
+        }
+        let answers: Vec<Option<Vec<u8>>> = self.query(&pipe).await.map_err(unavailable)?;
+        let mut out = Vec::with_capacity(wants.len());
+        for ((view, _), bytes) in wants.iter().zip(answers) {
+            out.push(match bytes {
+                None => None,
+                Some(b) => Some(Arc::new(Record::decode(&b, &registry.views[*view])?)),
+            });
+        }
+        Ok(out)
+    }
+
+    pub async fn checkpoint(&self, source: &str) -> Result<Option<Vec<u8>>> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGET").arg(format!("{}checkpoints", self.options.prefix)).arg(source);
+        let (v,): (Option<Vec<u8>>,) = self.query(&pipe).await.map_err(unavailable)?;
+        Ok(v)
+    }
+}

@@ -1,0 +1,124 @@
+//! `flotilla features ...`: batch ingestion, stream consumption, lookups and training sets.
+
+use crate::config::{FeatureStoreArgs, FeaturesCommand};
+use anyhow::{bail, Context};
+use flotilla_features::definitions::Registry;
+use flotilla_features::ingest::{ingest, Window};
+use flotilla_features::training::TrainingSet;
+use flotilla_features::value::parse_timestamp;
+use flotilla_features::FeatureStore;
+use std::future::Future;
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+async fn open(args: &FeatureStoreArgs) -> anyhow::Result<FeatureStore> {
+    let registry = prometheus::Registry::new();
+    FeatureStore::open(&args.feature_repo, &args.online_store, &registry)
+        .await
+        .with_context(|| format!("feature store ({}, {})", args.feature_repo.display(), args.online_store))
+}
+
+/// Runs one `features` subcommand; `shutdown` ends `consume`.
+pub async fn run(command: FeaturesCommand, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let progress = std::io::stderr().is_terminal();
+    match command {
+        FeaturesCommand::Ingest { store, views, path } => {
+            if path.is_some() && views.len() != 1 {
+                bail!("--path reads one file: name its feature view with exactly one --view");
+            }
+            let fs = open(&store).await?;
+            for view in selected(&fs.registry, &views)? {
+                let report = ingest(&fs, &fs.registry.views[view], path.as_deref(), None, progress).await?;
+                println!("{report}");
+            }
+        }
+        FeaturesCommand::Materialize { store, start, end, views } => {
+            let window = Window {
+                start: parse_timestamp(&start).map_err(|m| anyhow::anyhow!("--start: {m}"))?,
+                end: parse_timestamp(&end).map_err(|m| anyhow::anyhow!("--end: {m}"))?,
+            };
+            if window.start > window.end {
+                bail!("--start {start} is after --end {end}");
+            }
+            let fs = open(&store).await?;
+            for view in selected(&fs.registry, &views)? {
+                let report = ingest(&fs, &fs.registry.views[view], None, Some(window), progress).await?;
+                println!("{report}");
+            }
+        }
+        FeaturesCommand::Consume { store } => {
+            let fs = Arc::new(open(&store).await?);
+            if !fs.registry.views.iter().any(|v| v.stream.is_some()) {
+                bail!("no feature view in {} declares a stream", store.feature_repo.display());
+            }
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let mut tasks = flotilla_features::streams::spawn_all(fs.clone(), stop_rx);
+            shutdown.await;
+            tracing::info!("stopping stream consumers");
+            let _ = stop_tx.send(true);
+            while tasks.join_next().await.is_some() {}
+        }
+        FeaturesCommand::Get { store, features, feature_service, entities } => {
+            let fs = open(&store).await?;
+            let entities: serde_json::Value =
+                serde_json::from_str(&entities).context("--entities must be JSON like '{\"card_id\": [1, 2]}'")?;
+            let body = match feature_service {
+                Some(s) => serde_json::json!({ "feature_service": s, "entities": entities }),
+                None => serde_json::json!({ "features": features, "entities": entities }),
+            };
+            let request = fs.parse_online_request(&body)?;
+            let response = fs.get_online_features(&request).await?;
+            println!("{}", serde_json::to_string_pretty(&response.to_json())?);
+        }
+        FeaturesCommand::TrainingSet {
+            feature_repo,
+            entities,
+            features,
+            feature_service,
+            out,
+            timestamp_field,
+            full_feature_names,
+        } => {
+            let registry = Registry::load(&feature_repo)?;
+            let refs = match feature_service {
+                Some(s) => registry.service(&s)?.features.clone(),
+                None => registry.resolve(&features)?,
+            };
+            let set = TrainingSet { registry: &registry, features: refs, timestamp_field, full_feature_names, progress };
+            let report = tokio::task::block_in_place(|| set.build(&entities, &out))?;
+            let secs = report.elapsed.as_secs_f64().max(1e-9);
+            println!(
+                "{}: {} entity rows joined against {} feature rows in {:.2} s ({:.0} entity rows/s), {} values found",
+                out.display(),
+                report.entity_rows,
+                report.feature_rows,
+                secs,
+                report.entity_rows as f64 / secs,
+                report.matched
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The views named (all with a batch source when none is).
+fn selected(registry: &Registry, names: &[String]) -> anyhow::Result<Vec<usize>> {
+    if names.is_empty() {
+        let all: Vec<usize> = registry.views.iter().filter(|v| v.source.is_some()).map(|v| v.index).collect();
+        if all.is_empty() {
+            bail!("no feature view declares a batch source");
+        }
+        return Ok(all);
+    }
+    names
+        .iter()
+        .map(|n| {
+            registry.view(n).map(|v| v.index).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "unknown feature view '{n}'; declared views are {}",
+                    registry.views.iter().map(|v| v.name.as_str()).collect::<Vec<_>>().join(", ")
+                )
+            })
+        })
+        .collect()
+}
