@@ -17,6 +17,7 @@ use crate::definitions::{FeatureRef, Registry};
 use crate::error::FeatureError;
 use crate::feature_store::FeatureStore;
 use crate::record::encode_key;
+use crate::serving::KeyColumns;
 use crate::value::{Value, ValueType};
 use bytes::Bytes;
 use flotilla_core::config::input_datatype;
@@ -86,13 +87,18 @@ impl ModelFeatures {
         };
         let mut keys = Vec::new();
         for k in &raw.keys {
-            let ty = registry.entities.iter().find(|e| &e.join_key == k.get_ref()).map(|e| e.value_type).ok_or_else(|| {
-                at(k.span(), format!(
-                    "'{}' is not a join key of the feature repository (declared: {})",
-                    k.get_ref(),
-                    crate::definitions::list(registry.entities.iter().map(|e| e.join_key.as_str()))
-                ))
-            })?;
+            let ty = registry.entities.iter().find(|e| &e.join_key == k.get_ref()).map(|e| e.value_type).ok_or_else(
+                || {
+                    at(
+                        k.span(),
+                        format!(
+                            "'{}' is not a join key of the feature repository (declared: {})",
+                            k.get_ref(),
+                            crate::definitions::list(registry.entities.iter().map(|e| e.join_key.as_str()))
+                        ),
+                    )
+                },
+            )?;
             keys.push((k.get_ref().clone(), ty));
         }
         let mut inputs = Vec::new();
@@ -248,7 +254,9 @@ impl Enrichment {
             for item in &input.items {
                 columns.push(match item {
                     Item::Feature(f) => (0..rows)
-                        .map(|row| lookup.fresh(&store.registry, *f, row).and_then(Value::as_f64).unwrap_or(input.missing))
+                        .map(|row| {
+                            lookup.fresh(&store.registry, *f, row).and_then(Value::as_f64).unwrap_or(input.missing)
+                        })
                         .collect(),
                     Item::Request(name) => request_column(mv, request, name, rows)?,
                 });
@@ -282,7 +290,7 @@ fn strip_unused(mv: &ModelVersion, request: &mut InferRequest, plan: &ModelFeatu
 }
 
 /// The entity keys of every row, from the request's key inputs.
-fn key_values(mv: &ModelVersion, request: &InferRequest, plan: &ModelFeatures) -> Result<(Vec<(String, Vec<Value>)>, usize), Error> {
+fn key_values(mv: &ModelVersion, request: &InferRequest, plan: &ModelFeatures) -> Result<(KeyColumns, usize), Error> {
     let mut out = Vec::with_capacity(plan.keys.len());
     let mut rows: Option<usize> = None;
     for (key, ty) in &plan.keys {
@@ -298,7 +306,10 @@ fn key_values(mv: &ModelVersion, request: &InferRequest, plan: &ModelFeatures) -
         })?;
         let values = tensor_keys(t, *ty)?;
         if let Some(n) = rows.filter(|n| *n != values.len()) {
-            return Err(Error::invalid(format!("input '{key}' has {} rows but other key inputs have {n}", values.len())));
+            return Err(Error::invalid(format!(
+                "input '{key}' has {} rows but other key inputs have {n}",
+                values.len()
+            )));
         }
         rows = Some(values.len());
         out.push((key.clone(), values));
@@ -368,10 +379,16 @@ fn request_column(mv: &ModelVersion, request: &InferRequest, name: &str, rows: u
     }
     let d = &t.data;
     let out: Vec<f64> = match t.datatype {
-        DataType::F32 => d.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes(c.try_into().unwrap_or_default()))).collect(),
+        DataType::F32 => {
+            d.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes(c.try_into().unwrap_or_default()))).collect()
+        }
         DataType::F64 => d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or_default())).collect(),
-        DataType::I64 => d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default()) as f64).collect(),
-        DataType::I32 => d.chunks_exact(4).map(|c| f64::from(i32::from_le_bytes(c.try_into().unwrap_or_default()))).collect(),
+        DataType::I64 => {
+            d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default()) as f64).collect()
+        }
+        DataType::I32 => {
+            d.chunks_exact(4).map(|c| f64::from(i32::from_le_bytes(c.try_into().unwrap_or_default()))).collect()
+        }
         dt => return Err(Error::invalid(format!("{what} is {dt}; send FP32, FP64, INT64 or INT32"))),
     };
     Ok(out)
@@ -381,7 +398,10 @@ fn request_column(mv: &ModelVersion, request: &InferRequest, name: &str, rows: u
 fn assemble(mv: &ModelVersion, input: &InputPlan, columns: &[Vec<f64>], rows: usize) -> Result<Tensor, Error> {
     let config = &mv.config;
     let c = config.input.iter().find(|c| c.name == input.name).ok_or_else(|| {
-        Error::precondition(format!("model '{}': features.toml fills input '{}', which the model does not have", mv.name, input.name))
+        Error::precondition(format!(
+            "model '{}': features.toml fills input '{}', which the model does not have",
+            mv.name, input.name
+        ))
     })?;
     let width = columns.len();
     let declared: i64 = c.dims.iter().product();

@@ -86,10 +86,7 @@ pub struct FeatureStore {
 }
 
 pub fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
 // === impl FeatureStore ===
@@ -152,7 +149,11 @@ impl FeatureStore {
     /// One row from a JSON object (a stream message or a pushed row): the view's join keys,
     /// its timestamp field (`event_timestamp` by default), an optional created timestamp and
     /// any of its features. Other fields are ignored; missing features are stored as missing.
-    pub fn row_from_json(&self, view: &FeatureView, object: &serde_json::Map<String, serde_json::Value>) -> Result<(EntityKey, Record)> {
+    pub fn row_from_json(
+        &self,
+        view: &FeatureView,
+        object: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(EntityKey, Record)> {
         let field = |name: &str| object.get(name).unwrap_or(&serde_json::Value::Null);
         let mut keys = Vec::with_capacity(view.join_keys.len());
         for (name, ty) in &view.join_keys {
@@ -170,7 +171,10 @@ impl FeatureStore {
         let created_ts = json_timestamp(object, &[created])?.unwrap_or(0);
         let mut values = Vec::with_capacity(view.features.len());
         for f in &view.features {
-            let v = f.dtype.from_json(field(&f.name)).map_err(|m| FeatureError::invalid(format!("feature '{}': {m}", f.name)))?;
+            let v = f
+                .dtype
+                .from_json(field(&f.name))
+                .map_err(|m| FeatureError::invalid(format!("feature '{}': {m}", f.name)))?;
             values.push(v);
         }
         Ok((key, Record { event_ts, created_ts, values }))

@@ -33,12 +33,12 @@ fn arrow_type(ty: ValueType) -> DataType {
 }
 
 fn timestamp_type() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+    DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()))
 }
 
-/// Opens a `.parquet` or `.csv` file. For CSV, `types` gives the types of known columns
-/// (by header name); other columns are read as text.
-pub fn open(path: &Path, types: &[(&str, ValueType)]) -> Result<BatchFile> {
+/// Opens a `.parquet` or `.csv` file. CSV columns are read as text (empty = null) and
+/// converted by [`column`], so a bad value is reported with its column name and row.
+pub fn open(path: &Path) -> Result<BatchFile> {
     let name = path.display().to_string();
     let file = File::open(path).map_err(|e| FeatureError::invalid(format!("{name}: cannot open: {e}")))?;
     let is_csv = path.extension().is_some_and(|x| x.eq_ignore_ascii_case("csv"));
@@ -46,10 +46,8 @@ pub fn open(path: &Path, types: &[(&str, ValueType)]) -> Result<BatchFile> {
         let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
             .map_err(|e| FeatureError::invalid(format!("{name}: not a readable Parquet file: {e}")))?;
         let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
-        let reader = builder
-            .with_batch_size(BATCH_ROWS)
-            .build()
-            .map_err(|e| FeatureError::invalid(format!("{name}: {e}")))?;
+        let reader =
+            builder.with_batch_size(BATCH_ROWS).build().map_err(|e| FeatureError::invalid(format!("{name}: {e}")))?;
         let batches = reader.map(move |b| b.map_err(|e| FeatureError::invalid(format!("{name}: {e}"))));
         return Ok(BatchFile { batches: Box::new(batches), rows: Some(rows) });
     }
@@ -59,14 +57,7 @@ pub fn open(path: &Path, types: &[(&str, ValueType)]) -> Result<BatchFile> {
         .infer_schema(&mut reader, Some(0))
         .map_err(|e| FeatureError::invalid(format!("{name}: cannot read the CSV header: {e}")))?;
     reader.seek(SeekFrom::Start(0)).map_err(|e| FeatureError::invalid(format!("{name}: {e}")))?;
-    let fields: Vec<Field> = header
-        .fields()
-        .iter()
-        .map(|f| {
-            let ty = types.iter().find(|(n, _)| *n == f.name()).map(|(_, t)| arrow_type(*t)).unwrap_or(DataType::Utf8);
-            Field::new(f.name(), ty, true)
-        })
-        .collect();
+    let fields: Vec<Field> = header.fields().iter().map(|f| Field::new(f.name(), DataType::Utf8, true)).collect();
     let csv = arrow_csv::ReaderBuilder::new(Arc::new(Schema::new(fields)))
         .with_header(true)
         .with_batch_size(BATCH_ROWS)
@@ -84,20 +75,32 @@ pub fn column(batch: &RecordBatch, name: &str, ty: ValueType, what: &str, first_
         FeatureError::invalid(format!("{what}: column '{name}' is missing; the file has {}", have.join(", ")))
     })?;
     let from = col.data_type();
-    let allowed = match ty {
-        ValueType::Int32 | ValueType::Int64 => from.is_integer(),
-        ValueType::Float32 | ValueType::Float64 => from.is_numeric(),
-        ValueType::String => matches!(from, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(..)),
-        ValueType::Bool => matches!(from, DataType::Boolean),
-        ValueType::Bytes => matches!(from, DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::Utf8 | DataType::LargeUtf8),
-        ValueType::UnixTimestamp => {
-            matches!(from, DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 | DataType::Utf8 | DataType::LargeUtf8)
-        }
-    };
+    let text = matches!(from, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
+    let allowed = text
+        || match ty {
+            ValueType::Int32 | ValueType::Int64 => from.is_integer(),
+            ValueType::Float32 | ValueType::Float64 => from.is_numeric(),
+            ValueType::String => {
+                matches!(from, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(..))
+            }
+            ValueType::Bool => matches!(from, DataType::Boolean),
+            ValueType::Bytes => matches!(
+                from,
+                DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::Utf8 | DataType::LargeUtf8
+            ),
+            ValueType::UnixTimestamp => {
+                matches!(
+                    from,
+                    DataType::Timestamp(..)
+                        | DataType::Date32
+                        | DataType::Date64
+                        | DataType::Utf8
+                        | DataType::LargeUtf8
+                )
+            }
+        };
     if !allowed && from != &DataType::Null {
-        return Err(FeatureError::invalid(format!(
-            "{what}: column '{name}' is {from} in the file but declared {ty}"
-        )));
+        return Err(FeatureError::invalid(format!("{what}: column '{name}' is {from} in the file but declared {ty}")));
     }
     let to = arrow_type(ty);
     if from == &to {
@@ -138,11 +141,18 @@ pub fn value_at(col: &dyn Array, ty: ValueType, row: usize) -> Option<Value> {
 }
 
 /// Event times (µs) of a timestamp column, failing on nulls with the row.
-pub fn timestamps(batch: &RecordBatch, name: &str, what: &str, first_row: u64, required: bool) -> Result<Vec<Option<i64>>> {
+pub fn timestamps(
+    batch: &RecordBatch,
+    name: &str,
+    what: &str,
+    first_row: u64,
+    required: bool,
+) -> Result<Vec<Option<i64>>> {
     let col = column(batch, name, ValueType::UnixTimestamp, what, first_row)?;
-    let ts = col.as_any().downcast_ref::<arrow_array::TimestampMicrosecondArray>().ok_or_else(|| {
-        FeatureError::invalid(format!("{what}: column '{name}' is not a timestamp"))
-    })?;
+    let ts = col
+        .as_any()
+        .downcast_ref::<arrow_array::TimestampMicrosecondArray>()
+        .ok_or_else(|| FeatureError::invalid(format!("{what}: column '{name}' is not a timestamp")))?;
     let mut out = Vec::with_capacity(ts.len());
     for i in 0..ts.len() {
         if ts.is_null(i) {

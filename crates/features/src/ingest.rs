@@ -32,7 +32,7 @@ impl std::fmt::Display for IngestReport {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         write!(
             f,
-            "{}: {} rows read, {} applied, {} older than stored, {} outside the window in {:.2} s ({:.0} rows/s)",
+            "{}: {} rows read, {} applied, {} superseded by newer rows, {} outside the window in {:.2} s ({:.0} rows/s)",
             self.view,
             self.rows,
             self.applied,
@@ -72,13 +72,7 @@ pub async fn ingest(
     };
     let ts_field = source.map(|s| s.timestamp_field.clone()).unwrap_or_else(|| "event_timestamp".into());
     let created_field = source.and_then(|s| s.created_timestamp_column.clone());
-    let mut types: Vec<(&str, crate::value::ValueType)> = view.join_keys.iter().map(|(k, t)| (k.as_str(), *t)).collect();
-    types.extend(view.features.iter().map(|f| (f.name.as_str(), f.dtype)));
-    types.push((ts_field.as_str(), crate::value::ValueType::UnixTimestamp));
-    if let Some(c) = &created_field {
-        types.push((c.as_str(), crate::value::ValueType::UnixTimestamp));
-    }
-    let file = files::open(&path, &types)?;
+    let file = files::open(&path)?;
     let bar = if progress { ProgressBar::new(file.rows.unwrap_or(0)) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("{prefix} [{bar:30}] {human_pos}/{human_len} rows {per_sec} eta {eta}")
@@ -93,11 +87,8 @@ pub async fn ingest(
     for batch in file.batches {
         let batch = batch?;
         let first = report.rows;
-        let keys: Vec<_> = view
-            .join_keys
-            .iter()
-            .map(|(k, t)| files::column(&batch, k, *t, &what, first))
-            .collect::<Result<_>>()?;
+        let keys: Vec<_> =
+            view.join_keys.iter().map(|(k, t)| files::column(&batch, k, *t, &what, first)).collect::<Result<_>>()?;
         let features: Vec<_> = view
             .features
             .iter()

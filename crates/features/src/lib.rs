@@ -32,3 +32,5 @@ pub mod value;
 
 pub use error::{FeatureError, Result};
 pub use feature_store::FeatureStore;
+#[cfg(test)]
+mod tests;

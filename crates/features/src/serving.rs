@@ -11,12 +11,15 @@ use serde_json::{json, Map, Value as Json};
 /// Entity rows beyond this many in one request are refused (400).
 pub const MAX_ENTITY_ROWS: usize = 100_000;
 
+/// Join key name → one value per entity row.
+pub type KeyColumns = Vec<(String, Vec<Value>)>;
+
 /// A parsed `get-online-features` request.
 #[derive(Debug, Clone)]
 pub struct OnlineRequest {
     pub features: Vec<FeatureRef>,
     /// Join key name → one value per entity row, in request order.
-    pub entities: Vec<(String, Vec<Value>)>,
+    pub entities: KeyColumns,
     pub rows: usize,
     pub full_feature_names: bool,
 }
@@ -74,9 +77,7 @@ impl FeatureStore {
                         FeatureError::invalid(format!("'features' must list strings like \"view:feature\", got {f}"))
                     })?;
                     if !s.contains(':') {
-                        return Err(FeatureError::invalid(format!(
-                            "feature reference '{s}' must be \"view:feature\""
-                        )));
+                        return Err(FeatureError::invalid(format!("feature reference '{s}' must be \"view:feature\"")));
                     }
                     names.push(s);
                 }
@@ -86,8 +87,12 @@ impl FeatureStore {
                 return Err(FeatureError::invalid(format!("'features' must be a list of strings, got {other}")));
             }
             (None, Some(Json::String(name))) => reg.service(name)?.features.clone(),
-            (None, Some(other)) => return Err(FeatureError::invalid(format!("'feature_service' must be a string, got {other}"))),
-            (None, None) => return Err(FeatureError::invalid("the request names no 'features' and no 'feature_service'")),
+            (None, Some(other)) => {
+                return Err(FeatureError::invalid(format!("'feature_service' must be a string, got {other}")))
+            }
+            (None, None) => {
+                return Err(FeatureError::invalid("the request names no 'features' and no 'feature_service'"))
+            }
         };
         if features.is_empty() {
             return Err(FeatureError::invalid("the request asks for no features"));
@@ -95,7 +100,9 @@ impl FeatureStore {
         let full_feature_names = match obj.get("full_feature_names") {
             None | Some(Json::Null) => false,
             Some(Json::Bool(b)) => *b,
-            Some(other) => return Err(FeatureError::invalid(format!("'full_feature_names' must be true or false, got {other}"))),
+            Some(other) => {
+                return Err(FeatureError::invalid(format!("'full_feature_names' must be true or false, got {other}")))
+            }
         };
         let entity_map = match obj.get("entities") {
             Some(Json::Object(m)) => m,
@@ -124,7 +131,7 @@ impl FeatureStore {
         Ok(OnlineRequest { features, entities, rows, full_feature_names })
     }
 
-    fn parse_entities(&self, map: &Map<String, Json>) -> Result<(Vec<(String, Vec<Value>)>, usize)> {
+    fn parse_entities(&self, map: &Map<String, Json>) -> Result<(KeyColumns, usize)> {
         let mut rows: Option<usize> = None;
         let mut out = Vec::with_capacity(map.len());
         for (key, values) in map {
@@ -259,7 +266,8 @@ impl FeatureStore {
         let mut out = Vec::with_capacity(rows);
         for i in 0..rows {
             let row: Map<String, Json> = df.iter().map(|(k, v)| (k.clone(), v[i].clone())).collect();
-            let parsed = self.row_from_json(&view, &row).map_err(|e| FeatureError::invalid(format!("df row {i}: {e}")))?;
+            let parsed =
+                self.row_from_json(&view, &row).map_err(|e| FeatureError::invalid(format!("df row {i}: {e}")))?;
             out.push(parsed);
         }
         self.write(&view, out, "push", None).await

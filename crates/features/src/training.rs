@@ -62,7 +62,8 @@ impl TrainingSet<'_> {
         for f in &self.features {
             let view = &reg.views[f.view];
             let feature = &view.features[f.feature];
-            let name = if self.full_feature_names { format!("{}__{}", view.name, feature.name) } else { feature.name.clone() };
+            let name =
+                if self.full_feature_names { format!("{}__{}", view.name, feature.name) } else { feature.name.clone() };
             if names.contains(&name) {
                 return Err(FeatureError::invalid(format!(
                     "two requested features are named '{name}'; use --full-feature-names"
@@ -88,9 +89,7 @@ impl TrainingSet<'_> {
                 }
             }
         }
-        let mut types = key_types.clone();
-        types.push((self.timestamp_field.as_str(), crate::value::ValueType::UnixTimestamp));
-        let file = files::open(entities, &types)?;
+        let file = files::open(entities)?;
         let bar = if self.progress { ProgressBar::new(file.rows.unwrap_or(0)) } else { ProgressBar::hidden() };
         bar.set_style(
             ProgressStyle::with_template("training set [{bar:30}] {human_pos}/{human_len} entity rows {per_sec}")
@@ -156,20 +155,14 @@ impl TrainingSet<'_> {
     /// Reads a view's source and indexes its rows by entity.
     fn index_view(&self, view: &FeatureView, report: &mut TrainingReport) -> Result<ViewIndex> {
         let source = view.source.as_ref().ok_or_else(|| {
-            FeatureError::invalid(format!("feature view '{}' has no batch source to build training data from", view.name))
+            FeatureError::invalid(format!(
+                "feature view '{}' has no batch source to build training data from",
+                view.name
+            ))
         })?;
         let wanted: Vec<usize> =
             self.features.iter().enumerate().filter(|(_, f)| f.view == view.index).map(|(i, _)| i).collect();
-        let mut types: Vec<(&str, crate::value::ValueType)> = view.join_keys.iter().map(|(k, t)| (k.as_str(), *t)).collect();
-        types.extend(wanted.iter().map(|i| {
-            let f = &view.features[self.features[*i].feature];
-            (f.name.as_str(), f.dtype)
-        }));
-        types.push((source.timestamp_field.as_str(), crate::value::ValueType::UnixTimestamp));
-        if let Some(c) = &source.created_timestamp_column {
-            types.push((c.as_str(), crate::value::ValueType::UnixTimestamp));
-        }
-        let file = files::open(&source.path, &types)?;
+        let file = files::open(&source.path)?;
         let what = source.path.display().to_string();
         let mut rows: HashMap<EntityKey, Vec<(i64, i64, u32)>> = HashMap::new();
         let mut parts: Vec<Vec<ArrayRef>> = vec![Vec::new(); wanted.len()];
@@ -235,7 +228,10 @@ impl TrainingSet<'_> {
             .iter()
             .map(|(k, _)| {
                 keys.get(k.as_str()).ok_or_else(|| {
-                    FeatureError::invalid(format!("{what}: entity rows lack column '{k}' (a key of feature view '{}')", view.name))
+                    FeatureError::invalid(format!(
+                        "{what}: entity rows lack column '{k}' (a key of feature view '{}')",
+                        view.name
+                    ))
                 })
             })
             .collect::<Result<_>>()?;
@@ -243,7 +239,10 @@ impl TrainingSet<'_> {
             let values: Vec<Option<Value>> =
                 cols.iter().zip(&view.join_keys).map(|(c, (_, ty))| files::value_at(c.as_ref(), *ty, row)).collect();
             let Some(entity_ts) = *t else {
-                return Err(FeatureError::invalid(format!("{what} row {}: no event timestamp", first + row as u64 + 1)));
+                return Err(FeatureError::invalid(format!(
+                    "{what} row {}: no event timestamp",
+                    first + row as u64 + 1
+                )));
             };
             let found = encode_key(view, &values.iter().map(Option::as_ref).collect::<Vec<_>>())
                 .ok()

@@ -47,7 +47,9 @@ async fn push(State(s): State<FeatureState>, headers: HeaderMap, body: Body) -> 
     let result = async {
         let body = json_body(&s, &headers, body).await?;
         let outcome = s.store.push(&body).await.map_err(|e| ApiError(e.into_core()))?;
-        Ok::<_, ApiError>(Json(serde_json::json!({ "applied": outcome.applied, "stale": outcome.stale })).into_response())
+        Ok::<_, ApiError>(
+            Json(serde_json::json!({ "applied": outcome.applied, "stale": outcome.stale })).into_response(),
+        )
     };
     result.await.unwrap_or_else(|e| e.into_response())
 }

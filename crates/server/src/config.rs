@@ -220,9 +220,7 @@ impl ServeConfig {
     /// Defaults as `flotilla serve` with no flags, for tests and embedding.
     pub fn with_repository(path: impl Into<PathBuf>) -> Self {
         let cli = Cli::parse_from(["flotilla", "serve"]);
-        let Command::Serve(mut c) = cli.command else {
-            unreachable!("parsed a serve command")
-        };
+        let Command::Serve(mut c) = cli.command else { unreachable!("parsed a serve command") };
         c.model_repository = path.into();
         c
     }

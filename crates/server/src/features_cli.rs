@@ -84,7 +84,8 @@ pub async fn run(command: FeaturesCommand, shutdown: impl Future<Output = ()>) -
                 Some(s) => registry.service(&s)?.features.clone(),
                 None => registry.resolve(&features)?,
             };
-            let set = TrainingSet { registry: &registry, features: refs, timestamp_field, full_feature_names, progress };
+            let set =
+                TrainingSet { registry: &registry, features: refs, timestamp_field, full_feature_names, progress };
             let report = tokio::task::block_in_place(|| set.build(&entities, &out))?;
             let secs = report.elapsed.as_secs_f64().max(1e-9);
             println!(

@@ -22,11 +22,11 @@ use axum::serve::ListenerExt;
 use config::{ControlModeArg, ServeConfig};
 use flotilla_core::engine::{AutocompleteOptions, Backend};
 use flotilla_core::enrich::Enricher;
-use flotilla_features::enrich::Enrichment;
-use flotilla_features::FeatureStore;
 use flotilla_core::metrics::Metrics;
 use flotilla_core::repository::{ControlMode, LoadSettings, Repository};
 use flotilla_core::service::{Service, ServiceOptions};
+use flotilla_features::enrich::Enrichment;
+use flotilla_features::FeatureStore;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -113,9 +113,7 @@ pub async fn open_features(config: &ServeConfig, metrics: &Metrics) -> anyhow::R
 pub async fn build_service(config: &ServeConfig) -> anyhow::Result<(Arc<Service>, Option<Arc<FeatureStore>>)> {
     let metrics = Metrics::new();
     let features = open_features(config, &metrics).await?;
-    let enrichment = features
-        .as_ref()
-        .map(|f| Arc::new(Enrichment::new(f.clone(), config.model_repository.clone())));
+    let enrichment = features.as_ref().map(|f| Arc::new(Enrichment::new(f.clone(), config.model_repository.clone())));
     let mode = match config.model_control_mode {
         ControlModeArg::None => ControlMode::None,
         ControlModeArg::Poll => ControlMode::Poll,

@@ -145,19 +145,25 @@ impl Registry {
         if self.entities.iter().any(|x| &x.name == name) {
             return Err(at.error(e.name.span(), format!("entity '{name}' is declared twice")));
         }
-        let value_type = ValueType::parse(e.value_type.get_ref())
-            .filter(|t| t.is_key())
-            .ok_or_else(|| at.error(e.value_type.span(), format!(
-                "entity '{name}': value_type '{}' is not a key type (int64, int32, string or bytes)",
-                e.value_type.get_ref()
-            )))?;
+        let value_type = ValueType::parse(e.value_type.get_ref()).filter(|t| t.is_key()).ok_or_else(|| {
+            at.error(
+                e.value_type.span(),
+                format!(
+                    "entity '{name}': value_type '{}' is not a key type (int64, int32, string or bytes)",
+                    e.value_type.get_ref()
+                ),
+            )
+        })?;
         let join_key = e.join_key.as_ref().map(|k| k.get_ref().clone()).unwrap_or_else(|| name.clone());
         if let Some(other) = self.entities.iter().find(|x| x.join_key == join_key && x.value_type != value_type) {
             let span = e.join_key.as_ref().map(|k| k.span()).unwrap_or(e.name.span());
-            return Err(at.error(span, format!(
-                "entity '{name}': join key '{join_key}' is {value_type} here but {} in entity '{}'",
-                other.value_type, other.name
-            )));
+            return Err(at.error(
+                span,
+                format!(
+                    "entity '{name}': join key '{join_key}' is {value_type} here but {} in entity '{}'",
+                    other.value_type, other.name
+                ),
+            ));
         }
         self.entities.push(Entity { name: name.clone(), join_key, value_type, description: e.description.clone() });
         Ok(())
@@ -172,32 +178,42 @@ impl Registry {
         let mut join_keys = Vec::new();
         for e in &v.entities {
             let entity = self.entities.iter().find(|x| &x.name == e.get_ref()).ok_or_else(|| {
-                at.error(e.span(), format!(
-                    "feature view '{name}': unknown entity '{}'; declared entities are {}",
-                    e.get_ref(),
-                    list(self.entities.iter().map(|x| x.name.as_str()))
-                ))
+                at.error(
+                    e.span(),
+                    format!(
+                        "feature view '{name}': unknown entity '{}'; declared entities are {}",
+                        e.get_ref(),
+                        list(self.entities.iter().map(|x| x.name.as_str()))
+                    ),
+                )
             })?;
             if join_keys.iter().any(|(k, _)| k == &entity.join_key) {
-                return Err(at.error(e.span(), format!("feature view '{name}': entity '{}' is listed twice", e.get_ref())));
+                return Err(
+                    at.error(e.span(), format!("feature view '{name}': entity '{}' is listed twice", e.get_ref()))
+                );
             }
             join_keys.push((entity.join_key.clone(), entity.value_type));
         }
         let ttl_us = match &v.ttl {
             None => 0,
-            Some(t) => parse_micros(t.get_ref()).map_err(|m| at.error(t.span(), format!("feature view '{name}': ttl {m}")))?,
+            Some(t) => {
+                parse_micros(t.get_ref()).map_err(|m| at.error(t.span(), format!("feature view '{name}': ttl {m}")))?
+            }
         };
         let mut features: Vec<Feature> = Vec::with_capacity(v.features.len());
         for f in &v.features {
             let fname = f.name.get_ref();
             check_name(at, &f.name, "feature")?;
             if features.iter().any(|x| &x.name == fname) {
-                return Err(at.error(f.name.span(), format!("feature view '{name}': feature '{fname}' is declared twice")));
+                return Err(
+                    at.error(f.name.span(), format!("feature view '{name}': feature '{fname}' is declared twice"))
+                );
             }
             if join_keys.iter().any(|(k, _)| k == fname) {
-                return Err(at.error(f.name.span(), format!(
-                    "feature view '{name}': feature '{fname}' has the name of the view's join key"
-                )));
+                return Err(at.error(
+                    f.name.span(),
+                    format!("feature view '{name}': feature '{fname}' has the name of the view's join key"),
+                ));
             }
             let dtype = ValueType::parse(f.dtype.get_ref()).ok_or_else(|| at.error(f.dtype.span(), format!(
                 "feature '{name}:{fname}': unknown dtype '{}' (int32, int64, float32, float64, string, bool, bytes, unix_timestamp)",
@@ -216,9 +232,10 @@ impl Registry {
         if let Some(s) = &v.source {
             let p = s.path.get_ref();
             if !(p.ends_with(".parquet") || p.ends_with(".csv")) {
-                return Err(at.error(s.path.span(), format!(
-                    "feature view '{name}': source path '{p}' must end in .parquet or .csv"
-                )));
+                return Err(at.error(
+                    s.path.span(),
+                    format!("feature view '{name}': source path '{p}' must end in .parquet or .csv"),
+                ));
             }
         }
         let stream = match &v.stream {
@@ -228,11 +245,14 @@ impl Registry {
         let push_source = v.push_source.as_ref().map(|p| p.get_ref().clone());
         if let Some(p) = &v.push_source {
             if let Some(other) = self.views.iter().find(|x| x.push_source.as_deref() == Some(p.get_ref())) {
-                return Err(at.error(p.span(), format!(
-                    "feature view '{name}': push source '{}' is already used by feature view '{}'",
-                    p.get_ref(),
-                    other.name
-                )));
+                return Err(at.error(
+                    p.span(),
+                    format!(
+                        "feature view '{name}': push source '{}' is already used by feature view '{}'",
+                        p.get_ref(),
+                        other.name
+                    ),
+                ));
             }
         }
         self.views.push(FeatureView {
@@ -260,13 +280,14 @@ impl Registry {
         }
         let mut features: Vec<FeatureRef> = Vec::new();
         for r in &s.features {
-            let refs = self.resolve_one(r.get_ref()).map_err(|m| at.error(r.span(), format!("feature service '{name}': {m}")))?;
+            let refs = self
+                .resolve_one(r.get_ref())
+                .map_err(|m| at.error(r.span(), format!("feature service '{name}': {m}")))?;
             for f in refs {
                 if features.contains(&f) {
-                    return Err(at.error(r.span(), format!(
-                        "feature service '{name}': '{}' is listed twice",
-                        self.ref_name(f)
-                    )));
+                    return Err(
+                        at.error(r.span(), format!("feature service '{name}': '{}' is listed twice", self.ref_name(f)))
+                    );
                 }
                 features.push(f);
             }
@@ -290,11 +311,9 @@ impl Registry {
 
     /// The view a push source name (or, failing that, a view name) stands for.
     pub fn push_target(&self, name: &str) -> Result<&FeatureView> {
-        self.views
-            .iter()
-            .find(|v| v.push_source.as_deref() == Some(name))
-            .or_else(|| self.view(name))
-            .ok_or_else(|| FeatureError::not_found(format!("unknown push source '{name}' (no feature view declares it)")))
+        self.views.iter().find(|v| v.push_source.as_deref() == Some(name)).or_else(|| self.view(name)).ok_or_else(
+            || FeatureError::not_found(format!("unknown push source '{name}' (no feature view declares it)")),
+        )
     }
 
     /// `view:feature` as written in requests.

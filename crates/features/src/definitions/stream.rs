@@ -41,7 +41,8 @@ impl StreamSpec {
                 let dead = format!("{subject}.dead_letter");
                 let source = StreamSource::Nats {
                     url: get("url")?.unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
-                    stream: get("stream")?.unwrap_or_else(|| format!("FLOTILLA_{}", view.to_uppercase().replace('-', "_"))),
+                    stream: get("stream")?
+                        .unwrap_or_else(|| format!("FLOTILLA_{}", view.to_uppercase().replace('-', "_"))),
                     durable: get("durable")?.unwrap_or_else(|| format!("flotilla-{view}")),
                     subject,
                 };

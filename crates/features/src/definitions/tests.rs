@@ -79,21 +79,34 @@ fn errors_name_the_file_and_line() {
 
     let dup = VIEWS.replace(r#"{ name = "last_amount""#, r#"{ name = "txn_count_1h""#);
     let e = error(&[("entities.toml", ENTITIES), ("views.toml", &dup)]);
-    assert!(e.starts_with("views.toml:11: feature view 'card_txn_1h': feature 'txn_count_1h' is declared twice"), "{e}");
+    assert!(
+        e.starts_with("views.toml:11: feature view 'card_txn_1h': feature 'txn_count_1h' is declared twice"),
+        "{e}"
+    );
 
     let dtype = VIEWS.replace(r#"dtype = "int32""#, r#"dtype = "decimal""#);
     let e = error(&[("entities.toml", ENTITIES), ("views.toml", &dtype)]);
     assert!(e.starts_with("views.toml:17: feature 'card_merchant:visits': unknown dtype 'decimal'"), "{e}");
 
-    let e = error(&[("entities.toml", ENTITIES), ("views.toml", VIEWS), ("s.toml", "[[feature_service]]\nname = \"x\"\nfeatures = [\"card_txn_1h:nope\"]\n")]);
+    let e = error(&[
+        ("entities.toml", ENTITIES),
+        ("views.toml", VIEWS),
+        ("s.toml", "[[feature_service]]\nname = \"x\"\nfeatures = [\"card_txn_1h:nope\"]\n"),
+    ]);
     assert!(e.starts_with("s.toml:3: feature service 'x': feature view 'card_txn_1h' has no feature 'nope'"), "{e}");
 
     let e = error(&[("entities.toml", "[[entity]]\nname = \"card\"\nvalue_typ = \"int64\"\n")]);
     assert!(e.starts_with("entities.toml: TOML parse error at line 3"), "{e}");
     assert!(e.contains("value_typ"), "{e}");
 
-    let e = error(&[("e.toml", &format!("{ENTITIES}\n[[entity]]\nname = \"card2\"\njoin_key = \"card_id\"\nvalue_type = \"string\"\n"))]);
-    assert!(e.starts_with("e.toml:13: entity 'card2': join key 'card_id' is string here but int64 in entity 'card'"), "{e}");
+    let e = error(&[(
+        "e.toml",
+        &format!("{ENTITIES}\n[[entity]]\nname = \"card2\"\njoin_key = \"card_id\"\nvalue_type = \"string\"\n"),
+    )]);
+    assert!(
+        e.starts_with("e.toml:13: entity 'card2': join key 'card_id' is string here but int64 in entity 'card'"),
+        "{e}"
+    );
 
     let e = error(&[("e.toml", ENTITIES), ("e2.toml", ENTITIES)]);
     assert!(e.starts_with("e2.toml:3: entity 'card' is declared twice"), "{e}");

@@ -105,7 +105,12 @@ impl Embedded {
 
     /// Applies rows last-write-wins and commits them (with `checkpoint`) durably before
     /// they become visible to reads.
-    pub fn write(&self, view: &FeatureView, rows: Vec<(EntityKey, Record)>, checkpoint: Option<&Checkpoint>) -> Result<WriteOutcome> {
+    pub fn write(
+        &self,
+        view: &FeatureView,
+        rows: Vec<(EntityKey, Record)>,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<WriteOutcome> {
         let _writer = self.writer.lock();
         let mut outcome = WriteOutcome::default();
         // The newest row per key within this batch, judged against what is stored.

@@ -29,14 +29,17 @@ pub(super) async fn run(
     ensure_stream(&js, &format!("{stream_name}_DEAD_LETTER"), &spec.dead_letter).await?;
     tracing::info!(source = %label, view = %view.name, durable = %durable, "consuming");
     let consumer: jetstream::consumer::Consumer<pull::Config> = stream
-        .get_or_create_consumer(durable, pull::Config {
-            durable_name: Some(durable.clone()),
-            filter_subject: subject.clone(),
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(30),
-            max_ack_pending: (spec.batch * 4) as i64,
-            ..Default::default()
-        })
+        .get_or_create_consumer(
+            durable,
+            pull::Config {
+                durable_name: Some(durable.clone()),
+                filter_subject: subject.clone(),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: (spec.batch * 4) as i64,
+                ..Default::default()
+            },
+        )
         .await
         .map_err(|e| format!("consumer '{durable}' on {subject}: {e}"))?;
     loop {

@@ -29,7 +29,8 @@ pub(super) async fn run(
     let view = &store.registry.views[view_index];
     let label = spec.label();
     let client = redis::Client::open(url.as_str()).map_err(|e| format!("{url}: {e}"))?;
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_millis(BLOCK_MS + 5_000)));
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_millis(BLOCK_MS + 5_000)));
     let mut con = client
         .get_multiplexed_async_connection_with_config(&config)
         .await
@@ -51,9 +52,14 @@ pub(super) async fn run(
         }
         let entries: Vec<StreamId> = if own_pending {
             let reply: StreamReadReply = redis::cmd("XREADGROUP")
-                .arg("GROUP").arg(group).arg(&consumer)
-                .arg("COUNT").arg(spec.batch)
-                .arg("STREAMS").arg(stream).arg("0")
+                .arg("GROUP")
+                .arg(group)
+                .arg(&consumer)
+                .arg("COUNT")
+                .arg(spec.batch)
+                .arg("STREAMS")
+                .arg(stream)
+                .arg("0")
                 .query_async(&mut con)
                 .await
                 .map_err(|e| format!("XREADGROUP: {e}"))?;
@@ -61,8 +67,13 @@ pub(super) async fn run(
             if ids.is_empty() {
                 own_pending = false;
                 let claimed: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-                    .arg(stream).arg(group).arg(&consumer).arg(CLAIM_IDLE_MS).arg("0")
-                    .arg("COUNT").arg(spec.batch)
+                    .arg(stream)
+                    .arg(group)
+                    .arg(&consumer)
+                    .arg(CLAIM_IDLE_MS)
+                    .arg("0")
+                    .arg("COUNT")
+                    .arg(spec.batch)
                     .query_async(&mut con)
                     .await
                     .map_err(|e| format!("XAUTOCLAIM: {e}"))?;
@@ -72,10 +83,16 @@ pub(super) async fn run(
             }
         } else {
             let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-                .arg("GROUP").arg(group).arg(&consumer)
-                .arg("COUNT").arg(spec.batch)
-                .arg("BLOCK").arg(BLOCK_MS)
-                .arg("STREAMS").arg(stream).arg(">")
+                .arg("GROUP")
+                .arg(group)
+                .arg(&consumer)
+                .arg("COUNT")
+                .arg(spec.batch)
+                .arg("BLOCK")
+                .arg(BLOCK_MS)
+                .arg("STREAMS")
+                .arg(stream)
+                .arg(">")
                 .query_async(&mut con)
                 .await
                 .map_err(|e| format!("XREADGROUP: {e}"))?;
@@ -94,7 +111,8 @@ pub(super) async fn run(
                 let body = dead_letter_body(&view.name, &label, reason, &payloads[*i]);
                 pipe.cmd("XADD").arg(&spec.dead_letter).arg("*").arg("id").arg(&entries[*i].id).arg("json").arg(body);
             }
-            let () = pipe.query_async(&mut con).await.map_err(|e| format!("dead letter to {}: {e}", spec.dead_letter))?;
+            let () =
+                pipe.query_async(&mut con).await.map_err(|e| format!("dead letter to {}: {e}", spec.dead_letter))?;
         }
         store.write(view, decoded.rows, &label, None).await.map_err(|e| e.to_string())?;
         let mut ack = redis::cmd("XACK");
@@ -103,7 +121,8 @@ pub(super) async fn run(
             ack.arg(&e.id);
         }
         let _: i64 = ack.query_async(&mut con).await.map_err(|e| format!("XACK: {e}"))?;
-        let info: Result<StreamInfoGroupsReply, _> = redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(&mut con).await;
+        let info: Result<StreamInfoGroupsReply, _> =
+            redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(&mut con).await;
         if let Some(lag) = info.ok().and_then(|i| i.groups.into_iter().find(|g| &g.name == group)).and_then(|g| g.lag) {
             store.metrics.stream_lag_messages.with_label_values(&[label.as_str()]).set(lag as i64);
         }
@@ -142,7 +161,9 @@ fn entry_json(view: &FeatureView, entry: &StreamId) -> Vec<u8> {
             .map(|(_, t)| t);
         // Text fields of numeric or boolean columns are read as JSON literals.
         let json = match declared {
-            Some(ValueType::String | ValueType::Bytes | ValueType::UnixTimestamp) | None => serde_json::Value::String(s),
+            Some(ValueType::String | ValueType::Bytes | ValueType::UnixTimestamp) | None => {
+                serde_json::Value::String(s)
+            }
             Some(_) => serde_json::from_str(&s).unwrap_or(serde_json::Value::String(s)),
         };
         object.insert(field.clone(), json);
