@@ -43,6 +43,8 @@ class Server:
         # Each server gets its own embedded online store (one process may hold a redb file).
         self.store_dir = tempfile.mkdtemp(prefix="flotilla-online-")
         environ["FLOTILLA_ONLINE_STORE"] = f"embedded:{self.store_dir}/online.redb"
+        # Stream consumers only where a test asks for them (env={"FLOTILLA_CONSUME_STREAMS": "true"}).
+        environ["FLOTILLA_CONSUME_STREAMS"] = "false"
         for key, value in (env or {}).items():
             if value is None:
                 environ.pop(key, None)
