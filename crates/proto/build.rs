@@ -4,7 +4,12 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/grpc_service.proto", "proto/model_config.proto"];
+    let files = [
+        "proto/grpc_service.proto",
+        "proto/model_config.proto",
+        "proto/feast/types/Value.proto",
+        "proto/feast/serving/ServingService.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

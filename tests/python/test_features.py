@@ -551,3 +551,51 @@ def test_training_set_matches_feasts_own_output(tmp_path):
     cli("training-set", "--feature-repo", str(PIT), "--entities", str(PIT / "entity_df.parquet"),
         "--feature-service", "pit_all", "--full-feature-names", "--out", str(full))
     assert "user_stats__spend" in pq.read_table(full).column_names
+
+
+# --- Feast's gRPC serving API ------------------------------------------------------------------
+
+def test_feast_grpc_get_online_features(example_server):
+    """feast.serving.ServingService/GetOnlineFeatures, with messages built from server reflection."""
+    import grpc
+    from google.protobuf import descriptor_pool, message_factory
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{example_server.grpc_port}")
+    pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
+    service = pool.FindServiceByName("feast.serving.ServingService")
+    assert [m.name for m in service.methods] == ["GetFeastServingInfo", "GetOnlineFeatures"]
+    Request = message_factory.GetMessageClass(pool.FindMessageTypeByName("feast.serving.GetOnlineFeaturesRequest"))
+    Response = message_factory.GetMessageClass(pool.FindMessageTypeByName("feast.serving.GetOnlineFeaturesResponse"))
+    call = channel.unary_unary("/feast.serving.ServingService/GetOnlineFeatures",
+                               request_serializer=Request.SerializeToString, response_deserializer=Response.FromString)
+    cards = [101, 202, 987_654_321]
+    push_fresh_cards(example_server, cards)
+    req = Request(full_feature_names=False)
+    req.features.val.extend(["card_txn_1h:last_amount", "card_profile:home_country"])
+    for c in cards:
+        req.entities["card_id"].val.add(int64_val=c)
+    got = call(req, timeout=10)
+    assert list(got.metadata.feature_names.val) == ["card_id", "last_amount", "home_country"]
+    want = online(example_server, ["card_txn_1h:last_amount", "card_profile:home_country"], {"card_id": cards})
+    status_names = {1: "PRESENT", 2: "NULL_VALUE", 3: "NOT_FOUND", 4: "OUTSIDE_MAX_AGE"}
+    for vec, col in zip(got.results, want["results"]):
+        values = [None if v.WhichOneof("val") in (None, "null_val") else getattr(v, v.WhichOneof("val")) for v in vec.values]
+        assert values == col["values"]
+        assert [status_names[s] for s in vec.statuses] == col["statuses"]
+        micros = [t.seconds * 1_000_000 + t.nanos // 1000 for t in vec.event_timestamps]
+        epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+        assert micros == [(dt.datetime.fromisoformat(x.replace("Z", "+00:00")) - epoch) // dt.timedelta(microseconds=1)
+                          for x in col["event_timestamps"]]
+    bad = Request()
+    bad.features.val.append("nope:x")
+    bad.entities["card_id"].val.add(int64_val=1)
+    with pytest.raises(grpc.RpcError) as e:
+        call(bad, timeout=10)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND and "unknown feature view 'nope'" in e.value.details()
+    wrong = Request()
+    wrong.features.val.append("card_profile:home_country")
+    wrong.entities["card_id"].val.add(string_val="abc")
+    with pytest.raises(grpc.RpcError) as e:
+        call(wrong, timeout=10)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "expected int64" in e.value.details()

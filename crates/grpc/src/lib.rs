@@ -1,9 +1,10 @@
 //! KServe v2 / Triton gRPC adapter: `inference.GRPCInferenceService` over
-//! [`flotilla_core::Service`], plus `grpc.health.v1.Health` and server
-//! reflection. Decode, call the service, encode; no business logic here.
+//! [`flotilla_core::Service`], plus `grpc.health.v1.Health`, server reflection and Feast's
+//! `feast.serving.ServingService` over the feature store. Decode, call the service, encode; no business logic here.
 #![forbid(unsafe_code)]
 
 pub mod convert;
+pub mod features;
 mod layer;
 mod service;
 
@@ -24,8 +25,13 @@ pub struct GrpcParts {
     pub health: HealthReporter,
 }
 
-/// Builds the inference, health and reflection services; messages up to `max_message_bytes`.
-pub async fn build(service: Arc<Service>, max_message_bytes: usize) -> Result<GrpcParts, String> {
+/// Builds the inference, health and reflection services (and Feast's `feast.serving.ServingService`
+/// when a feature store is open); messages up to `max_message_bytes`.
+pub async fn build(
+    service: Arc<Service>,
+    max_message_bytes: usize,
+    features: Option<Arc<flotilla_features::FeatureStore>>,
+) -> Result<GrpcParts, String> {
     use tonic::codec::CompressionEncoding::{Deflate, Gzip};
     // Accept requests compressed as tritonclient's `compression_algorithm` sends them. Responses
     // go uncompressed, as Triton sends them: gRPC C++ clients advertise gzip/deflate by default,
@@ -46,8 +52,17 @@ pub async fn build(service: Arc<Service>, max_message_bytes: usize) -> Result<Gr
     };
     let v1 = reflection().build_v1().map_err(|e| format!("cannot build gRPC reflection: {e}"))?;
     let v1alpha = reflection().build_v1alpha().map_err(|e| format!("cannot build gRPC reflection: {e}"))?;
-    let routes =
+    let mut routes =
         tonic::service::Routes::new(inference).add_service(health_service).add_service(v1).add_service(v1alpha);
+    if let Some(store) = features {
+        use flotilla_proto::feast::serving::serving_service_server::ServingServiceServer;
+        routes = routes.add_service(
+            ServingServiceServer::new(features::FeatureServing::new(store))
+                .max_decoding_message_size(max_message_bytes)
+                .accept_compressed(Gzip)
+                .accept_compressed(Deflate),
+        );
+    }
     Ok(GrpcParts { routes, health })
 }
 

@@ -9,7 +9,17 @@ pub mod inference {
     tonic::include_proto!("inference");
 }
 
-/// Encoded `FileDescriptorSet` for `grpc_service.proto` and `model_config.proto`.
+/// Feast's online serving API (`feast.serving.ServingService`) and value messages.
+pub mod feast {
+    pub mod types {
+        tonic::include_proto!("feast.types");
+    }
+    pub mod serving {
+        tonic::include_proto!("feast.serving");
+    }
+}
+
+/// Encoded `FileDescriptorSet` for `grpc_service.proto`, `model_config.proto` and Feast's serving API.
 pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/inference_descriptor.bin"));
 
 /// The descriptor pool over [`DESCRIPTOR_SET`].

@@ -189,8 +189,9 @@ pub async fn run(config: ServeConfig, listeners: Listeners, shutdown: impl Futur
     let http = axum::serve(http_listener, http_router).with_graceful_shutdown(stopped());
     tasks.spawn(async move { http.await.context("HTTP server") });
 
-    let grpc_parts =
-        flotilla_grpc::build(service.clone(), config.max_request_bytes).await.map_err(anyhow::Error::msg)?;
+    let grpc_parts = flotilla_grpc::build(service.clone(), config.max_request_bytes, features.clone())
+        .await
+        .map_err(anyhow::Error::msg)?;
     let health = grpc_parts.health.clone();
     // Server::tcp_nodelay only applies to sockets tonic binds itself; set it on ours.
     let incoming = tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
