@@ -107,6 +107,7 @@ def example_server(tmp_path_factory):
     out = cli("ingest", "--feature-repo", str(FEATURES), "--online-store", store).stdout
     assert "card_profile:" in out and "card_txn_1h:" in out and "rows/s" in out, out
     s = Server(EXAMPLES, "--feature-repo", str(FEATURES), env={"FLOTILLA_ONLINE_STORE": store})
+    s.online_store = store
     yield s
     assert s.stop() == 0, s.log()
 
@@ -196,9 +197,12 @@ def test_cli_get_prints_feast_json(example_server, tmp_path):
     out = cli("get", "--feature-repo", str(FEATURES), "--online-store", store,
               "--features", "card_profile:home_country", "--entities", '{"card_id": [1]}').stdout
     assert json.loads(out)["metadata"]["feature_names"] == ["card_id", "home_country"]
-    locked = cli("get", "--feature-repo", str(FEATURES), "--online-store", store, "--features",
-                 "card_profile:home_country", "--entities", '{"card_id": [1]}', check=False)
-    assert locked.returncode == 0
+    # The embedded store belongs to one process: the server's is refused with a way out.
+    locked = cli("ingest", "--feature-repo", str(FEATURES), "--online-store", example_server.online_store, check=False)
+    assert locked.returncode != 0 and "open in another process" in locked.stderr and "POST /push" in locked.stderr
+    bad_entities = cli("get", "--feature-repo", str(FEATURES), "--online-store", store, "--features",
+                       "card_profile:home_country", "--entities", "card_id=1", check=False)
+    assert bad_entities.returncode != 0 and "--entities must be JSON" in bad_entities.stderr
 
 
 # --- push: last write wins on event time --------------------------------------------------------

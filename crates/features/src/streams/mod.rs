@@ -102,7 +102,7 @@ pub fn spawn_all(store: Arc<FeatureStore>, stop: watch::Receiver<bool>) -> JoinS
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.wait_for(|s| *s) => return,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         });
     }
