@@ -344,6 +344,15 @@ async def nats_drop_stream(*names):
     await nc.close()
 
 
+async def nats_acked(stream, durable):
+    """Messages the durable consumer has acknowledged (it acks only after the durable write)."""
+    import nats
+    nc = await nats.connect(NATS_URL)
+    info = await nc.jetstream().consumer_info(stream, durable)
+    await nc.close()
+    return info.ack_floor.consumer_seq
+
+
 async def nats_fetch(subject, count):
     import nats
     nc = await nats.connect(NATS_URL)
@@ -603,3 +612,41 @@ def test_feast_grpc_get_online_features(example_server):
     with pytest.raises(grpc.RpcError) as e:
         call(wrong, timeout=10)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "expected int64" in e.value.details()
+
+
+def test_materialize_window_and_consume_alone(tmp_path):
+    store = f"embedded:{tmp_path}/online.redb"
+    out = cli("materialize", "--feature-repo", str(FEATURES), "--online-store", store, "--view", "card_txn_1h",
+              "--start", "2026-11-01T06:00:00Z", "--end", "2026-11-01T12:00:00Z").stdout
+    rows = int(out.split(" rows read")[0].split()[-1])
+    skipped = int(out.split(" outside the window")[0].split()[-1])
+    table = pq.read_table(FEATURES / "data" / "card_txn_1h.parquet")
+    ts = table.column("event_timestamp")
+    start, end = dt.datetime(2026, 11, 1, 6, tzinfo=dt.timezone.utc), dt.datetime(2026, 11, 1, 12, tzinfo=dt.timezone.utc)
+    inside = pc.sum(pc.and_(pc.greater_equal(ts, start), pc.less_equal(ts, end))).as_py()
+    assert rows == table.num_rows and rows - skipped == inside, out
+    bad = cli("materialize", "--feature-repo", str(FEATURES), "--online-store", store,
+              "--start", "2026-11-02T00:00:00Z", "--end", "2026-11-01T00:00:00Z", check=False)
+    assert bad.returncode != 0 and "is after --end" in bad.stderr
+
+    # `flotilla features consume` on its own, stopped by SIGINT, then read back by the CLI.
+    tag = uuid.uuid4().hex[:10]
+    subject, stream, decl = nats_view(tag)
+    repo = txn_repo(tmp_path, decl)
+    own = f"embedded:{tmp_path}/consume.redb"
+    p = subprocess.Popen([BIN, "features", "consume", "--feature-repo", str(repo), "--online-store", own],
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        while "consuming" not in "".join(lines):
+            lines.append(p.stderr.readline())
+            assert p.poll() is None, "".join(lines)
+        asyncio.run(nats_publish(subject, [{"card_id": 9, "event_timestamp": now_iso(), "amount": 1.25, "n": 3, "tag": "c"}]))
+        wait_for(lambda: asyncio.run(nats_acked(stream, "flotilla-txn")) >= 1, what="the message to be acknowledged")
+    finally:
+        p.send_signal(signal.SIGINT)
+        assert p.wait(timeout=30) == 0
+        asyncio.run(nats_drop_stream(stream, f"{stream}_DEAD_LETTER"))
+    got = json.loads(cli("get", "--feature-repo", str(repo), "--online-store", own, "--features", "txn:amount,txn:n",
+                         "--entities", '{"card_id": [9]}').stdout)
+    assert [r["values"] for r in got["results"]] == [[9], [1.25], [3]]
