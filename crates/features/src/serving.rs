@@ -6,7 +6,7 @@ use crate::error::{FeatureError, Result};
 use crate::feature_store::{FeatureStore, Status};
 use crate::store::WriteOutcome;
 use crate::value::{format_timestamp, Value, ValueType};
-use serde_json::{json, Map, Value as Json};
+use serde_json::{Map, Value as Json};
 
 /// Entity rows beyond this many in one request are refused (400).
 pub const MAX_ENTITY_ROWS: usize = 100_000;
@@ -44,18 +44,79 @@ pub struct OnlineResponse {
 impl OnlineResponse {
     /// Feast's JSON: `{"metadata": {"feature_names": [...]}, "results": [{"values", "statuses", "event_timestamps"}]}`.
     pub fn to_json(&self) -> Json {
-        let results: Vec<Json> = self
-            .columns
-            .iter()
-            .map(|c| {
-                json!({
-                    "values": c.values.iter().map(|v| v.as_ref().map(Value::to_json).unwrap_or(Json::Null)).collect::<Vec<_>>(),
-                    "statuses": c.statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-                    "event_timestamps": c.event_timestamps.iter().map(|t| format_timestamp(*t)).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
-        json!({ "metadata": { "feature_names": self.feature_names }, "results": results })
+        serde_json::to_value(self).unwrap_or(Json::Null)
+    }
+}
+
+/// Serialised straight to JSON text (no intermediate `serde_json::Value` tree): the answer of
+/// `/get-online-features` is built per request.
+impl serde::Serialize for OnlineResponse {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct Names<'a>(&'a [String]);
+        impl serde::Serialize for Names<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("feature_names", self.0)?;
+                m.end()
+            }
+        }
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("metadata", &Names(&self.feature_names))?;
+        m.serialize_entry("results", &self.columns)?;
+        m.end()
+    }
+}
+
+impl serde::Serialize for Column {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        struct Values<'a>(&'a [Option<Value>]);
+        impl serde::Serialize for Values<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                let mut seq = s.serialize_seq(Some(self.0.len()))?;
+                for v in self.0 {
+                    match v {
+                        None => seq.serialize_element(&())?,
+                        Some(Value::Int32(i)) => seq.serialize_element(i)?,
+                        Some(Value::Int64(i)) => seq.serialize_element(i)?,
+                        // NaN and infinities have no JSON form: null, as Feast writes them.
+                        Some(Value::Float32(f)) if f.is_finite() => seq.serialize_element(&f64::from(*f))?,
+                        Some(Value::Float64(f)) if f.is_finite() => seq.serialize_element(f)?,
+                        Some(Value::Float32(_) | Value::Float64(_)) => seq.serialize_element(&())?,
+                        Some(Value::Bool(b)) => seq.serialize_element(b)?,
+                        Some(Value::String(t)) => seq.serialize_element(&**t)?,
+                        Some(other) => seq.serialize_element(&other.to_json())?,
+                    }
+                }
+                seq.end()
+            }
+        }
+        struct Statuses<'a>(&'a [Status]);
+        impl serde::Serialize for Statuses<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.iter().map(|x| x.as_str()))
+            }
+        }
+        struct Stamps<'a>(&'a [i64]);
+        impl serde::Serialize for Stamps<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                let mut seq = s.serialize_seq(Some(self.0.len()))?;
+                for t in self.0 {
+                    if *t == 0 {
+                        seq.serialize_element("1970-01-01T00:00:00Z")?;
+                    } else {
+                        seq.serialize_element(&format_timestamp(*t))?;
+                    }
+                }
+                seq.end()
+            }
+        }
+        let mut m = s.serialize_map(Some(3))?;
+        m.serialize_entry("values", &Values(&self.values))?;
+        m.serialize_entry("statuses", &Statuses(&self.statuses))?;
+        m.serialize_entry("event_timestamps", &Stamps(&self.event_timestamps))?;
+        m.end()
     }
 }
 
@@ -296,5 +357,41 @@ fn kind(v: &Json) -> &'static str {
         Json::String(_) => "a string",
         Json::Array(_) => "a list",
         Json::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_serialise_as_feast_writes_them() {
+        let r = OnlineResponse {
+            feature_names: vec!["card_id".into(), "amount".into()],
+            columns: vec![
+                Column {
+                    values: vec![Some(Value::Int64(1)), Some(Value::Int64(2))],
+                    statuses: vec![Status::Present; 2],
+                    event_timestamps: vec![0, 0],
+                },
+                Column {
+                    values: vec![Some(Value::Float32(1.5)), Some(Value::Float32(f32::NAN))],
+                    statuses: vec![Status::Present, Status::OutsideMaxAge],
+                    event_timestamps: vec![1_793_491_201_000_000, 1_793_491_201_250_000],
+                },
+            ],
+        };
+        let want = serde_json::json!({
+            "metadata": {"feature_names": ["card_id", "amount"]},
+            "results": [
+                {"values": [1, 2], "statuses": ["PRESENT", "PRESENT"],
+                 "event_timestamps": ["1970-01-01T00:00:00Z", "1970-01-01T00:00:00Z"]},
+                {"values": [1.5, null], "statuses": ["PRESENT", "OUTSIDE_MAX_AGE"],
+                 "event_timestamps": ["2026-11-01T00:00:01Z", "2026-11-01T00:00:01.250Z"]},
+            ]
+        });
+        assert_eq!(r.to_json(), want);
+        let text: Json = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+        assert_eq!(text, want);
     }
 }

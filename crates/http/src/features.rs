@@ -38,7 +38,7 @@ async fn get_online_features(State(s): State<FeatureState>, headers: HeaderMap, 
         let body = json_body(&s, &headers, body).await?;
         let request = s.store.parse_online_request(&body).map_err(|e| ApiError(e.into_core()))?;
         let response = s.store.get_online_features(&request).await.map_err(|e| ApiError(e.into_core()))?;
-        Ok::<_, ApiError>(Json(response.to_json()).into_response())
+        Ok::<_, ApiError>(Json(response).into_response())
     };
     result.await.unwrap_or_else(|e| e.into_response())
 }
