@@ -140,6 +140,30 @@ pub fn value_at(col: &dyn Array, ty: ValueType, row: usize) -> Option<Value> {
     })
 }
 
+/// Appends the join-key part of `row` of a column produced by [`column`] for `ty`, encoded as
+/// [`crate::record::encode_key`] encodes it, without allocating; `false` when the value is null.
+pub fn key_into(col: &dyn Array, ty: ValueType, row: usize, out: &mut Vec<u8>) -> bool {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Int32Type, Int64Type};
+    if col.is_null(row) {
+        return false;
+    }
+    match ty {
+        ValueType::Int64 => crate::record::put_int(col.as_primitive::<Int64Type>().value(row), out),
+        ValueType::Int32 => crate::record::put_int(i64::from(col.as_primitive::<Int32Type>().value(row)), out),
+        ValueType::String => {
+            out.push(b's');
+            crate::value::put_bytes(col.as_string::<i32>().value(row).as_bytes(), out);
+        }
+        ValueType::Bytes => {
+            out.push(b'b');
+            crate::value::put_bytes(col.as_binary::<i32>().value(row), out);
+        }
+        _ => return false,
+    }
+    true
+}
+
 /// Event times (µs) of a timestamp column, failing on nulls with the row.
 pub fn timestamps(
     batch: &RecordBatch,

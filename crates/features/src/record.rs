@@ -38,7 +38,7 @@ pub fn encode_key(view: &FeatureView, values: &[Option<&Value>]) -> Result<Entit
     Ok(out)
 }
 
-fn put_int(i: i64, out: &mut Vec<u8>) {
+pub(crate) fn put_int(i: i64, out: &mut Vec<u8>) {
     out.push(b'i');
     out.extend_from_slice(&i.to_be_bytes());
 }

@@ -188,3 +188,38 @@ fn model_feature_plans_are_checked_against_the_repository() {
         assert!(e.contains(want), "{e}\n  does not contain: {want}");
     }
 }
+
+#[test]
+fn key_columns_encode_like_entity_keys() {
+    use arrow_array::{ArrayRef, Int32Array, Int64Array, StringArray};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let reg = repo(dir.path(), "");
+    let text = r#"
+        [[entity]]
+        name = "m"
+        value_type = "string"
+        [[feature_view]]
+        name = "by_m"
+        entities = ["m"]
+        features = [{ name = "x", dtype = "int64" }]
+    "#;
+    let strings = Registry::from_sources(dir.path(), &[(PathBuf::from("s.toml"), text.to_string())]).unwrap();
+    let cases: Vec<(&Registry, ArrayRef, crate::value::ValueType, Value)> = vec![
+        (&reg, Arc::new(Int64Array::from(vec![-7i64])), crate::value::ValueType::Int64, Value::Int64(-7)),
+        (&reg, Arc::new(Int32Array::from(vec![42])), crate::value::ValueType::Int32, Value::Int64(42)),
+        (
+            &strings,
+            Arc::new(StringArray::from(vec!["m-1"])),
+            crate::value::ValueType::String,
+            Value::String("m-1".into()),
+        ),
+    ];
+    for (registry, col, ty, value) in cases {
+        let mut buf = Vec::new();
+        assert!(crate::files::key_into(col.as_ref(), ty, 0, &mut buf));
+        assert_eq!(buf, encode_key(&registry.views[0], &[Some(&value)]).unwrap(), "{ty}");
+    }
+    let nulls: ArrayRef = Arc::new(Int64Array::from(vec![None::<i64>]));
+    assert!(!crate::files::key_into(nulls.as_ref(), crate::value::ValueType::Int64, 0, &mut Vec::new()));
+}

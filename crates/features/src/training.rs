@@ -10,8 +10,7 @@
 use crate::definitions::{FeatureRef, FeatureView, Registry};
 use crate::error::{FeatureError, Result};
 use crate::files;
-use crate::record::{encode_key, EntityKey};
-use crate::value::Value;
+use crate::record::EntityKey;
 use arrow_array::{Array, ArrayRef, RecordBatch, UInt32Array};
 use arrow_schema::{Field, Schema};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -42,10 +41,18 @@ pub struct TrainingReport {
     pub elapsed: Duration,
 }
 
+/// One source row in the index: entity id, event time, created time, position in the file.
+type Entry = (u32, i64, i64, u32);
+
 /// A view's source rows, indexed by entity.
 struct ViewIndex {
-    /// entity key → (event ts, created ts, row) sorted ascending.
-    rows: HashMap<EntityKey, Vec<(i64, i64, u32)>>,
+    /// Encoded entity key → entity id.
+    ids: HashMap<EntityKey, u32>,
+    /// Every row with a key, sorted by (entity id, event time, created time), stable (file order
+    /// among equals, so the last of equal rows wins).
+    entries: Vec<Entry>,
+    /// `entries[starts[id]..starts[id + 1]]` are entity `id`'s rows.
+    starts: Vec<usize>,
     /// The requested features' columns, whole file (declared types).
     columns: Vec<ArrayRef>,
     /// Positions (in the request) of the features these columns serve.
@@ -164,9 +171,11 @@ impl TrainingSet<'_> {
             self.features.iter().enumerate().filter(|(_, f)| f.view == view.index).map(|(i, _)| i).collect();
         let file = files::open(&source.path)?;
         let what = source.path.display().to_string();
-        let mut rows: HashMap<EntityKey, Vec<(i64, i64, u32)>> = HashMap::new();
+        let mut ids: HashMap<EntityKey, u32> = HashMap::new();
+        let mut entries: Vec<Entry> = Vec::with_capacity(file.rows.unwrap_or(0) as usize);
         let mut parts: Vec<Vec<ArrayRef>> = vec![Vec::new(); wanted.len()];
         let mut n: u64 = 0;
+        let mut key = Vec::with_capacity(32);
         for batch in file.batches {
             let batch = batch?;
             let keys: Vec<ArrayRef> =
@@ -181,22 +190,34 @@ impl TrainingSet<'_> {
                 parts[slot].push(files::column(&batch, &f.name, f.dtype, &what, n)?);
             }
             for row in 0..batch.num_rows() {
-                let values: Vec<Option<Value>> =
-                    keys.iter().zip(&view.join_keys).map(|(c, (_, t))| files::value_at(c.as_ref(), *t, row)).collect();
+                key.clear();
                 // Rows with a missing key join nothing.
-                let Ok(key) = encode_key(view, &values.iter().map(Option::as_ref).collect::<Vec<_>>()) else {
+                if !keys.iter().zip(&view.join_keys).all(|(c, (_, t))| files::key_into(c.as_ref(), *t, row, &mut key)) {
                     continue;
+                }
+                let id = match ids.get(key.as_slice()) {
+                    Some(id) => *id,
+                    None => {
+                        let id = ids.len() as u32;
+                        ids.insert(key.clone(), id);
+                        id
+                    }
                 };
                 let position = u32::try_from(n + row as u64)
                     .map_err(|_| FeatureError::invalid(format!("{what}: more than 4 billion rows")))?;
                 let c = created.as_ref().and_then(|c| c[row]).unwrap_or(i64::MIN);
-                rows.entry(key).or_default().push((ts[row].unwrap_or_default(), c, position));
+                entries.push((id, ts[row].unwrap_or_default(), c, position));
             }
             n += batch.num_rows() as u64;
         }
-        for list in rows.values_mut() {
-            // Stable: equal (event, created) keep file order, and the last one wins.
-            list.sort_by_key(|(t, c, _)| (*t, *c));
+        // Stable: equal (entity, event, created) keep file order, and the last one wins.
+        entries.sort_by_key(|(id, t, c, _)| (*id, *t, *c));
+        let mut starts = vec![0usize; ids.len() + 1];
+        for (id, ..) in &entries {
+            starts[*id as usize + 1] += 1;
+        }
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
         }
         let mut columns = Vec::with_capacity(parts.len());
         for part in parts {
@@ -209,7 +230,7 @@ impl TrainingSet<'_> {
             columns.push(col);
         }
         report.feature_rows += n;
-        Ok(ViewIndex { rows, columns, wanted, ttl_us: view.ttl_us })
+        Ok(ViewIndex { ids, entries, starts, columns, wanted, ttl_us: view.ttl_us })
     }
 
     /// For each entity row of a batch, the source row to take (None = no match).
@@ -235,25 +256,25 @@ impl TrainingSet<'_> {
                 })
             })
             .collect::<Result<_>>()?;
+        let mut key = Vec::with_capacity(32);
         for (row, t) in ts.iter().enumerate() {
-            let values: Vec<Option<Value>> =
-                cols.iter().zip(&view.join_keys).map(|(c, (_, ty))| files::value_at(c.as_ref(), *ty, row)).collect();
             let Some(entity_ts) = *t else {
                 return Err(FeatureError::invalid(format!(
                     "{what} row {}: no event timestamp",
                     first + row as u64 + 1
                 )));
             };
-            let found = encode_key(view, &values.iter().map(Option::as_ref).collect::<Vec<_>>())
-                .ok()
-                .and_then(|key| index.rows.get(&key))
-                .and_then(|list| {
-                    // The last row with event time ≤ entity time (largest created among equals).
-                    let end = list.partition_point(|(ft, _, _)| *ft <= entity_ts);
-                    let (ft, _, position) = *list.get(end.checked_sub(1)?)?;
-                    let fresh = index.ttl_us <= 0 || ft >= entity_ts.saturating_sub(index.ttl_us);
-                    fresh.then_some(position)
-                });
+            key.clear();
+            let complete =
+                cols.iter().zip(&view.join_keys).all(|(c, (_, ty))| files::key_into(c.as_ref(), *ty, row, &mut key));
+            let found = complete.then(|| index.ids.get(key.as_slice())).flatten().and_then(|id| {
+                let list = &index.entries[index.starts[*id as usize]..index.starts[*id as usize + 1]];
+                // The last row with event time ≤ entity time (largest created among equals).
+                let end = list.partition_point(|(_, ft, _, _)| *ft <= entity_ts);
+                let (_, ft, _, position) = *list.get(end.checked_sub(1)?)?;
+                let fresh = index.ttl_us <= 0 || ft >= entity_ts.saturating_sub(index.ttl_us);
+                fresh.then_some(position)
+            });
             out.push(found);
         }
         Ok(out)
