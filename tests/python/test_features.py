@@ -415,9 +415,10 @@ def test_nats_stream_rows_and_dead_letters(tmp_path, store_path):
 def test_nats_kill_9_mid_ingest_loses_nothing(tmp_path, store_path):
     tag = uuid.uuid4().hex[:10]
     subject, stream, decl = nats_view(tag)
-    repo = txn_repo(tmp_path, decl + "\n" if False else decl)
+    repo = txn_repo(tmp_path, decl)
+    # Small batches: many durable commits, so a kill lands in the middle of the ingestion.
     (repo / "repo.toml").write_text((repo / "repo.toml").read_text().replace(
-        f'stream = "{stream}" }}', f'stream = "{stream}", batch = 50 }}'))
+        f'stream = "{stream}" }}', f'stream = "{stream}", batch = 10 }}'))
     total = 20_000
     env = {"FLOTILLA_ONLINE_STORE": store_path, "FLOTILLA_CONSUME_STREAMS": "true"}
     try:
@@ -432,8 +433,11 @@ def test_nats_kill_9_mid_ingest_loses_nothing(tmp_path, store_path):
         for _ in range(3):
             s = Server(EXAMPLES, "--feature-repo", str(repo), env=env)
             label = f"nats:{subject}"
-            applied = wait_for(lambda: metric(s, "flotilla_feature_stream_messages_total", source=label, outcome="ok"),
-                               what="ingestion to start")
+            deadline = time.time() + 60
+            applied = 0.0
+            while applied == 0 and time.time() < deadline:
+                applied = metric(s, "flotilla_feature_stream_messages_total", source=label, outcome="ok")
+            assert applied > 0, "ingestion did not start:\n" + s.log()
             if applied >= total:
                 s.stop()
                 break
