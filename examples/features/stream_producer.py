@@ -77,7 +77,14 @@ class Cards:
         }
 
 
-async def ensure_stream(js, name, subjects):
+async def ensure_stream(js, name, subjects, subject):
+    """Uses the stream that already holds `subject` (Flotilla creates one when it starts first);
+    otherwise the stream `name`, created when absent."""
+    try:
+        holder = await js.find_stream_name_by_subject(subject)
+        return f"stream {holder} holds {subject}"
+    except NotFoundError:
+        pass
     try:
         info = await js.stream_info(name)
         return f"stream {name} exists (subjects {info.config.subjects})"
@@ -92,7 +99,7 @@ async def main():
     ap.add_argument("--count", type=int, default=1000, help="rows to publish")
     ap.add_argument("--rate", type=float, default=100.0, help="rows per second (0 = as fast as acks allow)")
     ap.add_argument("--subject", default="features.card_txn_1h")
-    ap.add_argument("--stream", default="FEATURES", help="JetStream stream to create when absent")
+    ap.add_argument("--stream", default="FEATURES", help="JetStream stream to create when no stream holds --subject")
     ap.add_argument("--stream-subjects", default="features.>")
     ap.add_argument("--cards", type=int, default=10_000, help="card ids 1..N")
     ap.add_argument("--fraud-rate", type=float, default=0.01, help="share of fraud-like rows")
@@ -104,7 +111,7 @@ async def main():
 
     nc = await nats.connect(args.url, connect_timeout=5, max_reconnect_attempts=2)
     js = nc.jetstream()
-    print(await ensure_stream(js, args.stream, [args.stream_subjects]), file=sys.stderr)
+    print(await ensure_stream(js, args.stream, [args.stream_subjects], args.subject), file=sys.stderr)
 
     cards = Cards(args.cards, args.seed)
     start = dt.datetime.fromisoformat(args.start.replace("Z", "+00:00")) if args.start else None
