@@ -9,7 +9,7 @@ cargo build --release --locked -q
 export LD_LIBRARY_PATH="$(.venv/bin/python -c 'import nvidia.cuda_runtime as m; print(m.__path__[0])')/lib"
 http=18100; grpc=18101
 ./target/release/flotilla serve --host 127.0.0.1 --http-port $http --grpc-port $grpc --metrics-port 0 \
-  --log-level warn & pid=$!
+  --feature-repo none --log-level warn & pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
 for _ in $(seq 100); do curl -sf localhost:$http/v2/health/ready >/dev/null && break; sleep 0.1; done
 mkdir -p bench/results

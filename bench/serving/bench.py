@@ -93,7 +93,7 @@ def ort_lib():
 def start_flotilla(binary, repo, port, extra=()):
     cmd = [binary, "serve", "--model-repository", str(repo), "--host", "127.0.0.1", "--http-port", str(port),
            "--grpc-port", str(port + 1), "--metrics-port", "0", "--log-level", "warn",
-           "--onnxruntime-lib", ort_lib(), *extra]
+           "--onnxruntime-lib", ort_lib(), "--feature-repo", "none", *extra]
     return Server(f"flotilla-{port}", cmd, [f"http://127.0.0.1:{port}/v2/health/ready"])
 
 

@@ -654,3 +654,16 @@ def test_materialize_window_and_consume_alone(tmp_path):
     got = json.loads(cli("get", "--feature-repo", str(repo), "--online-store", own, "--features", "txn:amount,txn:n",
                          "--entities", '{"card_id": [9]}').stdout)
     assert [r["values"] for r in got["results"]] == [[9], [1.25], [3]]
+
+
+def test_feature_repo_none_serves_without_a_feature_store():
+    s = Server(EXAMPLES, "--feature-repo", "none")
+    try:
+        r = post(s, "/get-online-features", {"features": ["card_profile:home_country"], "entities": {"card_id": [1]}})
+        assert r.status_code == 404 and "no endpoint at /get-online-features" in r.json()["error"]
+        r = post(s, "/v2/models/fraud_xgb/infer",
+                 {"inputs": [{"name": "card_id", "datatype": "INT64", "shape": [1], "data": [1]}]})
+        assert r.status_code == 400 and "unknown input 'card_id'" in r.json()["error"], r.text
+        assert "feature store open" not in s.log()
+    finally:
+        assert s.stop() == 0, s.log()

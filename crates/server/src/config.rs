@@ -198,7 +198,7 @@ pub struct ServeConfig {
     pub instances: usize,
 
     /// Feature repository for request-time enrichment, Feast's /get-online-features and /push, and
-    /// stream ingestion. Default: examples/features when that folder exists (else no feature store).
+    /// stream ingestion; `none` = no feature store. Default: examples/features when that folder exists.
     #[arg(long, env = "FLOTILLA_FEATURE_REPO")]
     pub feature_repo: Option<PathBuf>,
 

@@ -83,9 +83,11 @@ pub fn backends(config: &ServeConfig, instances: usize) -> anyhow::Result<Vec<Ar
     Ok(backends)
 }
 
-/// The feature repository `serve` uses: the one given, else examples/features when it exists.
+/// The feature repository `serve` uses: the one given (`none` = no feature store), else
+/// examples/features when it exists.
 fn feature_repo(config: &ServeConfig) -> Option<std::path::PathBuf> {
     match &config.feature_repo {
+        Some(p) if p.as_os_str() == "none" => None,
         Some(p) => Some(p.clone()),
         None => Some(std::path::PathBuf::from("examples/features")).filter(|p| p.is_dir()),
     }
