@@ -667,3 +667,32 @@ def test_feature_repo_none_serves_without_a_feature_store():
         assert "feature store open" not in s.log()
     finally:
         assert s.stop() == 0, s.log()
+
+
+def test_ingest_through_a_running_servers_push_api(store_path):
+    s = Server(EXAMPLES, "--feature-repo", str(FEATURES), env={"FLOTILLA_ONLINE_STORE": store_path})
+    try:
+        url = f"http://127.0.0.1:{s.http_port}"
+        out = cli("ingest", "--feature-repo", str(FEATURES), "--server", url, "--view", "card_profile").stdout
+        assert "card_profile:" in out and " applied" in out, out
+        profile = latest_rows(FEATURES / "data" / "card_profile.parquet", "card_id",
+                              ["card_age_days", "avg_amount_30d", "home_country"])
+        cards = sorted(profile)[:200]
+        r = online(s, ["card_profile:card_age_days", "card_profile:avg_amount_30d", "card_profile:home_country"],
+                   {"card_id": cards})
+        for i, card in enumerate(cards):
+            want = profile[card]
+            assert column(r, "home_country")["values"][i] == want["home_country"]
+            got_avg, want_avg = column(r, "avg_amount_30d")["values"][i], want["avg_amount_30d"]
+            assert (got_avg is None and (want_avg is None or math.isnan(want_avg))) or math.isclose(got_avg, want_avg, rel_tol=1e-6)
+            ts = want["event_timestamp"].astimezone(dt.timezone.utc)
+            assert dt.datetime.fromisoformat(column(r, "card_age_days")["event_timestamps"][i].replace("Z", "+00:00")) == ts
+        # Again: the same rows replace themselves (idempotent); nothing changes.
+        cli("ingest", "--feature-repo", str(FEATURES), "--server", url, "--view", "card_profile")
+        assert online(s, ["card_profile:card_age_days", "card_profile:avg_amount_30d", "card_profile:home_country"],
+                      {"card_id": cards}) == r
+        down = cli("ingest", "--feature-repo", str(FEATURES), "--server", "http://127.0.0.1:1", "--view", "card_profile",
+                   check=False)
+        assert down.returncode != 0 and "online store unavailable: http://127.0.0.1:1/push" in down.stderr, down.stderr
+    finally:
+        assert s.stop() == 0, s.log()

@@ -102,7 +102,14 @@ async fn main() -> anyhow::Result<()> {
     let location = StoreLocation::Embedded(tmp.path().join("online.redb"));
     let fs = FeatureStore::open(&repo, &location, &prometheus::Registry::new()).await?;
     let started = Instant::now();
-    let report = flotilla_features::ingest::ingest(&fs, &fs.registry.views[0], None, None, false).await?;
+    let report = flotilla_features::ingest::ingest(
+        &flotilla_features::ingest::Sink::Store(&fs),
+        &fs.registry.views[0],
+        None,
+        None,
+        false,
+    )
+    .await?;
     let ingest_s = started.elapsed().as_secs_f64();
     eprintln!("ingest: {report}");
     assert_eq!(report.applied as usize, entities, "every entity is stored");

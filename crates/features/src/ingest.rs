@@ -44,6 +44,15 @@ impl std::fmt::Display for IngestReport {
     }
 }
 
+/// Where ingested rows go.
+pub enum Sink<'a> {
+    /// Straight into an online store this process opened.
+    Store(&'a FeatureStore),
+    /// Through a running server's `POST /push` (its online store stays with it), e.g.
+    /// `http://127.0.0.1:8000`; the view's name is the push source.
+    Server { client: reqwest::Client, url: String },
+}
+
 /// Event-time window of `materialize` (inclusive, µs).
 #[derive(Debug, Clone, Copy)]
 pub struct Window {
@@ -53,7 +62,7 @@ pub struct Window {
 
 /// Reads `path` (the view's batch source when `None`) and writes its rows online.
 pub async fn ingest(
-    store: &FeatureStore,
+    sink: &Sink<'_>,
     view: &FeatureView,
     path: Option<&Path>,
     window: Option<Window>,
@@ -116,18 +125,18 @@ pub async fn ingest(
         }
         report.rows += batch.num_rows() as u64;
         if pending.len() >= COMMIT_ROWS {
-            flush(store, view, &mut pending, &mut report).await?;
+            flush(sink, view, &mut pending, &mut report).await?;
         }
         bar.set_position(report.rows);
     }
-    flush(store, view, &mut pending, &mut report).await?;
+    flush(sink, view, &mut pending, &mut report).await?;
     bar.finish_and_clear();
     report.elapsed = started.elapsed();
     Ok(report)
 }
 
 async fn flush(
-    store: &FeatureStore,
+    sink: &Sink<'_>,
     view: &FeatureView,
     pending: &mut Vec<(Vec<u8>, Record)>,
     report: &mut IngestReport,
@@ -136,8 +145,87 @@ async fn flush(
         return Ok(());
     }
     let rows = std::mem::take(pending);
-    let outcome = store.write(view, rows, "batch", None).await?;
-    report.applied += outcome.applied as u64;
-    report.stale += outcome.stale as u64;
+    let (applied, stale) = match sink {
+        Sink::Store(store) => {
+            let outcome = store.write(view, rows, "batch", None).await?;
+            (outcome.applied as u64, outcome.stale as u64)
+        }
+        Sink::Server { client, url } => {
+            let mut applied = 0;
+            let mut stale = 0;
+            for chunk in rows.chunks(PUSH_ROWS) {
+                let (a, s) = push(client, url, view, chunk).await?;
+                applied += a;
+                stale += s;
+            }
+            (applied, stale)
+        }
+    };
+    report.applied += applied;
+    report.stale += stale;
     Ok(())
+}
+
+/// Rows per `POST /push` request.
+const PUSH_ROWS: usize = 5_000;
+
+/// Sends rows to a server's `POST /push` as Feast's column-wise `df`.
+async fn push(
+    client: &reqwest::Client,
+    url: &str,
+    view: &FeatureView,
+    rows: &[(Vec<u8>, Record)],
+) -> Result<(u64, u64)> {
+    use serde_json::Value as J;
+    let mut columns: Vec<(String, Vec<J>)> = Vec::new();
+    for (k, _) in &view.join_keys {
+        columns.push((k.clone(), Vec::with_capacity(rows.len())));
+    }
+    let ts_field = crate::feature_store::timestamp_field(view).to_string();
+    let created_field =
+        view.source.as_ref().and_then(|s| s.created_timestamp_column.clone()).unwrap_or_else(|| "created".into());
+    columns.push((ts_field, Vec::with_capacity(rows.len())));
+    columns.push((created_field, Vec::with_capacity(rows.len())));
+    for f in &view.features {
+        columns.push((f.name.clone(), Vec::with_capacity(rows.len())));
+    }
+    let keys = view.join_keys.len();
+    for (key, record) in rows {
+        for (i, v) in crate::record::decode_key(view, key)?.iter().enumerate() {
+            columns[i].1.push(v.to_json());
+        }
+        columns[keys].1.push(J::String(crate::value::format_timestamp(record.event_ts)));
+        columns[keys + 1].1.push(if record.created_ts == 0 {
+            J::Null
+        } else {
+            J::String(crate::value::format_timestamp(record.created_ts))
+        });
+        for (i, v) in record.values.iter().enumerate() {
+            // NaN has no JSON form: send it as the string the push API reads back as NaN.
+            let j = match v {
+                Some(Value::Float32(f)) if f.is_nan() => J::String("NaN".into()),
+                Some(Value::Float64(f)) if f.is_nan() => J::String("NaN".into()),
+                Some(v) => v.to_json(),
+                None => J::Null,
+            };
+            columns[keys + 2 + i].1.push(j);
+        }
+    }
+    let df: serde_json::Map<String, J> = columns.into_iter().map(|(k, v)| (k, J::Array(v))).collect();
+    let body = serde_json::json!({ "push_source_name": view.name, "to": "online", "df": df });
+    let endpoint = format!("{}/push", url.trim_end_matches('/'));
+    let response = client
+        .post(&endpoint)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| FeatureError::Unavailable(format!("{endpoint}: {e}")))?;
+    let status = response.status();
+    let answer: J = response.json().await.map_err(|e| FeatureError::Unavailable(format!("{endpoint}: {e}")))?;
+    if !status.is_success() {
+        let message = answer.get("error").and_then(J::as_str).unwrap_or("no error message").to_string();
+        return Err(FeatureError::invalid(format!("{endpoint} answered {status}: {message}")));
+    }
+    let count = |k: &str| answer.get(k).and_then(J::as_u64).unwrap_or(0);
+    Ok((count("applied"), count("stale")))
 }

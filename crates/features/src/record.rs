@@ -43,6 +43,31 @@ pub(crate) fn put_int(i: i64, out: &mut Vec<u8>) {
     out.extend_from_slice(&i.to_be_bytes());
 }
 
+/// The join-key values an [`EntityKey`] holds (the inverse of [`encode_key`]).
+pub fn decode_key(view: &FeatureView, key: &[u8]) -> Result<Vec<Value>> {
+    let mut input = key;
+    let mut out = Vec::with_capacity(view.join_keys.len());
+    for (_, ty) in &view.join_keys {
+        let tag = take(&mut input, 1)?[0];
+        let v = match (tag, ty) {
+            (b'i', ValueType::Int32) => {
+                let i = i64::from_be_bytes(array(take(&mut input, 8)?));
+                Value::Int32(i32::try_from(i).map_err(|_| FeatureError::Store("int32 key out of range".into()))?)
+            }
+            (b'i', _) => Value::Int64(i64::from_be_bytes(array(take(&mut input, 8)?))),
+            (b's', _) => Value::String(
+                std::str::from_utf8(take_bytes(&mut input)?)
+                    .map_err(|_| FeatureError::Store("key is not UTF-8".into()))?
+                    .into(),
+            ),
+            (b'b', _) => Value::Bytes(take_bytes(&mut input)?.into()),
+            (t, _) => return Err(FeatureError::Store(format!("unknown key tag {t}"))),
+        };
+        out.push(v);
+    }
+    Ok(out)
+}
+
 /// One entity's row of one feature view.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
@@ -166,5 +191,7 @@ mod tests {
         let e = encode_key(view, &[Some(&Value::String("42".into()))]).unwrap_err().to_string();
         assert_eq!(e, "join key 'card_id' of feature view 'v' is int64, got string");
         assert!(encode_key(view, &[None]).is_err());
+        assert_eq!(decode_key(view, &a).unwrap(), vec![Value::Int64(42)]);
+        assert!(decode_key(view, &a[..5]).is_err());
     }
 }

@@ -84,7 +84,7 @@ async fn csv_ingestion_applies_rows_and_names_the_column_and_row_of_bad_values()
     repo(dir.path(), csv);
     let fs = open(dir.path()).await;
     let view = fs.registry.views[0].clone();
-    let report = ingest(&fs, &view, None, None, false).await.unwrap();
+    let report = ingest(&crate::ingest::Sink::Store(&fs), &view, None, None, false).await.unwrap();
     assert_eq!((report.rows, report.applied, report.stale), (3, 2, 1));
     let lookup = fs.lookup(&[0], 2, |v, row| encode_key(v, &[Some(&Value::Int64(row as i64 + 1))])).await.unwrap();
     let f = |feature, row| lookup.get(&fs.registry, crate::definitions::FeatureRef { view: 0, feature }, row);
@@ -93,27 +93,28 @@ async fn csv_ingestion_applies_rows_and_names_the_column_and_row_of_bad_values()
     assert_eq!(f(1, 1).value, None);
 
     let window = Window { start: 0, end: 1 };
-    let skipped = ingest(&fs, &view, None, Some(window), false).await.unwrap();
+    let skipped = ingest(&crate::ingest::Sink::Store(&fs), &view, None, Some(window), false).await.unwrap();
     assert_eq!((skipped.skipped, skipped.applied), (3, 0));
 
     let bad = dir.path().join("bad.csv");
     std::fs::write(&bad, "card_id,event_timestamp,amount,count,note\n1,2026-11-01T10:00:00Z,1.5,3,a\n2,2026-11-01T10:00:00Z,1.5,three,a\n").unwrap();
-    let e = ingest(&fs, &view, Some(&bad), None, false).await.unwrap_err().to_string();
+    let e = ingest(&crate::ingest::Sink::Store(&fs), &view, Some(&bad), None, false).await.unwrap_err().to_string();
     assert!(e.contains("bad.csv") && e.contains("count") && e.contains("three"), "{e}");
 
     let missing = dir.path().join("missing.csv");
     std::fs::write(&missing, "card_id,event_timestamp,amount,note\n1,2026-11-01T10:00:00Z,1.5,a\n").unwrap();
-    let e = ingest(&fs, &view, Some(&missing), None, false).await.unwrap_err().to_string();
+    let e = ingest(&crate::ingest::Sink::Store(&fs), &view, Some(&missing), None, false).await.unwrap_err().to_string();
     assert!(e.contains("column 'count' is missing"), "{e}");
 
     let wrong = dir.path().join("wrong.csv");
     std::fs::write(&wrong, "card_id,event_timestamp,amount,count,note\nabc,2026-11-01T10:00:00Z,1.5,3,a\n").unwrap();
-    let e = ingest(&fs, &view, Some(&wrong), None, false).await.unwrap_err().to_string();
+    let e = ingest(&crate::ingest::Sink::Store(&fs), &view, Some(&wrong), None, false).await.unwrap_err().to_string();
     assert!(e.contains("card_id") && e.contains("abc"), "{e}");
 
     let not_parquet = dir.path().join("x.parquet");
     std::fs::write(&not_parquet, b"PAR1 not really").unwrap();
-    let e = ingest(&fs, &view, Some(&not_parquet), None, false).await.unwrap_err().to_string();
+    let e =
+        ingest(&crate::ingest::Sink::Store(&fs), &view, Some(&not_parquet), None, false).await.unwrap_err().to_string();
     assert!(e.contains("not a readable Parquet file"), "{e}");
 }
 

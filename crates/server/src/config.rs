@@ -49,6 +49,10 @@ pub enum FeaturesCommand {
         /// A Parquet or CSV file to read instead of the view's declared source (needs exactly one --view).
         #[arg(long)]
         path: Option<PathBuf>,
+        /// Push the rows to a running server's POST /push (e.g. http://127.0.0.1:8000) instead of
+        /// opening the online store, which the server holds.
+        #[arg(long)]
+        server: Option<String>,
     },
     /// Like ingest, for rows whose event time is within [--start, --end] (Feast's materialize).
     Materialize {
@@ -63,6 +67,9 @@ pub enum FeaturesCommand {
         /// Feature view (repeatable; default: every view with a batch source).
         #[arg(long = "view")]
         views: Vec<String>,
+        /// Push the rows to a running server's POST /push instead of opening the online store.
+        #[arg(long)]
+        server: Option<String>,
     },
     /// Consume the streams the feature views declare into the online store, until SIGINT/SIGTERM.
     Consume {

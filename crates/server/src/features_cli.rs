@@ -3,7 +3,7 @@
 use crate::config::{FeatureStoreArgs, FeaturesCommand};
 use anyhow::{bail, Context};
 use flotilla_features::definitions::Registry;
-use flotilla_features::ingest::{ingest, Window};
+use flotilla_features::ingest::{ingest, Sink, Window};
 use flotilla_features::training::TrainingSet;
 use flotilla_features::value::parse_timestamp;
 use flotilla_features::FeatureStore;
@@ -22,17 +22,13 @@ async fn open(args: &FeatureStoreArgs) -> anyhow::Result<FeatureStore> {
 pub async fn run(command: FeaturesCommand, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let progress = std::io::stderr().is_terminal();
     match command {
-        FeaturesCommand::Ingest { store, views, path } => {
+        FeaturesCommand::Ingest { store, views, path, server } => {
             if path.is_some() && views.len() != 1 {
                 bail!("--path reads one file: name its feature view with exactly one --view");
             }
-            let fs = open(&store).await?;
-            for view in selected(&fs.registry, &views)? {
-                let report = ingest(&fs, &fs.registry.views[view], path.as_deref(), None, progress).await?;
-                println!("{report}");
-            }
+            batch(&store, &views, path.as_deref(), None, server, progress).await?;
         }
-        FeaturesCommand::Materialize { store, start, end, views } => {
+        FeaturesCommand::Materialize { store, start, end, views, server } => {
             let window = Window {
                 start: parse_timestamp(&start).map_err(|m| anyhow::anyhow!("--start: {m}"))?,
                 end: parse_timestamp(&end).map_err(|m| anyhow::anyhow!("--end: {m}"))?,
@@ -40,11 +36,7 @@ pub async fn run(command: FeaturesCommand, shutdown: impl Future<Output = ()>) -
             if window.start > window.end {
                 bail!("--start {start} is after --end {end}");
             }
-            let fs = open(&store).await?;
-            for view in selected(&fs.registry, &views)? {
-                let report = ingest(&fs, &fs.registry.views[view], None, Some(window), progress).await?;
-                println!("{report}");
-            }
+            batch(&store, &views, None, Some(window), server, progress).await?;
         }
         FeaturesCommand::Consume { store } => {
             let fs = Arc::new(open(&store).await?);
@@ -98,6 +90,32 @@ pub async fn run(command: FeaturesCommand, shutdown: impl Future<Output = ()>) -
                 report.matched
             );
         }
+    }
+    Ok(())
+}
+
+/// Ingests the views' files into the online store, or through a server's `POST /push`.
+async fn batch(
+    store: &FeatureStoreArgs,
+    views: &[String],
+    path: Option<&std::path::Path>,
+    window: Option<Window>,
+    server: Option<String>,
+    progress: bool,
+) -> anyhow::Result<()> {
+    if let Some(url) = server {
+        let registry = Registry::load(&store.feature_repo)?;
+        let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build()?;
+        let sink = Sink::Server { client, url };
+        for view in selected(&registry, views)? {
+            println!("{}", ingest(&sink, &registry.views[view], path, window, progress).await?);
+        }
+        return Ok(());
+    }
+    let fs = open(store).await?;
+    let sink = Sink::Store(&fs);
+    for view in selected(&fs.registry, views)? {
+        println!("{}", ingest(&sink, &fs.registry.views[view], path, window, progress).await?);
     }
     Ok(())
 }

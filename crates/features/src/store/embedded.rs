@@ -47,8 +47,8 @@ impl Embedded {
         }
         let db = Database::create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => FeatureError::Unavailable(format!(
-                "{} is open in another process (a running `flotilla serve`?); stop it, or write through its \
-                 POST /push API, or use --online-store redis://...",
+                "{} is open in another process (a running `flotilla serve`?); stop it, or ingest through its \
+                 POST /push (`flotilla features ingest --server http://HOST:PORT`), or use --online-store redis://...",
                 path.display()
             )),
             e => FeatureError::Store(format!("cannot open {}: {e}", path.display())),
