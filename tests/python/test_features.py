@@ -347,9 +347,14 @@ async def nats_drop_stream(*names):
 async def nats_acked(stream, durable):
     """Messages the durable consumer has acknowledged (it acks only after the durable write)."""
     import nats
+    from nats.js.errors import NotFoundError
     nc = await nats.connect(NATS_URL)
-    info = await nc.jetstream().consumer_info(stream, durable)
-    await nc.close()
+    try:
+        info = await nc.jetstream().consumer_info(stream, durable)
+    except NotFoundError:
+        return 0
+    finally:
+        await nc.close()
     return info.ack_floor.consumer_seq
 
 

@@ -27,7 +27,6 @@ pub(super) async fn run(
     let js = jetstream::new(client);
     let stream = ensure_stream(&js, stream_name, subject).await?;
     ensure_stream(&js, &format!("{stream_name}_DEAD_LETTER"), &spec.dead_letter).await?;
-    tracing::info!(source = %label, view = %view.name, durable = %durable, "consuming");
     let consumer: jetstream::consumer::Consumer<pull::Config> = stream
         .get_or_create_consumer(
             durable,
@@ -42,6 +41,8 @@ pub(super) async fn run(
         )
         .await
         .map_err(|e| format!("consumer '{durable}' on {subject}: {e}"))?;
+    // Logged once the durable consumer exists (tests and operators wait for this line).
+    tracing::info!(source = %label, view = %view.name, durable = %durable, "consuming");
     loop {
         if *stop.borrow() {
             return Ok(());
