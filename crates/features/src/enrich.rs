@@ -15,7 +15,7 @@
 
 use crate::definitions::{FeatureRef, Registry};
 use crate::error::FeatureError;
-use crate::feature_store::FeatureStore;
+use crate::feature_store::{FeatureStore, ServedCounts, Status};
 use crate::record::encode_key;
 use crate::serving::KeyColumns;
 use crate::value::{Value, ValueType};
@@ -240,22 +240,18 @@ impl Enrichment {
             })
             .await
             .map_err(FeatureError::into_core)?;
+        let mut served = ServedCounts::default();
         for input in todo {
-            let refs: Vec<FeatureRef> = input
-                .items
-                .iter()
-                .filter_map(|it| match it {
-                    Item::Feature(f) => Some(*f),
-                    Item::Request(_) => None,
-                })
-                .collect();
-            store.count_served(&lookup, &refs, rows);
             let mut columns: Vec<Vec<f64>> = Vec::with_capacity(input.items.len());
             for item in &input.items {
                 columns.push(match item {
                     Item::Feature(f) => (0..rows)
                         .map(|row| {
-                            lookup.fresh(&store.registry, *f, row).and_then(Value::as_f64).unwrap_or(input.missing)
+                            let s = lookup.get(&store.registry, *f, row);
+                            served.add(f.view, s.status);
+                            // Missing, null and expired values all become `missing`.
+                            let fresh = s.value.filter(|_| s.status == Status::Present);
+                            fresh.and_then(Value::as_f64).unwrap_or(input.missing)
                         })
                         .collect(),
                     Item::Request(name) => request_column(mv, request, name, rows)?,
@@ -264,6 +260,7 @@ impl Enrichment {
             let tensor = assemble(mv, input, &columns, rows)?;
             request.inputs.push(tensor);
         }
+        store.record_served(&served);
         strip_unused(mv, request, &plan);
         store.metrics.enrich_duration.with_label_values(&[mv.name.as_str()]).observe(started.elapsed().as_secs_f64());
         Ok(())

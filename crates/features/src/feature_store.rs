@@ -53,12 +53,6 @@ pub struct Lookup {
 }
 
 impl Lookup {
-    /// The value of feature `f` for entity row `row`, if it is fresh.
-    pub fn fresh<'a>(&'a self, registry: &Registry, f: FeatureRef, row: usize) -> Option<&'a Value> {
-        let served = self.get(registry, f, row);
-        (served.status == Status::Present).then_some(served.value).flatten()
-    }
-
     /// The value of feature `f` for entity row `row`.
     pub fn get<'a>(&'a self, registry: &Registry, f: FeatureRef, row: usize) -> Served<'a> {
         let Some(v) = self.views.iter().position(|v| *v == f.view) else {
@@ -75,6 +69,19 @@ impl Lookup {
             None => Status::NullValue,
         };
         Served { value, status, event_ts: record.event_ts }
+    }
+}
+
+/// Served values counted by (view index, status) while a response is built.
+#[derive(Debug, Default)]
+pub struct ServedCounts(Vec<(usize, Status, u64)>);
+
+impl ServedCounts {
+    pub fn add(&mut self, view: usize, status: Status) {
+        match self.0.iter_mut().find(|(v, s, _)| *v == view && *s == status) {
+            Some((_, _, n)) => *n += 1,
+            None => self.0.push((view, status, 1)),
+        }
     }
 }
 
@@ -120,14 +127,11 @@ impl FeatureStore {
         Ok(Lookup { views: views.to_vec(), records, now_us: now_us() })
     }
 
-    /// Counts served values by view and status.
-    pub fn count_served(&self, lookup: &Lookup, refs: &[FeatureRef], rows: usize) {
-        for f in refs {
-            let view = &self.registry.views[f.view].name;
-            for row in 0..rows {
-                let status = lookup.get(&self.registry, *f, row).status;
-                self.metrics.values_served.with_label_values(&[view.as_str(), status.as_str()]).inc();
-            }
+    /// Adds served-value counts to the metrics: one update per (view, status).
+    pub fn record_served(&self, counts: &ServedCounts) {
+        for (view, status, n) in &counts.0 {
+            let view = self.registry.views[*view].name.as_str();
+            self.metrics.values_served.with_label_values(&[view, status.as_str()]).inc_by(*n);
         }
     }
 

@@ -3,7 +3,7 @@
 
 use crate::definitions::{list, FeatureRef};
 use crate::error::{FeatureError, Result};
-use crate::feature_store::{FeatureStore, Status};
+use crate::feature_store::{FeatureStore, ServedCounts, Status};
 use crate::store::WriteOutcome;
 use crate::value::{format_timestamp, Value, ValueType};
 use serde_json::{Map, Value as Json};
@@ -253,7 +253,7 @@ impl FeatureStore {
                 crate::record::encode_key(view, &values)
             })
             .await?;
-        self.count_served(&lookup, &req.features, req.rows);
+        let mut counts = ServedCounts::default();
         let mut names = Vec::with_capacity(req.entities.len() + req.features.len());
         let mut columns = Vec::with_capacity(names.capacity());
         for (key, values) in &req.entities {
@@ -279,12 +279,14 @@ impl FeatureStore {
             };
             for row in 0..req.rows {
                 let served = lookup.get(reg, *f, row);
+                counts.add(f.view, served.status);
                 col.values.push(served.value.cloned());
                 col.statuses.push(served.status);
                 col.event_timestamps.push(served.event_ts);
             }
             columns.push(col);
         }
+        self.record_served(&counts);
         Ok(OnlineResponse { feature_names: names, columns })
     }
 
