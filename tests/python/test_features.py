@@ -1,6 +1,5 @@
 """The feature store, black-box: the real binary, real NATS JetStream and Redis, Feast's JSON,
 tritonclient for enriched inference, and Feast's own point-in-time output as the reference."""
-import asyncio
 import datetime as dt
 import json
 import math
@@ -22,10 +21,10 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from conftest import BIN, EXAMPLES, ROOT, Server
+from streams import KafkaBroker, KafkaSource, NatsSource
 
 FEATURES = ROOT / "examples" / "features"
 PIT = ROOT / "tests" / "fixtures" / "features" / "pit"
-NATS_URL = "nats://127.0.0.1:4222"
 REDIS_DB = 13  # a database of its own on the local Redis, flushed by the tests that use it
 
 
@@ -323,71 +322,34 @@ def test_enrichment_errors_are_clear(example_server):
 
 # --- streams -------------------------------------------------------------------------------------
 
-async def nats_publish(subject, payloads):
-    import nats
-    nc = await nats.connect(NATS_URL)
-    js = nc.jetstream()
-    for p in payloads:
-        await js.publish(subject, p if isinstance(p, bytes) else json.dumps(p).encode())
-    await nc.close()
-
-
-async def nats_drop_stream(*names):
-    import nats
-    nc = await nats.connect(NATS_URL)
-    js = nc.jetstream()
-    for name in names:
-        try:
-            await js.delete_stream(name)
-        except Exception:
-            pass
-    await nc.close()
-
-
-async def nats_acked(stream, durable):
-    """Messages the durable consumer has acknowledged (it acks only after the durable write)."""
-    import nats
-    from nats.js.errors import NotFoundError
-    nc = await nats.connect(NATS_URL)
-    try:
-        info = await nc.jetstream().consumer_info(stream, durable)
-    except NotFoundError:
-        return 0
-    finally:
-        await nc.close()
-    return info.ack_floor.consumer_seq
-
-
-async def nats_fetch(subject, count):
-    import nats
-    nc = await nats.connect(NATS_URL)
-    js = nc.jetstream()
-    sub = await js.pull_subscribe(subject, durable=None)
-    msgs = await sub.fetch(count, timeout=10)
-    out = [json.loads(m.data) for m in msgs]
-    await nc.close()
-    return out
-
-
-def metric(server, name, **labels):
+def metric(server, name, default=0.0, **labels):
+    """The sample of `name` with exactly `labels`, or `default` when there is none."""
     text = requests.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).text
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     for line in text.splitlines():
         if line.startswith(name + "{") and line.split("}")[0][len(name) + 1:] == want:
             return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return default
 
 
-def nats_view(tag):
-    subject = f"flotilla_test.{tag}.txn"
-    stream = f"FLOTILLA_TEST_{tag.upper()}"
-    return subject, stream, f'stream = {{ type = "nats", subject = "{subject}", stream = "{stream}" }}'
+@pytest.fixture(scope="session")
+def kafka_broker():
+    broker = KafkaBroker()
+    yield broker
+    broker.stop()
 
 
-def test_nats_stream_rows_and_dead_letters(tmp_path, store_path):
-    tag = uuid.uuid4().hex[:10]
-    subject, stream, decl = nats_view(tag)
-    repo = txn_repo(tmp_path, decl)
+@pytest.fixture(params=["nats", "kafka"])
+def stream_source(request):
+    """A fresh subject (NATS JetStream) or topic (Kafka on a tansu broker) to consume from."""
+    source = NatsSource() if request.param == "nats" else KafkaSource(request.getfixturevalue("kafka_broker"))
+    yield source
+    source.close()
+
+
+def test_stream_rows_and_dead_letters(tmp_path, store_path, stream_source):
+    src = stream_source
+    repo = txn_repo(tmp_path, src.decl())
     s = Server(EXAMPLES, "--feature-repo", str(repo),
                env={"FLOTILLA_ONLINE_STORE": store_path, "FLOTILLA_CONSUME_STREAMS": "true"})
     try:
@@ -397,70 +359,67 @@ def test_nats_stream_rows_and_dead_letters(tmp_path, store_path):
         old = {"card_id": 5, "event_timestamp": "2026-11-01T00:00:00Z", "amount": -1.0, "n": -1, "tag": "old"}
         bad = [b"not json", json.dumps([1, 2]).encode(), json.dumps({"card_id": "x", "event_timestamp": "2026-11-02T00:00:00Z"}).encode(),
                json.dumps({"card_id": 7}).encode()]
-        asyncio.run(nats_publish(subject, rows + [old] + bad))
-        label = f"nats:{subject}"
-        wait_for(lambda: metric(s, "flotilla_feature_stream_messages_total", source=label, outcome="ok") >= 201,
+        src.publish(rows + [old] + bad)
+        wait_for(lambda: metric(s, "flotilla_feature_stream_messages_total", source=src.label, outcome="ok") >= 201,
                  what="201 rows applied")
-        wait_for(lambda: metric(s, "flotilla_feature_stream_messages_total", source=label, outcome="dead_letter") >= 4,
+        wait_for(lambda: metric(s, "flotilla_feature_stream_messages_total", source=src.label, outcome="dead_letter") >= 4,
                  what="4 dead letters")
         r = online(s, ["txn:amount", "txn:n", "txn:tag"], {"card_id": list(range(200))})
         assert column(r, "n")["values"] == list(range(200)), "the late row for card 5 did not overwrite"
         assert set(column(r, "n")["statuses"]) == {"PRESENT"}
-        dead = asyncio.run(nats_fetch(f"{subject}.dead_letter", 4))
+        dead = src.dead_letters(4)
         reasons = sorted(d["reason"] for d in dead)
         assert any("not JSON" in m for m in reasons) and any("expected a JSON object" in m for m in reasons)
         assert any("join key 'card_id'" in m for m in reasons) and any("event time) is missing" in m for m in reasons)
         assert all(d["feature_view"] == "txn" and d["payload"] for d in dead)
-        assert metric(s, "flotilla_feature_stream_lag_messages", source=label) == 0
+        wait_for(lambda: metric(s, "flotilla_feature_stream_lag_messages", default=None, source=src.label) == 0,
+                 what="lag 0")
+        if src.kind == "kafka":
+            assert src.committed() == 205, "every message, the dead letters too, is committed once handled"
     finally:
         assert s.stop() == 0, s.log()
-        asyncio.run(nats_drop_stream(stream, f"{stream}_DEAD_LETTER"))
 
 
-def test_nats_kill_9_mid_ingest_loses_nothing(tmp_path, store_path):
-    tag = uuid.uuid4().hex[:10]
-    subject, stream, decl = nats_view(tag)
-    repo = txn_repo(tmp_path, decl)
+def test_stream_kill_9_mid_ingest_loses_nothing(tmp_path, store_path, stream_source):
+    src = stream_source
     # Small batches: many durable commits, so a kill lands in the middle of the ingestion.
-    (repo / "repo.toml").write_text((repo / "repo.toml").read_text().replace(
-        f'stream = "{stream}" }}', f'stream = "{stream}", batch = 10 }}'))
+    repo = txn_repo(tmp_path, src.decl(batch=10))
     total = 20_000
     env = {"FLOTILLA_ONLINE_STORE": store_path, "FLOTILLA_CONSUME_STREAMS": "true"}
+    # Create the stream or topic by starting a consumer once, then publish everything.
+    s = Server(EXAMPLES, "--feature-repo", str(repo), env=env)
+    wait_for(lambda: "consuming" in s.log(), what="the consumer to start")
+    s.stop()
+    rows = [{"card_id": i, "event_timestamp": "2026-11-02T00:00:00Z", "amount": float(i), "n": i, "tag": "k"}
+            for i in range(total)]
+    src.publish(rows)
+    kills = 0
+    for _ in range(3):
+        s = Server(EXAMPLES, "--feature-repo", str(repo), env=env)
+        deadline = time.time() + 60
+        applied = 0.0
+        while applied == 0 and time.time() < deadline:
+            applied = metric(s, "flotilla_feature_stream_messages_total", source=src.label, outcome="ok")
+        assert applied > 0, "ingestion did not start:\n" + s.log()
+        if applied >= total:
+            s.stop()
+            break
+        s.proc.send_signal(signal.SIGKILL)
+        s.proc.wait()
+        kills += 1
+    assert kills >= 1, "ingestion finished before the server could be killed; publish more rows"
+    s = Server(EXAMPLES, "--feature-repo", str(repo), env=env)
     try:
-        # Create the stream by starting a consumer once, then publish everything.
-        s = Server(EXAMPLES, "--feature-repo", str(repo), env=env)
-        wait_for(lambda: "consuming" in s.log(), what="the consumer to start")
-        s.stop()
-        rows = [{"card_id": i, "event_timestamp": "2026-11-02T00:00:00Z", "amount": float(i), "n": i, "tag": "k"}
-                for i in range(total)]
-        asyncio.run(nats_publish(subject, rows))
-        kills = 0
-        for _ in range(3):
-            s = Server(EXAMPLES, "--feature-repo", str(repo), env=env)
-            label = f"nats:{subject}"
-            deadline = time.time() + 60
-            applied = 0.0
-            while applied == 0 and time.time() < deadline:
-                applied = metric(s, "flotilla_feature_stream_messages_total", source=label, outcome="ok")
-            assert applied > 0, "ingestion did not start:\n" + s.log()
-            if applied >= total:
-                s.stop()
-                break
-            s.proc.send_signal(signal.SIGKILL)
-            s.proc.wait()
-            kills += 1
-        assert kills >= 1, "ingestion finished before the server could be killed; publish more rows"
-        s = Server(EXAMPLES, "--feature-repo", str(repo), env=env)
-        try:
-            def all_present():
-                r = online(s, ["txn:n"], {"card_id": list(range(total))})
-                return column(r, "n")["values"] == list(range(total))
-            wait_for(all_present, timeout=120, what="every row after the kills")
-            assert metric(s, "flotilla_feature_stream_lag_messages", source=f"nats:{subject}") == 0
-        finally:
-            assert s.stop() == 0, s.log()
+        def all_present():
+            r = online(s, ["txn:n"], {"card_id": list(range(total))})
+            return column(r, "n")["values"] == list(range(total))
+        wait_for(all_present, timeout=120, what="every row after the kills")
+        wait_for(lambda: metric(s, "flotilla_feature_stream_lag_messages", default=None, source=src.label) == 0,
+                 what="lag 0")
+        if src.kind == "kafka":
+            wait_for(lambda: src.committed() == total, what="every offset committed")
     finally:
-        asyncio.run(nats_drop_stream(stream, f"{stream}_DEAD_LETTER"))
+        assert s.stop() == 0, s.log()
 
 
 @pytest.fixture
@@ -639,9 +598,8 @@ def test_materialize_window_and_consume_alone(tmp_path):
     assert bad.returncode != 0 and "is after --end" in bad.stderr
 
     # `flotilla features consume` on its own, stopped by SIGINT, then read back by the CLI.
-    tag = uuid.uuid4().hex[:10]
-    subject, stream, decl = nats_view(tag)
-    repo = txn_repo(tmp_path, decl)
+    src = NatsSource()
+    repo = txn_repo(tmp_path, src.decl())
     own = f"embedded:{tmp_path}/consume.redb"
     p = subprocess.Popen([BIN, "features", "consume", "--feature-repo", str(repo), "--online-store", own],
                          stderr=subprocess.PIPE, text=True)
@@ -650,12 +608,12 @@ def test_materialize_window_and_consume_alone(tmp_path):
         while "consuming" not in "".join(lines):
             lines.append(p.stderr.readline())
             assert p.poll() is None, "".join(lines)
-        asyncio.run(nats_publish(subject, [{"card_id": 9, "event_timestamp": now_iso(), "amount": 1.25, "n": 3, "tag": "c"}]))
-        wait_for(lambda: asyncio.run(nats_acked(stream, "flotilla-txn")) >= 1, what="the message to be acknowledged")
+        src.publish([{"card_id": 9, "event_timestamp": now_iso(), "amount": 1.25, "n": 3, "tag": "c"}])
+        wait_for(lambda: src.committed() >= 1, what="the message to be acknowledged")
     finally:
         p.send_signal(signal.SIGINT)
         assert p.wait(timeout=30) == 0
-        asyncio.run(nats_drop_stream(stream, f"{stream}_DEAD_LETTER"))
+        src.close()
     got = json.loads(cli("get", "--feature-repo", str(repo), "--online-store", own, "--features", "txn:amount,txn:n",
                          "--entities", '{"card_id": [9]}').stdout)
     assert [r["values"] for r in got["results"]] == [[9], [1.25], [3]]

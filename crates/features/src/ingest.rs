@@ -5,7 +5,7 @@ use crate::definitions::FeatureView;
 use crate::error::{FeatureError, Result};
 use crate::feature_store::FeatureStore;
 use crate::files;
-use crate::record::{encode_key, Record};
+use crate::record::Record;
 use crate::value::Value;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::Path;
@@ -114,10 +114,13 @@ pub async fn ingest(
                 report.skipped += 1;
                 continue;
             }
-            let key_values: Vec<Option<Value>> =
-                keys.iter().zip(&view.join_keys).map(|(c, (_, t))| files::value_at(c.as_ref(), *t, row)).collect();
-            let key = encode_key(view, &key_values.iter().map(Option::as_ref).collect::<Vec<_>>())
-                .map_err(|e| FeatureError::invalid(format!("{what} row {}: {e}", first + row as u64 + 1)))?;
+            let mut key = Vec::with_capacity(12 * keys.len());
+            for (c, (name, t)) in keys.iter().zip(&view.join_keys) {
+                if !files::key_into(c.as_ref(), *t, row, &mut key) {
+                    let row = first + row as u64 + 1;
+                    return Err(FeatureError::invalid(format!("{what} row {row}: join key '{name}' is missing")));
+                }
+            }
             let values =
                 features.iter().zip(&view.features).map(|(c, f)| files::value_at(c.as_ref(), f.dtype, row)).collect();
             let created_ts = created.as_ref().and_then(|c| c[row]).unwrap_or(0);

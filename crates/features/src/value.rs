@@ -264,11 +264,14 @@ pub(crate) fn array<const N: usize>(b: &[u8]) -> [u8; N] {
 }
 
 fn short_json(v: &serde_json::Value) -> String {
-    let s = v.to_string();
-    if s.len() > 40 {
-        format!("{}…", &s[..s.char_indices().nth(40).map(|(i, _)| i).unwrap_or(s.len())])
-    } else {
-        s
+    shorten(&v.to_string(), 40)
+}
+
+/// `s` cut to at most `max` characters, with `…` where it was cut (for error messages).
+pub(crate) fn shorten(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
     }
 }
 

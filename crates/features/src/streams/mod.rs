@@ -1,9 +1,10 @@
-//! Stream ingestion: consumers that write JSON rows from NATS JetStream or Redis Streams into
+//! Stream ingestion: consumers that write JSON rows from Kafka, NATS JetStream or Redis Streams into
 //! the online store, at least once and idempotently (last write wins on event time, so a
 //! redelivered message changes nothing). A message is acknowledged only after the rows it
 //! carried are durable; a message that cannot be read goes to the view's dead-letter
 //! destination with its reason, is counted, and never stalls the consumer.
 
+mod kafka;
 mod nats;
 mod redis;
 
@@ -29,7 +30,9 @@ pub(crate) fn decode(store: &FeatureStore, view: &FeatureView, payloads: &[&[u8]
         let parsed: Result<serde_json::Value, String> = serde_json::from_slice(p).map_err(|e| format!("not JSON: {e}"));
         let row = parsed.and_then(|v| match v {
             serde_json::Value::Object(map) => store.row_from_json(view, &map).map_err(|e| e.to_string()),
-            other => Err(format!("expected a JSON object (one row), got {}", short(&other.to_string()))),
+            other => {
+                Err(format!("expected a JSON object (one row), got {}", crate::value::shorten(&other.to_string(), 60)))
+            }
         });
         match row {
             Ok(r) => out.rows.push(r),
@@ -51,12 +54,10 @@ pub(crate) fn dead_letter_body(view: &str, source: &str, reason: &str, payload: 
     body.to_string().into_bytes()
 }
 
-fn short(s: &str) -> String {
-    if s.len() > 60 {
-        format!("{}…", &s[..s.char_indices().nth(60).map(|(i, _)| i).unwrap_or(s.len())])
-    } else {
-        s.to_string()
-    }
+/// This process's name in consumer groups: `flotilla-$HOSTNAME`.
+pub(crate) fn consumer_name() -> String {
+    let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "local".into());
+    format!("flotilla-{host}")
 }
 
 /// Records how far behind the newest applied row is, and counts messages.
@@ -85,10 +86,7 @@ pub fn spawn_all(store: Arc<FeatureStore>, stop: watch::Receiver<bool>) -> JoinS
                 let result = match &spec.source {
                     StreamSource::Nats { .. } => nats::run(&store, index, &spec, stop.clone()).await,
                     StreamSource::Redis { .. } => redis::run(&store, index, &spec, stop.clone()).await,
-                    StreamSource::Kafka { .. } => {
-                        tracing::error!(source = %label, "Kafka streams are not supported by this build yet; use nats or redis");
-                        return;
-                    }
+                    StreamSource::Kafka { .. } => kafka::run(&store, index, &spec, stop.clone()).await,
                 };
                 match result {
                     Ok(()) => return,

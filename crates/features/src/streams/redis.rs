@@ -5,7 +5,7 @@
 //! An entry is one row: either a field `json` (or `data`, `payload`) holding a JSON object, or
 //! the row's columns as fields (`card_id 42 event_timestamp 2026-11-01T12:00:00Z ...`).
 
-use super::{dead_letter_body, decode, observe};
+use super::{consumer_name, dead_letter_body, decode, observe};
 use crate::definitions::{FeatureView, StreamSource, StreamSpec};
 use crate::feature_store::FeatureStore;
 use crate::value::ValueType;
@@ -130,11 +130,6 @@ pub(super) async fn run(
 }
 
 /// A stable name, so a restarted server finds its own pending entries.
-fn consumer_name() -> String {
-    let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "local".into());
-    format!("flotilla-{host}")
-}
-
 /// The entry as a JSON object: its `json`/`data`/`payload` field, or its fields typed by the view.
 fn entry_json(view: &FeatureView, entry: &StreamId) -> Vec<u8> {
     let text = |v: &redis::Value| -> Option<String> {
