@@ -7,6 +7,7 @@
 //! - [`datatype`], [`tensor`], [`request`]: protocol-neutral tensors, requests and responses.
 //! - [`config`]: Triton's model configuration (`config.pbtxt`), parsed, validated and rendered as JSON.
 //! - [`enrich`]: the hook request-time enrichment (the feature store) plugs into.
+//! - [`observe`]: the hook drift monitoring plugs into (inputs and outputs of served requests).
 //! - [`engine`]: the [`engine::Engine`] trait engines implement and the [`engine::Backend`] trait that loads them.
 //! - [`scheduler`]: per-version queues, dynamic batching and engine threads (never on the async runtime).
 //! - [`repository`]: the model repository, version policies, control modes, atomic reload.
@@ -22,6 +23,7 @@ pub mod engine;
 pub mod enrich;
 pub mod error;
 pub mod metrics;
+pub mod observe;
 pub mod repository;
 pub mod request;
 pub mod scheduler;

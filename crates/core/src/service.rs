@@ -6,6 +6,7 @@ use crate::config::{self, full_shape, input_datatype, output_datatype};
 use crate::enrich::Enricher;
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::{Metrics, VersionMetrics};
+use crate::observe::Observer;
 use crate::repository::{IndexEntry, ModelVersion, Repository};
 use crate::request::{InferRequest, InferResponse, Parameters};
 use crate::scheduler::Admission;
@@ -79,18 +80,25 @@ pub struct Service {
     options: ServiceOptions,
     draining: AtomicBool,
     enricher: Option<Arc<dyn Enricher>>,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 // === impl Service ===
 
 impl Service {
     pub fn new(repository: Arc<Repository>, metrics: Metrics, options: ServiceOptions) -> Self {
-        Self { repository, metrics, options, draining: AtomicBool::new(false), enricher: None }
+        Self { repository, metrics, options, draining: AtomicBool::new(false), enricher: None, observer: None }
     }
 
     /// Runs `enricher` on every inference request before its inputs are checked.
     pub fn with_enricher(mut self, enricher: Arc<dyn Enricher>) -> Self {
         self.enricher = Some(enricher);
+        self
+    }
+
+    /// Hands every successful request's inputs and outputs to `observer` (drift monitoring).
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
         self
     }
 
@@ -243,6 +251,8 @@ impl Service {
             enricher.enrich(mv, &mut request).await?;
         }
         let config = &mv.config;
+        let observer = self.observer.as_ref().filter(|o| o.wants(mv));
+        let observed_inputs = observer.map(|_| request.inputs.clone());
         let (inputs, batch) = prepare_inputs(config, request.inputs)?;
         for o in &request.outputs {
             if !config.output.iter().any(|c| c.name == o.name) {
@@ -274,6 +284,9 @@ impl Service {
             let rows = Some(done.batch_rows as i64);
             mv.stats.execution(batch_timing(&done.phases, done.finished, Duration::ZERO, rows));
             m.batch_size.observe(done.batch_rows as f64);
+        }
+        if let (Some(o), Some(observed)) = (observer, observed_inputs) {
+            o.observe(mv, observed, outputs.clone());
         }
         let output_start = Instant::now();
         let result = self.finish_outputs(mv, &mut outputs, &request.outputs, batch);

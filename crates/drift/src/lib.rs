@@ -8,10 +8,12 @@
 //! - [`pca`]: multivariate drift, PCA reconstruction error (NannyML's method).
 //! - [`profile`]: the reference profile written into a model's folder (versioned JSON).
 //! - [`compare`]: one window against the reference: every metric of every column.
+//! - [`monitor`]: the online side: the serving path's observer, windows, alerts, webhooks.
 
 pub mod compare;
 pub mod distance;
 pub mod kll;
+pub mod monitor;
 pub mod pca;
 pub mod profile;
 pub mod summary;

@@ -22,13 +22,25 @@ pub struct Profile {
     /// RFC 3339 time the profile was built.
     pub created: String,
     pub rows: u64,
+    /// Which model inputs carry the features: each tensor's columns (a 2-D `[batch, columns]`
+    /// tensor, or 1-D for one column), in the order of `features`.
+    pub inputs: Vec<TensorColumns>,
     pub features: Vec<Column>,
+    /// Which model outputs are profiled, the same way, in the order of `outputs`.
+    #[serde(default)]
+    pub output_tensors: Vec<TensorColumns>,
     /// The model's outputs on the reference data (prediction drift).
     #[serde(default)]
     pub outputs: Vec<Column>,
     /// Numeric features together (absent with fewer than two numeric features).
     #[serde(default)]
     pub multivariate: Option<Multivariate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorColumns {
+    pub tensor: String,
+    pub columns: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,13 +122,15 @@ impl Column {
 }
 
 impl Profile {
-    /// Builds a profile from named feature columns and the model's outputs on them.
+    /// Builds a profile from named feature columns and the model's outputs on them; `inputs`
+    /// and `output_tensors` say which tensors carry them (their columns, concatenated, are
+    /// `features` and `outputs` in order).
     pub fn build(
         model: &str,
         source: &str,
         created: &str,
-        features: &[(String, Data)],
-        outputs: &[(String, Data)],
+        (inputs, features): (Vec<TensorColumns>, &[(String, Data)]),
+        (output_tensors, outputs): (Vec<TensorColumns>, &[(String, Data)]),
     ) -> Profile {
         let k = DEFAULT_K;
         let rows = features.first().map_or(0, |(_, d)| match d {
@@ -140,7 +154,9 @@ impl Profile {
             source: source.into(),
             created: created.into(),
             rows,
+            inputs,
             features: features.iter().map(|(n, d)| Column::build(n, d, k)).collect(),
+            output_tensors,
             outputs: outputs.iter().map(|(n, d)| Column::build(n, d, k)).collect(),
             multivariate,
         }
@@ -162,7 +178,12 @@ impl Profile {
                 header.version
             ));
         }
-        serde_json::from_str(text).map_err(|e| format!("drift profile: {e}"))
+        let p: Profile = serde_json::from_str(text).map_err(|e| format!("drift profile: {e}"))?;
+        let width = |t: &[TensorColumns]| t.iter().map(|t| t.columns.len()).sum::<usize>();
+        if width(&p.inputs) != p.features.len() || width(&p.output_tensors) != p.outputs.len() {
+            return Err("drift profile: the tensors' columns do not match the profiled features and outputs".into());
+        }
+        Ok(p)
     }
 
     pub fn to_json(&self) -> String {

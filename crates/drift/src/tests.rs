@@ -5,7 +5,7 @@ use crate::compare;
 use crate::distance::{decile_edges, jensen_shannon, ks, psi, wasserstein, Sample};
 use crate::kll::Kll;
 use crate::pca::Pca;
-use crate::profile::{Column, ColumnKind, Data, NumericReference, Profile};
+use crate::profile::{Column, ColumnKind, Data, NumericReference, Profile, TensorColumns};
 use crate::summary::{CategoricalSummary, Moments};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -210,7 +210,13 @@ fn profile_round_trips_and_refuses_other_formats_and_versions() {
         ("brand".to_string(), Data::Categorical(cats)),
     ];
     let outputs = vec![("probability".to_string(), Data::Numeric(values.iter().map(|v| v / 20.0).collect()))];
-    let p = Profile::build("fraud", "train.parquet", "2026-11-24T00:00:00Z", &features, &outputs);
+    let cols = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let inputs = vec![
+        TensorColumns { tensor: "input__0".into(), columns: cols(&["amount", "hour"]) },
+        TensorColumns { tensor: "brand".into(), columns: cols(&["brand"]) },
+    ];
+    let out_t = vec![TensorColumns { tensor: "probability".into(), columns: cols(&["probability"]) }];
+    let p = Profile::build("fraud", "train.parquet", "2026-11-24T00:00:00Z", (inputs, &features), (out_t, &outputs));
     assert_eq!(p.rows, 1000);
     assert!(p.multivariate.is_some());
     let text = p.to_json();
@@ -222,6 +228,8 @@ fn profile_round_trips_and_refuses_other_formats_and_versions() {
     assert!(Profile::from_json(&bumped).unwrap_err().contains("version Some(99) is not supported"));
     assert!(Profile::from_json("{\"format\":\"other\"}").unwrap_err().contains("not a drift profile"));
     assert!(Profile::from_json("[1,2").unwrap_err().contains("not a drift profile"));
+    let mismatched = text.replacen("\"columns\":[\"brand\"]", "\"columns\":[]", 1);
+    assert!(Profile::from_json(&mismatched).unwrap_err().contains("do not match"));
 }
 
 proptest::proptest! {

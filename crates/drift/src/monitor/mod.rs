@@ -1,0 +1,494 @@
+//! Online monitoring: the serving path hands each request's inputs and outputs to a bounded
+//! channel (never waiting: when it is full the request is skipped and counted); one background
+//! task folds them into per-version windows, closes windows by row count or time, scores them
+//! against the model's reference profile, updates the Prometheus gauges, moves alert states
+//! (with hysteresis) and posts alert webhooks.
+
+pub mod config;
+#[cfg(test)]
+mod tests;
+pub mod window;
+
+use crate::profile::{self, Profile};
+use config::DriftConfig;
+use flotilla_core::observe::Observer;
+use flotilla_core::repository::ModelVersion;
+use flotilla_core::{DataType, Tensor};
+use parking_lot::{Mutex, RwLock};
+use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use window::{Cell, Level, Window, WindowReport};
+
+/// Requests waiting for the aggregator; beyond this they are skipped (and counted).
+pub const CHANNEL_CAPACITY: usize = 4096;
+
+struct Observation {
+    model: Arc<ModelState>,
+    version: String,
+    inputs: Vec<Tensor>,
+    outputs: Vec<Tensor>,
+}
+
+/// A monitored model: its profile, settings, and per-version windows.
+pub struct ModelState {
+    pub name: String,
+    pub profile: Profile,
+    pub config: DriftConfig,
+    pca_columns: Vec<Option<usize>>,
+    versions: Mutex<BTreeMap<String, VersionState>>,
+}
+
+struct VersionState {
+    window: Window,
+    opened: Instant,
+    history: VecDeque<WindowReport>,
+    /// Per column (features, outputs, then `multivariate`): the alert state and the level
+    /// that has been seen `streak` windows in a row.
+    alerts: BTreeMap<String, AlertState>,
+    next_index: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+struct AlertState {
+    state: Level,
+    #[serde(skip)]
+    candidate: Level,
+    #[serde(skip)]
+    streak: u32,
+}
+
+/// An alert state change, as posted to the webhook.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertEvent {
+    pub model: String,
+    pub version: String,
+    pub feature: String,
+    pub previous: Level,
+    pub state: Level,
+    pub window: u64,
+    pub closed: String,
+    /// The metrics at or above their thresholds in the window that changed the state.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+struct Metrics {
+    score: GaugeVec,
+    alert: IntGaugeVec,
+    windows: IntCounterVec,
+    rows: IntCounterVec,
+    skipped: IntCounterVec,
+    webhook_failures: IntCounterVec,
+}
+
+impl Metrics {
+    fn new(registry: &prometheus::Registry) -> Metrics {
+        let labels = &["model", "version"];
+        let m = Metrics {
+            score: GaugeVec::new(
+                Opts::new("flotilla_drift_score", "Drift metric of the last closed window, per feature (and output)"),
+                &["model", "version", "feature", "metric"],
+            )
+            .expect("static metric"),
+            alert: flotilla_core::metrics::gauge(
+                "flotilla_drift_alert",
+                "Alert state per feature after hysteresis: 0 ok, 1 moderate, 2 significant",
+                &["model", "version", "feature"],
+            ),
+            windows: flotilla_core::metrics::counter("flotilla_drift_windows_total", "Monitoring windows closed", labels),
+            rows: flotilla_core::metrics::counter("flotilla_drift_rows_total", "Rows folded into monitoring windows", labels),
+            skipped: flotilla_core::metrics::counter(
+                "flotilla_drift_skipped_requests_total",
+                "Requests not monitored, by reason (overload: the aggregator's queue was full; shape: tensors unlike the profile's)",
+                &["model", "reason"],
+            ),
+            webhook_failures: flotilla_core::metrics::counter(
+                "flotilla_drift_webhook_failures_total",
+                "Alert webhooks given up after retries",
+                &["model"],
+            ),
+        };
+        for c in [
+            Box::new(m.score.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.alert.clone()),
+            Box::new(m.windows.clone()),
+            Box::new(m.rows.clone()),
+            Box::new(m.skipped.clone()),
+            Box::new(m.webhook_failures.clone()),
+        ] {
+            let _ = registry.register(c);
+        }
+        m
+    }
+}
+
+/// The monitor: an [`Observer`] for the service plus its background aggregator.
+pub struct Monitor {
+    repository: PathBuf,
+    models: RwLock<HashMap<String, Option<Arc<ModelState>>>>,
+    tx: mpsc::Sender<Observation>,
+    rx: Mutex<Option<mpsc::Receiver<Observation>>>,
+    metrics: Metrics,
+    http: reqwest::Client,
+}
+
+impl Monitor {
+    /// A monitor for the models of `repository` that carry a `drift_profile.json`.
+    pub fn new(repository: PathBuf, registry: &prometheus::Registry) -> Arc<Monitor> {
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        Arc::new(Monitor {
+            repository,
+            models: RwLock::new(HashMap::new()),
+            tx,
+            rx: Mutex::new(Some(rx)),
+            metrics: Metrics::new(registry),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default(),
+        })
+    }
+
+    /// The model's monitoring state (None when it has no profile), read once per model load.
+    pub fn model(&self, name: &str) -> Option<Arc<ModelState>> {
+        if let Some(m) = self.models.read().get(name) {
+            return m.clone();
+        }
+        let state = match load_model(&self.repository.join(name), name) {
+            Ok(s) => s.map(Arc::new),
+            Err(e) => {
+                tracing::error!(model = name, error = %e, "drift monitoring off for this model");
+                None
+            }
+        };
+        self.models.write().insert(name.to_string(), state.clone());
+        state
+    }
+
+    /// Queues one served request of `model`/`version` for the aggregator, without waiting:
+    /// when the queue is full the request is skipped and counted.
+    pub fn observe_tensors(&self, model: &str, version: &str, inputs: Vec<Tensor>, outputs: Vec<Tensor>) {
+        let Some(state) = self.model(model) else { return };
+        let o = Observation { model: state, version: version.to_string(), inputs, outputs };
+        if self.tx.try_send(o).is_err() {
+            self.metrics.skipped.with_label_values(&[model, "overload"]).inc();
+        }
+    }
+
+    /// Runs the aggregator until `stop` turns true (call once).
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let Some(mut rx) = self.rx.lock().take() else { return };
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                obs = rx.recv() => match obs {
+                    Some(o) => self.fold(o),
+                    None => return,
+                },
+                _ = tick.tick() => self.close_due(),
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    fn fold(&self, o: Observation) {
+        let m = &o.model;
+        let rows = match read_rows(&m.profile, &o.inputs, &o.outputs) {
+            Ok(r) => r,
+            Err(reason) => {
+                self.metrics.skipped.with_label_values(&[m.name.as_str(), "shape"]).inc();
+                tracing::debug!(model = %m.name, reason, "request not monitored");
+                return;
+            }
+        };
+        let mut versions = m.versions.lock();
+        let v = versions.entry(o.version.clone()).or_insert_with(|| VersionState::new(&m.profile));
+        let mut scratch = Vec::new();
+        for (features, outputs) in rows.iter() {
+            v.window.add_row(&m.profile, &m.pca_columns, features, outputs, &mut scratch);
+            if v.window.rows >= m.config.window_rows {
+                self.close(m, &o.version, v);
+            }
+        }
+        self.metrics.rows.with_label_values(&[m.name.as_str(), o.version.as_str()]).inc_by(rows.len() as u64);
+    }
+
+    fn close_due(&self) {
+        let models: Vec<Arc<ModelState>> = self.models.read().values().flatten().cloned().collect();
+        for m in models {
+            let Some(every) = m.config.window_time else { continue };
+            let mut versions = m.versions.lock();
+            for (version, v) in versions.iter_mut() {
+                if v.opened.elapsed() >= every && v.window.rows > 0 {
+                    self.close(&m, version, v);
+                }
+            }
+        }
+    }
+
+    /// Scores the window, moves alert states, and opens the next window.
+    fn close(&self, m: &ModelState, version: &str, v: &mut VersionState) {
+        let report = v.window.report(&m.profile, &m.config, now_ms());
+        let labels = |feature: &str, metric: &str| {
+            [m.name.clone(), version.to_string(), feature.to_string(), metric.to_string()]
+        };
+        for c in report.features.iter().chain(&report.outputs) {
+            for (metric, value) in c.scores.named() {
+                let l = labels(&c.name, metric);
+                self.metrics.score.with_label_values(&[&l[0], &l[1], &l[2], &l[3]]).set(value);
+            }
+        }
+        let mut levels: Vec<(String, Level, BTreeMap<String, f64>)> = report
+            .features
+            .iter()
+            .chain(&report.outputs)
+            .map(|c| {
+                let breached = c.scores.named().into_iter().filter(|(n, _)| c.breaches.iter().any(|b| b == n));
+                (c.name.clone(), c.level, breached.map(|(n, x)| (n.to_string(), x)).collect())
+            })
+            .collect();
+        if let Some(mv) = &report.multivariate {
+            let l = labels("multivariate", "pca_error_ratio");
+            self.metrics.score.with_label_values(&[&l[0], &l[1], &l[2], &l[3]]).set(mv.pca_error_ratio);
+            levels.push((
+                "multivariate".into(),
+                mv.level,
+                BTreeMap::from([("pca_error_ratio".into(), mv.pca_error_ratio)]),
+            ));
+        }
+        for (feature, level, metrics) in levels {
+            let a = v.alerts.entry(feature.clone()).or_default();
+            if level == a.candidate {
+                a.streak += 1;
+            } else {
+                a.candidate = level;
+                a.streak = 1;
+            }
+            if a.candidate != a.state && a.streak >= m.config.consecutive {
+                let event = AlertEvent {
+                    model: m.name.clone(),
+                    version: version.to_string(),
+                    feature: feature.clone(),
+                    previous: a.state,
+                    state: a.candidate,
+                    window: report.index,
+                    closed: report.closed.clone(),
+                    metrics,
+                };
+                a.state = a.candidate;
+                tracing::warn!(model = %m.name, version, feature, state = a.state.as_str(), previous = event.previous.as_str(), "drift alert state changed");
+                self.send_webhook(m, event);
+            }
+            self.metrics.alert.with_label_values(&[m.name.as_str(), version, feature.as_str()]).set(a.state.gauge());
+        }
+        self.metrics.windows.with_label_values(&[m.name.as_str(), version]).inc();
+        v.history.push_back(report);
+        while v.history.len() > m.config.history {
+            v.history.pop_front();
+        }
+        v.window = Window::new(&m.profile, v.next_index, now_ms());
+        v.next_index += 1;
+        v.opened = Instant::now();
+    }
+
+    fn send_webhook(&self, m: &ModelState, event: AlertEvent) {
+        let Some(url) = m.config.webhook.clone() else { return };
+        let (http, failures) = (self.http.clone(), self.metrics.webhook_failures.with_label_values(&[m.name.as_str()]));
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(250);
+            for attempt in 1..=5 {
+                match http.post(&url).json(&event).send().await {
+                    Ok(r) if r.status().is_success() => return,
+                    Ok(r) => tracing::warn!(url, attempt, status = %r.status(), "drift webhook refused"),
+                    Err(e) => tracing::warn!(url, attempt, error = %e, "drift webhook failed"),
+                }
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            failures.inc();
+        });
+    }
+
+    /// The `/v2/models/{m}/drift` document (None when the model has no profile).
+    pub fn report(&self, name: &str) -> Option<serde_json::Value> {
+        let m = self.model(name)?;
+        let versions = m.versions.lock();
+        let reference: Vec<serde_json::Value> =
+            m.profile.features.iter().chain(&m.profile.outputs).map(reference_summary).collect();
+        let per_version: Vec<serde_json::Value> = versions
+            .iter()
+            .map(|(version, v)| {
+                serde_json::json!({
+                    "version": version,
+                    "current_window": {"index": v.window.index, "opened": window::rfc3339(v.window.opened_ms), "rows": v.window.rows},
+                    "alerts": v.alerts.iter().map(|(f, a)| (f.clone(), a.state)).collect::<BTreeMap<_, _>>(),
+                    "windows": v.history.iter().rev().collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        Some(serde_json::json!({
+            "model": m.name,
+            "reference": {
+                "source": m.profile.source,
+                "created": m.profile.created,
+                "rows": m.profile.rows,
+                "columns": reference,
+            },
+            "settings": {
+                "window_rows": m.config.window_rows,
+                "window_seconds": m.config.window_time.map(|d| d.as_secs_f64()),
+                "consecutive": m.config.consecutive,
+                "thresholds": m.config.thresholds.iter().map(|(k, t)| (k.clone(), serde_json::json!({"moderate": t.moderate, "significant": t.significant}))).collect::<BTreeMap<_, _>>(),
+            },
+            "versions": per_version,
+        }))
+    }
+}
+
+impl Observer for Monitor {
+    fn wants(&self, mv: &ModelVersion) -> bool {
+        self.model(&mv.name).is_some()
+    }
+
+    fn observe(&self, mv: &ModelVersion, inputs: Vec<Tensor>, outputs: Vec<Tensor>) {
+        self.observe_tensors(&mv.name, &mv.version_str, inputs, outputs);
+    }
+
+    fn model_changed(&self, model: &str) {
+        self.models.write().remove(model);
+    }
+}
+
+impl VersionState {
+    fn new(profile: &Profile) -> VersionState {
+        VersionState {
+            window: Window::new(profile, 0, now_ms()),
+            opened: Instant::now(),
+            history: VecDeque::new(),
+            alerts: BTreeMap::new(),
+            next_index: 1,
+        }
+    }
+}
+
+/// Reads `<model folder>/drift_profile.json` and the optional `drift.toml`.
+fn load_model(folder: &std::path::Path, name: &str) -> Result<Option<ModelState>, String> {
+    let path = folder.join(profile::FILE_NAME);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let profile = Profile::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let config = match std::fs::read_to_string(folder.join(config::FILE_NAME)) {
+        Ok(t) => DriftConfig::parse(&t).map_err(|e| format!("{}: {e}", folder.display()))?,
+        Err(_) => DriftConfig::default(),
+    };
+    let pca_columns = profile
+        .multivariate
+        .as_ref()
+        .map(|m| m.features.iter().map(|f| profile.features.iter().position(|c| &c.name == f)).collect())
+        .unwrap_or_default();
+    tracing::info!(
+        model = name,
+        features = profile.features.len(),
+        outputs = profile.outputs.len(),
+        window_rows = config.window_rows,
+        "drift monitoring on"
+    );
+    Ok(Some(ModelState { name: name.to_string(), profile, config, pca_columns, versions: Mutex::new(BTreeMap::new()) }))
+}
+
+fn reference_summary(c: &profile::Column) -> serde_json::Value {
+    match &c.kind {
+        profile::ColumnKind::Numeric(r) => {
+            let s = &r.summary;
+            serde_json::json!({
+                "name": c.name, "kind": "numeric", "count": s.moments.count, "missing_rate": s.missing_rate(),
+                "mean": s.moments.mean, "std": s.moments.std(), "min": s.min, "max": s.max,
+                "bin_edges": r.bin_edges,
+            })
+        }
+        profile::ColumnKind::Categorical(s) => serde_json::json!({
+            "name": c.name, "kind": "categorical", "missing_rate": s.missing_rate(),
+            "categories": s.counts.len(), "top": s.counts.iter().max_by_key(|(_, n)| **n).map(|(k, _)| k),
+        }),
+    }
+}
+
+/// A request's rows: each row's feature cells and output cells, in the profile's column order.
+type Rows<'a> = Vec<(Vec<Cell<'a>>, Vec<Cell<'a>>)>;
+
+fn read_rows<'a>(p: &Profile, inputs: &'a [Tensor], outputs: &'a [Tensor]) -> Result<Rows<'a>, String> {
+    let ins = tensor_columns(&p.inputs, inputs)?;
+    let outs = tensor_columns(&p.output_tensors, outputs)?;
+    let batch = ins.first().or(outs.first()).map_or(0, |c| c.len());
+    if ins.iter().chain(&outs).any(|c| c.len() != batch) {
+        return Err("tensors disagree on the batch size".into());
+    }
+    Ok((0..batch)
+        .map(|r| {
+            let row = |cols: &[Vec<Cell<'a>>]| cols.iter().map(|c| c[r]).collect();
+            (row(&ins), row(&outs))
+        })
+        .collect())
+}
+
+/// The profiled columns of the named tensors, column-major.
+fn tensor_columns<'a>(specs: &[profile::TensorColumns], tensors: &'a [Tensor]) -> Result<Vec<Vec<Cell<'a>>>, String> {
+    let mut out = Vec::new();
+    for spec in specs {
+        let t = tensors.iter().find(|t| t.name == spec.tensor).ok_or_else(|| format!("no tensor '{}'", spec.tensor))?;
+        let width = spec.columns.len();
+        let rows = match t.shape.as_slice() {
+            [n, w] if *w as usize == width => *n as usize,
+            [n] if width == 1 => *n as usize,
+            [w] if *w as usize == width => 1,
+            s => return Err(format!("tensor '{}' has shape {s:?}, the profile has {width} columns", t.name)),
+        };
+        let cells = cells(t, rows * width)?;
+        for j in 0..width {
+            out.push((0..rows).map(|r| cells[r * width + j]).collect());
+        }
+    }
+    Ok(out)
+}
+
+fn cells(t: &Tensor, n: usize) -> Result<Vec<Cell<'_>>, String> {
+    let d = &t.data[..];
+    macro_rules! nums {
+        ($size:expr, $conv:expr) => {{
+            if d.len() != n * $size {
+                return Err(format!("tensor '{}': {} bytes for {n} elements", t.name, d.len()));
+            }
+            d.chunks_exact($size).map(|c| Cell::Number($conv(c))).collect()
+        }};
+    }
+    let arr = |c: &[u8], _: usize| -> [u8; 8] {
+        let mut a = [0u8; 8];
+        a[..c.len()].copy_from_slice(c);
+        a
+    };
+    Ok(match t.datatype {
+        DataType::F32 => nums!(4, |c: &[u8]| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+        DataType::F64 => nums!(8, |c: &[u8]| f64::from_le_bytes(arr(c, 8))),
+        DataType::I32 => nums!(4, |c: &[u8]| f64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+        DataType::I64 => nums!(8, |c: &[u8]| i64::from_le_bytes(arr(c, 8)) as f64),
+        DataType::Bool | DataType::U8 => nums!(1, |c: &[u8]| f64::from(c[0])),
+        DataType::Bytes => {
+            let items = flotilla_core::tensor::split_bytes_elements(d, &t.name).map_err(|e| e.message)?;
+            if items.len() != n {
+                return Err(format!("tensor '{}': {} elements, expected {n}", t.name, items.len()));
+            }
+            items.into_iter().map(|b| Cell::Text(std::str::from_utf8(b).ok())).collect()
+        }
+        other => return Err(format!("tensor '{}': {other:?} is not monitored", t.name)),
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

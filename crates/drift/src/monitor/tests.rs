@@ -1,0 +1,246 @@
+//! The aggregator: windows by count and by time (paused clock), hysteresis, overload, the
+//! false-alarm rate of the default thresholds on stable data.
+
+use super::config::DriftConfig;
+use super::window::{Cell, Level, Window};
+use super::Monitor;
+use crate::profile::{Data, Profile, TensorColumns};
+use flotilla_core::{DataType, Tensor};
+use std::time::Duration;
+
+/// Box–Muller normals from a 64-bit LCG: deterministic data without a rand dependency.
+struct Normal(u64);
+
+impl Normal {
+    fn uniform(&mut self) -> f64 {
+        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    fn next(&mut self) -> f64 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+}
+
+/// Reference: x ~ N(0, 1), y = 0.8 x + noise, output = x + y; inputs in one [batch, 2] FP32 tensor.
+fn profile(rows: usize) -> Profile {
+    let mut g = Normal(1);
+    let x: Vec<f64> = (0..rows).map(|_| g.next()).collect();
+    let y: Vec<f64> = x.iter().map(|x| 0.8 * x + 0.6 * g.next()).collect();
+    let out: Vec<f64> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
+    let inputs = vec![TensorColumns { tensor: "input__0".into(), columns: vec!["x".into(), "y".into()] }];
+    let outputs = vec![TensorColumns { tensor: "output".into(), columns: vec!["score".into()] }];
+    Profile::build(
+        "m",
+        "generated",
+        "2026-11-24T00:00:00Z",
+        (inputs, &[("x".into(), Data::Numeric(x)), ("y".into(), Data::Numeric(y))]),
+        (outputs, &[("score".into(), Data::Numeric(out))]),
+    )
+}
+
+fn f32_tensor(name: &str, shape: Vec<i64>, values: &[f64]) -> Tensor {
+    let data: Vec<u8> = values.iter().flat_map(|v| (*v as f32).to_le_bytes()).collect();
+    Tensor { name: name.into(), datatype: DataType::F32, shape, data: data.into(), parameters: Default::default() }
+}
+
+/// A request of `n` rows; `shift` moves x, `flip` turns the x–y correlation around.
+fn request(g: &mut Normal, n: usize, shift: f64, flip: bool) -> (Vec<Tensor>, Vec<Tensor>) {
+    let mut inputs = Vec::new();
+    let mut outputs = Vec::new();
+    for _ in 0..n {
+        let x = g.next();
+        let y = if flip { -0.8 * x } else { 0.8 * x } + 0.6 * g.next();
+        inputs.extend([x + shift, y]);
+        outputs.push(x + shift + y);
+    }
+    (vec![f32_tensor("input__0", vec![n as i64, 2], &inputs)], vec![f32_tensor("output", vec![n as i64, 1], &outputs)])
+}
+
+fn model_folder(config: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let folder = dir.path().join("m");
+    std::fs::create_dir(&folder).expect("mkdir");
+    std::fs::write(folder.join(crate::profile::FILE_NAME), profile(20_000).to_json()).expect("profile");
+    std::fs::write(folder.join(super::config::FILE_NAME), config).expect("config");
+    dir
+}
+
+fn report(monitor: &Monitor) -> serde_json::Value {
+    monitor.report("m").expect("monitored")
+}
+
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn windows_close_by_count_and_alerts_need_consecutive_windows() {
+    let dir = model_folder("[window]\nrows = 500\nseconds = 0\n[alerts]\nconsecutive = 2\n");
+    let registry = prometheus::Registry::new();
+    let monitor = Monitor::new(dir.path().to_path_buf(), &registry);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(monitor.clone().run(stop));
+    let mut g = Normal(99);
+    for _ in 0..10 {
+        let (i, o) = request(&mut g, 100, 0.0, false);
+        monitor.observe_tensors("m", "1", i, o);
+    }
+    settle().await;
+    let r = report(&monitor);
+    let v = &r["versions"][0];
+    assert_eq!(v["windows"].as_array().expect("windows").len(), 2, "{v}");
+    assert!(v["alerts"].as_object().expect("alerts").values().all(|s| s == "ok"), "{v}");
+    // One shifted window: seen, but not yet an alert (hysteresis).
+    for _ in 0..5 {
+        let (i, o) = request(&mut g, 100, 2.0, false);
+        monitor.observe_tensors("m", "1", i, o);
+    }
+    settle().await;
+    let r = report(&monitor);
+    let last = &r["versions"][0]["windows"][0];
+    assert_eq!(last["features"][0]["level"], "significant", "{last}");
+    assert_eq!(r["versions"][0]["alerts"]["x"], "ok");
+    for _ in 0..5 {
+        let (i, o) = request(&mut g, 100, 2.0, false);
+        monitor.observe_tensors("m", "1", i, o);
+    }
+    settle().await;
+    let r = report(&monitor);
+    assert_eq!(r["versions"][0]["alerts"]["x"], "significant", "{r}");
+    assert_eq!(r["versions"][0]["alerts"]["score"], "significant", "prediction drift too");
+    assert_eq!(r["versions"][0]["alerts"]["y"], "ok", "y did not move");
+    let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).expect("encode");
+    assert!(text.contains(r#"flotilla_drift_alert{feature="x",model="m",version="1"} 2"#), "{text}");
+    assert!(text.contains(r#"flotilla_drift_score{feature="x",metric="psi",model="m",version="1"}"#));
+    stop_tx.send(true).expect("stop");
+    task.await.expect("aggregator");
+}
+
+#[tokio::test(start_paused = true)]
+async fn windows_close_by_time_and_a_correlated_shift_is_caught() {
+    let dir = model_folder("[window]\nrows = 1000000\nseconds = 10\n[alerts]\nconsecutive = 1\n");
+    let registry = prometheus::Registry::new();
+    let monitor = Monitor::new(dir.path().to_path_buf(), &registry);
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(monitor.clone().run(stop));
+    let mut g = Normal(5);
+    let (i, o) = request(&mut g, 2000, 0.0, true);
+    monitor.observe_tensors("m", "1", i, o);
+    settle().await;
+    assert_eq!(report(&monitor)["versions"][0]["windows"].as_array().expect("w").len(), 0);
+    tokio::time::advance(Duration::from_secs(11)).await;
+    settle().await;
+    let r = report(&monitor);
+    let w = &r["versions"][0]["windows"][0];
+    assert_eq!(w["rows"], 2000);
+    assert_eq!(w["multivariate"]["level"], "significant", "{w}");
+    assert_eq!(r["versions"][0]["alerts"]["multivariate"], "significant");
+    // the marginals barely moved
+    for f in 0..2 {
+        assert!(w["features"][f]["scores"]["ks"].as_f64().expect("ks") < 0.1, "{w}");
+    }
+}
+
+#[test]
+fn requests_unlike_the_profile_are_skipped_and_counted_not_panicking() {
+    let dir = model_folder("");
+    let registry = prometheus::Registry::new();
+    let monitor = Monitor::new(dir.path().to_path_buf(), &registry);
+    let state = monitor.model("m").expect("profile");
+    let bad = [
+        vec![f32_tensor("input__0", vec![2, 3], &[0.0; 6])],
+        vec![f32_tensor("other", vec![1, 2], &[0.0; 2])],
+        vec![Tensor {
+            name: "input__0".into(),
+            datatype: DataType::F32,
+            shape: vec![1, 2],
+            data: vec![0u8; 5].into(),
+            parameters: Default::default(),
+        }],
+        vec![Tensor {
+            name: "input__0".into(),
+            datatype: DataType::Bytes,
+            shape: vec![1, 2],
+            data: vec![9u8, 0, 0].into(),
+            parameters: Default::default(),
+        }],
+    ];
+    for inputs in bad {
+        let o = super::Observation {
+            model: state.clone(),
+            version: "1".into(),
+            inputs,
+            outputs: vec![f32_tensor("output", vec![1, 1], &[0.0])],
+        };
+        monitor.fold(o);
+    }
+    let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).expect("encode");
+    assert!(text.contains(r#"flotilla_drift_skipped_requests_total{model="m",reason="shape"} 4"#), "{text}");
+}
+
+#[test]
+fn overload_skips_and_counts_instead_of_waiting() {
+    let dir = model_folder("");
+    let registry = prometheus::Registry::new();
+    let monitor = Monitor::new(dir.path().to_path_buf(), &registry);
+    let mut g = Normal(3);
+    // no aggregator running: the queue fills, then requests are skipped
+    for _ in 0..super::CHANNEL_CAPACITY + 10 {
+        let (i, o) = request(&mut g, 1, 0.0, false);
+        monitor.observe_tensors("m", "1", i, o);
+    }
+    let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).expect("encode");
+    assert!(text.contains(r#"flotilla_drift_skipped_requests_total{model="m",reason="overload"} 10"#), "{text}");
+}
+
+#[test]
+fn a_thousand_stable_windows_raise_no_alert() {
+    let p = profile(20_000);
+    let config = DriftConfig::default();
+    let mut g = Normal(2024);
+    let pca_columns = vec![Some(0), Some(1)];
+    let (mut noisy_windows, mut streak, mut alerts) = (0, 0, 0);
+    let mut scratch = Vec::new();
+    for index in 0..1000 {
+        let mut w = Window::new(&p, index, 0);
+        for _ in 0..config.window_rows {
+            let x = g.next();
+            let y = 0.8 * x + 0.6 * g.next();
+            w.add_row(&p, &pca_columns, &[Cell::Number(x), Cell::Number(y)], &[Cell::Number(x + y)], &mut scratch);
+        }
+        let r = w.report(&p, &config, 0);
+        let worst = r.features.iter().chain(&r.outputs).map(|c| c.level).chain(r.multivariate.map(|m| m.level)).max();
+        if worst > Some(Level::Ok) {
+            noisy_windows += 1;
+            streak += 1;
+            if streak == config.consecutive {
+                alerts += 1;
+            }
+        } else {
+            streak = 0;
+        }
+    }
+    eprintln!("stable data: {noisy_windows} of 1000 windows over a moderate threshold, {alerts} alerts");
+    assert_eq!(alerts, 0, "{noisy_windows} noisy windows");
+    assert!(noisy_windows <= 10, "false-alarm rate per window {noisy_windows}/1000");
+}
+
+#[test]
+fn drift_toml_errors_are_clear() {
+    assert!(DriftConfig::parse("[window]\nrows = 0").unwrap_err().contains("window.rows must be > 0"));
+    assert!(DriftConfig::parse("[thresholds.psy]\nmoderate = 1\nsignificant = 2")
+        .unwrap_err()
+        .contains("unknown metric 'psy'"));
+    assert!(DriftConfig::parse("[thresholds.psi]\nmoderate = 3\nsignificant = 2")
+        .unwrap_err()
+        .contains("moderate must be <="));
+    assert!(DriftConfig::parse("[windw]\n").unwrap_err().contains("unknown field"));
+    let c = DriftConfig::parse("[window]\nrows = 10\nseconds = 0\n[thresholds.ks]\nmoderate = 0.3\nsignificant = 0.5")
+        .expect("ok");
+    assert_eq!((c.window_rows, c.window_time), (10, None));
+    assert_eq!(c.thresholds["ks"].moderate, 0.3);
+}
