@@ -11,7 +11,8 @@
                features, with NO config.pbtxt: Flotilla recognises model.txt and
                completes the configuration (input__0 FP32 [12], output__0 = score).
 
-Feature order is in each folder's features.txt. Run with the test venv:
+Feature order is in each folder's features.txt. fraud_xgb's training data goes to
+examples/drift/fraud_train.parquet (the drift reference: `flotilla profile`). Run with the test venv:
 .venv/bin/python scripts/make_tree_examples.py (xgboost-cpu, lightgbm, numpy).
 Output is deterministic.
 """
@@ -19,6 +20,8 @@ import pathlib
 
 import lightgbm as lgb
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import xgboost as xgb
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "examples" / "repository"
@@ -54,8 +57,8 @@ parameters { key: "model_type" value { string_value: "xgboost_json" } }
 '''
 
 
-def fraud(rng):
-    n = 20000
+def fraud_features(rng, n):
+    """The fraud example's feature matrix (with its missing values) and labels."""
     amount = rng.lognormal(3.5, 1.2, n)
     hour = rng.integers(0, 24, n).astype(float)
     mcc = rng.integers(0, 12, n).astype(float)
@@ -73,6 +76,15 @@ def fraud(rng):
     # Missing values: distance unknown for 15% of rows, 30-day average for new cards.
     X[rng.random(n) < 0.15, 7] = np.nan
     X[card_age < 30, 6] = np.nan
+    return X, y
+
+
+def fraud(rng):
+    X, y = fraud_features(rng, 20000)
+    # The training data, for `flotilla profile` (drift reference) and the drift example.
+    table = pa.table({name: X[:, j] for j, name in enumerate(FRAUD_FEATURES)} | {"is_fraud": y})
+    (ROOT.parent / "drift").mkdir(exist_ok=True)
+    pq.write_table(table, ROOT.parent / "drift" / "fraud_train.parquet", compression="zstd")
     dm = xgb.DMatrix(X, label=y, feature_names=FRAUD_FEATURES, feature_types=FRAUD_TYPES, enable_categorical=True)
     params = {"objective": "binary:logistic", "max_depth": 5, "eta": 0.1, "tree_method": "hist",
               "max_cat_to_onehot": 1, "nthread": 1, "seed": 0}

@@ -138,6 +138,20 @@ pub async fn model_stats_v(State(s): State<AppState>, Path((m, v)): Path<(String
     Ok(stats_json(s.service.statistics(&m, &v)?))
 }
 
+/// Drift monitoring of a model: reference summary, settings, alert states, recent windows.
+pub async fn model_drift(State(s): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>> {
+    s.service.repository.model(&model)?;
+    let Some(monitor) = &s.options.drift else {
+        return Err(Error::not_found("drift monitoring is off (serve --drift-monitoring true turns it on)").into());
+    };
+    monitor.report(&model).map(Json).ok_or_else(|| {
+        Error::not_found(format!(
+            "model '{model}' has no drift profile: build one with `flotilla profile --model {model} --data <training data>`"
+        ))
+        .into()
+    })
+}
+
 pub async fn infer(State(s): State<AppState>, Path(model): Path<String>, headers: HeaderMap, body: Body) -> Response {
     infer_inner(s, model, String::new(), headers, body).await.unwrap_or_else(|e| e.into_response())
 }

@@ -28,6 +28,8 @@ pub struct HttpOptions {
     pub max_request_bytes: usize,
     /// The feature store behind Feast's `/get-online-features` and `/push`, when one is open.
     pub features: Option<Arc<flotilla_features::FeatureStore>>,
+    /// Drift monitoring behind `GET /v2/models/{m}/drift`, when it is on.
+    pub drift: Option<Arc<flotilla_drift::monitor::Monitor>>,
 }
 
 #[derive(Clone)]
@@ -76,6 +78,7 @@ pub fn router(service: Arc<Service>, options: HttpOptions) -> Router {
         .route("/v2/models/{model}/versions/{version}/config", get(model_config_v))
         .route("/v2/models/{model}/stats", get(model_stats))
         .route("/v2/models/{model}/versions/{version}/stats", get(model_stats_v))
+        .route("/v2/models/{model}/drift", get(model_drift))
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
         .route("/v2/repository/index", post(repository_index))

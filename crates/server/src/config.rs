@@ -20,6 +20,34 @@ pub enum Command {
     /// The feature store: ingest batch files, consume streams, build training sets.
     #[command(subcommand)]
     Features(FeaturesCommand),
+    /// Build a model's drift reference profile from its training data (written into its folder).
+    Profile(ProfileArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProfileArgs {
+    /// The model repository holding the model.
+    #[arg(long, env = "FLOTILLA_MODEL_REPOSITORY", default_value = "examples/repository")]
+    pub model_repository: PathBuf,
+    /// The model to profile.
+    #[arg(long)]
+    pub model: String,
+    /// Training data: Parquet or CSV with one column per feature.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The data columns that make the model's (single) 2-D input, in order. Default: the model
+    /// folder's features.txt (one name per line), else its features.toml's feature names.
+    #[arg(long, value_delimiter = ',')]
+    pub columns: Vec<String>,
+    /// For models with several inputs: `--input NAME=col1,col2,...`, once per input.
+    #[arg(long = "input", conflicts_with = "columns")]
+    pub inputs: Vec<String>,
+    /// At most this many rows (the first ones) are profiled.
+    #[arg(long)]
+    pub max_rows: Option<usize>,
+    /// Where to write the profile. Default: <model folder>/drift_profile.json.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// Where the feature store's declarations and online data are.
@@ -216,6 +244,11 @@ pub struct ServeConfig {
     /// Consume the streams the feature views declare while serving.
     #[arg(long, env = "FLOTILLA_CONSUME_STREAMS", default_value_t = true, action = ArgAction::Set)]
     pub consume_streams: bool,
+
+    /// Watch the inputs and outputs of models whose folder has a drift_profile.json (made by
+    /// `flotilla profile`): windows, drift scores, alerts, GET /v2/models/{m}/drift.
+    #[arg(long, env = "FLOTILLA_DRIFT_MONITORING", default_value_t = true, action = ArgAction::Set)]
+    pub drift_monitoring: bool,
 
     /// ONNX Runtime shared library (libonnxruntime.so) that runs ONNX models; `none` leaves them to tract.
     /// Unset: ORT_DYLIB_PATH, else the onnxruntime Python wheel in $VIRTUAL_ENV or ./.venv, else tract (with a warning).

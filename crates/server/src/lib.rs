@@ -10,12 +10,14 @@
 //! - `flotilla-tract`: the ONNX engine in pure Rust (when ONNX Runtime is absent, or `backend: "tract"`).
 //! - `flotilla-text`: text models (tokenizer.json + ONNX encoder): strings in, embeddings or logits out.
 //! - `flotilla-features`: the feature store (online store, ingestion, enrichment, training sets).
+//! - `flotilla-drift`: drift monitoring (reference profiles, windows, drift scores, alerts).
 //! - `flotilla-proto`: protocol and model-config messages (built with protox).
 //! - this crate: the CLI ([`config`]) and [`run`], which wires everything and drains on shutdown.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod features_cli;
+pub mod profile_cli;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
@@ -23,8 +25,10 @@ use config::{ControlModeArg, ServeConfig};
 use flotilla_core::engine::{AutocompleteOptions, Backend};
 use flotilla_core::enrich::Enricher;
 use flotilla_core::metrics::Metrics;
+use flotilla_core::observe::Observer;
 use flotilla_core::repository::{ControlMode, LoadSettings, Repository};
 use flotilla_core::service::{Service, ServiceOptions};
+use flotilla_drift::monitor::Monitor;
 use flotilla_features::enrich::Enrichment;
 use flotilla_features::FeatureStore;
 use std::future::Future;
@@ -112,9 +116,10 @@ pub async fn open_features(config: &ServeConfig, metrics: &Metrics) -> anyhow::R
 
 /// Builds the service: repository (with its initial loads), metrics and, when there is a
 /// feature repository, the feature store that enriches requests.
-pub async fn build_service(config: &ServeConfig) -> anyhow::Result<(Arc<Service>, Option<Arc<FeatureStore>>)> {
+pub async fn build_service(config: &ServeConfig) -> anyhow::Result<Built> {
     let metrics = Metrics::new();
     let features = open_features(config, &metrics).await?;
+    let drift = config.drift_monitoring.then(|| Monitor::new(config.model_repository.clone(), &metrics.registry));
     let enrichment = features.as_ref().map(|f| Arc::new(Enrichment::new(f.clone(), config.model_repository.clone())));
     let mode = match config.model_control_mode {
         ControlModeArg::None => ControlMode::None,
@@ -132,6 +137,7 @@ pub async fn build_service(config: &ServeConfig) -> anyhow::Result<(Arc<Service>
     };
     let ready = metrics.model_ready.clone();
     let hook_enrichment = enrichment.clone();
+    let hook_drift = drift.clone();
     let repository = Repository::new(config.model_repository.clone(), mode, settings).with_change_hook(
         move |model, versions, up| {
             for v in versions {
@@ -139,6 +145,9 @@ pub async fn build_service(config: &ServeConfig) -> anyhow::Result<(Arc<Service>
             }
             if let Some(e) = &hook_enrichment {
                 e.model_changed(model);
+            }
+            if let Some(d) = &hook_drift {
+                d.model_changed(model);
             }
         },
     );
@@ -155,14 +164,24 @@ pub async fn build_service(config: &ServeConfig) -> anyhow::Result<(Arc<Service>
     if let Some(e) = enrichment {
         service = service.with_enricher(e);
     }
-    Ok((Arc::new(service), features))
+    if let Some(d) = &drift {
+        service = service.with_observer(d.clone());
+    }
+    Ok(Built { service: Arc::new(service), features, drift })
+}
+
+/// What [`build_service`] makes: the service and the optional parts beside it.
+pub struct Built {
+    pub service: Arc<Service>,
+    pub features: Option<Arc<FeatureStore>>,
+    pub drift: Option<Arc<Monitor>>,
 }
 
 /// Runs the server until `shutdown` completes, then drains: readiness turns
 /// false, listeners stop accepting, in-flight requests finish (up to
 /// `--exit-timeout-secs`).
 pub async fn run(config: ServeConfig, listeners: Listeners, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let (service, features) = build_service(&config).await?;
+    let Built { service, features, drift } = build_service(&config).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -182,7 +201,11 @@ pub async fn run(config: ServeConfig, listeners: Listeners, shutdown: impl Futur
     let mut tasks = tokio::task::JoinSet::new();
     let http_router = flotilla_http::router(
         service.clone(),
-        flotilla_http::HttpOptions { max_request_bytes: config.max_request_bytes, features: features.clone() },
+        flotilla_http::HttpOptions {
+            max_request_bytes: config.max_request_bytes,
+            features: features.clone(),
+            drift: drift.clone(),
+        },
     );
     // No Nagle delay on small responses (headers and body may leave in separate writes).
     let http_listener = listeners.http.tap_io(|tcp| {
@@ -214,6 +237,14 @@ pub async fn run(config: ServeConfig, listeners: Listeners, shutdown: impl Futur
         );
         let server = axum::serve(listener, router).with_graceful_shutdown(stopped());
         tasks.spawn(async move { server.await.context("metrics server") });
+    }
+
+    if let Some(monitor) = drift.clone() {
+        let stop = stop_tx.subscribe();
+        tasks.spawn(async move {
+            monitor.run(stop).await;
+            Ok(())
+        });
     }
 
     if let Some(store) = features.clone().filter(|_| config.consume_streams) {

@@ -62,5 +62,10 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
             flotilla::features_cli::run(command, shutdown_signal()).await
         }
+        Command::Profile(args) => {
+            let filter = EnvFilter::try_from_env("FLOTILLA_LOG_LEVEL").unwrap_or_else(|_| EnvFilter::new("warn"));
+            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+            flotilla::profile_cli::run(args).await
+        }
     }
 }

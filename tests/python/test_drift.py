@@ -1,0 +1,162 @@
+"""Drift monitoring, black-box: `flotilla profile` on the example's training data, then the real
+server under normal and shifted traffic from tritonclient: /v2/models/{m}/drift, the Prometheus
+gauges and the alert webhook (a real HTTP receiver)."""
+import http.server
+import json
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import requests
+import tritonclient.http as httpclient
+
+from conftest import BIN, ROOT, Server
+
+TRAIN = ROOT / "examples" / "drift" / "fraud_train.parquet"
+FEATURES = ["amount", "hour", "merchant_category", "country", "card_age_days", "txn_count_1h",
+            "avg_amount_30d", "distance_km"]
+
+
+def profile(*args, check=True):
+    p = subprocess.run([BIN, "profile", *args], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    if check and p.returncode != 0:
+        raise AssertionError(f"flotilla profile failed:\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+class Receiver:
+    """An HTTP server that records the JSON bodies POSTed to it."""
+
+    def __init__(self):
+        self.events = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["content-length"]))
+                outer.events.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/alerts"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+
+
+def wait_for(predicate, timeout=30, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def send(client, rows):
+    for start in range(0, len(rows), 50):
+        batch = rows[start:start + 50]
+        t = httpclient.InferInput("input__0", list(batch.shape), "FP32")
+        t.set_data_from_numpy(batch, binary_data=True)
+        client.infer("fraud_xgb", [t])
+
+
+def drift(server, model="fraud_xgb"):
+    return requests.get(f"http://127.0.0.1:{server.http_port}/v2/models/{model}/drift", timeout=10)
+
+
+def test_profile_then_alert_on_shifted_traffic_with_webhook(repo_copy):
+    out = profile("--model-repository", str(repo_copy), "--model", "fraud_xgb", "--data", str(TRAIN)).stdout
+    assert "fraud_xgb: 20000 rows, 8 features, 2 outputs" in out, out
+    doc = json.loads((repo_copy / "fraud_xgb" / "drift_profile.json").read_text())
+    assert doc["format"] == "flotilla-drift-profile" and doc["version"] == 1
+    assert [c["name"] for c in doc["features"]] == FEATURES
+    receiver = Receiver()
+    (repo_copy / "fraud_xgb" / "drift.toml").write_text(
+        f'[window]\nrows = 500\nseconds = 0\n[alerts]\nconsecutive = 2\nwebhook = "{receiver.url}"\n')
+    s = Server(repo_copy, "--feature-repo", "none")
+    try:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{s.http_port}")
+        table = pq.read_table(TRAIN, columns=FEATURES)
+        normal = np.column_stack([table.column(f).to_numpy(zero_copy_only=False) for f in FEATURES]).astype(np.float32)
+        rng = np.random.default_rng(7)
+        send(client, normal[rng.choice(len(normal), 2000)])
+        r = wait_for(lambda: len(drift(s).json()["versions"][0]["windows"]) == 4 and drift(s).json(), what="4 windows")
+        v = r["versions"][0]
+        assert set(v["alerts"].values()) == {"ok"}, v["alerts"]
+        assert r["reference"]["rows"] == 20000 and r["settings"]["window_rows"] == 500
+        psi_amount = v["windows"][0]["features"][0]["scores"]["psi"]
+        assert psi_amount < 0.1, psi_amount
+        assert receiver.events == []
+        # Shifted traffic: amounts five times larger, distances 100 km further.
+        shifted = normal[rng.choice(len(normal), 1000)].copy()
+        shifted[:, 0] *= 5
+        shifted[:, 7] += 100
+        send(client, shifted)
+        r = wait_for(lambda: drift(s).json()["versions"][0]["alerts"].get("amount") == "significant" and drift(s).json(),
+                     what="the amount alert")
+        v = r["versions"][0]
+        assert v["alerts"]["distance_km"] == "significant"
+        assert v["alerts"]["hour"] == "ok", "an unshifted feature stays quiet"
+        latest = v["windows"][0]
+        amount = next(f for f in latest["features"] if f["name"] == "amount")
+        assert amount["scores"]["psi"] > 0.25 and amount["scores"]["ks"] > 0.2 and "psi" in amount["breaches"]
+        events = wait_for(lambda: [e for e in receiver.events if e["feature"] == "amount"], what="the webhook")
+        assert len(events) == 1, "one alert per feature per state change"
+        e = events[0]
+        assert (e["model"], e["version"], e["previous"], e["state"]) == ("fraud_xgb", "1", "ok", "significant")
+        assert e["metrics"]["psi"] > 0.25
+        metrics = requests.get(f"http://127.0.0.1:{s.metrics_port}/metrics", timeout=5).text
+        assert 'flotilla_drift_alert{feature="amount",model="fraud_xgb",version="1"} 2' in metrics
+        assert 'flotilla_drift_score{feature="amount",metric="psi",model="fraud_xgb",version="1"}' in metrics
+        assert 'flotilla_drift_rows_total{model="fraud_xgb",version="1"} 3000' in metrics
+    finally:
+        receiver.stop()
+        assert s.stop() == 0, s.log()
+
+
+def test_drift_endpoint_errors_are_clear(server):
+    r = drift(server, "mlp_iris")
+    assert r.status_code == 404 and "has no drift profile" in r.json()["error"] and "flotilla profile" in r.json()["error"]
+    r = drift(server, "nope")
+    assert r.status_code == 404 and "nope" in r.json()["error"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--columns", "amount,hour"], "has 8 columns; 2 names given"),
+    (["--columns", "amount,hour,merchant_category,country,card_age_days,txn_count_1h,avg_amount_30d,nope"],
+     "column 'nope' is missing"),
+    (["--input", "input__9=amount"], "the model has no input 'input__9'"),
+    (["--data", "/nonexistent.parquet"], "cannot open"),
+])
+def test_profile_rejects_bad_arguments_clearly(repo_copy, args, message):
+    base = ["--model-repository", str(repo_copy), "--model", "fraud_xgb"]
+    if "--data" not in args:
+        base += ["--data", str(TRAIN)]
+    p = profile(*base, *args, check=False)
+    assert p.returncode != 0 and message in p.stderr, p.stderr
+    p = profile("--model-repository", str(repo_copy), "--model", "nope", "--data", str(TRAIN), check=False)
+    assert p.returncode != 0 and "no model 'nope'" in p.stderr
+
+
+def test_a_bad_profile_turns_monitoring_off_for_that_model_only(repo_copy):
+    (repo_copy / "fraud_xgb" / "drift_profile.json").write_text('{"format": "flotilla-drift-profile", "version": 7}')
+    s = Server(repo_copy, "--feature-repo", "none")
+    try:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{s.http_port}")
+        t = httpclient.InferInput("input__0", [1, 8], "FP32")
+        t.set_data_from_numpy(np.ones((1, 8), np.float32))
+        assert client.infer("fraud_xgb", [t]).as_numpy("output__0").shape == (1, 1)
+        assert "version Some(7) is not supported" in s.log()
+        assert drift(s).status_code == 404
+    finally:
+        assert s.stop() == 0, s.log()
