@@ -28,14 +28,14 @@ pub struct Threshold {
     pub significant: f64,
 }
 
-/// Defaults: PSI's customary 0.1 / 0.25; distances set so that stable data of a 1,000-row window
+/// Defaults: PSI's customary 0.1 / 0.25; distances set so that stable data in a 500-row window
 /// stays well below them (measured in the tests: 1,000 stable windows, no alert).
 pub fn default_thresholds() -> BTreeMap<String, Threshold> {
     let t = |m, s| Threshold { moderate: m, significant: s };
     BTreeMap::from([
         ("psi".into(), t(0.1, 0.25)),
-        ("jensen_shannon".into(), t(0.1, 0.2)),
-        ("wasserstein".into(), t(0.2, 0.4)),
+        ("jensen_shannon".into(), t(0.15, 0.3)),
+        ("wasserstein".into(), t(0.25, 0.5)),
         ("ks".into(), t(0.1, 0.2)),
         ("missing_rate_change".into(), t(0.05, 0.2)),
         ("out_of_range_rate".into(), t(0.02, 0.1)),
