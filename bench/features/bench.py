@@ -440,7 +440,8 @@ FEAST_ENGINES = [("feast", "duckdb"), ("feast_file", "file")]
 
 def section_training(args, res):
     scales = [("tiny", 10_000, 100_000)] if args.smoke else [("small", 100_000, 1_000_000), ("full", 1_000_000, 10_000_000)]
-    res["training"] = out = {"ttl_hours": TRAIN_TTL_H, "features": [n for n, _ in TRAIN_FEATURES], "scales": []}
+    res["training"] = out = {"ttl_hours": TRAIN_TTL_H, "features": [n for n, _ in TRAIN_FEATURES], "scales": [],
+                             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     feast_small_s = {}
     for name, n_ent, n_feat in scales:
         work = WORK / f"training-{name}"
@@ -719,6 +720,9 @@ def write_report(res, path_md, path_json):
     if "training" in res:
         t = res["training"]
         L += ["", "## 4. Point-in-time training sets", "",
+              *([f"(This section: `bench/features/run.sh --only training`, run {t['date']}, merged into this report "
+                 "with `bench/features/bench.py --merge-training features-smoke.json`.)", ""]
+                if t.get("date") and t["date"] != res["date"] else []),
               f"One view `txn_stats` (key int64, {len(t['features'])} features: 3 float32, 1 float64, 1 int64; ttl {t['ttl_hours']}h; "
               "created timestamp column), feature rows over 30 days for (feature rows / 100) keys, 1% restatements "
               "(same key and event time, later created), 2% null f_a; entity rows: 80% random times, 10% exactly at a "
@@ -767,6 +771,11 @@ def write_report(res, path_md, path_json):
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         return worker(sys.argv[2], sys.argv[3])
+    if len(sys.argv) > 2 and sys.argv[1] == "--merge-training":  # a later training-only run into the report
+        res = json.loads((ROOT / "bench" / "results" / "features.json").read_text())
+        res["training"] = json.loads((WORK / sys.argv[2]).read_text())["training"]
+        res["targets"] = targets(res)
+        return write_report(res, ROOT / "bench" / "results" / "features.md", ROOT / "bench" / "results" / "features.json")
     if len(sys.argv) > 1 and sys.argv[1] == "--report-only":  # rewrite features.md from features.json
         res = json.loads((ROOT / "bench" / "results" / "features.json").read_text())
         return write_report(res, ROOT / "bench" / "results" / "features.md", ROOT / "bench" / "results" / "features.json")

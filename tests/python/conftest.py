@@ -24,6 +24,17 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_for(predicate, timeout=60, what="condition", every=0.2):
+    """Polls `predicate` until it returns something true (returned), or fails after `timeout` s."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 class Server:
     """A running `flotilla serve`; ports come from its own `listening` log line."""
 

@@ -17,6 +17,11 @@ TANSU = pathlib.Path(os.environ.get(
     "FLOTILLA_TANSU", pathlib.Path.home() / ".cache" / "flotilla" / "tansu" / "bin" / "tansu"))
 
 
+def declaration(**settings):
+    """A feature view's `stream = { ... }` line."""
+    return "stream = { " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in settings.items()) + " }"
+
+
 def encode(payload):
     return payload if isinstance(payload, bytes) else json.dumps(payload).encode()
 
@@ -32,8 +37,7 @@ class NatsSource:
         self.dead_letter = f"{self.subject}.dead_letter"
 
     def decl(self, **extra):
-        more = "".join(f", {k} = {json.dumps(v)}" for k, v in extra.items())
-        return f'stream = {{ type = "nats", subject = "{self.subject}", stream = "{self.stream}"{more} }}'
+        return declaration(type="nats", subject=self.subject, stream=self.stream, **extra)
 
     def publish(self, payloads):
         async def go():
@@ -132,9 +136,7 @@ class KafkaSource:
         self.dead_letter = f"{self.topic}.dead_letter"
 
     def decl(self, **extra):
-        more = "".join(f", {k} = {json.dumps(v)}" for k, v in extra.items())
-        return (f'stream = {{ type = "kafka", brokers = "{self.broker}", topic = "{self.topic}", '
-                f'group = "{self.group}"{more} }}')
+        return declaration(type="kafka", brokers=self.broker, topic=self.topic, group=self.group, **extra)
 
     def publish(self, payloads):
         from confluent_kafka import Producer

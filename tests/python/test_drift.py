@@ -5,7 +5,6 @@ import http.server
 import json
 import subprocess
 import threading
-import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -13,7 +12,7 @@ import pytest
 import requests
 import tritonclient.http as httpclient
 
-from conftest import BIN, ROOT, Server
+from conftest import BIN, ROOT, Server, wait_for
 
 TRAIN = ROOT / "examples" / "drift" / "fraud_train.parquet"
 FEATURES = ["amount", "hour", "merchant_category", "country", "card_age_days", "txn_count_1h",
@@ -50,16 +49,6 @@ class Receiver:
 
     def stop(self):
         self.server.shutdown()
-
-
-def wait_for(predicate, timeout=30, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def send(client, rows):

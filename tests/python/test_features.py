@@ -20,7 +20,7 @@ import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from conftest import BIN, EXAMPLES, ROOT, Server
+from conftest import BIN, EXAMPLES, ROOT, Server, wait_for
 from streams import KafkaBroker, KafkaSource, NatsSource
 
 FEATURES = ROOT / "examples" / "features"
@@ -53,16 +53,6 @@ def online(server, features, entities, **extra):
 def column(response, name):
     i = response["metadata"]["feature_names"].index(name)
     return response["results"][i]
-
-
-def wait_for(predicate, timeout=60, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 TXN_VIEW = """
