@@ -54,6 +54,8 @@ class Server:
         # Each server gets its own embedded online store (one process may hold a redb file).
         self.store_dir = tempfile.mkdtemp(prefix="flotilla-online-")
         environ["FLOTILLA_ONLINE_STORE"] = f"embedded:{self.store_dir}/online.redb"
+        # ... and its own drift snapshots (windows survive a restart of the same server folder).
+        environ["FLOTILLA_DRIFT_STATE_DIR"] = f"{self.store_dir}/drift"
         # Stream consumers only where a test asks for them (env={"FLOTILLA_CONSUME_STREAMS": "true"}).
         environ["FLOTILLA_CONSUME_STREAMS"] = "false"
         for key, value in (env or {}).items():

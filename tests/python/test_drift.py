@@ -149,3 +149,23 @@ def test_a_bad_profile_turns_monitoring_off_for_that_model_only(repo_copy):
         assert drift(s).status_code == 404
     finally:
         assert s.stop() == 0, s.log()
+
+
+def test_windows_survive_a_restart(repo_copy, tmp_path):
+    (repo_copy / "fraud_xgb" / "drift.toml").write_text("[window]\nrows = 500\nseconds = 0\n")
+    env = {"FLOTILLA_DRIFT_STATE_DIR": str(tmp_path / "drift")}
+    rows = np.ones((600, 8), np.float32)
+    s = Server(repo_copy, "--feature-repo", "none", env=env)
+    try:
+        send(httpclient.InferenceServerClient(f"127.0.0.1:{s.http_port}"), rows)
+        wait_for(lambda: drift(s).json()["versions"][0]["current_window"]["rows"] == 100, what="the rows folded")
+    finally:
+        assert s.stop() == 0, s.log()
+    assert (tmp_path / "drift" / "fraud_xgb.json").exists()
+    s = Server(repo_copy, "--feature-repo", "none", env=env)
+    try:
+        v = drift(s).json()["versions"][0]
+        assert len(v["windows"]) == 1 and v["windows"][0]["rows"] == 500
+        assert v["current_window"] == {**v["current_window"], "index": 1, "rows": 100}
+    finally:
+        assert s.stop() == 0, s.log()

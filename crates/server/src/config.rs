@@ -250,6 +250,10 @@ pub struct ServeConfig {
     #[arg(long, env = "FLOTILLA_DRIFT_MONITORING", default_value_t = true, action = ArgAction::Set)]
     pub drift_monitoring: bool,
 
+    /// Where drift windows and alert states are kept across restarts (`<dir>/<model>.json`); `none` = not kept.
+    #[arg(long, env = "FLOTILLA_DRIFT_STATE_DIR", default_value = ".flotilla/drift")]
+    pub drift_state_dir: PathBuf,
+
     /// ONNX Runtime shared library (libonnxruntime.so) that runs ONNX models; `none` leaves them to tract.
     /// Unset: ORT_DYLIB_PATH, else the onnxruntime Python wheel in $VIRTUAL_ENV or ./.venv, else tract (with a warning).
     #[arg(long, env = "FLOTILLA_ONNXRUNTIME_LIB")]

@@ -16,7 +16,7 @@ use flotilla_core::repository::ModelVersion;
 use flotilla_core::{DataType, Tensor};
 use parking_lot::{Mutex, RwLock};
 use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -54,12 +54,10 @@ struct VersionState {
     next_index: u64,
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 struct AlertState {
     state: Level,
-    #[serde(skip)]
     candidate: Level,
-    #[serde(skip)]
     streak: u32,
 }
 
@@ -130,6 +128,8 @@ impl Metrics {
 /// The monitor: an [`Observer`] for the service plus its background aggregator.
 pub struct Monitor {
     repository: PathBuf,
+    /// Where each model's windows are snapshotted (`<dir>/<model>.json`), so they survive a restart.
+    state_dir: Option<PathBuf>,
     models: RwLock<HashMap<String, Option<Arc<ModelState>>>>,
     tx: mpsc::Sender<Observation>,
     rx: Mutex<Option<mpsc::Receiver<Observation>>>,
@@ -138,11 +138,13 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// A monitor for the models of `repository` that carry a `drift_profile.json`.
-    pub fn new(repository: PathBuf, registry: &prometheus::Registry) -> Arc<Monitor> {
+    /// A monitor for the models of `repository` that carry a `drift_profile.json`; windows are
+    /// snapshotted into `state_dir` (when given) at every window close and at shutdown.
+    pub fn new(repository: PathBuf, state_dir: Option<PathBuf>, registry: &prometheus::Registry) -> Arc<Monitor> {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         Arc::new(Monitor {
             repository,
+            state_dir,
             models: RwLock::new(HashMap::new()),
             tx,
             rx: Mutex::new(Some(rx)),
@@ -157,7 +159,10 @@ impl Monitor {
             return m.clone();
         }
         let state = match load_model(&self.repository.join(name), name) {
-            Ok(s) => s.map(Arc::new),
+            Ok(s) => s.map(|s| {
+                self.restore(&s);
+                Arc::new(s)
+            }),
             Err(e) => {
                 tracing::error!(model = name, error = %e, "drift monitoring off for this model");
                 None
@@ -189,9 +194,76 @@ impl Monitor {
                     None => return,
                 },
                 _ = tick.tick() => self.close_due(),
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.wait_for(|s| *s) => {
+                    // what was queued before shutdown still counts
+                    while let Ok(o) = rx.try_recv() {
+                        self.fold(o);
+                    }
+                    self.snapshot_all();
+                    return;
+                }
             }
         }
+    }
+
+    /// Writes every monitored model's windows to the state folder.
+    pub fn snapshot_all(&self) {
+        let models: Vec<Arc<ModelState>> = self.models.read().values().flatten().cloned().collect();
+        for m in models {
+            let versions = m.versions.lock();
+            self.snapshot(&m, &versions);
+        }
+    }
+
+    /// `<state_dir>/<model>.json`, written to a temporary file and renamed (never half written).
+    fn snapshot(&self, m: &ModelState, versions: &BTreeMap<String, VersionState>) {
+        let Some(dir) = &self.state_dir else { return };
+        let snapshot = Snapshot {
+            format: SNAPSHOT_FORMAT.into(),
+            version: SNAPSHOT_VERSION,
+            profile_created: m.profile.created.clone(),
+            versions: versions.iter().map(|(v, s)| (v.clone(), s.saved())).collect(),
+        };
+        let path = dir.join(format!("{}.json", m.name));
+        let tmp = dir.join(format!(".{}.json.tmp", m.name));
+        let written = std::fs::create_dir_all(dir)
+            .and_then(|_| std::fs::write(&tmp, serde_json::to_vec(&snapshot).unwrap_or_default()))
+            .and_then(|_| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!(model = %m.name, path = %path.display(), error = %e, "cannot snapshot drift windows");
+        }
+    }
+
+    /// Takes up the windows a previous run left for this model, if they were made against the same profile.
+    fn restore(&self, m: &ModelState) {
+        let Some(dir) = &self.state_dir else { return };
+        let path = dir.join(format!("{}.json", m.name));
+        let Ok(text) = std::fs::read_to_string(&path) else { return };
+        let snapshot: Snapshot = match serde_json::from_str(&text) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(model = %m.name, path = %path.display(), error = %e, "ignoring an unreadable drift snapshot");
+                return;
+            }
+        };
+        if snapshot.format != SNAPSHOT_FORMAT
+            || snapshot.version != SNAPSHOT_VERSION
+            || snapshot.profile_created != m.profile.created
+        {
+            tracing::info!(model = %m.name, "drift snapshot is of another profile or format; starting afresh");
+            return;
+        }
+        let mut versions = m.versions.lock();
+        for (version, saved) in snapshot.versions {
+            for (feature, a) in &saved.alerts {
+                self.metrics
+                    .alert
+                    .with_label_values(&[m.name.as_str(), version.as_str(), feature.as_str()])
+                    .set(a.state.gauge());
+            }
+            versions.insert(version, VersionState::from_saved(saved));
+        }
+        tracing::info!(model = %m.name, versions = versions.len(), "drift windows restored");
     }
 
     fn fold(&self, o: Observation) {
@@ -207,13 +279,18 @@ impl Monitor {
         let mut versions = m.versions.lock();
         let v = versions.entry(o.version.clone()).or_insert_with(|| VersionState::new(&m.profile));
         let mut scratch = Vec::new();
+        let mut closed = false;
         for (features, outputs) in rows.iter() {
             v.window.add_row(&m.profile, &m.pca_columns, features, outputs, &mut scratch);
             if v.window.rows >= m.config.window_rows {
                 self.close(m, &o.version, v);
+                closed = true;
             }
         }
         self.metrics.rows.with_label_values(&[m.name.as_str(), o.version.as_str()]).inc_by(rows.len() as u64);
+        if closed {
+            self.snapshot(m, &versions);
+        }
     }
 
     fn close_due(&self) {
@@ -221,10 +298,15 @@ impl Monitor {
         for m in models {
             let Some(every) = m.config.window_time else { continue };
             let mut versions = m.versions.lock();
+            let mut closed = false;
             for (version, v) in versions.iter_mut() {
                 if v.opened.elapsed() >= every && v.window.rows > 0 {
                     self.close(&m, version, v);
+                    closed = true;
                 }
+            }
+            if closed {
+                self.snapshot(&m, &versions);
             }
         }
     }
@@ -362,7 +444,48 @@ impl Observer for Monitor {
     }
 }
 
+const SNAPSHOT_FORMAT: &str = "flotilla-drift-state";
+const SNAPSHOT_VERSION: u32 = 1;
+
+/// A model's windows on disk.
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    format: String,
+    version: u32,
+    /// The profile the windows were scored against (a new profile starts afresh).
+    profile_created: String,
+    versions: BTreeMap<String, SavedVersion>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedVersion {
+    window: Window,
+    history: VecDeque<WindowReport>,
+    alerts: BTreeMap<String, AlertState>,
+    next_index: u64,
+}
+
 impl VersionState {
+    fn saved(&self) -> SavedVersion {
+        SavedVersion {
+            window: self.window.clone(),
+            history: self.history.clone(),
+            alerts: self.alerts.clone(),
+            next_index: self.next_index,
+        }
+    }
+
+    /// The open window goes on from where it was (its time limit restarts now).
+    fn from_saved(s: SavedVersion) -> VersionState {
+        VersionState {
+            window: s.window,
+            opened: Instant::now(),
+            history: s.history,
+            alerts: s.alerts,
+            next_index: s.next_index,
+        }
+    }
+
     fn new(profile: &Profile) -> VersionState {
         VersionState {
             window: Window::new(profile, 0, now_ms()),

@@ -81,7 +81,7 @@ async fn settle() {
 async fn windows_close_by_count_and_alerts_need_consecutive_windows() {
     let dir = model_folder("[window]\nrows = 500\nseconds = 0\n[alerts]\nconsecutive = 2\n");
     let registry = prometheus::Registry::new();
-    let monitor = Monitor::new(dir.path().to_path_buf(), &registry);
+    let monitor = Monitor::new(dir.path().to_path_buf(), None, &registry);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(monitor.clone().run(stop));
     let mut g = Normal(99);
@@ -124,7 +124,7 @@ async fn windows_close_by_count_and_alerts_need_consecutive_windows() {
 async fn windows_close_by_time_and_a_correlated_shift_is_caught() {
     let dir = model_folder("[window]\nrows = 1000000\nseconds = 10\n[alerts]\nconsecutive = 1\n");
     let registry = prometheus::Registry::new();
-    let monitor = Monitor::new(dir.path().to_path_buf(), &registry);
+    let monitor = Monitor::new(dir.path().to_path_buf(), None, &registry);
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     tokio::spawn(monitor.clone().run(stop));
     let mut g = Normal(5);
@@ -149,7 +149,7 @@ async fn windows_close_by_time_and_a_correlated_shift_is_caught() {
 fn requests_unlike_the_profile_are_skipped_and_counted_not_panicking() {
     let dir = model_folder("");
     let registry = prometheus::Registry::new();
-    let monitor = Monitor::new(dir.path().to_path_buf(), &registry);
+    let monitor = Monitor::new(dir.path().to_path_buf(), None, &registry);
     let state = monitor.model("m").expect("profile");
     let bad = [
         vec![f32_tensor("input__0", vec![2, 3], &[0.0; 6])],
@@ -186,7 +186,7 @@ fn requests_unlike_the_profile_are_skipped_and_counted_not_panicking() {
 fn overload_skips_and_counts_instead_of_waiting() {
     let dir = model_folder("");
     let registry = prometheus::Registry::new();
-    let monitor = Monitor::new(dir.path().to_path_buf(), &registry);
+    let monitor = Monitor::new(dir.path().to_path_buf(), None, &registry);
     let mut g = Normal(3);
     // no aggregator running: the queue fills, then requests are skipped
     for _ in 0..super::CHANNEL_CAPACITY + 10 {
@@ -244,4 +244,41 @@ fn drift_toml_errors_are_clear() {
         .expect("ok");
     assert_eq!((c.window_rows, c.window_time), (10, None));
     assert_eq!(c.thresholds["ks"].moderate, 0.3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn windows_and_alert_states_survive_a_restart() {
+    let dir = model_folder("[window]\nrows = 500\nseconds = 0\n[alerts]\nconsecutive = 1\n");
+    let state = tempfile::tempdir().expect("state dir");
+    let mut g = Normal(11);
+    {
+        let monitor =
+            Monitor::new(dir.path().to_path_buf(), Some(state.path().to_path_buf()), &prometheus::Registry::new());
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(monitor.clone().run(stop));
+        for _ in 0..7 {
+            let (i, o) = request(&mut g, 100, 3.0, false);
+            monitor.observe_tensors("m", "1", i, o);
+        }
+        settle().await;
+        stop_tx.send(true).expect("stop");
+        task.await.expect("aggregator");
+    }
+    assert!(state.path().join("m.json").exists());
+    let registry = prometheus::Registry::new();
+    let monitor = Monitor::new(dir.path().to_path_buf(), Some(state.path().to_path_buf()), &registry);
+    let r = report(&monitor);
+    let v = &r["versions"][0];
+    assert_eq!(v["windows"].as_array().expect("windows").len(), 1, "{v}");
+    assert_eq!(v["current_window"]["rows"], 200, "the open window goes on");
+    assert_eq!(v["current_window"]["index"], 1);
+    assert_eq!(v["alerts"]["x"], "significant");
+    let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).expect("encode");
+    assert!(text.contains(r#"flotilla_drift_alert{feature="x",model="m",version="1"} 2"#), "{text}");
+    // a snapshot made against another profile is not taken up
+    let other = state.path().join("m.json");
+    let text = std::fs::read_to_string(&other).expect("snapshot");
+    std::fs::write(&other, text.replace("2026-11-24T00:00:00Z", "2020-01-01T00:00:00Z")).expect("write");
+    let fresh = Monitor::new(dir.path().to_path_buf(), Some(state.path().to_path_buf()), &prometheus::Registry::new());
+    assert_eq!(report(&fresh)["versions"].as_array().expect("versions").len(), 0);
 }
