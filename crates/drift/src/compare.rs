@@ -53,13 +53,13 @@ impl Scores {
 
 pub fn numeric(reference: &NumericReference, window: &NumericSummary) -> Scores {
     let r = &reference.summary;
-    let (rs, ws) = (reference.sample(), Sample::weighted(&window.sketch.weighted()));
+    let (rs, ws) = (reference.sample(), &Sample::weighted(&window.sketch.weighted()));
     let std = r.moments.std();
     Scores {
         psi: psi(&r.bins, &window.bins),
         jensen_shannon: jensen_shannon(&r.bins, &window.bins),
-        wasserstein: wasserstein(&rs, &ws).map(|w| if std > 0.0 { w / std } else { w }),
-        ks: ks(&rs, &ws),
+        wasserstein: wasserstein(rs, ws).map(|w| if std > 0.0 { w / std } else { w }),
+        ks: ks(rs, ws),
         missing_rate_change: window.missing_rate() - r.missing_rate(),
         out_of_range_rate: (window.moments.count > 0).then(|| window.out_of_range_rate()),
         new_category_rate: None,

@@ -24,6 +24,9 @@ pub struct Kll {
     levels: Vec<Vec<f64>>,
     #[serde(skip, default = "seed")]
     rng: u64,
+    /// Level 0's capacity (0: not yet computed); updates check only this.
+    #[serde(skip)]
+    cap0: usize,
 }
 
 fn seed() -> u64 {
@@ -38,7 +41,7 @@ impl Default for Kll {
 
 impl Kll {
     pub fn new(k: u16) -> Self {
-        Self { k: k.max(MIN_WIDTH as u16), n: 0, levels: vec![Vec::new()], rng: seed() }
+        Self { k: k.max(MIN_WIDTH as u16), n: 0, levels: vec![Vec::new()], rng: seed(), cap0: 0 }
     }
 
     pub fn k(&self) -> u16 {
@@ -65,7 +68,13 @@ impl Kll {
         }
         self.levels[0].push(x);
         self.n += 1;
-        self.compact_while_full();
+        // Only level 0 grows between compactions, so it is the only one to look at per update.
+        if self.cap0 == 0 {
+            self.cap0 = self.capacity(0);
+        }
+        if self.levels[0].len() >= self.cap0 {
+            self.compact_while_full();
+        }
     }
 
     /// Adds `other`'s items (a sketch of the same `k`, or any other: the larger `k` is kept).
@@ -96,6 +105,7 @@ impl Kll {
     }
 
     fn compact_while_full(&mut self) {
+        self.cap0 = 0;
         loop {
             let total: usize = (0..self.levels.len()).map(|h| self.capacity(h)).sum();
             if self.retained() <= total {

@@ -69,6 +69,8 @@ pub struct NumericReference {
     /// Inner edges of the reference deciles (≤ 9, duplicates removed): the PSI / JS bins.
     pub bin_edges: Vec<f64>,
     pub summary: NumericSummary,
+    #[serde(skip)]
+    sample: std::sync::OnceLock<Sample>,
 }
 
 impl NumericReference {
@@ -81,7 +83,7 @@ impl NumericReference {
         for &x in values {
             summary.update(x, &bin_edges, None);
         }
-        Self { bin_edges, summary }
+        Self { bin_edges, summary, sample: std::sync::OnceLock::new() }
     }
 
     /// [min, max] seen in the reference (None when it held no value).
@@ -94,8 +96,9 @@ impl NumericReference {
         NumericSummary::new(self.bin_edges.len() + 1, self.summary.sketch.k())
     }
 
-    pub fn sample(&self) -> Sample {
-        Sample::weighted(&self.summary.sketch.weighted())
+    /// The reference sketch as a sorted weighted sample, built once (every window is compared with it).
+    pub fn sample(&self) -> &Sample {
+        self.sample.get_or_init(|| Sample::weighted(&self.summary.sketch.weighted()))
     }
 }
 

@@ -91,8 +91,9 @@ fn sketch_metrics_stay_within_the_sketch_error() {
         }
         let scores = compare::numeric(&reference, &window);
         close(&format!("{name} sketch ks"), scores.ks.expect("ks"), num(&want, "ks"), 0.01);
+        // KLL bounds ranks, not values: Wasserstein weighs the tails, so its bound is looser.
         let w1 = num(&want, "wasserstein") / num(&want, "ref_std");
-        close(&format!("{name} sketch wasserstein / std"), scores.wasserstein.expect("w"), w1, 0.01);
+        close(&format!("{name} sketch wasserstein / std"), scores.wasserstein.expect("w"), w1, 0.02);
         // bins are counted exactly, so PSI and JS are exact online too
         close(&format!("{name} online psi"), scores.psi.expect("psi"), num(&want, "psi"), 1e-9);
         let missing_change = num(&want, "win_missing_rate") - num(&want, "ref_missing_rate");

@@ -27,6 +27,10 @@ use window::{Cell, Level, Window, WindowReport};
 
 /// Requests waiting for the aggregator; beyond this they are skipped (and counted).
 pub const CHANNEL_CAPACITY: usize = 4096;
+/// Windows are written to the state folder at a window close at most this often (and at shutdown).
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(10);
+/// How often the aggregator takes what the serving path queued.
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
 struct Observation {
     model: Arc<ModelState>,
@@ -42,6 +46,8 @@ pub struct ModelState {
     pub config: DriftConfig,
     pca_columns: Vec<Option<usize>>,
     versions: Mutex<BTreeMap<String, VersionState>>,
+    /// When the windows were last written to the state folder.
+    snapshotted: Mutex<Option<Instant>>,
 }
 
 struct VersionState {
@@ -182,27 +188,34 @@ impl Monitor {
         }
     }
 
-    /// Runs the aggregator until `stop` turns true (call once).
+    /// Runs the aggregator until `stop` turns true (call once). It drains the queue on a timer
+    /// instead of waiting on it, so a served request never wakes it (a wake per request would
+    /// put the aggregator in front of the next request on the same worker thread).
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let Some(mut rx) = self.rx.lock().take() else { return };
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut tick = tokio::time::interval(DRAIN_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                obs = rx.recv() => match obs {
-                    Some(o) => self.fold(o),
-                    None => return,
-                },
-                _ = tick.tick() => self.close_due(),
-                _ = stop.wait_for(|s| *s) => {
-                    // what was queued before shutdown still counts
-                    while let Ok(o) = rx.try_recv() {
-                        self.fold(o);
-                    }
-                    self.snapshot_all();
-                    return;
-                }
+            let stopping = tokio::select! {
+                _ = tick.tick() => false,
+                _ = stop.wait_for(|s| *s) => true,
+            };
+            let mut batch = Vec::new();
+            while let Ok(o) = rx.try_recv() {
+                batch.push(o);
             }
+            if !batch.is_empty() {
+                // Folding is CPU work: on a blocking-pool thread, the runtime's workers stay
+                // free for requests.
+                let me = self.clone();
+                let _ = tokio::task::spawn_blocking(move || batch.into_iter().for_each(|o| me.fold(o))).await;
+            }
+            if stopping {
+                // what was queued before shutdown counted above; keep the open windows
+                self.snapshot_all();
+                return;
+            }
+            self.close_due();
         }
     }
 
@@ -212,6 +225,15 @@ impl Monitor {
         for m in models {
             let versions = m.versions.lock();
             self.snapshot(&m, &versions);
+        }
+    }
+
+    /// A snapshot when the last one is older than [`SNAPSHOT_EVERY`].
+    fn snapshot_now_and_then(&self, m: &ModelState, versions: &BTreeMap<String, VersionState>) {
+        let mut last = m.snapshotted.lock();
+        if last.is_none_or(|t| t.elapsed() >= SNAPSHOT_EVERY) {
+            *last = Some(Instant::now());
+            self.snapshot(m, versions);
         }
     }
 
@@ -268,7 +290,7 @@ impl Monitor {
 
     fn fold(&self, o: Observation) {
         let m = &o.model;
-        let rows = match read_rows(&m.profile, &o.inputs, &o.outputs) {
+        let (ins, outs, batch) = match read_columns(&m.profile, &o.inputs, &o.outputs) {
             Ok(r) => r,
             Err(reason) => {
                 self.metrics.skipped.with_label_values(&[m.name.as_str(), "shape"]).inc();
@@ -278,18 +300,22 @@ impl Monitor {
         };
         let mut versions = m.versions.lock();
         let v = versions.entry(o.version.clone()).or_insert_with(|| VersionState::new(&m.profile));
-        let mut scratch = Vec::new();
+        let (mut scratch, mut features, mut outputs) = (Vec::new(), Vec::new(), Vec::new());
         let mut closed = false;
-        for (features, outputs) in rows.iter() {
-            v.window.add_row(&m.profile, &m.pca_columns, features, outputs, &mut scratch);
+        for r in 0..batch {
+            features.clear();
+            features.extend(ins.iter().map(|c| c[r]));
+            outputs.clear();
+            outputs.extend(outs.iter().map(|c| c[r]));
+            v.window.add_row(&m.profile, &m.pca_columns, &features, &outputs, &mut scratch);
             if v.window.rows >= m.config.window_rows {
                 self.close(m, &o.version, v);
                 closed = true;
             }
         }
-        self.metrics.rows.with_label_values(&[m.name.as_str(), o.version.as_str()]).inc_by(rows.len() as u64);
+        self.metrics.rows.with_label_values(&[m.name.as_str(), o.version.as_str()]).inc_by(batch as u64);
         if closed {
-            self.snapshot(m, &versions);
+            self.snapshot_now_and_then(m, &versions);
         }
     }
 
@@ -306,7 +332,7 @@ impl Monitor {
                 }
             }
             if closed {
-                self.snapshot(&m, &versions);
+                self.snapshot_now_and_then(&m, &versions);
             }
         }
     }
@@ -522,7 +548,14 @@ fn load_model(folder: &std::path::Path, name: &str) -> Result<Option<ModelState>
         window_rows = config.window_rows,
         "drift monitoring on"
     );
-    Ok(Some(ModelState { name: name.to_string(), profile, config, pca_columns, versions: Mutex::new(BTreeMap::new()) }))
+    Ok(Some(ModelState {
+        name: name.to_string(),
+        profile,
+        config,
+        pca_columns,
+        versions: Mutex::new(BTreeMap::new()),
+        snapshotted: Mutex::new(None),
+    }))
 }
 
 fn reference_summary(c: &profile::Column) -> serde_json::Value {
@@ -542,22 +575,17 @@ fn reference_summary(c: &profile::Column) -> serde_json::Value {
     }
 }
 
-/// A request's rows: each row's feature cells and output cells, in the profile's column order.
-type Rows<'a> = Vec<(Vec<Cell<'a>>, Vec<Cell<'a>>)>;
+/// A request's feature and output columns (the profile's order), and its row count.
+type Columns<'a> = (Vec<Vec<Cell<'a>>>, Vec<Vec<Cell<'a>>>, usize);
 
-fn read_rows<'a>(p: &Profile, inputs: &'a [Tensor], outputs: &'a [Tensor]) -> Result<Rows<'a>, String> {
+fn read_columns<'a>(p: &Profile, inputs: &'a [Tensor], outputs: &'a [Tensor]) -> Result<Columns<'a>, String> {
     let ins = tensor_columns(&p.inputs, inputs)?;
     let outs = tensor_columns(&p.output_tensors, outputs)?;
     let batch = ins.first().or(outs.first()).map_or(0, |c| c.len());
     if ins.iter().chain(&outs).any(|c| c.len() != batch) {
         return Err("tensors disagree on the batch size".into());
     }
-    Ok((0..batch)
-        .map(|r| {
-            let row = |cols: &[Vec<Cell<'a>>]| cols.iter().map(|c| c[r]).collect();
-            (row(&ins), row(&outs))
-        })
-        .collect())
+    Ok((ins, outs, batch))
 }
 
 /// The profiled columns of the named tensors, column-major.
