@@ -1,5 +1,5 @@
 """Drift monitoring, end to end: sends fraud_xgb normal traffic (rows of its training data), then
-shifted traffic (amounts x5, distances +100 km), receives the alert webhook and prints the alerts
+shifted traffic (amounts x5, distances +100 km, new countries), receives the alert webhook and prints the alerts
 and the latest window of GET /v2/models/fraud_xgb/drift.
 
 Start the server with a drift.toml that points the webhook here (see the README), then:
@@ -56,8 +56,11 @@ def show(url):
     print(f"window {w['index']} ({w['rows']} rows):")
     for f in w["features"] + w["outputs"]:
         s = f["scores"]
-        print(f"  {f['name']:>16} {f['level']:>11}  psi {s.get('psi', 0):6.3f}  js {s.get('jensen_shannon', 0):5.3f}"
-              f"  ks {s.get('ks', 0):5.3f}  w1/std {s.get('wasserstein', 0):5.3f}")
+        head = f"  {f['name']:>16} {f['level']:>11}  psi {s.get('psi', 0):6.3f}  js {s.get('jensen_shannon', 0):5.3f}"
+        if "new_category_rate" in s:  # a categorical feature
+            print(f"{head}  new categories {s['new_category_rate']:.1%}")
+        else:
+            print(f"{head}  ks {s.get('ks', 0):5.3f}  w1/std {s.get('wasserstein', 0):5.3f}")
     if "multivariate" in w:
         print(f"  {'multivariate':>16} {w['multivariate']['level']:>11}  pca error ratio {w['multivariate']['pca_error_ratio']:.2f}")
 
@@ -75,10 +78,11 @@ def main():
     send(args.url, rows[rng.choice(len(rows), 2000)])
     time.sleep(0.5)
     show(args.url)
-    print("\nshifted traffic: 2,000 rows, amount x5, distance_km +100")
+    print("\nshifted traffic: 2,000 rows, amount x5, distance_km +100, a third from new countries")
     shifted = rows[rng.choice(len(rows), 2000)].copy()
     shifted[:, 0] *= 5
     shifted[:, 7] += 100
+    shifted[::3, 3] = 40 + rng.integers(0, 5, len(shifted[::3]))  # country codes training never saw
     send(args.url, shifted)
     time.sleep(1.0)
     show(args.url)

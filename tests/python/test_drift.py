@@ -70,11 +70,16 @@ def version_1(server):
 
 
 def test_profile_then_alert_on_shifted_traffic_with_webhook(repo_copy):
-    out = profile("--model-repository", str(repo_copy), "--model", "fraud_xgb", "--data", str(TRAIN)).stdout
+    out = profile("--model-repository", str(repo_copy), "--model", "fraud_xgb", "--data", str(TRAIN),
+                  "--categorical", "merchant_category,country").stdout
     assert "fraud_xgb: 20000 rows, 8 features, 2 outputs" in out, out
     doc = json.loads((repo_copy / "fraud_xgb" / "drift_profile.json").read_text())
     assert doc["format"] == "flotilla-drift-profile" and doc["version"] == 1
     assert [c["name"] for c in doc["features"]] == FEATURES
+    kinds = {c["name"]: c["kind"] for c in doc["features"]}
+    assert kinds["country"] == kinds["merchant_category"] == "categorical" and kinds["amount"] == "numeric"
+    # the category codes as the FP32 tensor carries them: 30 countries, "0" .. "29"
+    assert sorted(doc["features"][3]["counts"], key=float) == [str(i) for i in range(30)]
     receiver = Receiver()
     (repo_copy / "fraud_xgb" / "drift.toml").write_text(
         f'[window]\nrows = 500\nseconds = 0\n[alerts]\nconsecutive = 2\nwebhook = "{receiver.url}"\n')
@@ -92,15 +97,21 @@ def test_profile_then_alert_on_shifted_traffic_with_webhook(repo_copy):
         psi_amount = v["windows"][0]["features"][0]["scores"]["psi"]
         assert psi_amount < 0.1, psi_amount
         assert receiver.events == []
-        # Shifted traffic: amounts five times larger, distances 100 km further.
+        # Shifted traffic: amounts five times larger, distances 100 km further, a third of the
+        # transactions from countries the training data never had.
         shifted = normal[rng.choice(len(normal), 1000)].copy()
         shifted[:, 0] *= 5
         shifted[:, 7] += 100
+        shifted[::3, 3] = 40 + rng.integers(0, 5, len(shifted[::3]))
         send(client, shifted)
         r = wait_for(lambda: version_1(s).get("alerts", {}).get("amount") == "significant" and drift(s).json(),
                      what="the amount alert")
         v = r["versions"][0]
         assert v["alerts"]["distance_km"] == "significant"
+        country = next(f for f in v["windows"][0]["features"] if f["name"] == "country")
+        assert 0.25 < country["scores"]["new_category_rate"] < 0.42 and "new_category_rate" in country["breaches"]
+        assert v["alerts"]["country"] == "significant"
+        assert v["alerts"]["merchant_category"] == "ok"
         assert v["alerts"]["hour"] == "ok", "an unshifted feature stays quiet"
         latest = v["windows"][0]
         amount = next(f for f in latest["features"] if f["name"] == "amount")
@@ -110,6 +121,12 @@ def test_profile_then_alert_on_shifted_traffic_with_webhook(repo_copy):
         e = events[0]
         assert (e["model"], e["version"], e["previous"], e["state"]) == ("fraud_xgb", "1", "ok", "significant")
         assert e["metrics"]["psi"] > 0.25
+        # the open window whole (sketches and counts), for a fleet view to merge across workers
+        w = requests.get(f"http://127.0.0.1:{s.http_port}/v2/models/fraud_xgb/drift/window", timeout=10).json()
+        assert w["model"] == "fraud_xgb" and w["profile_created"] == doc["created"]
+        open_window = w["versions"]["1"]
+        assert open_window["rows"] < 500 and len(open_window["features"]) == 8 and len(open_window["outputs"]) == 2
+        assert open_window["features"][3]["kind"] == "categorical"
         metrics = requests.get(f"http://127.0.0.1:{s.metrics_port}/metrics", timeout=5).text
         assert 'flotilla_drift_alert{feature="amount",model="fraud_xgb",version="1"} 2' in metrics
         assert 'flotilla_drift_score{feature="amount",metric="psi",model="fraud_xgb",version="1"}' in metrics
@@ -124,6 +141,8 @@ def test_drift_endpoint_errors_are_clear(server):
     assert r.status_code == 404 and "has no drift profile" in r.json()["error"] and "flotilla profile" in r.json()["error"]
     r = drift(server, "nope")
     assert r.status_code == 404 and "nope" in r.json()["error"]
+    r = requests.get(f"http://127.0.0.1:{server.http_port}/v2/models/mlp_iris/drift/window", timeout=10)
+    assert r.status_code == 404 and "has no drift profile" in r.json()["error"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -131,6 +150,7 @@ def test_drift_endpoint_errors_are_clear(server):
     (["--columns", "amount,hour,merchant_category,country,card_age_days,txn_count_1h,avg_amount_30d,nope"],
      "column 'nope' is missing"),
     (["--input", "input__9=amount"], "the model has no input 'input__9'"),
+    (["--categorical", "amount,colour"], "--categorical colour: not one of the profiled columns"),
     (["--data", "/nonexistent.parquet"], "cannot open"),
 ])
 def test_profile_rejects_bad_arguments_clearly(repo_copy, args, message):

@@ -4,32 +4,7 @@
 
 use crate::datatype::DataType;
 use crate::error::{Error, Result};
-use crate::tensor::{join_bytes_elements, Tensor};
-use half::{bf16, f16};
-
-/// Reads every element of a fixed-size tensor as f64.
-pub fn to_f64(datatype: DataType, data: &[u8]) -> Result<Vec<f64>> {
-    macro_rules! read {
-        ($t:ty, $n:expr) => {
-            data.chunks_exact($n).map(|c| <$t>::from_le_bytes(c.try_into().unwrap_or([0; $n])) as f64).collect()
-        };
-    }
-    Ok(match datatype {
-        DataType::Bool | DataType::U8 => data.iter().map(|b| *b as f64).collect(),
-        DataType::I8 => data.iter().map(|b| *b as i8 as f64).collect(),
-        DataType::U16 => read!(u16, 2),
-        DataType::I16 => read!(i16, 2),
-        DataType::U32 => read!(u32, 4),
-        DataType::I32 => read!(i32, 4),
-        DataType::U64 => read!(u64, 8),
-        DataType::I64 => read!(i64, 8),
-        DataType::F32 => read!(f32, 4),
-        DataType::F64 => read!(f64, 8),
-        DataType::F16 => data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
-        DataType::BF16 => data.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
-        DataType::Bytes => return Err(Error::invalid("classification needs a numeric output, not BYTES")),
-    })
-}
+use crate::tensor::{join_bytes_elements, to_f64, Tensor};
 
 fn format_value(datatype: DataType, v: f64) -> String {
     match datatype {
@@ -44,7 +19,7 @@ pub fn classify(output: &Tensor, batched: bool, k: usize, labels: Option<&[Strin
         return Err(Error::invalid(format!("output '{}': classification count must be > 0", output.name)));
     }
     let values = to_f64(output.datatype, &output.data)
-        .map_err(|e| Error::invalid(format!("output '{}': {}", output.name, e.message)))?;
+        .map_err(|_| Error::invalid(format!("output '{}': classification needs a numeric output, not BYTES", output.name)))?;
     let batch = if batched { output.shape.first().copied().unwrap_or(1).max(0) as usize } else { 1 };
     let per_item = values.len().checked_div(batch).unwrap_or(0);
     let k = k.min(per_item);

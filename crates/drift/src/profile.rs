@@ -2,7 +2,7 @@
 //! JSON into the model's folder (`drift_profile.json`); see `FORMAT` and `VERSION`.
 
 use crate::distance::{decile_edges, Sample};
-use crate::kll::{Kll, DEFAULT_K};
+use crate::kll::DEFAULT_K;
 use crate::pca::Pca;
 use crate::summary::{CategoricalSummary, NumericSummary};
 use serde::{Deserialize, Serialize};
@@ -192,9 +192,4 @@ impl Profile {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
-}
-
-/// A numeric column's sketch as a weighted sample (for tests and reports).
-pub fn sketch_sample(k: &Kll) -> Sample {
-    Sample::weighted(&k.weighted())
 }

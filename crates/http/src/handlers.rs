@@ -140,16 +140,27 @@ pub async fn model_stats_v(State(s): State<AppState>, Path((m, v)): Path<(String
 
 /// Drift monitoring of a model: reference summary, settings, alert states, recent windows.
 pub async fn model_drift(State(s): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>> {
-    s.service.repository.model(&model)?;
-    let Some(monitor) = &s.options.drift else {
-        return Err(Error::not_found("drift monitoring is off (serve --drift-monitoring true turns it on)").into());
-    };
-    monitor.report(&model).map(Json).ok_or_else(|| {
-        Error::not_found(format!(
-            "model '{model}' has no drift profile: build one with `flotilla profile --model {model} --data <training data>`"
-        ))
-        .into()
-    })
+    drift_monitor(&s, &model)?.report(&model).map(Json).ok_or_else(|| no_profile(&model).into())
+}
+
+/// The open windows' mergeable summaries per version (sketches, counts, moments): what a fleet
+/// view merges across workers.
+pub async fn model_drift_window(State(s): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>> {
+    drift_monitor(&s, &model)?.open_windows(&model).map(Json).ok_or_else(|| no_profile(&model).into())
+}
+
+fn drift_monitor<'a>(s: &'a AppState, model: &str) -> Result<&'a flotilla_drift::monitor::Monitor> {
+    s.service.repository.model(model)?;
+    s.options
+        .drift
+        .as_deref()
+        .ok_or_else(|| Error::not_found("drift monitoring is off (serve --drift-monitoring true turns it on)").into())
+}
+
+fn no_profile(model: &str) -> Error {
+    Error::not_found(format!(
+        "model '{model}' has no drift profile: build one with `flotilla profile --model {model} --data <training data>`"
+    ))
 }
 
 pub async fn infer(State(s): State<AppState>, Path(model): Path<String>, headers: HeaderMap, body: Body) -> Response {

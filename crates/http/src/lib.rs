@@ -79,6 +79,7 @@ pub fn router(service: Arc<Service>, options: HttpOptions) -> Router {
         .route("/v2/models/{model}/stats", get(model_stats))
         .route("/v2/models/{model}/versions/{version}/stats", get(model_stats_v))
         .route("/v2/models/{model}/drift", get(model_drift))
+        .route("/v2/models/{model}/drift/window", get(model_drift_window))
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
         .route("/v2/repository/index", post(repository_index))

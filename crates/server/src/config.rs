@@ -42,6 +42,10 @@ pub struct ProfileArgs {
     /// For models with several inputs: `--input NAME=col1,col2,...`, once per input.
     #[arg(long = "input", conflicts_with = "columns")]
     pub inputs: Vec<String>,
+    /// Numeric columns that hold category codes: profiled as categories (PSI/JS on categories,
+    /// new-category rate) instead of as numbers. Text columns feeding BYTES inputs always are.
+    #[arg(long, value_delimiter = ',')]
+    pub categorical: Vec<String>,
     /// At most this many rows (the first ones) are profiled.
     #[arg(long)]
     pub max_rows: Option<usize>,

@@ -28,7 +28,7 @@ use flotilla_core::metrics::Metrics;
 use flotilla_core::observe::Observer;
 use flotilla_core::repository::{ControlMode, LoadSettings, Repository};
 use flotilla_core::service::{Service, ServiceOptions};
-use flotilla_drift::monitor::Monitor;
+use flotilla_drift::monitor::{Folding, Monitor};
 use flotilla_features::enrich::Enrichment;
 use flotilla_features::FeatureStore;
 use std::future::Future;
@@ -121,7 +121,7 @@ pub async fn build_service(config: &ServeConfig) -> anyhow::Result<Built> {
     let features = open_features(config, &metrics).await?;
     let drift_state = Some(config.drift_state_dir.clone()).filter(|d| d.as_os_str() != "none");
     let drift =
-        config.drift_monitoring.then(|| Monitor::new(config.model_repository.clone(), drift_state, &metrics.registry));
+        config.drift_monitoring.then(|| Monitor::new(config.model_repository.clone(), drift_state, &metrics.registry, Folding::IdleThread));
     let enrichment = features.as_ref().map(|f| Arc::new(Enrichment::new(f.clone(), config.model_repository.clone())));
     let mode = match config.model_control_mode {
         ControlModeArg::None => ControlMode::None,

@@ -26,8 +26,21 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
     let service = load_model(&args).await?;
     let mv = service.repository.get(&args.model, "").context("the model did not load")?;
     let inputs = input_columns(&args, &folder, &mv.config)?;
-    let wanted: Vec<&str> = inputs.iter().flat_map(|t| t.columns.iter().map(String::as_str)).collect();
-    let mut columns: Vec<Vec<f64>> = vec![Vec::new(); wanted.len()];
+    let types = input_types(&inputs, &mv.config)?;
+    let wanted: Vec<(&str, DataType)> = inputs
+        .iter()
+        .zip(&types)
+        .flat_map(|(t, dt)| t.columns.iter().map(move |c| (c.as_str(), *dt)))
+        .collect();
+    for c in &args.categorical {
+        if !wanted.iter().any(|(w, _)| w == c) {
+            bail!("--categorical {c}: not one of the profiled columns ({})", names(&wanted));
+        }
+    }
+    let mut columns: Vec<Values> = wanted
+        .iter()
+        .map(|(_, dt)| if *dt == DataType::Bytes { Values::Text(Vec::new()) } else { Values::Numbers(Vec::new()) })
+        .collect();
     let file = files::open(&args.data).map_err(|e| anyhow::anyhow!("{e}"))?;
     let total = file.rows.map(|r| args.max_rows.map_or(r, |m| r.min(m as u64)));
     let bar = ProgressBar::new(total.unwrap_or(0) * 2);
@@ -36,6 +49,7 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
             .unwrap_or(ProgressStyle::default_bar()),
     );
     bar.set_message("reading");
+    let what = args.data.display().to_string();
     let mut first = 0u64;
     for batch in file.batches {
         let batch = batch.map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -43,12 +57,20 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
         if take == 0 {
             break;
         }
-        let what = args.data.display().to_string();
-        for (out, name) in columns.iter_mut().zip(&wanted) {
-            let col =
-                files::column(&batch, name, ValueType::Float64, &what, first).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let col = col.as_primitive::<Float64Type>();
-            out.extend((0..take).map(|i| if col.is_null(i) { f64::NAN } else { col.value(i) }));
+        for (out, (name, _)) in columns.iter_mut().zip(&wanted) {
+            let bad = |e: flotilla_features::FeatureError| anyhow::anyhow!("{e}");
+            match out {
+                Values::Numbers(v) => {
+                    let col = files::column(&batch, name, ValueType::Float64, &what, first).map_err(bad)?;
+                    let col = col.as_primitive::<Float64Type>();
+                    v.extend((0..take).map(|i| if col.is_null(i) { f64::NAN } else { col.value(i) }));
+                }
+                Values::Text(v) => {
+                    let col = files::column(&batch, name, ValueType::String, &what, first).map_err(bad)?;
+                    let col = col.as_string::<i32>();
+                    v.extend((0..take).map(|i| (!col.is_null(i)).then(|| col.value(i).to_string())));
+                }
+            }
         }
         first += take as u64;
         bar.inc(take as u64);
@@ -59,10 +81,23 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
     }
     bar.set_length(rows as u64 * 2);
     bar.set_message("model");
-    let outputs = run_model(&service, &args.model, &inputs, &columns, rows, &bar).await?;
+    let outputs = run_model(&service, &args.model, (&inputs, &types), &columns, rows, &bar).await?;
     bar.finish_and_clear();
-    let features: Vec<(String, Data)> =
-        wanted.iter().zip(columns).map(|(n, c)| (n.to_string(), Data::Numeric(c))).collect();
+    let features: Vec<(String, Data)> = wanted
+        .iter()
+        .zip(columns)
+        .map(|((name, dt), values)| {
+            let data = match values {
+                Values::Text(v) => Data::Categorical(v),
+                // the category the monitor will see: the value as the tensor carries it
+                Values::Numbers(v) if args.categorical.iter().any(|c| c == name) => {
+                    Data::Categorical(v.iter().map(|x| category(as_sent(*dt, *x))).collect())
+                }
+                Values::Numbers(v) => Data::Numeric(v),
+            };
+            (name.to_string(), data)
+        })
+        .collect();
     let (output_tensors, output_data): (Vec<TensorColumns>, Vec<(String, Data)>) = outputs;
     let created = flotilla_drift::monitor::window::rfc3339(
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
@@ -180,8 +215,8 @@ type Outputs = (Vec<TensorColumns>, Vec<(String, Data)>);
 async fn run_model(
     service: &flotilla_core::Service,
     model: &str,
-    inputs: &[TensorColumns],
-    columns: &[Vec<f64>],
+    (inputs, types): (&[TensorColumns], &[DataType]),
+    columns: &[Values],
     rows: usize,
     bar: &ProgressBar,
 ) -> anyhow::Result<Outputs> {
@@ -192,20 +227,15 @@ async fn run_model(
         let n = BATCH.min(rows - start);
         let mut offset = 0;
         let mut tensors = Vec::new();
-        for t in inputs {
+        for (t, dt) in inputs.iter().zip(types) {
             let width = t.columns.len();
-            let mut bytes = Vec::with_capacity(n * width * 4);
-            for r in start..start + n {
-                for c in &columns[offset..offset + width] {
-                    bytes.extend_from_slice(&(c[r] as f32).to_le_bytes());
-                }
-            }
+            let cols = &columns[offset..offset + width];
             offset += width;
             tensors.push(Tensor {
                 name: t.tensor.clone(),
-                datatype: DataType::F32,
+                datatype: *dt,
                 shape: vec![n as i64, width as i64],
-                data: bytes.into(),
+                data: encode(*dt, cols, start..start + n, &t.columns)?.into(),
                 parameters: Default::default(),
             });
         }
@@ -214,7 +244,7 @@ async fn run_model(
         if specs.is_empty() {
             for o in &response.outputs {
                 let width = if o.shape.len() >= 2 { o.shape[1..].iter().product::<i64>().max(1) as usize } else { 1 };
-                if numbers(o).is_none() {
+                if o.datatype == DataType::Bytes {
                     continue;
                 }
                 let columns = if width == 1 {
@@ -229,7 +259,7 @@ async fn run_model(
         let mut col = 0;
         for spec in &specs {
             let o = response.outputs.iter().find(|o| o.name == spec.tensor).context("an output went missing")?;
-            let values = numbers(o).context("an output changed type")?;
+            let values = flotilla_core::tensor::to_f64(o.datatype, &o.data).map_err(|e| anyhow::anyhow!("output '{}': {}", o.name, e.message))?;
             let width = spec.columns.len();
             if values.len() != n * width {
                 bail!("output '{}' has {} values for {n} rows of {width}", o.name, values.len());
@@ -246,19 +276,78 @@ async fn run_model(
     Ok((specs, names.into_iter().zip(data).map(|(n, d)| (n, Data::Numeric(d))).collect()))
 }
 
-/// A numeric output's values as f64 (None for BYTES and other non-numeric outputs).
-fn numbers(t: &Tensor) -> Option<Vec<f64>> {
-    let d = &t.data[..];
-    Some(match t.datatype {
-        DataType::F32 => d.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect(),
-        DataType::F64 => {
-            d.chunks_exact(8).map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect()
+/// One data column as read.
+enum Values {
+    Numbers(Vec<f64>),
+    Text(Vec<Option<String>>),
+}
+
+fn names(wanted: &[(&str, DataType)]) -> String {
+    wanted.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+}
+
+/// The datatype of each profiled input, from the model's configuration; `flotilla profile`
+/// feeds FP32, FP64, INT32, INT64 and BYTES inputs.
+fn input_types(inputs: &[TensorColumns], config: &flotilla_core::ModelConfig) -> anyhow::Result<Vec<DataType>> {
+    inputs
+        .iter()
+        .map(|t| {
+            let input = config.input.iter().find(|i| i.name == t.tensor).context("an input went missing")?;
+            let dt = flotilla_core::config::input_datatype(input);
+            match dt {
+                DataType::F32 | DataType::F64 | DataType::I32 | DataType::I64 | DataType::Bytes => Ok(dt),
+                other => bail!(
+                    "input '{}' is {}: flotilla profile feeds FP32, FP64, INT32, INT64 and BYTES inputs",
+                    t.tensor,
+                    other.as_str()
+                ),
+            }
+        })
+        .collect()
+}
+
+/// A value as the input tensor carries it (an FP32 input rounds to f32, an integer input truncates).
+fn as_sent(dt: DataType, x: f64) -> f64 {
+    match dt {
+        DataType::F32 => f64::from(x as f32),
+        DataType::I32 if x.is_finite() => f64::from(x as i32),
+        DataType::I64 if x.is_finite() => x as i64 as f64,
+        _ => x,
+    }
+}
+
+/// A numeric category as the monitor names it (NaN: missing).
+fn category(x: f64) -> Option<String> {
+    (!x.is_nan()).then(|| format!("{x}"))
+}
+
+/// Rows `rows` of `columns` as one `[rows, columns]` tensor of `dt`, row-major.
+fn encode(dt: DataType, columns: &[Values], rows: std::ops::Range<usize>, names: &[String]) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(rows.len() * columns.len() * 8);
+    for r in rows {
+        for (c, name) in columns.iter().zip(names) {
+            match (c, dt) {
+                (Values::Text(v), DataType::Bytes) => {
+                    let s = v[r].as_deref().unwrap_or("");
+                    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                    out.extend_from_slice(s.as_bytes());
+                }
+                (Values::Numbers(v), DataType::F32) => out.extend_from_slice(&(v[r] as f32).to_le_bytes()),
+                (Values::Numbers(v), DataType::F64) => out.extend_from_slice(&v[r].to_le_bytes()),
+                (Values::Numbers(v), DataType::I32 | DataType::I64) => {
+                    let x = v[r];
+                    if !x.is_finite() {
+                        bail!("column '{name}', row {r}: no value, and input type {} has no missing value", dt.as_str());
+                    }
+                    if dt == DataType::I32 {
+                        out.extend_from_slice(&(x as i32).to_le_bytes());
+                    } else {
+                        out.extend_from_slice(&(x as i64).to_le_bytes());
+                    }
+                }
+                _ => bail!("column '{name}' cannot feed a {} input", dt.as_str()),
+            }
         }
-        DataType::I32 => d.chunks_exact(4).map(|c| f64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect(),
-        DataType::I64 => d
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f64)
-            .collect(),
-        _ => return None,
-    })
+    }
+    Ok(out)
 }

@@ -8,6 +8,7 @@ pub mod config;
 #[cfg(test)]
 mod tests;
 pub mod window;
+mod worker;
 
 use crate::profile::{self, Profile};
 use config::DriftConfig;
@@ -24,6 +25,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use window::{Cell, Level, Window, WindowReport};
+pub use worker::Folding;
+use worker::Worker;
 
 /// Requests waiting for the aggregator; beyond this they are skipped (and counted).
 pub const CHANNEL_CAPACITY: usize = 4096;
@@ -141,12 +144,21 @@ pub struct Monitor {
     rx: Mutex<Option<mpsc::Receiver<Observation>>>,
     metrics: Metrics,
     http: reqwest::Client,
+    worker: Worker,
+    /// The runtime `run` was called on: webhooks are sent from it.
+    runtime: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 impl Monitor {
     /// A monitor for the models of `repository` that carry a `drift_profile.json`; windows are
-    /// snapshotted into `state_dir` (when given) at every window close and at shutdown.
-    pub fn new(repository: PathBuf, state_dir: Option<PathBuf>, registry: &prometheus::Registry) -> Arc<Monitor> {
+    /// snapshotted into `state_dir` (when given) at every window close and at shutdown;
+    /// `folding` says which thread does the work (a server wants [`Folding::IdleThread`]).
+    pub fn new(
+        repository: PathBuf,
+        state_dir: Option<PathBuf>,
+        registry: &prometheus::Registry,
+        folding: Folding,
+    ) -> Arc<Monitor> {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         Arc::new(Monitor {
             repository,
@@ -156,6 +168,8 @@ impl Monitor {
             rx: Mutex::new(Some(rx)),
             metrics: Metrics::new(registry),
             http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default(),
+            worker: Worker::start(folding),
+            runtime: std::sync::OnceLock::new(),
         })
     }
 
@@ -190,9 +204,11 @@ impl Monitor {
 
     /// Runs the aggregator until `stop` turns true (call once). It drains the queue on a timer
     /// instead of waiting on it, so a served request never wakes it (a wake per request would
-    /// put the aggregator in front of the next request on the same worker thread).
+    /// put the aggregator in front of the next request on the same worker thread), and hands
+    /// the folding and scoring to its worker (see [`Folding`]).
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let Some(mut rx) = self.rx.lock().take() else { return };
+        let _ = self.runtime.set(tokio::runtime::Handle::current());
         let mut tick = tokio::time::interval(DRAIN_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -204,18 +220,22 @@ impl Monitor {
             while let Ok(o) = rx.try_recv() {
                 batch.push(o);
             }
-            if !batch.is_empty() {
-                // Folding is CPU work: on a blocking-pool thread, the runtime's workers stay
-                // free for requests.
-                let me = self.clone();
-                let _ = tokio::task::spawn_blocking(move || batch.into_iter().for_each(|o| me.fold(o))).await;
-            }
+            // the clock is read here, in the runtime (a paused clock in tests), for the worker
+            let (me, now) = (self.clone(), Instant::now());
+            let _ = self
+                .worker
+                .run(move || {
+                    batch.into_iter().for_each(|o| me.fold(o, now));
+                    if !stopping {
+                        me.close_due(now);
+                    }
+                })
+                .await;
             if stopping {
                 // what was queued before shutdown counted above; keep the open windows
                 self.snapshot_all();
                 return;
             }
-            self.close_due();
         }
     }
 
@@ -229,10 +249,10 @@ impl Monitor {
     }
 
     /// A snapshot when the last one is older than [`SNAPSHOT_EVERY`].
-    fn snapshot_now_and_then(&self, m: &ModelState, versions: &BTreeMap<String, VersionState>) {
+    fn snapshot_now_and_then(&self, m: &ModelState, versions: &BTreeMap<String, VersionState>, now: Instant) {
         let mut last = m.snapshotted.lock();
-        if last.is_none_or(|t| t.elapsed() >= SNAPSHOT_EVERY) {
-            *last = Some(Instant::now());
+        if last.is_none_or(|t| now.saturating_duration_since(t) >= SNAPSHOT_EVERY) {
+            *last = Some(now);
             self.snapshot(m, versions);
         }
     }
@@ -288,7 +308,7 @@ impl Monitor {
         tracing::info!(model = %m.name, versions = versions.len(), "drift windows restored");
     }
 
-    fn fold(&self, o: Observation) {
+    fn fold(&self, o: Observation, now: Instant) {
         let m = &o.model;
         let (ins, outs, batch) = match read_columns(&m.profile, &o.inputs, &o.outputs) {
             Ok(r) => r,
@@ -299,7 +319,7 @@ impl Monitor {
             }
         };
         let mut versions = m.versions.lock();
-        let v = versions.entry(o.version.clone()).or_insert_with(|| VersionState::new(&m.profile));
+        let v = versions.entry(o.version.clone()).or_insert_with(|| VersionState::new(&m.profile, now));
         let (mut scratch, mut features, mut outputs) = (Vec::new(), Vec::new(), Vec::new());
         let mut closed = false;
         for r in 0..batch {
@@ -309,36 +329,36 @@ impl Monitor {
             outputs.extend(outs.iter().map(|c| c[r]));
             v.window.add_row(&m.profile, &m.pca_columns, &features, &outputs, &mut scratch);
             if v.window.rows >= m.config.window_rows {
-                self.close(m, &o.version, v);
+                self.close(m, &o.version, v, now);
                 closed = true;
             }
         }
         self.metrics.rows.with_label_values(&[m.name.as_str(), o.version.as_str()]).inc_by(batch as u64);
         if closed {
-            self.snapshot_now_and_then(m, &versions);
+            self.snapshot_now_and_then(m, &versions, now);
         }
     }
 
-    fn close_due(&self) {
+    fn close_due(&self, now: Instant) {
         let models: Vec<Arc<ModelState>> = self.models.read().values().flatten().cloned().collect();
         for m in models {
             let Some(every) = m.config.window_time else { continue };
             let mut versions = m.versions.lock();
             let mut closed = false;
             for (version, v) in versions.iter_mut() {
-                if v.opened.elapsed() >= every && v.window.rows > 0 {
-                    self.close(&m, version, v);
+                if now.saturating_duration_since(v.opened) >= every && v.window.rows > 0 {
+                    self.close(&m, version, v, now);
                     closed = true;
                 }
             }
             if closed {
-                self.snapshot_now_and_then(&m, &versions);
+                self.snapshot_now_and_then(&m, &versions, now);
             }
         }
     }
 
     /// Scores the window, moves alert states, and opens the next window.
-    fn close(&self, m: &ModelState, version: &str, v: &mut VersionState) {
+    fn close(&self, m: &ModelState, version: &str, v: &mut VersionState, now: Instant) {
         let report = v.window.report(&m.profile, &m.config, now_ms());
         let labels = |feature: &str, metric: &str| {
             [m.name.clone(), version.to_string(), feature.to_string(), metric.to_string()]
@@ -399,13 +419,17 @@ impl Monitor {
         }
         v.window = Window::new(&m.profile, v.next_index, now_ms());
         v.next_index += 1;
-        v.opened = Instant::now();
+        v.opened = now;
     }
 
     fn send_webhook(&self, m: &ModelState, event: AlertEvent) {
         let Some(url) = m.config.webhook.clone() else { return };
+        let Some(runtime) = self.runtime.get().cloned().or_else(|| tokio::runtime::Handle::try_current().ok()) else {
+            tracing::warn!(model = %m.name, "drift webhook not sent: no runtime");
+            return;
+        };
         let (http, failures) = (self.http.clone(), self.metrics.webhook_failures.with_label_values(&[m.name.as_str()]));
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let mut backoff = Duration::from_millis(250);
             for attempt in 1..=5 {
                 match http.post(&url).json(&event).send().await {
@@ -418,6 +442,19 @@ impl Monitor {
             }
             failures.inc();
         });
+    }
+
+    /// The open window of each version, whole (sketches, counts, moments: `Window`'s JSON), for
+    /// a fleet view that merges the windows of several workers with [`Window::merge`].
+    pub fn open_windows(&self, name: &str) -> Option<serde_json::Value> {
+        let m = self.model(name)?;
+        let versions = m.versions.lock();
+        let windows: BTreeMap<&String, &Window> = versions.iter().map(|(v, s)| (v, &s.window)).collect();
+        Some(serde_json::json!({
+            "model": m.name,
+            "profile_created": m.profile.created,
+            "versions": windows,
+        }))
     }
 
     /// The `/v2/models/{m}/drift` document (None when the model has no profile).
@@ -512,10 +549,10 @@ impl VersionState {
         }
     }
 
-    fn new(profile: &Profile) -> VersionState {
+    fn new(profile: &Profile, now: Instant) -> VersionState {
         VersionState {
             window: Window::new(profile, 0, now_ms()),
-            opened: Instant::now(),
+            opened: now,
             history: VecDeque::new(),
             alerts: BTreeMap::new(),
             next_index: 1,
@@ -609,35 +646,18 @@ fn tensor_columns<'a>(specs: &[profile::TensorColumns], tensors: &'a [Tensor]) -
 }
 
 fn cells(t: &Tensor, n: usize) -> Result<Vec<Cell<'_>>, String> {
-    let d = &t.data[..];
-    macro_rules! nums {
-        ($size:expr, $conv:expr) => {{
-            if d.len() != n * $size {
-                return Err(format!("tensor '{}': {} bytes for {n} elements", t.name, d.len()));
-            }
-            d.chunks_exact($size).map(|c| Cell::Number($conv(c))).collect()
-        }};
-    }
-    let arr = |c: &[u8], _: usize| -> [u8; 8] {
-        let mut a = [0u8; 8];
-        a[..c.len()].copy_from_slice(c);
-        a
+    let cells: Vec<Cell<'_>> = if t.datatype == DataType::Bytes {
+        let items = flotilla_core::tensor::split_bytes_elements(&t.data, &t.name).map_err(|e| e.message)?;
+        // an empty element is a missing value (BYTES has no null)
+        items.into_iter().map(|b| Cell::Text(std::str::from_utf8(b).ok().filter(|s| !s.is_empty()))).collect()
+    } else {
+        let values = flotilla_core::tensor::to_f64(t.datatype, &t.data).map_err(|e| e.message)?;
+        values.into_iter().map(Cell::Number).collect()
     };
-    Ok(match t.datatype {
-        DataType::F32 => nums!(4, |c: &[u8]| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-        DataType::F64 => nums!(8, |c: &[u8]| f64::from_le_bytes(arr(c, 8))),
-        DataType::I32 => nums!(4, |c: &[u8]| f64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-        DataType::I64 => nums!(8, |c: &[u8]| i64::from_le_bytes(arr(c, 8)) as f64),
-        DataType::Bool | DataType::U8 => nums!(1, |c: &[u8]| f64::from(c[0])),
-        DataType::Bytes => {
-            let items = flotilla_core::tensor::split_bytes_elements(d, &t.name).map_err(|e| e.message)?;
-            if items.len() != n {
-                return Err(format!("tensor '{}': {} elements, expected {n}", t.name, items.len()));
-            }
-            items.into_iter().map(|b| Cell::Text(std::str::from_utf8(b).ok())).collect()
-        }
-        other => return Err(format!("tensor '{}': {other:?} is not monitored", t.name)),
-    })
+    if cells.len() != n || (t.datatype != DataType::Bytes && t.data.len() != n * t.datatype.size().unwrap_or(0)) {
+        return Err(format!("tensor '{}': {} bytes do not hold the {n} elements of its shape", t.name, t.data.len()));
+    }
+    Ok(cells)
 }
 
 fn now_ms() -> i64 {

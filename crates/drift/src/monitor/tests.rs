@@ -3,7 +3,7 @@
 
 use super::config::DriftConfig;
 use super::window::{Cell, Level, Window};
-use super::Monitor;
+use super::{Folding, Monitor};
 use crate::profile::{Data, Profile, TensorColumns};
 use flotilla_core::{DataType, Tensor};
 use std::time::Duration;
@@ -80,7 +80,7 @@ async fn settle() {
 async fn windows_close_by_count_and_alerts_need_consecutive_windows() {
     let dir = model_folder("[window]\nrows = 500\nseconds = 0\n[alerts]\nconsecutive = 2\n");
     let registry = prometheus::Registry::new();
-    let monitor = Monitor::new(dir.path().to_path_buf(), None, &registry);
+    let monitor = Monitor::new(dir.path().to_path_buf(), None, &registry, Folding::BlockingPool);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(monitor.clone().run(stop));
     let mut g = Normal(99);
@@ -123,7 +123,7 @@ async fn windows_close_by_count_and_alerts_need_consecutive_windows() {
 async fn windows_close_by_time_and_a_correlated_shift_is_caught() {
     let dir = model_folder("[window]\nrows = 1000000\nseconds = 10\n[alerts]\nconsecutive = 1\n");
     let registry = prometheus::Registry::new();
-    let monitor = Monitor::new(dir.path().to_path_buf(), None, &registry);
+    let monitor = Monitor::new(dir.path().to_path_buf(), None, &registry, Folding::BlockingPool);
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     tokio::spawn(monitor.clone().run(stop));
     let mut g = Normal(5);
@@ -148,7 +148,7 @@ async fn windows_close_by_time_and_a_correlated_shift_is_caught() {
 fn requests_unlike_the_profile_are_skipped_and_counted_not_panicking() {
     let dir = model_folder("");
     let registry = prometheus::Registry::new();
-    let monitor = Monitor::new(dir.path().to_path_buf(), None, &registry);
+    let monitor = Monitor::new(dir.path().to_path_buf(), None, &registry, Folding::BlockingPool);
     let state = monitor.model("m").expect("profile");
     let bad = [
         vec![f32_tensor("input__0", vec![2, 3], &[0.0; 6])],
@@ -175,7 +175,7 @@ fn requests_unlike_the_profile_are_skipped_and_counted_not_panicking() {
             inputs,
             outputs: vec![f32_tensor("output", vec![1, 1], &[0.0])],
         };
-        monitor.fold(o);
+        monitor.fold(o, tokio::time::Instant::now());
     }
     let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).expect("encode");
     assert!(text.contains(r#"flotilla_drift_skipped_requests_total{model="m",reason="shape"} 4"#), "{text}");
@@ -185,7 +185,7 @@ fn requests_unlike_the_profile_are_skipped_and_counted_not_panicking() {
 fn overload_skips_and_counts_instead_of_waiting() {
     let dir = model_folder("");
     let registry = prometheus::Registry::new();
-    let monitor = Monitor::new(dir.path().to_path_buf(), None, &registry);
+    let monitor = Monitor::new(dir.path().to_path_buf(), None, &registry, Folding::BlockingPool);
     let mut g = Normal(3);
     // no aggregator running: the queue fills, then requests are skipped
     for _ in 0..super::CHANNEL_CAPACITY + 10 {
@@ -229,6 +229,58 @@ fn a_thousand_stable_windows_of_500_rows_raise_no_alert() {
     assert!(noisy_windows <= 10, "false-alarm rate per window {noisy_windows}/1000");
 }
 
+/// The fleet view: two workers' windows merged score like one window of all their rows.
+#[test]
+fn merged_windows_of_two_workers_score_like_one_window_of_both() {
+    let p = profile(20_000);
+    let config = DriftConfig::default();
+    let pca_columns = vec![Some(0), Some(1)];
+    let mut g = Normal(99);
+    let (mut a, mut b, mut all) = (Window::new(&p, 0, 10), Window::new(&p, 0, 5), Window::new(&p, 0, 5));
+    let mut scratch = Vec::new();
+    for i in 0..3000 {
+        // worker b sees shifted rows: the merged window is a mixture, not either one
+        let shift = if i % 3 == 0 { 0.7 } else { 0.0 };
+        let x = g.next() + shift;
+        let y = if i % 7 == 0 { f64::NAN } else { 0.8 * x + 0.6 * g.next() };
+        let row = [Cell::Number(x), Cell::Number(y)];
+        let out = [Cell::Number(x + y)];
+        let w = if shift > 0.0 { &mut b } else { &mut a };
+        w.add_row(&p, &pca_columns, &row, &out, &mut scratch);
+        all.add_row(&p, &pca_columns, &row, &out, &mut scratch);
+    }
+    a.merge(&b).expect("same profile");
+    assert_eq!((a.rows, a.opened_ms), (3000, 5));
+    let (merged, whole) = (a.report(&p, &config, 0), all.report(&p, &config, 0));
+    for (m, w) in merged.features.iter().chain(&merged.outputs).zip(whole.features.iter().chain(&whole.outputs)) {
+        let (ms, ws) = (&m.scores, &w.scores);
+        let near = |what: &str, x: Option<f64>, y: Option<f64>, tol: f64| {
+            let (x, y) = (x.expect(what), y.expect(what));
+            assert!((x - y).abs() <= tol, "{} {what}: merged {x} vs one window {y}", m.name);
+        };
+        // counted exactly: bins, missing, range
+        near("psi", ms.psi, ws.psi, 1e-12);
+        near("jensen_shannon", ms.jensen_shannon, ws.jensen_shannon, 1e-12);
+        near("missing", Some(ms.missing_rate_change), Some(ws.missing_rate_change), 1e-12);
+        near("out_of_range", ms.out_of_range_rate, ws.out_of_range_rate, 1e-12);
+        // sketched: within the sketch's error
+        near("ks", ms.ks, ws.ks, 0.01);
+        near("wasserstein", ms.wasserstein, ws.wasserstein, 0.02);
+        assert_eq!(m.window.count, w.window.count);
+        assert!((m.window.mean.unwrap_or(0.0) - w.window.mean.unwrap_or(0.0)).abs() < 1e-9);
+    }
+    let (mm, wm) = (merged.multivariate.expect("pca"), whole.multivariate.expect("pca"));
+    assert!((mm.pca_error_ratio - wm.pca_error_ratio).abs() < 1e-9);
+    let other = Window::new(&profile_with_three_columns(), 0, 0);
+    assert!(a.merge(&other).unwrap_err().contains("different profiles"));
+}
+
+fn profile_with_three_columns() -> Profile {
+    let inputs = vec![TensorColumns { tensor: "t".into(), columns: vec!["a".into(), "b".into(), "c".into()] }];
+    let col = |n: &str| (n.to_string(), Data::Numeric(vec![1.0, 2.0, 3.0]));
+    Profile::build("m", "generated", "now", (inputs, &[col("a"), col("b"), col("c")]), (vec![], &[]))
+}
+
 #[test]
 fn drift_toml_errors_are_clear() {
     assert!(DriftConfig::parse("[window]\nrows = 0").unwrap_err().contains("window.rows must be > 0"));
@@ -252,7 +304,7 @@ async fn windows_and_alert_states_survive_a_restart() {
     let mut g = Normal(11);
     {
         let monitor =
-            Monitor::new(dir.path().to_path_buf(), Some(state.path().to_path_buf()), &prometheus::Registry::new());
+            Monitor::new(dir.path().to_path_buf(), Some(state.path().to_path_buf()), &prometheus::Registry::new(), Folding::BlockingPool);
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(monitor.clone().run(stop));
         for _ in 0..7 {
@@ -265,7 +317,7 @@ async fn windows_and_alert_states_survive_a_restart() {
     }
     assert!(state.path().join("m.json").exists());
     let registry = prometheus::Registry::new();
-    let monitor = Monitor::new(dir.path().to_path_buf(), Some(state.path().to_path_buf()), &registry);
+    let monitor = Monitor::new(dir.path().to_path_buf(), Some(state.path().to_path_buf()), &registry, Folding::BlockingPool);
     let r = report(&monitor);
     let v = &r["versions"][0];
     assert_eq!(v["windows"].as_array().expect("windows").len(), 1, "{v}");
@@ -278,6 +330,6 @@ async fn windows_and_alert_states_survive_a_restart() {
     let other = state.path().join("m.json");
     let text = std::fs::read_to_string(&other).expect("snapshot");
     std::fs::write(&other, text.replace("2026-11-24T00:00:00Z", "2020-01-01T00:00:00Z")).expect("write");
-    let fresh = Monitor::new(dir.path().to_path_buf(), Some(state.path().to_path_buf()), &prometheus::Registry::new());
+    let fresh = Monitor::new(dir.path().to_path_buf(), Some(state.path().to_path_buf()), &prometheus::Registry::new(), Folding::BlockingPool);
     assert_eq!(report(&fresh)["versions"].as_array().expect("versions").len(), 0);
 }

@@ -43,6 +43,15 @@ impl Acc {
         }
     }
 
+    fn merge(&mut self, other: &Acc) -> Result<(), String> {
+        match (self, other) {
+            (Acc::Numeric(a), Acc::Numeric(b)) => a.merge(b),
+            (Acc::Categorical(a), Acc::Categorical(b)) => a.merge(b),
+            _ => return Err("a column is numeric in one window and categorical in the other".into()),
+        }
+        Ok(())
+    }
+
     fn scores(&self, reference: &Column) -> Scores {
         match (self, &reference.kind) {
             (Acc::Numeric(w), ColumnKind::Numeric(r)) => compare::numeric(r, w),
@@ -192,6 +201,28 @@ impl Window {
             }
             self.pca.update(m.pca.error(pca_row));
         }
+    }
+
+    /// Adds a window of the same profile from another worker (the fleet view): every summary
+    /// merges, so the result scores like one window of both workers' rows (the sketches within
+    /// their error bound, everything else exactly).
+    pub fn merge(&mut self, other: &Window) -> Result<(), String> {
+        if self.features.len() != other.features.len() || self.outputs.len() != other.outputs.len() {
+            return Err(format!(
+                "windows of different profiles: {} and {} features, {} and {} outputs",
+                self.features.len(),
+                other.features.len(),
+                self.outputs.len(),
+                other.outputs.len()
+            ));
+        }
+        for (a, b) in self.features.iter_mut().zip(&other.features).chain(self.outputs.iter_mut().zip(&other.outputs)) {
+            a.merge(b)?;
+        }
+        self.rows += other.rows;
+        self.pca.merge(&other.pca);
+        self.opened_ms = self.opened_ms.min(other.opened_ms);
+        Ok(())
     }
 
     pub fn report(&self, profile: &Profile, config: &DriftConfig, closed_ms: i64) -> WindowReport {
