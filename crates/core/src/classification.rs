@@ -18,8 +18,9 @@ pub fn classify(output: &Tensor, batched: bool, k: usize, labels: Option<&[Strin
     if k == 0 {
         return Err(Error::invalid(format!("output '{}': classification count must be > 0", output.name)));
     }
-    let values = to_f64(output.datatype, &output.data)
-        .map_err(|_| Error::invalid(format!("output '{}': classification needs a numeric output, not BYTES", output.name)))?;
+    let values = to_f64(output.datatype, &output.data).map_err(|_| {
+        Error::invalid(format!("output '{}': classification needs a numeric output, not BYTES", output.name))
+    })?;
     let batch = if batched { output.shape.first().copied().unwrap_or(1).max(0) as usize } else { 1 };
     let per_item = values.len().checked_div(batch).unwrap_or(0);
     let k = k.min(per_item);

@@ -125,6 +125,31 @@ impl Tensor {
     }
 }
 
+/// Every element of a fixed-size tensor as f64 (classification, drift monitoring, profiles);
+/// trailing bytes short of an element are ignored: callers compare the count with the shape.
+pub fn to_f64(datatype: DataType, data: &[u8]) -> Result<Vec<f64>> {
+    macro_rules! read {
+        ($t:ty, $n:expr) => {
+            data.chunks_exact($n).map(|c| <$t>::from_le_bytes(c.try_into().unwrap_or([0; $n])) as f64).collect()
+        };
+    }
+    Ok(match datatype {
+        DataType::Bool | DataType::U8 => data.iter().map(|b| *b as f64).collect(),
+        DataType::I8 => data.iter().map(|b| *b as i8 as f64).collect(),
+        DataType::U16 => read!(u16, 2),
+        DataType::I16 => read!(i16, 2),
+        DataType::U32 => read!(u32, 4),
+        DataType::I32 => read!(i32, 4),
+        DataType::U64 => read!(u64, 8),
+        DataType::I64 => read!(i64, 8),
+        DataType::F32 => read!(f32, 4),
+        DataType::F64 => read!(f64, 8),
+        DataType::F16 => data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
+        DataType::BF16 => data.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
+        DataType::Bytes => return Err(Error::invalid("BYTES elements are not numbers")),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,29 +184,4 @@ mod tests {
         let t = Tensor::new("a", DataType::Bytes, vec![2], join_bytes_elements([&b"a"[..]]));
         assert!(t.validate("a").unwrap_err().message.contains("needs 2 BYTES"));
     }
-}
-
-/// Every element of a fixed-size tensor as f64 (classification, drift monitoring, profiles);
-/// trailing bytes short of an element are ignored: callers compare the count with the shape.
-pub fn to_f64(datatype: DataType, data: &[u8]) -> Result<Vec<f64>> {
-    macro_rules! read {
-        ($t:ty, $n:expr) => {
-            data.chunks_exact($n).map(|c| <$t>::from_le_bytes(c.try_into().unwrap_or([0; $n])) as f64).collect()
-        };
-    }
-    Ok(match datatype {
-        DataType::Bool | DataType::U8 => data.iter().map(|b| *b as f64).collect(),
-        DataType::I8 => data.iter().map(|b| *b as i8 as f64).collect(),
-        DataType::U16 => read!(u16, 2),
-        DataType::I16 => read!(i16, 2),
-        DataType::U32 => read!(u32, 4),
-        DataType::I32 => read!(i32, 4),
-        DataType::U64 => read!(u64, 8),
-        DataType::I64 => read!(i64, 8),
-        DataType::F32 => read!(f32, 4),
-        DataType::F64 => read!(f64, 8),
-        DataType::F16 => data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
-        DataType::BF16 => data.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
-        DataType::Bytes => return Err(Error::invalid("BYTES elements are not numbers")),
-    })
 }

@@ -1,6 +1,6 @@
 //! One window against the reference: every drift metric of every column.
 
-use crate::distance::{jensen_shannon, ks, psi, wasserstein, Sample};
+use crate::distance::{jensen_shannon, ks_and_wasserstein, psi, Sample};
 use crate::profile::NumericReference;
 use crate::summary::{CategoricalSummary, NumericSummary};
 use serde::{Deserialize, Serialize};
@@ -55,11 +55,12 @@ pub fn numeric(reference: &NumericReference, window: &NumericSummary) -> Scores 
     let r = &reference.summary;
     let (rs, ws) = (reference.sample(), &Sample::weighted(&window.sketch.weighted()));
     let std = r.moments.std();
+    let distances = ks_and_wasserstein(rs, ws);
     Scores {
         psi: psi(&r.bins, &window.bins),
         jensen_shannon: jensen_shannon(&r.bins, &window.bins),
-        wasserstein: wasserstein(rs, ws).map(|w| if std > 0.0 { w / std } else { w }),
-        ks: ks(rs, ws),
+        wasserstein: distances.map(|(_, w)| if std > 0.0 { w / std } else { w }),
+        ks: distances.map(|(d, _)| d),
         missing_rate_change: window.missing_rate() - r.missing_rate(),
         out_of_range_rate: (window.moments.count > 0).then(|| window.out_of_range_rate()),
         new_category_rate: None,

@@ -56,31 +56,51 @@ impl Sample {
             self.cum[i - 1] / self.total()
         }
     }
-
-    /// Every distinct value of `self` and `other`, ascending.
-    fn support(&self, other: &Sample) -> Vec<f64> {
-        let mut all: Vec<f64> = self.values.iter().chain(&other.values).copied().collect();
-        all.sort_by(f64::total_cmp);
-        all.dedup();
-        all
-    }
 }
 
 /// Two-sample Kolmogorov–Smirnov statistic: the largest gap between the two CDFs.
 pub fn ks(a: &Sample, b: &Sample) -> Option<f64> {
-    if a.is_empty() || b.is_empty() {
-        return None;
-    }
-    Some(a.support(b).iter().map(|&x| (a.cdf(x) - b.cdf(x)).abs()).fold(0.0, f64::max))
+    ks_and_wasserstein(a, b).map(|(d, _)| d)
 }
 
 /// Wasserstein-1 (earth mover's) distance: the area between the two CDFs.
 pub fn wasserstein(a: &Sample, b: &Sample) -> Option<f64> {
+    ks_and_wasserstein(a, b).map(|(_, w)| w)
+}
+
+/// KS D and Wasserstein-1 together, in one merge of the two sorted samples: at each distinct
+/// value x of either (ascending) the CDF gap |A(x) − B(x)| is a KS candidate, and it holds on
+/// [x, next value), which adds gap × width to the area. O(n + m), no allocation.
+pub fn ks_and_wasserstein(a: &Sample, b: &Sample) -> Option<(f64, f64)> {
     if a.is_empty() || b.is_empty() {
         return None;
     }
-    let support = a.support(b);
-    Some(support.windows(2).map(|w| (a.cdf(w[0]) - b.cdf(w[0])).abs() * (w[1] - w[0])).sum())
+    let (ta, tb) = (a.total(), b.total());
+    let (mut i, mut j) = (0, 0);
+    let (mut d, mut area) = (0.0f64, 0.0f64);
+    let mut last: Option<(f64, f64)> = None; // (previous support value, the gap from it on)
+    loop {
+        let x = match (a.values.get(i), b.values.get(j)) {
+            (Some(&x), Some(&y)) => x.min(y),
+            (Some(&x), None) | (None, Some(&x)) => x,
+            (None, None) => break,
+        };
+        while a.values.get(i).is_some_and(|v| *v <= x) {
+            i += 1;
+        }
+        while b.values.get(j).is_some_and(|v| *v <= x) {
+            j += 1;
+        }
+        let fa = if i == 0 { 0.0 } else { a.cum[i - 1] / ta };
+        let fb = if j == 0 { 0.0 } else { b.cum[j - 1] / tb };
+        let gap = (fa - fb).abs();
+        if let Some((p, g)) = last {
+            area += g * (x - p);
+        }
+        d = d.max(gap);
+        last = Some((x, gap));
+    }
+    Some((d, area))
 }
 
 /// Which bin `x` falls in, given ascending inner edges: bin `i` is `(edges[i-1], edges[i]]`,

@@ -120,8 +120,9 @@ pub async fn build_service(config: &ServeConfig) -> anyhow::Result<Built> {
     let metrics = Metrics::new();
     let features = open_features(config, &metrics).await?;
     let drift_state = Some(config.drift_state_dir.clone()).filter(|d| d.as_os_str() != "none");
-    let drift =
-        config.drift_monitoring.then(|| Monitor::new(config.model_repository.clone(), drift_state, &metrics.registry, Folding::IdleThread));
+    let drift = config
+        .drift_monitoring
+        .then(|| Monitor::new(config.model_repository.clone(), drift_state, &metrics.registry, Folding::IdleThread));
     let enrichment = features.as_ref().map(|f| Arc::new(Enrichment::new(f.clone(), config.model_repository.clone())));
     let mode = match config.model_control_mode {
         ControlModeArg::None => ControlMode::None,

@@ -27,11 +27,8 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
     let mv = service.repository.get(&args.model, "").context("the model did not load")?;
     let inputs = input_columns(&args, &folder, &mv.config)?;
     let types = input_types(&inputs, &mv.config)?;
-    let wanted: Vec<(&str, DataType)> = inputs
-        .iter()
-        .zip(&types)
-        .flat_map(|(t, dt)| t.columns.iter().map(move |c| (c.as_str(), *dt)))
-        .collect();
+    let wanted: Vec<(&str, DataType)> =
+        inputs.iter().zip(&types).flat_map(|(t, dt)| t.columns.iter().map(move |c| (c.as_str(), *dt))).collect();
     for c in &args.categorical {
         if !wanted.iter().any(|(w, _)| w == c) {
             bail!("--categorical {c}: not one of the profiled columns ({})", names(&wanted));
@@ -259,7 +256,8 @@ async fn run_model(
         let mut col = 0;
         for spec in &specs {
             let o = response.outputs.iter().find(|o| o.name == spec.tensor).context("an output went missing")?;
-            let values = flotilla_core::tensor::to_f64(o.datatype, &o.data).map_err(|e| anyhow::anyhow!("output '{}': {}", o.name, e.message))?;
+            let values = flotilla_core::tensor::to_f64(o.datatype, &o.data)
+                .map_err(|e| anyhow::anyhow!("output '{}': {}", o.name, e.message))?;
             let width = spec.columns.len();
             if values.len() != n * width {
                 bail!("output '{}' has {} values for {n} rows of {width}", o.name, values.len());
@@ -337,7 +335,10 @@ fn encode(dt: DataType, columns: &[Values], rows: std::ops::Range<usize>, names:
                 (Values::Numbers(v), DataType::I32 | DataType::I64) => {
                     let x = v[r];
                     if !x.is_finite() {
-                        bail!("column '{name}', row {r}: no value, and input type {} has no missing value", dt.as_str());
+                        bail!(
+                            "column '{name}', row {r}: no value, and input type {} has no missing value",
+                            dt.as_str()
+                        );
                     }
                     if dt == DataType::I32 {
                         out.extend_from_slice(&(x as i32).to_le_bytes());

@@ -222,15 +222,20 @@ impl Monitor {
             }
             // the clock is read here, in the runtime (a paused clock in tests), for the worker
             let (me, now) = (self.clone(), Instant::now());
-            let _ = self
+            let folded = self
                 .worker
                 .run(move || {
-                    batch.into_iter().for_each(|o| me.fold(o, now));
+                    batch.iter().for_each(|o| me.fold(o, now));
                     if !stopping {
                         me.close_due(now);
                     }
+                    batch
                 })
                 .await;
+            // The requests' buffers are freed here, on a runtime thread: freed on the idle-priority
+            // thread, they would take the allocator locks of the threads that allocated them, and
+            // a request thread could wait on a lock held by a thread the scheduler has set aside.
+            drop(folded);
             if stopping {
                 // what was queued before shutdown counted above; keep the open windows
                 self.snapshot_all();
@@ -308,7 +313,7 @@ impl Monitor {
         tracing::info!(model = %m.name, versions = versions.len(), "drift windows restored");
     }
 
-    fn fold(&self, o: Observation, now: Instant) {
+    fn fold(&self, o: &Observation, now: Instant) {
         let m = &o.model;
         let (ins, outs, batch) = match read_columns(&m.profile, &o.inputs, &o.outputs) {
             Ok(r) => r,

@@ -175,7 +175,7 @@ fn requests_unlike_the_profile_are_skipped_and_counted_not_panicking() {
             inputs,
             outputs: vec![f32_tensor("output", vec![1, 1], &[0.0])],
         };
-        monitor.fold(o, tokio::time::Instant::now());
+        monitor.fold(&o, tokio::time::Instant::now());
     }
     let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).expect("encode");
     assert!(text.contains(r#"flotilla_drift_skipped_requests_total{model="m",reason="shape"} 4"#), "{text}");
@@ -303,8 +303,12 @@ async fn windows_and_alert_states_survive_a_restart() {
     let state = tempfile::tempdir().expect("state dir");
     let mut g = Normal(11);
     {
-        let monitor =
-            Monitor::new(dir.path().to_path_buf(), Some(state.path().to_path_buf()), &prometheus::Registry::new(), Folding::BlockingPool);
+        let monitor = Monitor::new(
+            dir.path().to_path_buf(),
+            Some(state.path().to_path_buf()),
+            &prometheus::Registry::new(),
+            Folding::BlockingPool,
+        );
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(monitor.clone().run(stop));
         for _ in 0..7 {
@@ -317,7 +321,8 @@ async fn windows_and_alert_states_survive_a_restart() {
     }
     assert!(state.path().join("m.json").exists());
     let registry = prometheus::Registry::new();
-    let monitor = Monitor::new(dir.path().to_path_buf(), Some(state.path().to_path_buf()), &registry, Folding::BlockingPool);
+    let monitor =
+        Monitor::new(dir.path().to_path_buf(), Some(state.path().to_path_buf()), &registry, Folding::BlockingPool);
     let r = report(&monitor);
     let v = &r["versions"][0];
     assert_eq!(v["windows"].as_array().expect("windows").len(), 1, "{v}");
@@ -330,6 +335,11 @@ async fn windows_and_alert_states_survive_a_restart() {
     let other = state.path().join("m.json");
     let text = std::fs::read_to_string(&other).expect("snapshot");
     std::fs::write(&other, text.replace("2026-11-24T00:00:00Z", "2020-01-01T00:00:00Z")).expect("write");
-    let fresh = Monitor::new(dir.path().to_path_buf(), Some(state.path().to_path_buf()), &prometheus::Registry::new(), Folding::BlockingPool);
+    let fresh = Monitor::new(
+        dir.path().to_path_buf(),
+        Some(state.path().to_path_buf()),
+        &prometheus::Registry::new(),
+        Folding::BlockingPool,
+    );
     assert_eq!(report(&fresh)["versions"].as_array().expect("versions").len(), 0);
 }

@@ -35,9 +35,16 @@ impl Acc {
             (Acc::Numeric(w), ColumnKind::Numeric(r), Cell::Number(x)) => w.update(x, &r.bin_edges, r.range()),
             (Acc::Numeric(w), ColumnKind::Numeric(_), Cell::Text(_)) => w.missing += 1,
             (Acc::Categorical(w), ColumnKind::Categorical(r), Cell::Text(t)) => w.update(t, Some(r)),
+            (Acc::Categorical(w), ColumnKind::Categorical(r), Cell::Number(x)) if x.is_nan() => w.update(None, Some(r)),
             (Acc::Categorical(w), ColumnKind::Categorical(r), Cell::Number(x)) => {
-                let text = (!x.is_nan()).then(|| format!("{x}"));
-                w.update(text.as_deref(), Some(r));
+                // a category code named as `flotilla profile` names it, without an allocation per row
+                thread_local!(static TEXT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) });
+                TEXT.with_borrow_mut(|text| {
+                    use std::fmt::Write;
+                    text.clear();
+                    let _ = write!(text, "{x}");
+                    w.update(Some(text), Some(r));
+                });
             }
             _ => {}
         }

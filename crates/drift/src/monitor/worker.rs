@@ -73,7 +73,9 @@ fn lower_priority() {
         let policy = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
         match set_thread_priority_and_policy(thread_native_id(), thread_priority::ThreadPriority::Min, policy) {
             Ok(()) => tracing::debug!("drift aggregator runs at idle priority"),
-            Err(e) => tracing::warn!(error = ?e, "drift aggregator cannot take idle priority; it runs at normal priority"),
+            Err(e) => {
+                tracing::warn!(error = ?e, "drift aggregator cannot take idle priority; it runs at normal priority")
+            }
         }
     }
 }
