@@ -148,6 +148,7 @@ def main():
         drift = {
             "rows_monitored": metric(text, "flotilla_drift_rows_total", model="fraud_xgb"),
             "requests_skipped_overload": metric(text, "flotilla_drift_skipped_requests_total", reason="overload"),
+            "requests_sampled_out": metric(text, "flotilla_drift_skipped_requests_total", reason="sampled"),
             "windows": metric(text, "flotilla_drift_windows_total", model="fraud_xgb"),
             "alerts_raised": sum(1 for l in text.splitlines() if l.startswith("flotilla_drift_alert{") and not l.endswith(" 0")),
         }
@@ -193,7 +194,8 @@ def write_md(res, path):
                  f"{p['p99_change']:+.1%} |")
     d = res["drift"]
     L += ["", f"Monitoring side (server with monitoring on): {d['rows_monitored']:,.0f} rows folded into "
-          f"{d['windows']:,.0f} windows; {d['requests_skipped_overload']:,.0f} requests skipped because the aggregator's "
+          f"{d['windows']:,.0f} windows; {d.get('requests_sampled_out', 0):,.0f} requests left out by the CPU-budget sampling "
+          f"(`--drift-cpu-budget`, default 2% of a core); {d['requests_skipped_overload']:,.0f} requests skipped because the aggregator's "
           f"queue was full; {d['alerts_raised']} alert states raised.", "",
           "Targets (at every point): throughput drop ≤ 3% " + verdict(res, "throughput_change", lambda x: x >= -0.03) +
           "; p99 increase ≤ 5% " + verdict(res, "p99_change", lambda x: x <= 0.05) + ".", "",

@@ -56,6 +56,8 @@ class Server:
         environ["FLOTILLA_ONLINE_STORE"] = f"embedded:{self.store_dir}/online.redb"
         # ... and its own drift snapshots (windows survive a restart of the same server folder).
         environ["FLOTILLA_DRIFT_STATE_DIR"] = f"{self.store_dir}/drift"
+        # Every request monitored (no CPU-budget sampling), so tests can count rows exactly.
+        environ["FLOTILLA_DRIFT_CPU_BUDGET"] = "0"
         # Stream consumers only where a test asks for them (env={"FLOTILLA_CONSUME_STREAMS": "true"}).
         environ["FLOTILLA_CONSUME_STREAMS"] = "false"
         for key, value in (env or {}).items():

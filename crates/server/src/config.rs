@@ -258,6 +258,11 @@ pub struct ServeConfig {
     #[arg(long, env = "FLOTILLA_DRIFT_STATE_DIR", default_value = ".flotilla/drift")]
     pub drift_state_dir: PathBuf,
 
+    /// CPU the drift monitor may use, as a share of one core (0.02 = 2%); above it, it observes
+    /// one request in N (counted as skipped, reason "sampled"). 0 = no limit.
+    #[arg(long, env = "FLOTILLA_DRIFT_CPU_BUDGET", default_value_t = 0.02)]
+    pub drift_cpu_budget: f64,
+
     /// ONNX Runtime shared library (libonnxruntime.so) that runs ONNX models; `none` leaves them to tract.
     /// Unset: ORT_DYLIB_PATH, else the onnxruntime Python wheel in $VIRTUAL_ENV or ./.venv, else tract (with a warning).
     #[arg(long, env = "FLOTILLA_ONNXRUNTIME_LIB")]

@@ -243,9 +243,9 @@ pub async fn run(config: ServeConfig, listeners: Listeners, shutdown: impl Futur
     }
 
     if let Some(monitor) = drift.clone() {
-        let stop = stop_tx.subscribe();
+        let (stop, budget) = (stop_tx.subscribe(), config.drift_cpu_budget);
         tasks.spawn(async move {
-            monitor.run(stop).await;
+            monitor.run(stop, Some(budget)).await;
             Ok(())
         });
     }

@@ -20,6 +20,7 @@ use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -34,6 +35,27 @@ pub const CHANNEL_CAPACITY: usize = 4096;
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(10);
 /// How often the aggregator takes what the serving path queued.
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
+/// How often the sampling rate is set again from the time the worker spent.
+const BUDGET_PERIOD: Duration = Duration::from_secs(1);
+/// The sparsest sampling: one request in this many.
+const MAX_KEEP_ONE_IN: u32 = 4096;
+
+/// The next sampling rate (observe one request in the result) when the worker was busy
+/// `share` of the last period while observing one in `k`, for a `budget` share of one core. Its
+/// work is about proportional to the requests observed; it aims at 80% of the budget, and
+/// samples less only once it is under half of it (no flapping around the budget).
+pub fn keep_one_in(k: u32, share: f64, budget: f64) -> u32 {
+    let target = 0.8 * budget;
+    let wanted = f64::from(k.max(1)) * share / target;
+    let next = if share > budget {
+        wanted.ceil()
+    } else if share < 0.5 * budget {
+        wanted.floor()
+    } else {
+        f64::from(k)
+    };
+    (next as u32).clamp(1, MAX_KEEP_ONE_IN)
+}
 
 struct Observation {
     model: Arc<ModelState>,
@@ -51,6 +73,8 @@ pub struct ModelState {
     versions: Mutex<BTreeMap<String, VersionState>>,
     /// When the windows were last written to the state folder.
     snapshotted: Mutex<Option<Instant>>,
+    /// Requests left out by the CPU budget's sampling.
+    sampled_out: prometheus::IntCounter,
 }
 
 struct VersionState {
@@ -111,7 +135,7 @@ impl Metrics {
             rows: flotilla_core::metrics::counter("flotilla_drift_rows_total", "Rows folded into monitoring windows", labels),
             skipped: flotilla_core::metrics::counter(
                 "flotilla_drift_skipped_requests_total",
-                "Requests not monitored, by reason (overload: the aggregator's queue was full; shape: tensors unlike the profile's)",
+                "Requests not monitored, by reason (sampled: left out to keep within --drift-cpu-budget; overload: the aggregator's queue was full; shape: tensors unlike the profile's)",
                 &["model", "reason"],
             ),
             webhook_failures: flotilla_core::metrics::counter(
@@ -147,6 +171,9 @@ pub struct Monitor {
     worker: Worker,
     /// The runtime `run` was called on: webhooks are sent from it.
     runtime: std::sync::OnceLock<tokio::runtime::Handle>,
+    /// Sampling under the CPU budget: one request in `keep_one_in` is observed (1: all).
+    keep_one_in: AtomicU32,
+    seq: AtomicU64,
 }
 
 impl Monitor {
@@ -170,6 +197,8 @@ impl Monitor {
             http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default(),
             worker: Worker::start(folding),
             runtime: std::sync::OnceLock::new(),
+            keep_one_in: AtomicU32::new(1),
+            seq: AtomicU64::new(0),
         })
     }
 
@@ -178,7 +207,8 @@ impl Monitor {
         if let Some(m) = self.models.read().get(name) {
             return m.clone();
         }
-        let state = match load_model(&self.repository.join(name), name) {
+        let sampled_out = self.metrics.skipped.with_label_values(&[name, "sampled"]);
+        let state = match load_model(&self.repository.join(name), name, sampled_out) {
             Ok(s) => s.map(|s| {
                 self.restore(&s);
                 Arc::new(s)
@@ -190,6 +220,18 @@ impl Monitor {
         };
         self.models.write().insert(name.to_string(), state.clone());
         state
+    }
+
+    /// Whether the next request to `model` is observed: the model has a profile, and the CPU
+    /// budget's sampling (one in `keep_one_in`) keeps it; a request left out is counted.
+    pub fn admits(&self, model: &str) -> bool {
+        let Some(m) = self.model(model) else { return false };
+        let k = self.keep_one_in.load(Ordering::Relaxed);
+        if k > 1 && !self.seq.fetch_add(1, Ordering::Relaxed).is_multiple_of(u64::from(k)) {
+            m.sampled_out.inc();
+            return false;
+        }
+        true
     }
 
     /// Queues one served request of `model`/`version` for the aggregator, without waiting:
@@ -205,10 +247,13 @@ impl Monitor {
     /// Runs the aggregator until `stop` turns true (call once). It drains the queue on a timer
     /// instead of waiting on it, so a served request never wakes it (a wake per request would
     /// put the aggregator in front of the next request on the same worker thread), and hands
-    /// the folding and scoring to its worker (see [`Folding`]).
-    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    /// the folding and scoring to its worker (see [`Folding`]). With a `cpu_budget` (a share of
+    /// one core) it samples requests so that its work stays within it (see [`keep_one_in`]).
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>, cpu_budget: Option<f64>) {
         let Some(mut rx) = self.rx.lock().take() else { return };
         let _ = self.runtime.set(tokio::runtime::Handle::current());
+        let cpu_budget = cpu_budget.filter(|b| *b > 0.0);
+        let (mut period, mut busy) = (std::time::Instant::now(), Duration::ZERO);
         let mut tick = tokio::time::interval(DRAIN_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -225,13 +270,28 @@ impl Monitor {
             let folded = self
                 .worker
                 .run(move || {
+                    let started = std::time::Instant::now();
                     batch.iter().for_each(|o| me.fold(o, now));
                     if !stopping {
                         me.close_due(now);
                     }
-                    batch
+                    (batch, started.elapsed())
                 })
                 .await;
+            busy += folded.as_ref().map_or(Duration::ZERO, |(_, took)| *took);
+            if let Some(budget) = cpu_budget {
+                let elapsed = period.elapsed();
+                if elapsed >= BUDGET_PERIOD {
+                    let share = busy.as_secs_f64() / elapsed.as_secs_f64();
+                    let was = self.keep_one_in.load(Ordering::Relaxed);
+                    let next = keep_one_in(was, share, budget);
+                    if next != was {
+                        tracing::info!(share, budget, keep_one_in = next, "drift monitoring sampling changed");
+                        self.keep_one_in.store(next, Ordering::Relaxed);
+                    }
+                    (period, busy) = (std::time::Instant::now(), Duration::ZERO);
+                }
+            }
             // The requests' buffers are freed here, on a runtime thread: freed on the idle-priority
             // thread, they would take the allocator locks of the threads that allocated them, and
             // a request thread could wait on a lock held by a thread the scheduler has set aside.
@@ -491,6 +551,7 @@ impl Monitor {
                 "window_rows": m.config.window_rows,
                 "window_seconds": m.config.window_time.map(|d| d.as_secs_f64()),
                 "consecutive": m.config.consecutive,
+                "keep_one_in": self.keep_one_in.load(Ordering::Relaxed),
                 "thresholds": m.config.thresholds.iter().map(|(k, t)| (k.clone(), serde_json::json!({"moderate": t.moderate, "significant": t.significant}))).collect::<BTreeMap<_, _>>(),
             },
             "versions": per_version,
@@ -500,7 +561,7 @@ impl Monitor {
 
 impl Observer for Monitor {
     fn wants(&self, mv: &ModelVersion) -> bool {
-        self.model(&mv.name).is_some()
+        self.admits(&mv.name)
     }
 
     fn observe(&self, mv: &ModelVersion, inputs: Vec<Tensor>, outputs: Vec<Tensor>) {
@@ -566,7 +627,11 @@ impl VersionState {
 }
 
 /// Reads `<model folder>/drift_profile.json` and the optional `drift.toml`.
-fn load_model(folder: &std::path::Path, name: &str) -> Result<Option<ModelState>, String> {
+fn load_model(
+    folder: &std::path::Path,
+    name: &str,
+    sampled_out: prometheus::IntCounter,
+) -> Result<Option<ModelState>, String> {
     let path = folder.join(profile::FILE_NAME);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -597,6 +662,7 @@ fn load_model(folder: &std::path::Path, name: &str) -> Result<Option<ModelState>
         pca_columns,
         versions: Mutex::new(BTreeMap::new()),
         snapshotted: Mutex::new(None),
+        sampled_out,
     }))
 }
 

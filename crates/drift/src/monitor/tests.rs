@@ -82,7 +82,7 @@ async fn windows_close_by_count_and_alerts_need_consecutive_windows() {
     let registry = prometheus::Registry::new();
     let monitor = Monitor::new(dir.path().to_path_buf(), None, &registry, Folding::BlockingPool);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(monitor.clone().run(stop));
+    let task = tokio::spawn(monitor.clone().run(stop, None));
     let mut g = Normal(99);
     for _ in 0..10 {
         let (i, o) = request(&mut g, 100, 0.0, false);
@@ -125,7 +125,7 @@ async fn windows_close_by_time_and_a_correlated_shift_is_caught() {
     let registry = prometheus::Registry::new();
     let monitor = Monitor::new(dir.path().to_path_buf(), None, &registry, Folding::BlockingPool);
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-    tokio::spawn(monitor.clone().run(stop));
+    tokio::spawn(monitor.clone().run(stop, None));
     let mut g = Normal(5);
     let (i, o) = request(&mut g, 2000, 0.0, true);
     monitor.observe_tensors("m", "1", i, o);
@@ -282,6 +282,69 @@ fn profile_with_three_columns() -> Profile {
 }
 
 #[test]
+fn sampling_keeps_the_worker_within_its_cpu_budget_without_flapping() {
+    use super::keep_one_in;
+    // 10% busy observing everything, budget 2%: observe about one in 6.25 → 7
+    assert_eq!(keep_one_in(1, 0.10, 0.02), 7);
+    // then 1.4% busy at one in 7: inside [budget/2, budget], unchanged
+    assert_eq!(keep_one_in(7, 0.014, 0.02), 7);
+    // traffic fell: 0.2% busy at one in 7 → about one in 0.9 → everything
+    assert_eq!(keep_one_in(7, 0.002, 0.02), 1);
+    // still over budget at one in 7 (3%): sparser
+    assert_eq!(keep_one_in(7, 0.03, 0.02), 14);
+    // idle, and bounded at both ends
+    assert_eq!(keep_one_in(1, 0.0, 0.02), 1);
+    assert_eq!(keep_one_in(4000, 1.0, 0.0001), super::MAX_KEEP_ONE_IN);
+}
+
+/// Under a tiny budget the monitor samples: most requests are left out and counted, the rest
+/// still fill windows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exceeded_cpu_budget_samples_requests_and_counts_them() {
+    let dir = model_folder("[window]\nrows = 500\nseconds = 0\n");
+    let registry = prometheus::Registry::new();
+    let monitor = Monitor::new(dir.path().to_path_buf(), None, &registry, Folding::IdleThread);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(monitor.clone().run(stop, Some(1e-6)));
+    let mut g = Normal(5);
+    let started = std::time::Instant::now();
+    let (mut observed, mut sent) = (0u64, 0u64);
+    // until the first budget period has passed and sampling has set in (at most 10 s)
+    while started.elapsed() < Duration::from_secs(10) {
+        let (i, o) = request(&mut g, 8, 0.0, false);
+        sent += 1;
+        if monitor.admits("m") {
+            observed += 1;
+            monitor.observe_tensors("m", "1", i, o);
+        }
+        if sent % 200 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            if report(&monitor)["settings"]["keep_one_in"].as_u64() > Some(1) {
+                break;
+            }
+        }
+    }
+    // sampling on: a thousand more requests, most of them left out
+    for _ in 0..1000 {
+        let (i, o) = request(&mut g, 8, 0.0, false);
+        sent += 1;
+        if monitor.admits("m") {
+            observed += 1;
+            monitor.observe_tensors("m", "1", i, o);
+        }
+    }
+    let keep = report(&monitor)["settings"]["keep_one_in"].as_u64().expect("keep_one_in");
+    assert!(keep > 1, "sampling set in: one in {keep} after {sent} requests");
+    assert!(observed < sent);
+    let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).expect("encode");
+    let left_out =
+        format!(r#"flotilla_drift_skipped_requests_total{{model="m",reason="sampled"}} {}"#, sent - observed);
+    assert!(text.contains(&left_out), "{left_out} in\n{text}");
+    stop_tx.send(true).expect("stop");
+    task.await.expect("aggregator");
+}
+
+#[test]
 fn drift_toml_errors_are_clear() {
     assert!(DriftConfig::parse("[window]\nrows = 0").unwrap_err().contains("window.rows must be > 0"));
     assert!(DriftConfig::parse("[thresholds.psy]\nmoderate = 1\nsignificant = 2")
@@ -310,7 +373,7 @@ async fn windows_and_alert_states_survive_a_restart() {
             Folding::BlockingPool,
         );
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(monitor.clone().run(stop));
+        let task = tokio::spawn(monitor.clone().run(stop, None));
         for _ in 0..7 {
             let (i, o) = request(&mut g, 100, 3.0, false);
             monitor.observe_tensors("m", "1", i, o);
