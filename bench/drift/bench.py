@@ -91,6 +91,17 @@ def wrk(url, body_path, c, seconds):
     return r
 
 
+def median(xs):
+    xs = sorted(xs)
+    return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
+
+
+def spread(xs):
+    """(max - min) / median of a server's runs at one point."""
+    xs = list(xs)
+    return (max(xs) - min(xs)) / median(xs)
+
+
 def metric(text, name, **labels):
     total = 0.0
     for line in text.splitlines():
@@ -102,8 +113,8 @@ def metric(text, name, **labels):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--flotilla", type=Path, required=True)
-    ap.add_argument("--seconds", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=2, help="off/on pairs per point")
+    ap.add_argument("--seconds", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=5, help="off/on pairs per point")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
     if args.smoke:
@@ -129,17 +140,23 @@ def main():
                 url = lambda m: f"{servers[m].url}/v2/models/fraud_xgb/infer"
                 wrk(url("off"), bodies[n], c, 1)  # warm-up
                 wrk(url("on"), bodies[n], c, 1)
-                for _ in range(args.rounds):
-                    for m in ("off", "on"):
+                for i in range(args.rounds):
+                    # pairs alternate which server goes first, so a slow drift of the machine cancels
+                    for m in (("off", "on") if i % 2 == 0 else ("on", "off")):
                         runs[m].append(wrk(url(m), bodies[n], c, args.seconds))
                 p = {"rows": n, "c": c}
                 for m in ("off", "on"):
-                    p[m] = {"rps": sum(r["rps"] for r in runs[m]) / len(runs[m]),
-                            "p50_us": sorted(r["p50_us"] for r in runs[m])[len(runs[m]) // 2],
-                            "p99_us": sum(r["p99_us"] for r in runs[m]) / len(runs[m]),
+                    p[m] = {"rps": median(r["rps"] for r in runs[m]),
+                            "p50_us": median(r["p50_us"] for r in runs[m]),
+                            "p99_us": median(r["p99_us"] for r in runs[m]),
                             "runs": [{"rps": round(r["rps"]), "p99_us": r["p99_us"]} for r in runs[m]]}
-                p["throughput_change"] = p["on"]["rps"] / p["off"]["rps"] - 1
-                p["p99_change"] = p["on"]["p99_us"] / p["off"]["p99_us"] - 1
+                # each pair ran back to back: the median of the pairs' ratios
+                pairs = list(zip(runs["off"], runs["on"]))
+                p["throughput_change"] = median(b["rps"] / a["rps"] for a, b in pairs) - 1
+                p["p99_change"] = median(b["p99_us"] / a["p99_us"] for a, b in pairs) - 1
+                # the noise floor: how far the off server's own runs spread (off against off)
+                p["off_spread"] = {"rps": spread(r["rps"] for r in runs["off"]),
+                                   "p99": spread(r["p99_us"] for r in runs["off"])}
                 log(f"{n} rows c={c}: off {p['off']['rps']:,.0f} req/s p99 {p['off']['p99_us']:.0f} µs | "
                     f"on {p['on']['rps']:,.0f} req/s p99 {p['on']['p99_us']:.0f} µs | "
                     f"throughput {p['throughput_change']:+.1%}, p99 {p['p99_change']:+.1%}")
@@ -185,13 +202,17 @@ def write_md(res, path):
          "`fraud_xgb` (XGBoost, 120 trees, 8 features) served twice by `target/release/flotilla`: `--drift-monitoring false` "
          "and `true` (its shipped reference profile: 8 features + 2 outputs + PCA; windows of 1,000 rows). "
          f"wrk POSTs the same KServe v2 JSON body to both; each point is {res['rounds']} off/on pairs of {res['seconds']} s, "
-         "interleaved, averaged.", "",
-         "| rows per request | c | off req/s | off p50 µs | off p99 µs | on req/s | on p50 µs | on p99 µs | throughput | p99 |",
-         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+         "back to back (which goes first alternates); the columns are medians over the runs, the changes the median "
+         "of the pairs' ratios. *Noise* is how far the off server's own runs spread ((max − min) / median): a change "
+         "smaller than it cannot be told from the machine's noise.", "",
+         "| rows per request | c | off req/s | off p50 µs | off p99 µs | on req/s | on p50 µs | on p99 µs | throughput | p99 "
+         "| noise req/s | noise p99 |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for p in res["points"]:
-        L.append(f"| {p['rows']} | {p['c']} | {p['off']['rps']:,.0f} | {p['off']['p50_us']} | {p['off']['p99_us']:.0f} | "
-                 f"{p['on']['rps']:,.0f} | {p['on']['p50_us']} | {p['on']['p99_us']:.0f} | {p['throughput_change']:+.1%} | "
-                 f"{p['p99_change']:+.1%} |")
+        noise = p.get("off_spread", {"rps": float("nan"), "p99": float("nan")})
+        L.append(f"| {p['rows']} | {p['c']} | {p['off']['rps']:,.0f} | {p['off']['p50_us']:.0f} | {p['off']['p99_us']:.0f} | "
+                 f"{p['on']['rps']:,.0f} | {p['on']['p50_us']:.0f} | {p['on']['p99_us']:.0f} | {p['throughput_change']:+.1%} | "
+                 f"{p['p99_change']:+.1%} | {noise['rps']:.1%} | {noise['p99']:.1%} |")
     d = res["drift"]
     L += ["", f"Monitoring side (server with monitoring on): {d['rows_monitored']:,.0f} rows folded into "
           f"{d['windows']:,.0f} windows; {d.get('requests_sampled_out', 0):,.0f} requests left out by the CPU-budget sampling "
