@@ -85,6 +85,8 @@ struct VersionState {
     /// that has been seen `streak` windows in a row.
     alerts: BTreeMap<String, AlertState>,
     next_index: u64,
+    /// Rows folded since the rows counter was last brought up to date.
+    unreported_rows: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -272,6 +274,7 @@ impl Monitor {
                 .run(move || {
                     let started = std::time::Instant::now();
                     batch.iter().for_each(|o| me.fold(o, now));
+                    me.flush_counts();
                     if !stopping {
                         me.close_due(now);
                     }
@@ -375,7 +378,7 @@ impl Monitor {
 
     fn fold(&self, o: &Observation, now: Instant) {
         let m = &o.model;
-        let (ins, outs, batch) = match read_columns(&m.profile, &o.inputs, &o.outputs) {
+        let (ins, outs, batch) = match read_rows(&m.profile, &o.inputs, &o.outputs) {
             Ok(r) => r,
             Err(reason) => {
                 self.metrics.skipped.with_label_values(&[m.name.as_str(), "shape"]).inc();
@@ -384,23 +387,38 @@ impl Monitor {
             }
         };
         let mut versions = m.versions.lock();
-        let v = versions.entry(o.version.clone()).or_insert_with(|| VersionState::new(&m.profile, now));
-        let (mut scratch, mut features, mut outputs) = (Vec::new(), Vec::new(), Vec::new());
+        if !versions.contains_key(o.version.as_str()) {
+            versions.insert(o.version.clone(), VersionState::new(&m.profile, now));
+        }
+        let Some(v) = versions.get_mut(o.version.as_str()) else { return };
+        let (wf, wo) = (m.profile.features.len(), m.profile.outputs.len());
+        let mut scratch = Vec::new();
         let mut closed = false;
         for r in 0..batch {
-            features.clear();
-            features.extend(ins.iter().map(|c| c[r]));
-            outputs.clear();
-            outputs.extend(outs.iter().map(|c| c[r]));
-            v.window.add_row(&m.profile, &m.pca_columns, &features, &outputs, &mut scratch);
+            let (features, outputs) = (&ins[r * wf..(r + 1) * wf], &outs[r * wo..(r + 1) * wo]);
+            v.window.add_row(&m.profile, &m.pca_columns, features, outputs, &mut scratch);
             if v.window.rows >= m.config.window_rows {
                 self.close(m, &o.version, v, now);
                 closed = true;
             }
         }
-        self.metrics.rows.with_label_values(&[m.name.as_str(), o.version.as_str()]).inc_by(batch as u64);
+        // counted into the metric once per drain (flush_counts), not per request
+        v.unreported_rows += batch as u64;
         if closed {
             self.snapshot_now_and_then(m, &versions, now);
+        }
+    }
+
+    /// Brings `flotilla_drift_rows_total` up to date (a label lookup per version, not per request).
+    fn flush_counts(&self) {
+        let models: Vec<Arc<ModelState>> = self.models.read().values().flatten().cloned().collect();
+        for m in models {
+            for (version, v) in m.versions.lock().iter_mut() {
+                if v.unreported_rows > 0 {
+                    self.metrics.rows.with_label_values(&[m.name.as_str(), version.as_str()]).inc_by(v.unreported_rows);
+                    v.unreported_rows = 0;
+                }
+            }
         }
     }
 
@@ -612,6 +630,7 @@ impl VersionState {
             history: s.history,
             alerts: s.alerts,
             next_index: s.next_index,
+            unreported_rows: 0,
         }
     }
 
@@ -622,6 +641,7 @@ impl VersionState {
             history: VecDeque::new(),
             alerts: BTreeMap::new(),
             next_index: 1,
+            unreported_rows: 0,
         }
     }
 }
@@ -683,37 +703,52 @@ fn reference_summary(c: &profile::Column) -> serde_json::Value {
     }
 }
 
-/// A request's feature and output columns (the profile's order), and its row count.
-type Columns<'a> = (Vec<Vec<Cell<'a>>>, Vec<Vec<Cell<'a>>>, usize);
+/// A request's feature and output values, row-major in the profile's column order, and its row count.
+type Rows<'a> = (Vec<Cell<'a>>, Vec<Cell<'a>>, usize);
 
-fn read_columns<'a>(p: &Profile, inputs: &'a [Tensor], outputs: &'a [Tensor]) -> Result<Columns<'a>, String> {
-    let ins = tensor_columns(&p.inputs, inputs)?;
-    let outs = tensor_columns(&p.output_tensors, outputs)?;
-    let batch = ins.first().or(outs.first()).map_or(0, |c| c.len());
-    if ins.iter().chain(&outs).any(|c| c.len() != batch) {
+fn read_rows<'a>(p: &Profile, inputs: &'a [Tensor], outputs: &'a [Tensor]) -> Result<Rows<'a>, String> {
+    let (ins, in_rows) = tensor_rows(&p.inputs, inputs)?;
+    let (outs, out_rows) = tensor_rows(&p.output_tensors, outputs)?;
+    if in_rows.zip(out_rows).is_some_and(|(a, b)| a != b) {
         return Err("tensors disagree on the batch size".into());
     }
-    Ok((ins, outs, batch))
+    Ok((ins, outs, in_rows.or(out_rows).unwrap_or(0)))
 }
 
-/// The profiled columns of the named tensors, column-major.
-fn tensor_columns<'a>(specs: &[profile::TensorColumns], tensors: &'a [Tensor]) -> Result<Vec<Vec<Cell<'a>>>, String> {
-    let mut out = Vec::new();
+/// The profiled columns of the named tensors, row-major (one tensor: its own order, no copy
+/// beyond decoding; several: each row's columns tensor after tensor), and their row count.
+fn tensor_rows<'a>(
+    specs: &[profile::TensorColumns],
+    tensors: &'a [Tensor],
+) -> Result<(Vec<Cell<'a>>, Option<usize>), String> {
+    let mut parts = Vec::with_capacity(specs.len());
+    let mut rows: Option<usize> = None;
     for spec in specs {
         let t = tensors.iter().find(|t| t.name == spec.tensor).ok_or_else(|| format!("no tensor '{}'", spec.tensor))?;
         let width = spec.columns.len();
-        let rows = match t.shape.as_slice() {
+        let n = match t.shape.as_slice() {
             [n, w] if *w as usize == width => *n as usize,
             [n] if width == 1 => *n as usize,
             [w] if *w as usize == width => 1,
             s => return Err(format!("tensor '{}' has shape {s:?}, the profile has {width} columns", t.name)),
         };
-        let cells = cells(t, rows * width)?;
-        for j in 0..width {
-            out.push((0..rows).map(|r| cells[r * width + j]).collect());
+        if rows.is_some_and(|r| r != n) {
+            return Err("tensors disagree on the batch size".into());
+        }
+        rows = Some(n);
+        parts.push((cells(t, n * width)?, width));
+    }
+    if parts.len() <= 1 {
+        return Ok((parts.pop().map(|(c, _)| c).unwrap_or_default(), rows));
+    }
+    let n = rows.unwrap_or(0);
+    let mut out = Vec::with_capacity(n * parts.iter().map(|(_, w)| w).sum::<usize>());
+    for r in 0..n {
+        for (c, w) in &parts {
+            out.extend_from_slice(&c[r * w..(r + 1) * w]);
         }
     }
-    Ok(out)
+    Ok((out, rows))
 }
 
 fn cells(t: &Tensor, n: usize) -> Result<Vec<Cell<'_>>, String> {
