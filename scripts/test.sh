@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the tests need
 # (Debian packages, a Python venv with tritonclient and perf_analyzer, the tansu
-# Kafka broker), then
+# Kafka broker; PostgreSQL is switched to wal_level = logical and restarted when needed), then
 # runs the Rust tests (cargo nextest) and the black-box suite (pytest) against
 # the real binary.
 set -euo pipefail
@@ -19,6 +19,9 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+
+# --- the local services (PostgreSQL with wal_level = logical, Redis, NATS, RabbitMQ), started if down ---
+./scripts/services.sh
 
 # --- a Kafka-protocol broker (tansu) for the Kafka stream tests, built once and cached ---
 ./scripts/install-tansu.sh

@@ -1,6 +1,6 @@
-"""Real stream brokers for the feature store's consumer tests: NATS JetStream (the local server),
-Kafka (a `tansu` broker started for the session; scripts/install-tansu.sh builds it once and
-caches it) — each behind the same small interface, so one test body checks every consumer."""
+"""Real stream brokers for the feature store's consumer tests: NATS JetStream and RabbitMQ (the
+local servers), Kafka (a `tansu` broker started for the session; scripts/install-tansu.sh builds it
+once and caches it) — each behind the same small interface, so one test body checks every consumer."""
 import asyncio
 import json
 import os
@@ -13,6 +13,7 @@ import uuid
 from conftest import free_port
 
 NATS_URL = "nats://127.0.0.1:4222"
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/%2f"
 TANSU = pathlib.Path(os.environ.get(
     "FLOTILLA_TANSU", pathlib.Path.home() / ".cache" / "flotilla" / "tansu" / "bin" / "tansu"))
 
@@ -184,3 +185,81 @@ class KafkaSource:
 
     def close(self):
         pass  # the broker keeps topics in memory only
+
+
+class RabbitSource:
+    kind = "rabbitmq"
+
+    def __init__(self):
+        tag = uuid.uuid4().hex[:10]
+        self.queue = f"flotilla_test.{tag}.txn"
+        self.label = f"rabbitmq:{self.queue}"
+        self.dead_letter = f"{self.queue}.dead_letter"
+        self.published = 0
+
+    @staticmethod
+    def connect():
+        import pika
+        return pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+
+    def decl(self, **extra):
+        return declaration(type="rabbitmq", queue=self.queue, url=RABBITMQ_URL, **extra)
+
+    def publish(self, payloads):
+        """Persistent messages on the durable queue (declared as the consumer declares it), committed
+        in transactions of 1,000: each commit returns once the broker holds its messages."""
+        import pika
+        persistent = pika.BasicProperties(delivery_mode=2)
+        with self.connect() as conn:
+            ch = conn.channel()
+            ch.queue_declare(self.queue, durable=True)
+            ch.tx_select()
+            for i, p in enumerate(payloads, 1):
+                ch.basic_publish("", self.queue, encode(p), persistent)
+                if i % 1000 == 0:
+                    ch.tx_commit()
+            ch.tx_commit()
+        self.published += len(payloads)
+
+    def committed(self):
+        """Messages acknowledged (Flotilla acks only after the durable write): those published less
+        those still in the queue, ready or delivered and unacknowledged. A passive declare counts only
+        the ready ones, which is exact with no consumer attached (the broker puts a consumer's
+        unacknowledged deliveries back when its connection ends, kill -9 included); with one
+        attached, the local broker's own `rabbitmqctl` counts both at once."""
+        import pika
+        with self.connect() as conn:
+            try:
+                q = conn.channel().queue_declare(self.queue, passive=True).method
+            except pika.exceptions.ChannelClosedByBroker as e:
+                if e.reply_code == 404:
+                    return 0
+                raise
+        if q.consumer_count == 0:
+            return self.published - q.message_count
+        out = subprocess.run(["rabbitmqctl", "list_queues", "-q", "--no-table-headers",
+                              "name", "messages_ready", "messages_unacknowledged"],
+                             check=True, capture_output=True, text=True, timeout=60).stdout
+        for line in out.splitlines():
+            name, ready, unacked = line.split("\t")
+            if name == self.queue:
+                return self.published - int(ready) - int(unacked)
+        raise AssertionError(f"rabbitmqctl does not list queue {self.queue}:\n{out}")
+
+    def dead_letters(self, count):
+        """Up to `count` dead letters, left in their queue (read without acknowledging)."""
+        out, deadline = [], time.time() + 30
+        with self.connect() as conn:
+            ch = conn.channel()
+            while len(out) < count and time.time() < deadline:
+                _, _, body = ch.basic_get(self.dead_letter, auto_ack=False)
+                if body is None:
+                    time.sleep(0.2)
+                else:
+                    out.append(json.loads(body))
+        return out
+
+    def close(self):
+        with self.connect() as conn:
+            for name in (self.queue, self.dead_letter):
+                conn.channel().queue_delete(name)

@@ -21,7 +21,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from conftest import BIN, EXAMPLES, ROOT, Server, wait_for
-from streams import KafkaBroker, KafkaSource, NatsSource
+from streams import KafkaBroker, KafkaSource, NatsSource, RabbitSource
 
 FEATURES = ROOT / "examples" / "features"
 PIT = ROOT / "tests" / "fixtures" / "features" / "pit"
@@ -329,10 +329,12 @@ def kafka_broker():
     broker.stop()
 
 
-@pytest.fixture(params=["nats", "kafka"])
+@pytest.fixture(params=["nats", "kafka", "rabbitmq"])
 def stream_source(request):
-    """A fresh subject (NATS JetStream) or topic (Kafka on a tansu broker) to consume from."""
-    source = NatsSource() if request.param == "nats" else KafkaSource(request.getfixturevalue("kafka_broker"))
+    """A fresh subject (NATS JetStream), topic (Kafka on a tansu broker) or queue (RabbitMQ) to consume from."""
+    sources = {"nats": NatsSource, "rabbitmq": RabbitSource,
+               "kafka": lambda: KafkaSource(request.getfixturevalue("kafka_broker"))}
+    source = sources[request.param]()
     yield source
     source.close()
 
@@ -366,6 +368,61 @@ def test_stream_rows_and_dead_letters(tmp_path, store_path, stream_source):
                  what="lag 0")
         if src.kind == "kafka":
             assert src.committed() == 205, "every message, the dead letters too, is committed once handled"
+    finally:
+        assert s.stop() == 0, s.log()
+
+
+def debezium(op, before=None, after=None, ts_ms=1_795_000_000_000, schema=None):
+    payload = {"before": before, "after": after, "op": op, "ts_ms": ts_ms + 5,
+               "source": {"connector": "postgresql", "db": "shop", "table": "cards", "ts_ms": ts_ms, "lsn": 1}}
+    return {"schema": schema, "payload": payload} if schema is not None else payload
+
+
+def test_debezium_change_events(tmp_path, store_path, stream_source):
+    """Debezium's JSON envelopes, bare and with the schema wrapper: creates, updates, snapshot reads,
+    deletes (NOT_FOUND after), tombstones (skipped), truncates, and bad events dead-lettered."""
+    src = stream_source
+    repo = txn_repo(tmp_path, src.decl())
+    s = Server(EXAMPLES, "--feature-repo", str(repo),
+               env={"FLOTILLA_ONLINE_STORE": store_path, "FLOTILLA_CONSUME_STREAMS": "true"})
+    try:
+        wait_for(lambda: "consuming" in s.log(), what="the consumer to start")
+        # The schema says amount is a Connect Decimal (scale 2, base64 of 12345 = 123.45).
+        schema = {"type": "struct", "name": "shop.cards.Envelope", "fields": [
+            {"field": "after", "type": "struct", "optional": True, "fields": [
+                {"field": "card_id", "type": "int64"},
+                {"field": "amount", "type": "bytes", "name": "org.apache.kafka.connect.data.Decimal",
+                 "parameters": {"scale": "2"}},
+                {"field": "n", "type": "int64"}, {"field": "tag", "type": "string"}]}]}
+        events = [
+            debezium("c", after={"card_id": 1, "amount": "MDk=", "n": 1, "tag": "wrapped"}, schema=schema),
+            debezium("c", after={"card_id": 2, "amount": 2.5, "n": 2, "tag": "bare"}),
+            debezium("c", after={"card_id": 3, "amount": 3.5, "n": 3, "tag": "doomed"}),
+            debezium("u", before={"card_id": 2}, after={"card_id": 2, "amount": 2.5, "n": 20, "tag": "updated"},
+                     ts_ms=1_795_000_000_001),
+            debezium("d", before={"card_id": 3, "amount": 3.5, "n": 3, "tag": "doomed"}),
+            b"",  # the tombstone Debezium writes after a delete
+            debezium("r", after={"card_id": 4, "amount": 4.0, "n": 4, "tag": "snapshot"}),
+            debezium("x", after={"card_id": 5}),
+            debezium("d", before=None),
+        ]
+        src.publish(events)
+        wait_for(lambda: metric(s, "flotilla_feature_stream_messages_total", source=src.label, outcome="ok") >= 6,
+                 what="6 change events applied")
+        wait_for(lambda: metric(s, "flotilla_feature_stream_messages_total", source=src.label,
+                                outcome="dead_letter") >= 2, what="2 dead letters")
+        assert metric(s, "flotilla_feature_stream_messages_total", source=src.label, outcome="skipped") == 1
+        r = online(s, ["txn:amount", "txn:n", "txn:tag"], {"card_id": [1, 2, 3, 4]})
+        assert column(r, "amount")["values"][0] == pytest.approx(123.45, rel=1e-6)
+        assert column(r, "n")["values"][:2] == [1, 20] and column(r, "n")["values"][3] == 4
+        assert column(r, "n")["statuses"] == ["PRESENT", "PRESENT", "NOT_FOUND", "PRESENT"]
+        assert column(r, "n")["event_timestamps"][1] == "2026-11-18T11:06:40.001Z", "event time is the commit time"
+        reasons = sorted(d["reason"] for d in src.dead_letters(2))
+        assert any("unknown Debezium op 'x'" in m for m in reasons), reasons
+        assert any("'d' event without 'before'" in m for m in reasons), reasons
+        src.publish([debezium("t", ts_ms=1_795_000_000_100)])
+        wait_for(lambda: column(online(s, ["txn:n"], {"card_id": [1, 2, 4]}), "n")["statuses"] == ["NOT_FOUND"] * 3,
+                 what="the truncate to empty the view")
     finally:
         assert s.stop() == 0, s.log()
 

@@ -5,7 +5,7 @@ use crate::definitions::{FeatureRef, FeatureView, Registry};
 use crate::error::{FeatureError, Result};
 use crate::metrics::FeatureMetrics;
 use crate::record::{encode_key, EntityKey, Record};
-use crate::store::{Checkpoint, OnlineStore, StoreLocation, WriteOutcome};
+use crate::store::{Change, Checkpoint, OnlineStore, StoreLocation, WriteOutcome};
 use crate::value::Value;
 use std::path::Path;
 use std::sync::Arc;
@@ -148,6 +148,30 @@ impl FeatureStore {
         m.with_label_values(&[view.name.as_str(), source, "applied"]).inc_by(outcome.applied as u64);
         m.with_label_values(&[view.name.as_str(), source, "stale"]).inc_by(outcome.stale as u64);
         Ok(outcome)
+    }
+
+    /// Applies a change stream's changes in order (upserts and deletes) with `checkpoint`, and
+    /// counts them under `source`.
+    pub async fn apply(
+        &self,
+        view: &FeatureView,
+        changes: Vec<Change>,
+        source: &str,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<WriteOutcome> {
+        let outcome = self.store.apply(view, changes, checkpoint).await?;
+        let m = &self.metrics.rows_written;
+        m.with_label_values(&[view.name.as_str(), source, "applied"]).inc_by(outcome.applied as u64);
+        m.with_label_values(&[view.name.as_str(), source, "superseded"]).inc_by(outcome.stale as u64);
+        m.with_label_values(&[view.name.as_str(), source, "deleted"]).inc_by(outcome.deleted as u64);
+        Ok(outcome)
+    }
+
+    /// Removes every row of `view` (a truncated source table), with `checkpoint`.
+    pub async fn truncate(&self, view: &FeatureView, source: &str, checkpoint: Option<Checkpoint>) -> Result<usize> {
+        let removed = self.store.truncate(view, checkpoint).await?;
+        self.metrics.rows_written.with_label_values(&[view.name.as_str(), source, "deleted"]).inc_by(removed as u64);
+        Ok(removed)
     }
 
     /// One row from a JSON object (a stream message or a pushed row): the view's join keys,

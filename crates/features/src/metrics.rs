@@ -21,6 +21,23 @@ pub struct FeatureMetrics {
     pub stream_lag_seconds: prometheus::GaugeVec,
     /// Connection or consumer errors by source (the consumer retries).
     pub stream_errors: IntCounterVec,
+    /// Database changes (insert, update, delete, truncate) applied, by source; restored from the
+    /// store's checkpoint at start, so it counts every change ever applied exactly once.
+    pub cdc_changes: IntCounterVec,
+    /// Rows copied by initial snapshots, by source.
+    pub cdc_snapshot_rows: IntCounterVec,
+    /// WAL bytes between the server's end and what is durable here.
+    pub cdc_lag_bytes: IntGaugeVec,
+    /// Seconds from the commit of the newest applied change to its visibility (0 when caught up).
+    pub cdc_lag_seconds: prometheus::GaugeVec,
+    /// Commit-to-visible latency of each applied transaction.
+    pub cdc_visibility: HistogramVec,
+    /// WAL the replication slot holds back on the server (bytes since its restart LSN).
+    pub cdc_slot_retained_bytes: IntGaugeVec,
+    /// 1 while the slot holds back more WAL than the view's `max_lag_mb`.
+    pub cdc_slot_lag_warning: IntGaugeVec,
+    /// Column values that could not be read (stored as missing), by source.
+    pub cdc_bad_values: IntCounterVec,
 }
 
 impl FeatureMetrics {
@@ -69,6 +86,49 @@ impl FeatureMetrics {
                 "Stream connection or consumer errors by source (the consumer retries).",
                 &["source"],
             ),
+            cdc_changes: counter(
+                "flotilla_feature_cdc_changes_applied_total",
+                "Database changes applied to the online store, by source (restored from the checkpoint at start).",
+                &["source"],
+            ),
+            cdc_snapshot_rows: counter(
+                "flotilla_feature_cdc_snapshot_rows_total",
+                "Rows copied by initial snapshots, by source.",
+                &["source"],
+            ),
+            cdc_lag_bytes: gauge(
+                "flotilla_feature_cdc_lag_bytes",
+                "WAL bytes between the database's current end and what is durable in the online store.",
+                &["source"],
+            ),
+            cdc_lag_seconds: prometheus::GaugeVec::new(
+                prometheus::Opts::new(
+                    "flotilla_feature_cdc_lag_seconds",
+                    "Seconds from the commit of the newest applied change to its visibility (0 when caught up).",
+                ),
+                &["source"],
+            )
+            .expect("static gauge definition is valid"),
+            cdc_visibility: histogram(
+                "flotilla_feature_cdc_visibility_seconds",
+                "Commit-to-visible latency of applied transactions, seconds.",
+                &["source"],
+            ),
+            cdc_slot_retained_bytes: gauge(
+                "flotilla_feature_cdc_slot_retained_bytes",
+                "WAL the replication slot holds back on the database server, bytes.",
+                &["source", "slot"],
+            ),
+            cdc_slot_lag_warning: gauge(
+                "flotilla_feature_cdc_slot_lag_warning",
+                "1 while the replication slot holds back more WAL than the view's max_lag_mb.",
+                &["source", "slot"],
+            ),
+            cdc_bad_values: counter(
+                "flotilla_feature_cdc_bad_values_total",
+                "Column values that could not be read as their feature type (stored as missing), by source.",
+                &["source"],
+            ),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.values_served.clone()),
@@ -79,6 +139,14 @@ impl FeatureMetrics {
             Box::new(m.stream_lag_messages.clone()),
             Box::new(m.stream_lag_seconds.clone()),
             Box::new(m.stream_errors.clone()),
+            Box::new(m.cdc_changes.clone()),
+            Box::new(m.cdc_snapshot_rows.clone()),
+            Box::new(m.cdc_lag_bytes.clone()),
+            Box::new(m.cdc_lag_seconds.clone()),
+            Box::new(m.cdc_visibility.clone()),
+            Box::new(m.cdc_slot_retained_bytes.clone()),
+            Box::new(m.cdc_slot_lag_warning.clone()),
+            Box::new(m.cdc_bad_values.clone()),
         ];
         for c in collectors {
             // A second FeatureMetrics on the same registry (tests) shares the first's series.

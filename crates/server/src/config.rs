@@ -68,6 +68,29 @@ pub struct FeatureStoreArgs {
 
 pub const DEFAULT_ONLINE_STORE: &str = "embedded:.flotilla/online.redb";
 
+/// `flotilla features cdc ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum CdcCommand {
+    /// List the PostgreSQL sources this online store has positions for: slot, applied LSN,
+    /// changes applied, and the WAL each slot holds back on its server.
+    Status {
+        #[command(flatten)]
+        store: FeatureStoreArgs,
+    },
+    /// Drop the replication slot (and the publication Flotilla created) of feature views, and
+    /// forget their position: the next start copies the table again.
+    Drop {
+        #[command(flatten)]
+        store: FeatureStoreArgs,
+        /// Feature view whose slot to drop (repeatable).
+        #[arg(long = "view", required_unless_present = "all")]
+        views: Vec<String>,
+        /// Every slot this online store has a position for.
+        #[arg(long, conflicts_with = "views")]
+        all: bool,
+    },
+}
+
 /// `flotilla features ...`
 #[derive(Debug, Subcommand)]
 pub enum FeaturesCommand {
@@ -107,6 +130,11 @@ pub enum FeaturesCommand {
     Consume {
         #[command(flatten)]
         store: FeatureStoreArgs,
+    },
+    /// PostgreSQL change data capture: the replication slots of feature views (stop the server first).
+    Cdc {
+        #[command(subcommand)]
+        command: CdcCommand,
     },
     /// Print online features for entities as Feast's get-online-features JSON.
     Get {

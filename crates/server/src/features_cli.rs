@@ -1,6 +1,6 @@
 //! `flotilla features ...`: batch ingestion, stream consumption, lookups and training sets.
 
-use crate::config::{FeatureStoreArgs, FeaturesCommand};
+use crate::config::{CdcCommand, FeatureStoreArgs, FeaturesCommand};
 use anyhow::{bail, Context};
 use flotilla_features::definitions::Registry;
 use flotilla_features::ingest::{ingest, Sink, Window};
@@ -50,6 +50,7 @@ pub async fn run(command: FeaturesCommand, shutdown: impl Future<Output = ()>) -
             let _ = stop_tx.send(true);
             while tasks.join_next().await.is_some() {}
         }
+        FeaturesCommand::Cdc { command } => cdc(command).await?,
         FeaturesCommand::Get { store, features, feature_service, entities } => {
             let fs = open(&store).await?;
             let entities: serde_json::Value =
@@ -89,6 +90,51 @@ pub async fn run(command: FeaturesCommand, shutdown: impl Future<Output = ()>) -
                 report.entity_rows as f64 / secs,
                 report.matched
             );
+        }
+    }
+    Ok(())
+}
+
+/// `features cdc status|drop`.
+async fn cdc(command: CdcCommand) -> anyhow::Result<()> {
+    use flotilla_features::streams::postgres;
+    match command {
+        CdcCommand::Status { store } => {
+            let fs = open(&store).await?;
+            let positions = postgres::positions(&fs).await.map_err(anyhow::Error::msg)?;
+            if positions.is_empty() {
+                println!("no PostgreSQL source has a position in {}", store.online_store);
+            }
+            for p in positions {
+                let held = postgres::retained_bytes(&p).await;
+                println!(
+                    "{}: slot {} on {} (publication {}), applied up to {}, {} changes applied, {}",
+                    p.view,
+                    p.slot,
+                    p.url,
+                    p.publication,
+                    postgres::format_lsn(p.applied_end),
+                    p.changes,
+                    match held {
+                        Ok(Some(b)) => format!("the slot holds back {b} bytes of WAL"),
+                        Ok(None) => "the slot does not exist".to_string(),
+                        Err(e) => format!("slot state unknown: {e}"),
+                    }
+                );
+            }
+        }
+        CdcCommand::Drop { store, views, all } => {
+            let fs = open(&store).await?;
+            let positions = postgres::positions(&fs).await.map_err(anyhow::Error::msg)?;
+            for name in &views {
+                if !positions.iter().any(|p| &p.view == name) {
+                    bail!("feature view '{name}' has no PostgreSQL position in {}", store.online_store);
+                }
+            }
+            for p in positions.iter().filter(|p| all || views.contains(&p.view)) {
+                postgres::drop_position(&fs, p).await.map_err(anyhow::Error::msg)?;
+                println!("{}: dropped replication slot {} on {}", p.view, p.slot, p.url);
+            }
         }
     }
     Ok(())

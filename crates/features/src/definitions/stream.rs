@@ -11,6 +11,18 @@ pub enum StreamSource {
     Redis { url: String, stream: String, group: String },
     /// Kafka: a consumer group on `topic`.
     Kafka { brokers: String, topic: String, group: String },
+    /// RabbitMQ: a consumer with manual acks on the durable `queue` (declared when absent).
+    Rabbitmq { url: String, queue: String },
+    /// PostgreSQL logical replication of `table` (change data capture): an exported-snapshot
+    /// copy, then `pgoutput` changes from `slot` over `publication`.
+    Postgres {
+        url: String,
+        table: String,
+        slot: String,
+        publication: String,
+        /// WAL the slot may hold back (bytes) before the warning metric turns on.
+        max_lag_bytes: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,8 +80,35 @@ impl StreamSpec {
                 };
                 (source, &["brokers", "topic", "group"], dead)
             }
+            "rabbitmq" => {
+                let queue = need("queue")?;
+                let dead = format!("{queue}.dead_letter");
+                let url = get("url")?.unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+                (StreamSource::Rabbitmq { url, queue }, &["url", "queue"], dead)
+            }
+            "postgres" => {
+                let max_lag_mb = match table.get("max_lag_mb") {
+                    None => 1024,
+                    Some(toml::Value::Integer(n)) if *n >= 1 => *n as u64,
+                    Some(other) => {
+                        return Err(format!("feature view '{view}': stream max_lag_mb must be a positive integer, not {other}"))
+                    }
+                };
+                // Slot and publication names: lower-case letters, digits and underscores.
+                let name = format!("flotilla_{}", view.to_lowercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
+                let source = StreamSource::Postgres {
+                    url: get("url")?.unwrap_or_else(|| "postgresql://postgres@127.0.0.1:5432/postgres".into()),
+                    slot: get("slot")?.unwrap_or_else(|| name.clone()),
+                    publication: get("publication")?.unwrap_or(name),
+                    max_lag_bytes: max_lag_mb << 20,
+                    table: need("table")?,
+                };
+                (source, &["url", "table", "slot", "publication", "max_lag_mb"], String::new())
+            }
             other => {
-                return Err(format!("feature view '{view}': stream type '{other}' is not one of nats, redis, kafka"));
+                return Err(format!(
+                    "feature view '{view}': stream type '{other}' is not one of nats, redis, kafka, rabbitmq, postgres"
+                ));
             }
         };
         for key in table.keys() {
@@ -94,6 +133,8 @@ impl StreamSpec {
             StreamSource::Nats { subject, .. } => format!("nats:{subject}"),
             StreamSource::Redis { stream, .. } => format!("redis:{stream}"),
             StreamSource::Kafka { topic, .. } => format!("kafka:{topic}"),
+            StreamSource::Rabbitmq { queue, .. } => format!("rabbitmq:{queue}"),
+            StreamSource::Postgres { table, .. } => format!("postgres:{table}"),
         }
     }
 }

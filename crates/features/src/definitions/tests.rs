@@ -133,3 +133,38 @@ fn references_resolve_with_clear_errors() {
     assert!(e.contains("unknown feature view 'nope'") && e.contains("'card_txn_1h'"), "{e}");
     assert!(matches!(reg.service("missing"), Err(FeatureError::NotFound(_))));
 }
+
+#[test]
+fn a_rabbitmq_stream_takes_defaults_and_rejects_unknown_settings() {
+    let rabbit =
+        VIEWS.replace(r#"type = "nats", subject = "features.txn""#, r#"type = "rabbitmq", queue = "features.cards""#);
+    let reg = load(&[("entities.toml", ENTITIES), ("views.toml", &rabbit)]).unwrap();
+    let stream = reg.view("card_txn_1h").unwrap().stream.clone().unwrap();
+    let url = "amqp://guest:guest@127.0.0.1:5672/%2f".to_string();
+    assert_eq!(stream.source, StreamSource::Rabbitmq { url, queue: "features.cards".into() });
+    assert_eq!(stream.label(), "rabbitmq:features.cards");
+    assert_eq!(stream.dead_letter, "features.cards.dead_letter");
+    assert_eq!(stream.batch, 512);
+
+    let set = rabbit.replace(
+        r#"queue = "features.cards""#,
+        r#"queue = "q", url = "amqp://u:secret@mq/%2f", dead_letter = "dl", batch = 10"#,
+    );
+    let reg = load(&[("entities.toml", ENTITIES), ("views.toml", &set)]).unwrap();
+    let stream = reg.view("card_txn_1h").unwrap().stream.clone().unwrap();
+    assert_eq!(stream.source, StreamSource::Rabbitmq { url: "amqp://u:secret@mq/%2f".into(), queue: "q".into() });
+    assert_eq!((stream.label().as_str(), stream.dead_letter.as_str(), stream.batch), ("rabbitmq:q", "dl", 10));
+
+    let unknown = rabbit.replace(r#"queue = "features.cards""#, r#"queue = "q", subject = "s""#);
+    let e = error(&[("entities.toml", ENTITIES), ("views.toml", &unknown)]);
+    assert!(
+        e.contains(
+            "unknown stream setting 'subject' for type rabbitmq (allowed: type, url, queue, dead_letter, batch)"
+        ),
+        "{e}"
+    );
+
+    let no_queue = rabbit.replace(r#", queue = "features.cards""#, "");
+    let e = error(&[("entities.toml", ENTITIES), ("views.toml", &no_queue)]);
+    assert!(e.contains("feature view 'card_txn_1h': stream needs 'queue'"), "{e}");
+}

@@ -6,7 +6,7 @@
 //! `checkpoints` table (source → position) written in the same transaction as the rows a
 //! position led to, so a restart resumes exactly where the durable data ends.
 
-use super::{Checkpoint, WriteOutcome};
+use super::{Change, Checkpoint, WriteOutcome};
 use crate::definitions::{FeatureView, Registry};
 use crate::error::{FeatureError, Result};
 use crate::record::{EntityKey, Record};
@@ -148,6 +148,96 @@ impl Embedded {
             self.shard(view.index, &key).write().insert(key, Arc::new(record));
         }
         Ok(outcome)
+    }
+
+    /// Applies changes in order: the last change of each entity decides its row (or its absence).
+    pub fn apply(&self, view: &FeatureView, changes: Vec<Change>, checkpoint: Option<&Checkpoint>) -> Result<WriteOutcome> {
+        let _writer = self.writer.lock();
+        let offered = changes.len();
+        let mut last: HashMap<EntityKey, Option<Record>> = HashMap::with_capacity(changes.len());
+        for (key, record) in changes {
+            last.insert(key, record);
+        }
+        let mut outcome = WriteOutcome { stale: offered - last.len(), ..WriteOutcome::default() };
+        if last.is_empty() && checkpoint.is_none() {
+            return Ok(outcome);
+        }
+        let txn = self.db.begin_write().map_err(FeatureError::store)?;
+        {
+            let name = table_name(view);
+            let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(&name);
+            let mut table = txn.open_table(def).map_err(FeatureError::store)?;
+            for (key, record) in &last {
+                match record {
+                    Some(r) => {
+                        table.insert(key.as_slice(), r.encode(view).as_slice()).map_err(FeatureError::store)?;
+                        outcome.applied += 1;
+                    }
+                    None => {
+                        if table.remove(key.as_slice()).map_err(FeatureError::store)?.is_some() {
+                            outcome.deleted += 1;
+                        }
+                    }
+                }
+            }
+            if let Some(c) = checkpoint {
+                let mut cp = txn.open_table(CHECKPOINTS).map_err(FeatureError::store)?;
+                cp.insert(c.source.as_str(), c.position.as_slice()).map_err(FeatureError::store)?;
+            }
+        }
+        txn.commit().map_err(FeatureError::store)?;
+        for (key, record) in last {
+            let mut shard = self.shard(view.index, &key).write();
+            match record {
+                Some(r) => shard.insert(key, Arc::new(r)),
+                None => shard.remove(&key),
+            };
+        }
+        Ok(outcome)
+    }
+
+    /// Removes every row of `view` (and commits `checkpoint` with that).
+    pub fn truncate(&self, view: &FeatureView, checkpoint: Option<&Checkpoint>) -> Result<usize> {
+        let _writer = self.writer.lock();
+        let removed = self.len(view.index);
+        let txn = self.db.begin_write().map_err(FeatureError::store)?;
+        {
+            let name = table_name(view);
+            let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(&name);
+            txn.delete_table(def).map_err(FeatureError::store)?;
+            if let Some(c) = checkpoint {
+                let mut cp = txn.open_table(CHECKPOINTS).map_err(FeatureError::store)?;
+                cp.insert(c.source.as_str(), c.position.as_slice()).map_err(FeatureError::store)?;
+            }
+        }
+        txn.commit().map_err(FeatureError::store)?;
+        for shard in &self.memory[view.index] {
+            shard.write().clear();
+        }
+        Ok(removed)
+    }
+
+    /// Removes the position stored for `source`.
+    pub fn forget_checkpoint(&self, source: &str) -> Result<()> {
+        let txn = self.db.begin_write().map_err(FeatureError::store)?;
+        txn.open_table(CHECKPOINTS).map_err(FeatureError::store)?.remove(source).map_err(FeatureError::store)?;
+        txn.commit().map_err(FeatureError::store)
+    }
+
+    /// Every stored (source, position).
+    pub fn checkpoints(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let txn = self.db.begin_read().map_err(FeatureError::store)?;
+        let table = match txn.open_table(CHECKPOINTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(FeatureError::store(e)),
+        };
+        let mut out = Vec::new();
+        for item in table.iter().map_err(FeatureError::store)? {
+            let (k, v) = item.map_err(FeatureError::store)?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
     }
 
     /// The last position stored for `source`.

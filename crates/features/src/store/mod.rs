@@ -22,7 +22,14 @@ pub struct WriteOutcome {
     pub applied: usize,
     /// Rows older than the stored record, left out.
     pub stale: usize,
+    /// Entities whose row a change removed (change streams only).
+    pub deleted: usize,
 }
+
+/// One change of a change stream (database CDC, Debezium): the entity's new row, or `None` when
+/// the row was deleted. Changes are applied in the order given, with no time comparison: the
+/// source's commit order is the truth, and commit timestamps can disagree with it by a little.
+pub type Change = (EntityKey, Option<Record>);
 
 /// A source's read position, stored with the data it led to (atomically, in the embedded store).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +121,25 @@ impl OnlineStore {
         }
     }
 
+    /// Applies changes in order (upserts and deletes), atomically with `checkpoint`, and returns
+    /// once they are durable.
+    pub async fn apply(
+        &self,
+        view: &FeatureView,
+        changes: Vec<Change>,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<WriteOutcome> {
+        match self {
+            Self::Embedded(s) => {
+                let (s, view) = (s.clone(), view.clone());
+                tokio::task::spawn_blocking(move || s.apply(&view, changes, checkpoint.as_ref()))
+                    .await
+                    .map_err(FeatureError::store)?
+            }
+            Self::Redis(s) => s.apply(view, changes, checkpoint).await,
+        }
+    }
+
     /// Reads the records of `(view index, key)` pairs, in one round trip for Redis.
     pub async fn read(&self, registry: &Registry, wants: &[(usize, EntityKey)]) -> Result<Vec<Option<Arc<Record>>>> {
         match self {
@@ -127,6 +153,39 @@ impl OnlineStore {
         match self {
             Self::Embedded(s) => s.checkpoint(source),
             Self::Redis(s) => s.checkpoint(source).await,
+        }
+    }
+
+    /// Removes every row of `view`, with `checkpoint`; returns how many there were.
+    pub async fn truncate(&self, view: &FeatureView, checkpoint: Option<Checkpoint>) -> Result<usize> {
+        match self {
+            Self::Embedded(s) => {
+                let (s, view) = (s.clone(), view.clone());
+                tokio::task::spawn_blocking(move || s.truncate(&view, checkpoint.as_ref()))
+                    .await
+                    .map_err(FeatureError::store)?
+            }
+            Self::Redis(s) => s.truncate(view, checkpoint).await,
+        }
+    }
+
+    /// Every stored position whose source starts with `prefix`.
+    pub async fn checkpoints(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let all = match self {
+            Self::Embedded(s) => s.checkpoints()?,
+            Self::Redis(s) => s.checkpoints().await?,
+        };
+        Ok(all.into_iter().filter(|(source, _)| source.starts_with(prefix)).collect())
+    }
+
+    /// Removes the stored position of `source` (its stream was dropped).
+    pub async fn forget_checkpoint(&self, source: &str) -> Result<()> {
+        match self {
+            Self::Embedded(s) => {
+                let (s, source) = (s.clone(), source.to_string());
+                tokio::task::spawn_blocking(move || s.forget_checkpoint(&source)).await.map_err(FeatureError::store)?
+            }
+            Self::Redis(s) => s.forget_checkpoint(source).await,
         }
     }
 

@@ -4,7 +4,7 @@
 //! last-write-wins; reads of any number of (view, entity) pairs are one pipelined round trip.
 //! A few multiplexed connections are used in turn; each reconnects by itself after a failure.
 
-use super::{Checkpoint, WriteOutcome};
+use super::{Change, Checkpoint, WriteOutcome};
 use crate::definitions::{FeatureView, Registry};
 use crate::error::{FeatureError, Result};
 use crate::record::{EntityKey, Record};
@@ -138,6 +138,80 @@ impl RedisStore {
             let () = self.query(&pipe).await.map_err(unavailable)?;
         }
         Ok(outcome)
+    }
+
+    /// Applies changes in order in one MULTI/EXEC transaction, with the checkpoint.
+    pub async fn apply(
+        &self,
+        view: &FeatureView,
+        changes: Vec<Change>,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<WriteOutcome> {
+        let mut outcome = WriteOutcome::default();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (key, record) in &changes {
+            let k = self.key(view, key);
+            match record {
+                Some(r) => {
+                    pipe.cmd("DEL").arg(&k).ignore();
+                    pipe.cmd("HSET").arg(&k).arg("t").arg(r.event_ts).arg("c").arg(r.created_ts).arg("v");
+                    pipe.arg(r.encode(view)).ignore();
+                    outcome.applied += 1;
+                }
+                None => {
+                    pipe.cmd("DEL").arg(&k);
+                }
+            }
+        }
+        if let Some(c) = &checkpoint {
+            pipe.cmd("HSET").arg(format!("{}checkpoints", self.options.prefix)).arg(&c.source).arg(&c.position).ignore();
+        }
+        if changes.is_empty() && checkpoint.is_none() {
+            return Ok(outcome);
+        }
+        let removed: Vec<i64> = self.query(&pipe).await.map_err(unavailable)?;
+        outcome.deleted = removed.iter().filter(|n| **n > 0).count();
+        Ok(outcome)
+    }
+
+    /// Removes every row of `view` (SCAN and DEL in batches: not atomic with other writers,
+    /// which a change stream's single consumer does not have), then stores `checkpoint`.
+    pub async fn truncate(&self, view: &FeatureView, checkpoint: Option<Checkpoint>) -> Result<usize> {
+        let mut pattern = self.key(view, b"");
+        pattern.push(b'*');
+        let mut cursor: u64 = 0;
+        let mut removed = 0usize;
+        loop {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000);
+            let ((next, keys),): ((u64, Vec<Vec<u8>>),) = self.query(&pipe).await.map_err(unavailable)?;
+            if !keys.is_empty() {
+                let mut del = redis::pipe();
+                del.cmd("DEL").arg(&keys);
+                let (n,): (usize,) = self.query(&del).await.map_err(unavailable)?;
+                removed += n;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        self.apply(view, Vec::new(), checkpoint).await?;
+        Ok(removed)
+    }
+
+    pub async fn checkpoints(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGETALL").arg(format!("{}checkpoints", self.options.prefix));
+        let (all,): (Vec<(String, Vec<u8>)>,) = self.query(&pipe).await.map_err(unavailable)?;
+        Ok(all)
+    }
+
+    pub async fn forget_checkpoint(&self, source: &str) -> Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HDEL").arg(format!("{}checkpoints", self.options.prefix)).arg(source).ignore();
+        self.query::<()>(&pipe).await.map_err(unavailable)
     }
 
     pub async fn read(&self, registry: &Registry, wants: &[(usize, EntityKey)]) -> Result<Vec<Option<Arc<Record>>>> {

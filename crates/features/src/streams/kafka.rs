@@ -3,7 +3,7 @@
 //! from the last commit, so a message is read again rather than lost; writes are idempotent.
 //! The topic and its dead-letter topic are created (broker defaults) when they do not exist.
 
-use super::{dead_letter_body, decode, observe};
+use super::{dead_letter_body, read, write};
 use crate::definitions::{StreamSource, StreamSpec};
 use crate::feature_store::FeatureStore;
 use futures::FutureExt;
@@ -76,9 +76,10 @@ pub(super) async fn run(
             continue;
         }
         let payloads: Vec<&[u8]> = batch.iter().map(|(_, _, p)| p.as_slice()).collect();
-        let decoded = decode(store, view, &payloads);
-        observe(store, &label, &decoded);
-        for (i, reason) in &decoded.bad {
+        let decoded = read(store, &label, view, &payloads);
+        let bad = decoded.bad;
+        write(store, view, &label, decoded.items).await?;
+        for (i, reason) in &bad {
             let (partition, offset, _) = &batch[*i];
             let source = format!("{label} partition {partition} offset {offset}");
             let body = dead_letter_body(&view.name, &source, reason, payloads[*i]);
@@ -87,7 +88,6 @@ pub(super) async fn run(
                 .await
                 .map_err(|(e, _)| format!("dead letter to {}: {e}", spec.dead_letter))?;
         }
-        store.write(view, decoded.rows, &label, None).await.map_err(|e| e.to_string())?;
         commit(store, &label, &consumer, topic, &batch).await;
     }
 }

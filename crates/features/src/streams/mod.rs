@@ -1,45 +1,118 @@
-//! Stream ingestion: consumers that write JSON rows from Kafka, NATS JetStream or Redis Streams into
-//! the online store, at least once and idempotently (last write wins on event time, so a
-//! redelivered message changes nothing). A message is acknowledged only after the rows it
+//! Stream ingestion: consumers that write JSON rows from Kafka, NATS JetStream, RabbitMQ or Redis
+//! Streams into the online store, at least once and idempotently (last write wins on event time, so a
+//! redelivered message changes nothing). The same consumers take Debezium change events
+//! ([`debezium`]), applied in stream order with deletes; PostgreSQL is read directly by [`postgres`]. A message is acknowledged only after the rows it
 //! carried are durable; a message that cannot be read goes to the view's dead-letter
 //! destination with its reason, is counted, and never stalls the consumer.
 
+mod debezium;
 mod kafka;
 mod nats;
+pub mod postgres;
+mod rabbitmq;
 mod redis;
 
 use crate::definitions::{FeatureView, StreamSource};
 use crate::feature_store::{now_us, FeatureStore};
 use crate::record::{EntityKey, Record};
+use crate::store::Change;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-/// Messages decoded into rows, and the ones that could not be, with their reasons.
-pub(crate) struct Decoded {
-    pub rows: Vec<(EntityKey, Record)>,
-    /// (message position in the batch, reason)
-    pub bad: Vec<(usize, String)>,
+/// What one message asks of the online store.
+pub(crate) enum Item {
+    /// A JSON row: written last-write-wins on event time.
+    Row(EntityKey, Record),
+    /// A change event (Debezium): applied in stream order, deletes included.
+    Change(Change),
+    /// A truncated source table: every row of the view goes.
+    Truncate,
 }
 
-/// Decodes JSON rows (one object per message).
+/// Messages decoded, the ones that could not be (with their reasons), and the ones with
+/// nothing to write (tombstones, logical-decoding messages).
+pub(crate) struct Decoded {
+    pub items: Vec<Item>,
+    /// (message position in the batch, reason)
+    pub bad: Vec<(usize, String)>,
+    pub skipped: usize,
+}
+
+/// Decodes messages: JSON rows (one object per message) or Debezium change events. An empty
+/// message is a tombstone (Debezium writes one after each delete, for log compaction) and is skipped.
 pub(crate) fn decode(store: &FeatureStore, view: &FeatureView, payloads: &[&[u8]]) -> Decoded {
-    let mut out = Decoded { rows: Vec::with_capacity(payloads.len()), bad: Vec::new() };
+    let mut out = Decoded { items: Vec::with_capacity(payloads.len()), bad: Vec::new(), skipped: 0 };
     for (i, p) in payloads.iter().enumerate() {
+        if p.is_empty() {
+            out.skipped += 1;
+            continue;
+        }
         let parsed: Result<serde_json::Value, String> = serde_json::from_slice(p).map_err(|e| format!("not JSON: {e}"));
-        let row = parsed.and_then(|v| match v {
-            serde_json::Value::Object(map) => store.row_from_json(view, &map).map_err(|e| e.to_string()),
+        let item = parsed.and_then(|v| match v {
+            serde_json::Value::Object(map) => match debezium::envelope(&map) {
+                Some((envelope, schema)) => debezium::event(view, envelope, schema).map(|e| match e {
+                    debezium::Event::Change(c) => Some(Item::Change(c)),
+                    debezium::Event::Truncate => Some(Item::Truncate),
+                    debezium::Event::Skip => None,
+                }),
+                None => store.row_from_json(view, &map).map(|(k, r)| Some(Item::Row(k, r))).map_err(|e| e.to_string()),
+            },
             other => {
                 Err(format!("expected a JSON object (one row), got {}", crate::value::shorten(&other.to_string(), 60)))
             }
         });
-        match row {
-            Ok(r) => out.rows.push(r),
+        match item {
+            Ok(Some(item)) => out.items.push(item),
+            Ok(None) => out.skipped += 1,
             Err(reason) => out.bad.push((i, reason)),
         }
     }
     out
+}
+
+/// Decodes a batch and counts it (see [`write`] for the rest).
+pub(crate) fn read(store: &FeatureStore, label: &str, view: &FeatureView, payloads: &[&[u8]]) -> Decoded {
+    let decoded = decode(store, view, payloads);
+    observe(store, label, &decoded);
+    decoded
+}
+
+/// Writes decoded messages durably in message order (consecutive rows in one last-write-wins
+/// write, consecutive changes in one in-order apply). The caller dead-letters `decoded.bad`,
+/// then acknowledges the batch.
+pub(crate) async fn write(store: &FeatureStore, view: &FeatureView, label: &str, items: Vec<Item>) -> Result<(), String> {
+    let mut rows = Vec::new();
+    let mut changes = Vec::new();
+    for item in items {
+        match item {
+            Item::Row(k, r) => {
+                if !changes.is_empty() {
+                    store.apply(view, std::mem::take(&mut changes), label, None).await.map_err(|e| e.to_string())?;
+                }
+                rows.push((k, r));
+            }
+            Item::Change(c) => {
+                if !rows.is_empty() {
+                    store.write(view, std::mem::take(&mut rows), label, None).await.map_err(|e| e.to_string())?;
+                }
+                changes.push(c);
+            }
+            Item::Truncate => {
+                store.write(view, std::mem::take(&mut rows), label, None).await.map_err(|e| e.to_string())?;
+                store.apply(view, std::mem::take(&mut changes), label, None).await.map_err(|e| e.to_string())?;
+                store.truncate(view, label, None).await.map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    if !rows.is_empty() {
+        store.write(view, rows, label, None).await.map_err(|e| e.to_string())?;
+    }
+    if !changes.is_empty() {
+        store.apply(view, changes, label, None).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// The body sent to the dead-letter destination.
@@ -63,9 +136,16 @@ pub(crate) fn consumer_name() -> String {
 /// Records how far behind the newest applied row is, and counts messages.
 pub(crate) fn observe(store: &FeatureStore, label: &str, decoded: &Decoded) {
     let m = &store.metrics;
-    m.stream_messages.with_label_values(&[label, "ok"]).inc_by(decoded.rows.len() as u64);
+    m.stream_messages.with_label_values(&[label, "ok"]).inc_by(decoded.items.len() as u64);
     m.stream_messages.with_label_values(&[label, "dead_letter"]).inc_by(decoded.bad.len() as u64);
-    if let Some(newest) = decoded.rows.iter().map(|(_, r)| r.event_ts).max() {
+    if decoded.skipped > 0 {
+        m.stream_messages.with_label_values(&[label, "skipped"]).inc_by(decoded.skipped as u64);
+    }
+    let event_ts = |item: &Item| match item {
+        Item::Row(_, r) | Item::Change((_, Some(r))) => Some(r.event_ts),
+        _ => None,
+    };
+    if let Some(newest) = decoded.items.iter().filter_map(event_ts).max() {
         m.stream_lag_seconds.with_label_values(&[label]).set((now_us() - newest).max(0) as f64 / 1e6);
     }
     for (_, reason) in &decoded.bad {
@@ -76,6 +156,8 @@ pub(crate) fn observe(store: &FeatureStore, label: &str, decoded: &Decoded) {
 /// Starts one consumer per view that declares a stream; they stop when `stop` turns true.
 pub fn spawn_all(store: Arc<FeatureStore>, stop: watch::Receiver<bool>) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
+    let cleanup = store.clone();
+    tasks.spawn(async move { postgres::drop_undeclared(&cleanup).await });
     for view in store.registry.views.iter().filter(|v| v.online) {
         let Some(spec) = view.stream.clone() else { continue };
         let (store, stop, index) = (store.clone(), stop.clone(), view.index);
@@ -87,6 +169,8 @@ pub fn spawn_all(store: Arc<FeatureStore>, stop: watch::Receiver<bool>) -> JoinS
                     StreamSource::Nats { .. } => nats::run(&store, index, &spec, stop.clone()).await,
                     StreamSource::Redis { .. } => redis::run(&store, index, &spec, stop.clone()).await,
                     StreamSource::Kafka { .. } => kafka::run(&store, index, &spec, stop.clone()).await,
+                    StreamSource::Rabbitmq { .. } => rabbitmq::run(&store, index, &spec, stop.clone()).await,
+                    StreamSource::Postgres { .. } => postgres::run(&store, index, &spec, stop.clone()).await,
                 };
                 match result {
                     Ok(()) => return,

@@ -1,6 +1,6 @@
 //! NATS JetStream: a durable pull consumer with explicit acks, acknowledged after the write.
 
-use super::{dead_letter_body, decode, observe};
+use super::{dead_letter_body, read, write};
 use crate::definitions::{StreamSource, StreamSpec};
 use crate::feature_store::FeatureStore;
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, stream};
@@ -60,9 +60,10 @@ pub(super) async fn run(
             continue;
         }
         let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_ref()).collect();
-        let decoded = decode(store, view, &payloads);
-        observe(store, &label, &decoded);
-        for (i, reason) in &decoded.bad {
+        let decoded = read(store, &label, view, &payloads);
+        let bad = decoded.bad;
+        write(store, view, &label, decoded.items).await?;
+        for (i, reason) in &bad {
             let body = dead_letter_body(&view.name, &label, reason, payloads[*i]);
             js.publish(spec.dead_letter.clone(), body.into())
                 .await
@@ -70,7 +71,6 @@ pub(super) async fn run(
                 .await
                 .map_err(|e| format!("dead letter to {}: {e}", spec.dead_letter))?;
         }
-        store.write(view, decoded.rows, &label, None).await.map_err(|e| e.to_string())?;
         for m in &messages {
             m.ack().await.map_err(|e| format!("ack: {e}"))?;
         }

@@ -5,7 +5,7 @@
 //! An entry is one row: either a field `json` (or `data`, `payload`) holding a JSON object, or
 //! the row's columns as fields (`card_id 42 event_timestamp 2026-11-01T12:00:00Z ...`).
 
-use super::{consumer_name, dead_letter_body, decode, observe};
+use super::{consumer_name, dead_letter_body, read, write};
 use crate::definitions::{FeatureView, StreamSource, StreamSpec};
 use crate::feature_store::FeatureStore;
 use crate::value::ValueType;
@@ -103,18 +103,18 @@ pub(super) async fn run(
         }
         let payloads: Vec<Vec<u8>> = entries.iter().map(|e| entry_json(view, e)).collect();
         let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
-        let decoded = decode(store, view, &refs);
-        observe(store, &label, &decoded);
-        if !decoded.bad.is_empty() {
+        let decoded = read(store, &label, view, &refs);
+        let bad = decoded.bad;
+        write(store, view, &label, decoded.items).await?;
+        if !bad.is_empty() {
             let mut pipe = redis::pipe();
-            for (i, reason) in &decoded.bad {
+            for (i, reason) in &bad {
                 let body = dead_letter_body(&view.name, &label, reason, &payloads[*i]);
                 pipe.cmd("XADD").arg(&spec.dead_letter).arg("*").arg("id").arg(&entries[*i].id).arg("json").arg(body);
             }
             let () =
                 pipe.query_async(&mut con).await.map_err(|e| format!("dead letter to {}: {e}", spec.dead_letter))?;
         }
-        store.write(view, decoded.rows, &label, None).await.map_err(|e| e.to_string())?;
         let mut ack = redis::cmd("XACK");
         ack.arg(stream).arg(group);
         for e in &entries {
