@@ -91,11 +91,14 @@ impl StreamSpec {
                     None => 1024,
                     Some(toml::Value::Integer(n)) if *n >= 1 => *n as u64,
                     Some(other) => {
-                        return Err(format!("feature view '{view}': stream max_lag_mb must be a positive integer, not {other}"))
+                        return Err(format!(
+                            "feature view '{view}': stream max_lag_mb must be a positive integer, not {other}"
+                        ))
                     }
                 };
                 // Slot and publication names: lower-case letters, digits and underscores.
-                let name = format!("flotilla_{}", view.to_lowercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
+                let name =
+                    format!("flotilla_{}", view.to_lowercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
                 let source = StreamSource::Postgres {
                     url: get("url")?.unwrap_or_else(|| "postgresql://postgres@127.0.0.1:5432/postgres".into()),
                     slot: get("slot")?.unwrap_or_else(|| name.clone()),

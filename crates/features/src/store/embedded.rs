@@ -151,7 +151,12 @@ impl Embedded {
     }
 
     /// Applies changes in order: the last change of each entity decides its row (or its absence).
-    pub fn apply(&self, view: &FeatureView, changes: Vec<Change>, checkpoint: Option<&Checkpoint>) -> Result<WriteOutcome> {
+    pub fn apply(
+        &self,
+        view: &FeatureView,
+        changes: Vec<Change>,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<WriteOutcome> {
         let _writer = self.writer.lock();
         let offered = changes.len();
         let mut last: HashMap<EntityKey, Option<Record>> = HashMap::with_capacity(changes.len());

@@ -165,7 +165,11 @@ impl RedisStore {
             }
         }
         if let Some(c) = &checkpoint {
-            pipe.cmd("HSET").arg(format!("{}checkpoints", self.options.prefix)).arg(&c.source).arg(&c.position).ignore();
+            pipe.cmd("HSET")
+                .arg(format!("{}checkpoints", self.options.prefix))
+                .arg(&c.source)
+                .arg(&c.position)
+                .ignore();
         }
         if changes.is_empty() && checkpoint.is_none() {
             return Ok(outcome);

@@ -39,11 +39,7 @@ pub(crate) fn envelope(object: &Map<String, Json>) -> Option<(&Map<String, Json>
 }
 
 /// Reads one envelope into a change of `view`.
-pub(crate) fn event(
-    view: &FeatureView,
-    payload: &Map<String, Json>,
-    schema: Option<&Json>,
-) -> Result<Event, String> {
+pub(crate) fn event(view: &FeatureView, payload: &Map<String, Json>, schema: Option<&Json>) -> Result<Event, String> {
     let op = payload.get("op").and_then(Json::as_str).unwrap_or_default();
     let ts = commit_time(payload)?;
     let row = |side: &str| -> Result<&Map<String, Json>, String> {
@@ -114,8 +110,16 @@ fn side_schema<'a>(schema: &'a Json, side: &str) -> Option<&'a Json> {
 impl Fields<'_> {
     /// (semantic name, parameters) of column `name`.
     fn of(&self, name: &str) -> Option<(&str, Option<&Json>)> {
-        let field = self.schema?.get("fields")?.as_array()?.iter().find(|f| f.get("field").and_then(Json::as_str) == Some(name))?;
-        let semantic = field.get("name").and_then(Json::as_str).unwrap_or_else(|| field.get("type").and_then(Json::as_str).unwrap_or(""));
+        let field = self
+            .schema?
+            .get("fields")?
+            .as_array()?
+            .iter()
+            .find(|f| f.get("field").and_then(Json::as_str) == Some(name))?;
+        let semantic = field
+            .get("name")
+            .and_then(Json::as_str)
+            .unwrap_or_else(|| field.get("type").and_then(Json::as_str).unwrap_or(""));
         Some((semantic, field.get("parameters")))
     }
 }
@@ -149,7 +153,13 @@ fn value(row: &Map<String, Json>, name: &str, ty: ValueType, fields: Option<&Fie
         // Without a schema: epoch seconds, milliseconds or microseconds, by magnitude.
         (None, ValueType::UnixTimestamp, Json::Number(n)) => {
             let x = num(n)?;
-            us(if x.abs() >= 1e14 { x } else if x.abs() >= 1e11 { x * 1e3 } else { x * 1e6 })
+            us(if x.abs() >= 1e14 {
+                x
+            } else if x.abs() >= 1e11 {
+                x * 1e3
+            } else {
+                x * 1e6
+            })
         }
         _ => ty.from_json(v),
     }

@@ -82,7 +82,12 @@ pub(crate) fn read(store: &FeatureStore, label: &str, view: &FeatureView, payloa
 /// Writes decoded messages durably in message order (consecutive rows in one last-write-wins
 /// write, consecutive changes in one in-order apply). The caller dead-letters `decoded.bad`,
 /// then acknowledges the batch.
-pub(crate) async fn write(store: &FeatureStore, view: &FeatureView, label: &str, items: Vec<Item>) -> Result<(), String> {
+pub(crate) async fn write(
+    store: &FeatureStore,
+    view: &FeatureView,
+    label: &str,
+    items: Vec<Item>,
+) -> Result<(), String> {
     let mut rows = Vec::new();
     let mut changes = Vec::new();
     for item in items {

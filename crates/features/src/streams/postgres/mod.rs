@@ -41,6 +41,9 @@ const LARGE_TRANSACTION_BATCHES: usize = 20;
 const SNAPSHOT_CHUNK: usize = 10_000;
 /// Status updates go to the server at least this often (its `wal_sender_timeout` is 60 s by default).
 const STATUS_EVERY: Duration = Duration::from_secs(10);
+/// After a durable write the server hears of it within this long (one status update for many
+/// writes; until then a restart re-reads those transactions and the position skips them).
+const CONFIRM_EVERY: Duration = Duration::from_secs(1);
 /// How often the slot's retained WAL is measured.
 const SLOT_CHECK_EVERY: Duration = Duration::from_secs(5);
 
@@ -119,7 +122,10 @@ impl Source<'_> {
         let stored = self.stored().await?;
         let plugin = setup::slot_plugin(&mut sql, &self.slot).await?;
         if let Some(p) = plugin.as_deref().filter(|p| *p != "pgoutput") {
-            return Err(format!("feature view '{}': slot '{}' uses plugin {p}, not pgoutput", self.view.name, self.slot));
+            return Err(format!(
+                "feature view '{}': slot '{}' uses plugin {p}, not pgoutput",
+                self.view.name, self.slot
+            ));
         }
         let position = match (stored, plugin.is_some()) {
             (Some(p), true) if p.slot == self.slot => p,
@@ -156,13 +162,21 @@ impl Source<'_> {
         let bytes = self.store.store.checkpoint(&checkpoint_key(&self.slot)).await.map_err(|e| e.to_string())?;
         match bytes {
             None => Ok(None),
-            Some(b) => serde_json::from_slice(&b).map(Some).map_err(|e| format!("stored position of slot '{}': {e}", self.slot)),
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| format!("stored position of slot '{}': {e}", self.slot)),
         }
     }
 
     /// Creates the slot and copies the table as of its snapshot; the copy's last write stores
     /// the slot's consistent point.
-    async fn snapshot(&self, sql: &mut Conn, table: &Table, owns_publication: bool, changes: u64) -> Result<Position, String> {
+    async fn snapshot(
+        &self,
+        sql: &mut Conn,
+        table: &Table,
+        owns_publication: bool,
+        changes: u64,
+    ) -> Result<Position, String> {
         let started = Instant::now();
         let mut replication = Conn::connect(&self.info, true).await?;
         let slot = setup::create_slot(&mut replication, self.view, &self.slot).await?;
@@ -171,7 +185,8 @@ impl Source<'_> {
         self.store.truncate(self.view, &self.label, None).await.map_err(|e| e.to_string())?;
         let layout = Layout::of_view(self.view);
         let columns: Vec<&str> = layout.names.iter().map(String::as_str).collect();
-        let oids: Vec<u32> = columns.iter().map(|c| table.columns.iter().find(|t| t.0 == *c).map(|t| t.1).unwrap_or(0)).collect();
+        let oids: Vec<u32> =
+            columns.iter().map(|c| table.columns.iter().find(|t| t.0 == *c).map(|t| t.1).unwrap_or(0)).collect();
         let mut copied = 0u64;
         let layout = layout.with_oids(&oids);
         let ts = setup::begin_copy(sql, table, &slot.snapshot, &columns).await?;
@@ -179,8 +194,10 @@ impl Source<'_> {
             let (rows, done) = setup::copy_chunk(sql, SNAPSHOT_CHUNK).await?;
             let mut changes = Vec::with_capacity(rows.len());
             for row in rows {
-                let datums: Vec<Datum> =
-                    row.into_iter().map(|v| v.map(|s| Datum::Text(s.into_bytes().into())).unwrap_or(Datum::Null)).collect();
+                let datums: Vec<Datum> = row
+                    .into_iter()
+                    .map(|v| v.map(|s| Datum::Text(s.into_bytes().into())).unwrap_or(Datum::Null))
+                    .collect();
                 if let Some(change) = self.upsert(&layout, &datums, ts, None) {
                     changes.push(change);
                 }
@@ -201,7 +218,10 @@ impl Source<'_> {
             partial: None,
             changes,
         };
-        self.store.apply(self.view, Vec::new(), &self.label, Some(position.checkpoint())).await.map_err(|e| e.to_string())?;
+        self.store
+            .apply(self.view, Vec::new(), &self.label, Some(position.checkpoint()))
+            .await
+            .map_err(|e| e.to_string())?;
         replication.close().await;
         self.store.metrics.cdc_snapshot_rows.with_label_values(&[&self.label]).inc_by(copied);
         tracing::info!(view = %self.view.name, rows = copied, seconds = started.elapsed().as_secs_f64(), "snapshot copied");
@@ -250,10 +270,14 @@ impl Layout {
             let found = rel.columns.iter().position(|c| c.name == *name);
             if let Some(pos) = found {
                 let oid = rel.columns[pos].type_oid;
-                types::check(name, &format!("type {oid}"), oid, name, l.types[i])
-                    .map_err(|e| format!("feature view '{}': table {}.{} changed: {e}", view.name, rel.namespace, rel.name))?;
+                types::check(name, &format!("type {oid}"), oid, name, l.types[i]).map_err(|e| {
+                    format!("feature view '{}': table {}.{} changed: {e}", view.name, rel.namespace, rel.name)
+                })?;
             } else if i < l.keys {
-                return Err(format!("feature view '{}': table {}.{} has no column '{name}' any more", view.name, rel.namespace, rel.name));
+                return Err(format!(
+                    "feature view '{}': table {}.{} has no column '{name}' any more",
+                    view.name, rel.namespace, rel.name
+                ));
             }
             l.at[i] = found.map(|p| (p, rel.columns[p].type_oid));
         }
@@ -407,7 +431,7 @@ impl Source<'_> {
                         }
                     }
                     let previous = match &new_key {
-                        Some(k) if new.iter().any(|d| *d == Datum::Unchanged) => self.previous(s, k).await?,
+                        Some(k) if new.contains(&Datum::Unchanged) => self.previous(s, k).await?,
                         _ => None,
                     };
                     if let Some(c) = self.upsert(&layout, &new, ts, previous.as_deref()) {
@@ -424,10 +448,8 @@ impl Source<'_> {
             }
             Message::Truncate { relations } => {
                 let ours = relations.iter().any(|r| matches!(s.relations.get(r), Some(Some(_))));
-                if ours {
-                    if self.take_counted(s).is_some() {
-                        s.pending.push(Pending::Truncate);
-                    }
+                if ours && self.take_counted(s).is_some() {
+                    s.pending.push(Pending::Truncate);
                 }
             }
             Message::Other(_) => {}
@@ -488,7 +510,10 @@ impl Source<'_> {
             let v = match layout.at[i].and_then(|(pos, oid)| tuple.get(pos).map(|d| (d, oid))) {
                 None | Some((Datum::Null, _)) => None,
                 Some((Datum::Unchanged, _)) => previous.and_then(|p| p.values.get(f).cloned().flatten()),
-                Some((Datum::Text(t), oid)) => match std::str::from_utf8(t).map_err(|_| "not UTF-8".to_string()).and_then(|s| types::parse(s, oid, layout.types[i])) {
+                Some((Datum::Text(t), oid)) => match std::str::from_utf8(t)
+                    .map_err(|_| "not UTF-8".to_string())
+                    .and_then(|s| types::parse(s, oid, layout.types[i]))
+                {
                     Ok(v) => Some(v),
                     Err(e) => {
                         self.bad_value(&layout.names[i], &e);
@@ -510,7 +535,12 @@ impl Source<'_> {
                 _ => {}
             }
         }
-        let found = self.store.store.read(&self.store.registry, &[(self.view.index, key.clone())]).await.map_err(|e| e.to_string())?;
+        let found = self
+            .store
+            .store
+            .read(&self.store.registry, &[(self.view.index, key.clone())])
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(found.into_iter().next().flatten())
     }
 
@@ -542,7 +572,10 @@ impl Source<'_> {
             match p {
                 Pending::Change(c) => run.push(c),
                 Pending::Truncate => {
-                    self.store.apply(self.view, std::mem::take(&mut run), &self.label, None).await.map_err(|e| e.to_string())?;
+                    self.store
+                        .apply(self.view, std::mem::take(&mut run), &self.label, None)
+                        .await
+                        .map_err(|e| e.to_string())?;
                     self.store.truncate(self.view, &self.label, None).await.map_err(|e| e.to_string())?;
                 }
             }
@@ -553,14 +586,21 @@ impl Source<'_> {
             self.store.metrics.cdc_visibility.with_label_values(&[&self.label]).observe((now - c).max(0) as f64 / 1e6);
         }
         if let Some(t) = s.transaction.as_ref().filter(|_| partial) {
-            self.store.metrics.cdc_lag_seconds.with_label_values(&[&self.label]).set((now - t.commit_us).max(0) as f64 / 1e6);
+            self.store
+                .metrics
+                .cdc_lag_seconds
+                .with_label_values(&[&self.label])
+                .set((now - t.commit_us).max(0) as f64 / 1e6);
         }
         self.store.metrics.cdc_changes.with_label_values(&[&self.label]).inc_by(s.pending_changes);
         s.pending_changes = 0;
         s.pending_end = None;
         s.position = next;
         s.confirmed = s.confirmed.max(s.position.applied_end);
-        self.status(s, conn, false).await
+        if s.last_status.elapsed() >= CONFIRM_EVERY {
+            self.status(s, conn, false).await?;
+        }
+        Ok(())
     }
 
     async fn status(&self, s: &mut Stream, conn: &mut Conn, reply: bool) -> Result<(), String> {
@@ -571,7 +611,13 @@ impl Source<'_> {
 
 /// Measures how much WAL the slot holds back, every few seconds, and raises the warning gauge
 /// past `max_lag_bytes`.
-async fn monitor_slot(mut sql: Conn, metrics: crate::metrics::FeatureMetrics, label: String, slot: String, max_lag_bytes: u64) {
+async fn monitor_slot(
+    mut sql: Conn,
+    metrics: crate::metrics::FeatureMetrics,
+    label: String,
+    slot: String,
+    max_lag_bytes: u64,
+) {
     let retained = metrics.cdc_slot_retained_bytes.with_label_values(&[&label, &slot]);
     let warning = metrics.cdc_slot_lag_warning.with_label_values(&[&label, &slot]);
     let q = retained_query(&slot);
@@ -579,7 +625,8 @@ async fn monitor_slot(mut sql: Conn, metrics: crate::metrics::FeatureMetrics, la
     loop {
         match sql.query(&q).await {
             Ok((_, rows)) => {
-                let bytes: i64 = rows.first().and_then(|r| r.first().cloned().flatten()).and_then(|s| s.parse().ok()).unwrap_or(0);
+                let bytes: i64 =
+                    rows.first().and_then(|r| r.first().cloned().flatten()).and_then(|s| s.parse().ok()).unwrap_or(0);
                 retained.set(bytes);
                 let over = bytes as u64 > max_lag_bytes;
                 warning.set(i64::from(over));
@@ -639,8 +686,12 @@ pub async fn drop_undeclared(store: &FeatureStore) {
     for (key, bytes) in positions.into_iter().filter(|(k, _)| !declared.contains(k)) {
         let Ok(p) = serde_json::from_slice::<Position>(&bytes) else { continue };
         match drop_position(store, &p).await {
-            Ok(()) => tracing::info!(view = %p.view, slot = %p.slot, "the view no longer streams from PostgreSQL: dropped its replication slot"),
-            Err(e) => tracing::warn!(view = %p.view, slot = %p.slot, error = %e, key, "cannot drop the replication slot of a removed view; drop it with `flotilla features cdc drop`"),
+            Ok(()) => {
+                tracing::info!(view = %p.view, slot = %p.slot, "the view no longer streams from PostgreSQL: dropped its replication slot")
+            }
+            Err(e) => {
+                tracing::warn!(view = %p.view, slot = %p.slot, error = %e, key, "cannot drop the replication slot of a removed view; drop it with `flotilla features cdc drop`")
+            }
         }
     }
 }

@@ -48,14 +48,34 @@ pub enum Datum {
 
 #[derive(Debug, PartialEq)]
 pub enum Message {
-    Begin { final_lsn: u64, commit_us: i64, xid: u32 },
-    Commit { commit_lsn: u64, end_lsn: u64, commit_us: i64 },
+    Begin {
+        final_lsn: u64,
+        commit_us: i64,
+        xid: u32,
+    },
+    Commit {
+        commit_lsn: u64,
+        end_lsn: u64,
+        commit_us: i64,
+    },
     Relation(Relation),
-    Insert { relation: u32, new: Vec<Datum> },
+    Insert {
+        relation: u32,
+        new: Vec<Datum>,
+    },
     /// `old` is the old key (`K`) or the whole old row (`O`) when the server sends it.
-    Update { relation: u32, old: Option<Vec<Datum>>, new: Vec<Datum> },
-    Delete { relation: u32, old: Vec<Datum> },
-    Truncate { relations: Vec<u32> },
+    Update {
+        relation: u32,
+        old: Option<Vec<Datum>>,
+        new: Vec<Datum>,
+    },
+    Delete {
+        relation: u32,
+        old: Vec<Datum>,
+    },
+    Truncate {
+        relations: Vec<u32>,
+    },
     /// Origin, Type, logical-decoding messages: nothing to apply.
     Other(u8),
 }
@@ -161,7 +181,13 @@ pub fn message(mut b: Bytes) -> Result<Message, String> {
                 u32_(&mut b, "Relation")?; // type modifier
                 columns.push(Column { name, type_oid, key: flags & 1 == 1 });
             }
-            Message::Relation(Relation { oid, namespace: if namespace.is_empty() { "pg_catalog".into() } else { namespace }, name, replica_identity, columns })
+            Message::Relation(Relation {
+                oid,
+                namespace: if namespace.is_empty() { "pg_catalog".into() } else { namespace },
+                name,
+                replica_identity,
+                columns,
+            })
         }
         b'I' => {
             let relation = u32_(&mut b, "Insert")?;

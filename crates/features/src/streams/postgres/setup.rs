@@ -73,10 +73,15 @@ pub async fn describe(sql: &mut Conn, view: &FeatureView, table: &str) -> Result
     let t = Table { oid, namespace, name, columns };
     let column = |name: &str| t.columns.iter().find(|c| c.0 == name);
     let names = || t.columns.iter().map(|c| c.0.as_str()).collect::<Vec<_>>().join(", ");
-    let wanted = view.join_keys.iter().map(|(n, ty)| (n.as_str(), *ty)).chain(view.features.iter().map(|f| (f.name.as_str(), f.dtype)));
+    let wanted = view
+        .join_keys
+        .iter()
+        .map(|(n, ty)| (n.as_str(), *ty))
+        .chain(view.features.iter().map(|f| (f.name.as_str(), f.dtype)));
     for (name, ty) in wanted {
-        let (_, oid, type_name) =
-            column(name).ok_or_else(|| err(view, format!("table {} has no column '{name}' (columns: {})", t.sql_name(), names())))?;
+        let (_, oid, type_name) = column(name).ok_or_else(|| {
+            err(view, format!("table {} has no column '{name}' (columns: {})", t.sql_name(), names()))
+        })?;
         types::check(name, type_name, *oid, name, ty).map_err(|e| err(view, format!("table {}: {e}", t.sql_name())))?;
     }
     check_identity(sql, view, &t, &identity).await?;
@@ -91,7 +96,10 @@ async fn check_identity(sql: &mut Conn, view: &FeatureView, t: &Table, identity:
         "n" => {
             return Err(err(
                 view,
-                format!("table {} has REPLICA IDENTITY NOTHING, so deletes cannot name the entity; run {alter}", t.sql_name()),
+                format!(
+                    "table {} has REPLICA IDENTITY NOTHING, so deletes cannot name the entity; run {alter}",
+                    t.sql_name()
+                ),
             ))
         }
         _ => {}
@@ -130,8 +138,14 @@ async fn check_identity(sql: &mut Conn, view: &FeatureView, t: &Table, identity:
 /// Makes sure `publication` publishes the table: creates it when absent (then Flotilla owns it),
 /// adds the table to a publication Flotilla created; a publication of someone else's that lacks
 /// the table is an error. Returns whether Flotilla owns it.
-pub async fn ensure_publication(sql: &mut Conn, view: &FeatureView, publication: &str, t: &Table) -> Result<bool, String> {
-    let (_, rows) = sql.query(&format!("SELECT puballtables FROM pg_publication WHERE pubname = {}", literal(publication))).await?;
+pub async fn ensure_publication(
+    sql: &mut Conn,
+    view: &FeatureView,
+    publication: &str,
+    t: &Table,
+) -> Result<bool, String> {
+    let (_, rows) =
+        sql.query(&format!("SELECT puballtables FROM pg_publication WHERE pubname = {}", literal(publication))).await?;
     if rows.is_empty() {
         sql.query(&format!("CREATE PUBLICATION {} FOR TABLE {}", ident(publication), t.sql_name()))
             .await
@@ -160,7 +174,8 @@ pub async fn ensure_publication(sql: &mut Conn, view: &FeatureView, publication:
 
 /// The slot's plugin, if the slot exists.
 pub async fn slot_plugin(sql: &mut Conn, slot: &str) -> Result<Option<String>, String> {
-    let (_, rows) = sql.query(&format!("SELECT plugin FROM pg_replication_slots WHERE slot_name = {}", literal(slot))).await?;
+    let (_, rows) =
+        sql.query(&format!("SELECT plugin FROM pg_replication_slots WHERE slot_name = {}", literal(slot))).await?;
     Ok(rows.into_iter().next().map(|r| r.into_iter().next().flatten().unwrap_or_default()))
 }
 
@@ -179,7 +194,8 @@ pub async fn create_slot(replication: &mut Conn, view: &FeatureView, slot: &str)
     let get = |name: &str| {
         columns.iter().position(|(c, _)| c == name).and_then(|i| row.get(i).cloned().flatten()).unwrap_or_default()
     };
-    let consistent_point = parse_lsn(&get("consistent_point")).ok_or_else(|| err(view, "slot has no consistent point"))?;
+    let consistent_point =
+        parse_lsn(&get("consistent_point")).ok_or_else(|| err(view, "slot has no consistent point"))?;
     Ok(NewSlot { consistent_point, snapshot: get("snapshot_name") })
 }
 
@@ -200,12 +216,16 @@ pub async fn drop_slot(info: &ConnInfo, slot: &str, publication: Option<&str>) -
         match sql.query(&q).await {
             Ok(_) => break,
             // Still active for a moment after the terminate.
-            Err(e) if e.code == "55006" && attempt < 19 => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            Err(e) if e.code == "55006" && attempt < 19 => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+            }
             Err(e) => return Err(format!("cannot drop replication slot '{slot}': {e}")),
         }
     }
     if let Some(p) = publication {
-        sql.query(&format!("DROP PUBLICATION IF EXISTS {}", ident(p))).await.map_err(|e| format!("cannot drop publication '{p}': {e}"))?;
+        sql.query(&format!("DROP PUBLICATION IF EXISTS {}", ident(p)))
+            .await
+            .map_err(|e| format!("cannot drop publication '{p}': {e}"))?;
     }
     sql.close().await;
     Ok(())

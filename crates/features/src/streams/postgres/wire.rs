@@ -30,10 +30,9 @@ impl ConnInfo {
     /// Reads a libpq-style URL. A host starting with `/` (or `?host=/path`) is a Unix socket
     /// folder. Without a password in the URL, `PGPASSWORD` is used when set.
     pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("postgresql://")
-            .or_else(|| url.strip_prefix("postgres://"))
-            .ok_or_else(|| "a PostgreSQL URL starts with postgresql:// (postgresql://user@host:5432/dbname)".to_string())?;
+        let rest = url.strip_prefix("postgresql://").or_else(|| url.strip_prefix("postgres://")).ok_or_else(|| {
+            "a PostgreSQL URL starts with postgresql:// (postgresql://user@host:5432/dbname)".to_string()
+        })?;
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (authority, dbname) = rest.split_once('/').unwrap_or((rest, ""));
         let (userinfo, hostport) = match authority.rsplit_once('@') {
@@ -58,7 +57,11 @@ impl ConnInfo {
             match k {
                 "host" => host = decode(v)?,
                 "sslmode" if matches!(v, "disable" | "allow" | "prefer") => {}
-                "sslmode" => return Err(format!("sslmode={v} is not supported (Flotilla speaks plain PostgreSQL; use sslmode=disable)")),
+                "sslmode" => {
+                    return Err(format!(
+                        "sslmode={v} is not supported (Flotilla speaks plain PostgreSQL; use sslmode=disable)"
+                    ))
+                }
                 "application_name" | "connect_timeout" => {}
                 other => return Err(format!("unknown PostgreSQL URL parameter '{other}'")),
             }
@@ -151,9 +154,15 @@ impl Conn {
         let where_ = format!("{}:{}", info.host, info.port);
         let stream: Box<dyn Stream> = if info.host.starts_with('/') {
             let path = format!("{}/.s.PGSQL.{}", info.host, info.port);
-            Box::new(tokio::net::UnixStream::connect(&path).await.map_err(|e| io(format!("cannot connect to {path}: {e}")))?)
+            Box::new(
+                tokio::net::UnixStream::connect(&path)
+                    .await
+                    .map_err(|e| io(format!("cannot connect to {path}: {e}")))?,
+            )
         } else {
-            let s = tokio::net::TcpStream::connect(&where_).await.map_err(|e| io(format!("cannot connect to {where_}: {e}")))?;
+            let s = tokio::net::TcpStream::connect(&where_)
+                .await
+                .map_err(|e| io(format!("cannot connect to {where_}: {e}")))?;
             let _ = s.set_nodelay(true);
             Box::new(s)
         };
@@ -173,7 +182,7 @@ impl Conn {
         if replication {
             params.push(("replication", "database"));
         }
-        frontend::startup_message(params.into_iter(), &mut conn.write).map_err(io)?;
+        frontend::startup_message(params, &mut conn.write).map_err(io)?;
         conn.flush().await?;
         conn.authenticate(info).await?;
         loop {
@@ -206,8 +215,10 @@ impl Conn {
                 }
                 5 => {
                     let password = info.password.as_deref().ok_or_else(need_password)?;
-                    let salt: [u8; 4] = body.get(..4).and_then(|s| s.try_into().ok()).ok_or_else(|| protocol("short MD5 salt"))?;
-                    let hash = postgres_protocol::authentication::md5_hash(info.user.as_bytes(), password.as_bytes(), salt);
+                    let salt: [u8; 4] =
+                        body.get(..4).and_then(|s| s.try_into().ok()).ok_or_else(|| protocol("short MD5 salt"))?;
+                    let hash =
+                        postgres_protocol::authentication::md5_hash(info.user.as_bytes(), password.as_bytes(), salt);
                     frontend::password_message(hash.as_bytes(), &mut self.write).map_err(io)?;
                 }
                 10 => {
@@ -244,7 +255,7 @@ impl Conn {
 
     /// Whether a whole message is already buffered (reading it will not wait on the network).
     pub fn has_message(&self) -> bool {
-        self.read.len() >= 5 && self.read.len() >= 1 + be_len(&self.read[1..5])
+        self.read.len() >= 5 && self.read.len() > be_len(&self.read[1..5])
     }
 
     /// The next message: its tag and body. An `E` message becomes an error.
@@ -335,7 +346,9 @@ impl Conn {
             match tag {
                 b'W' => return Ok(()),
                 b'N' | b'S' => {}
-                other => return Err(protocol(format!("expected copy-both for START_REPLICATION, got '{}'", other as char))),
+                other => {
+                    return Err(protocol(format!("expected copy-both for START_REPLICATION, got '{}'", other as char)))
+                }
             }
         }
     }
@@ -348,7 +361,9 @@ impl Conn {
                 b'd' => return Ok(Some(body)),
                 b'c' => return Ok(None),
                 b'N' | b'S' => {}
-                other => return Err(protocol(format!("unexpected message '{}' in the replication stream", other as char))),
+                other => {
+                    return Err(protocol(format!("unexpected message '{}' in the replication stream", other as char)))
+                }
             }
         }
     }
@@ -467,7 +482,10 @@ mod tests {
     #[test]
     fn urls_parse_with_defaults_escapes_and_sockets() {
         let c = ConnInfo::parse("postgresql://app:p%40ss@db.local:6543/features").unwrap();
-        assert_eq!((c.user.as_str(), c.password.as_deref(), c.host.as_str(), c.port), ("app", Some("p@ss"), "db.local", 6543));
+        assert_eq!(
+            (c.user.as_str(), c.password.as_deref(), c.host.as_str(), c.port),
+            ("app", Some("p@ss"), "db.local", 6543)
+        );
         assert_eq!(c.dbname, "features");
         assert_eq!(c.redacted(), "postgresql://app@db.local:6543/features");
         let s = ConnInfo::parse("postgres://postgres@/test?host=%2Fvar%2Frun%2Fpostgresql").unwrap();
@@ -490,6 +508,9 @@ mod tests {
     fn malformed_rows_are_errors_not_panics() {
         assert!(data_row(Bytes::from_static(&[0, 1, 0, 0, 0, 9, b'a'])).is_err());
         assert!(row_description(Bytes::from_static(&[0, 1, b'a', 0, 1])).is_err());
-        assert_eq!(data_row(Bytes::from_static(&[0, 2, 255, 255, 255, 255, 0, 0, 0, 1, b'x'])).unwrap(), vec![None, Some("x".into())]);
+        assert_eq!(
+            data_row(Bytes::from_static(&[0, 2, 255, 255, 255, 255, 0, 0, 0, 1, b'x'])).unwrap(),
+            vec![None, Some("x".into())]
+        );
     }
 }
