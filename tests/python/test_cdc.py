@@ -332,6 +332,34 @@ def test_cdc_slot_hygiene_drop_command_removed_view_and_lag_warning(tmp_path):
         t.drop()
 
 
+def test_cdc_into_the_redis_online_store(table):
+    """The same stream into Redis: each write of changes and its position is one MULTI/EXEC."""
+    import redis
+    r = redis.Redis(host="127.0.0.1", port=6379, db=14)
+    r.flushdb()
+    table.store = "redis://127.0.0.1:6379/14"
+    with connect() as c:
+        c.execute(f"INSERT INTO {table.name} SELECT g, g, 'snap', true, g, now() FROM generate_series(1, 50) g")
+    s = table.serve()
+    try:
+        wait_for(lambda: "consuming" in s.log(), what="the stream to start")
+        w = Workload(table, seed=5, keys=range(1, 80))
+        with connect() as conn:
+            for _ in range(150):
+                w.transaction(conn)
+            conn.execute(f"TRUNCATE {table.name}")
+            w.committed_changes += 1
+            for _ in range(50):
+                w.transaction(conn)
+        want = w.committed_changes
+        wait_for(lambda: changes_applied(s, table) >= want, what=f"{want} changes applied")
+        assert changes_applied(s, table) == want
+        assert_store_equals_table(s, table, w.used | set(range(1, 51)))
+    finally:
+        assert s.stop() == 0, s.log()
+        r.flushdb()
+
+
 @pytest.mark.parametrize("ddl, message", [
     ("ALTER TABLE {t} ADD COLUMN spot point; ALTER TABLE {t} DROP COLUMN n; ALTER TABLE {t} RENAME COLUMN spot TO n",
      "column 'n' is point, which cannot be read as int64"),

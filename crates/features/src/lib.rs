@@ -11,7 +11,8 @@
 //! - [`serving`]: Feast's `get-online-features` and `push`, protocol-neutral.
 //! - [`enrich`]: a model's `features.toml` and request-time enrichment of inference requests.
 //! - [`files`], [`ingest`]: Parquet/CSV batches into the online store.
-//! - [`streams`]: NATS JetStream and Redis Streams consumers with dead letters.
+//! - [`streams`]: Kafka, NATS JetStream, RabbitMQ and Redis Streams consumers with dead letters (JSON
+//!   rows or Debezium change events), and PostgreSQL change data capture ([`streams::postgres`]).
 //! - [`training`]: point-in-time correct training sets.
 #![forbid(unsafe_code)]
 
