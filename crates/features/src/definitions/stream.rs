@@ -99,9 +99,20 @@ impl StreamSpec {
                 // Slot and publication names: lower-case letters, digits and underscores.
                 let name =
                     format!("flotilla_{}", view.to_lowercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
+                let slot = get("slot")?.unwrap_or_else(|| name.clone());
+                let valid = |n: &str| {
+                    !n.is_empty()
+                        && n.len() <= 63
+                        && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                };
+                if !valid(&slot) {
+                    return Err(format!(
+                        "feature view '{view}': stream slot '{slot}' must be 1 to 63 lower-case letters, digits or underscores"
+                    ));
+                }
                 let source = StreamSource::Postgres {
                     url: get("url")?.unwrap_or_else(|| "postgresql://postgres@127.0.0.1:5432/postgres".into()),
-                    slot: get("slot")?.unwrap_or_else(|| name.clone()),
+                    slot,
                     publication: get("publication")?.unwrap_or(name),
                     max_lag_bytes: max_lag_mb << 20,
                     table: need("table")?,

@@ -168,3 +168,31 @@ fn a_rabbitmq_stream_takes_defaults_and_rejects_unknown_settings() {
     let e = error(&[("entities.toml", ENTITIES), ("views.toml", &no_queue)]);
     assert!(e.contains("feature view 'card_txn_1h': stream needs 'queue'"), "{e}");
 }
+
+#[test]
+fn a_postgres_stream_takes_defaults_and_checks_the_slot_name() {
+    use std::collections::BTreeMap;
+    let parse = |line: &str| {
+        let table: BTreeMap<String, toml::Value> = toml::from_str(line).unwrap();
+        StreamSpec::parse("card-limits", &table)
+    };
+    let spec = parse(
+        r#"type = "postgres"
+table = "public.cards""#,
+    )
+    .unwrap();
+    match &spec.source {
+        StreamSource::Postgres { url, table, slot, publication, max_lag_bytes } => {
+            assert_eq!(url, "postgresql://postgres@127.0.0.1:5432/postgres");
+            assert_eq!(table, "public.cards");
+            assert_eq!((slot.as_str(), publication.as_str()), ("flotilla_card_limits", "flotilla_card_limits"));
+            assert_eq!(*max_lag_bytes, 1024 << 20);
+        }
+        other => panic!("not postgres: {other:?}"),
+    }
+    assert_eq!(spec.label(), "postgres:public.cards");
+    assert!(parse(r#"type = "postgres""#).unwrap_err().contains("needs 'table'"));
+    assert!(parse("type = \"postgres\"\ntable = \"t\"\nslot = \"Bad-Slot\"").unwrap_err().contains("lower-case"));
+    assert!(parse("type = \"postgres\"\ntable = \"t\"\nmax_lag_mb = 0").unwrap_err().contains("max_lag_mb"));
+    assert!(parse("type = \"postgres\"\ntable = \"t\"\ntopic = \"x\"").unwrap_err().contains("unknown stream setting"));
+}
