@@ -339,13 +339,19 @@ def stream_source(request):
     source.close()
 
 
+def consuming_server(repo, store_path):
+    """A server consuming the streams of `repo`, once its consumer is up."""
+    s = Server(EXAMPLES, "--feature-repo", str(repo),
+               env={"FLOTILLA_ONLINE_STORE": store_path, "FLOTILLA_CONSUME_STREAMS": "true"})
+    wait_for(lambda: "consuming" in s.log(), what="the consumer to start")
+    return s
+
+
 def test_stream_rows_and_dead_letters(tmp_path, store_path, stream_source):
     src = stream_source
     repo = txn_repo(tmp_path, src.decl())
-    s = Server(EXAMPLES, "--feature-repo", str(repo),
-               env={"FLOTILLA_ONLINE_STORE": store_path, "FLOTILLA_CONSUME_STREAMS": "true"})
+    s = consuming_server(repo, store_path)
     try:
-        wait_for(lambda: "consuming" in s.log(), what="the consumer to start")
         rows = [{"card_id": i, "event_timestamp": "2026-11-02T00:00:00Z", "amount": i / 2, "n": i, "tag": f"t{i}"}
                 for i in range(200)]
         old = {"card_id": 5, "event_timestamp": "2026-11-01T00:00:00Z", "amount": -1.0, "n": -1, "tag": "old"}
@@ -383,10 +389,8 @@ def test_debezium_change_events(tmp_path, store_path, stream_source):
     deletes (NOT_FOUND after), tombstones (skipped), truncates, and bad events dead-lettered."""
     src = stream_source
     repo = txn_repo(tmp_path, src.decl())
-    s = Server(EXAMPLES, "--feature-repo", str(repo),
-               env={"FLOTILLA_ONLINE_STORE": store_path, "FLOTILLA_CONSUME_STREAMS": "true"})
+    s = consuming_server(repo, store_path)
     try:
-        wait_for(lambda: "consuming" in s.log(), what="the consumer to start")
         # The schema says amount is a Connect Decimal (scale 2, base64 of 12345 = 123.45).
         schema = {"type": "struct", "name": "shop.cards.Envelope", "fields": [
             {"field": "after", "type": "struct", "optional": True, "fields": [
