@@ -332,6 +332,43 @@ def test_cdc_slot_hygiene_drop_command_removed_view_and_lag_warning(tmp_path):
         t.drop()
 
 
+def test_cdc_uses_but_never_drops_a_publication_it_did_not_create(table):
+    """A DBA's publication (Flotilla's user may not own the table) is streamed from; dropping the
+    view's slot leaves it alone, and one that does not publish the table is refused, not altered."""
+    with connect() as c:
+        c.execute(f'CREATE TABLE {table.name}_other (id int PRIMARY KEY)')
+        c.execute(f'CREATE PUBLICATION "{table.slot}" FOR TABLE {table.name}_other')
+    try:
+        s = table.serve()
+        try:
+            wait_for(lambda: "does not publish" in s.log(), what="the publication error", timeout=30)
+            assert "consuming" not in s.log() and not table.slot_exists()
+        finally:
+            assert s.stop() == 0, s.log()
+        with connect() as c:
+            tables = c.execute("SELECT tablename FROM pg_publication_tables WHERE pubname = %s", (table.slot,)).fetchall()
+            assert tables == [(f"{table.name}_other",)], "someone else's publication was altered"
+            c.execute(f'ALTER PUBLICATION "{table.slot}" ADD TABLE {table.name}')
+            c.execute(f"INSERT INTO {table.name} (card_id, status) VALUES (7, 'open')")
+        s = table.serve()
+        try:
+            wait_for(lambda: "consuming" in s.log(), what="the stream to start")
+            with connect() as c:
+                c.execute(f"UPDATE {table.name} SET status = 'frozen' WHERE card_id = 7")
+            wait_for(lambda: changes_applied(s, table) == 1, what="the update applied")
+            assert column(online(s, ["cards:status"], {"card_id": [7]}), "status")["values"] == ["frozen"]
+        finally:
+            assert s.stop() == 0, s.log()
+        args = ["--feature-repo", str(table.repo), "--online-store", table.store]
+        dropped = cli("cdc", "drop", "--view", "cards", *args)
+        assert dropped.returncode == 0, dropped.stderr
+        assert not table.slot_exists() and table.publication_exists()
+    finally:
+        with connect() as c:
+            c.execute(f'DROP PUBLICATION IF EXISTS "{table.slot}"')
+            c.execute(f"DROP TABLE IF EXISTS {table.name}_other")
+
+
 def test_cdc_into_the_redis_online_store(table):
     """The same stream into Redis: each write of changes and its position is one MULTI/EXEC."""
     import redis

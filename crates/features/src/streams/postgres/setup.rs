@@ -135,24 +135,34 @@ async fn check_identity(sql: &mut Conn, view: &FeatureView, t: &Table, identity:
     Ok(())
 }
 
-/// Makes sure `publication` publishes the table: creates it when absent (then Flotilla owns it),
-/// adds the table to a publication Flotilla created; a publication of someone else's that lacks
-/// the table is an error. Returns whether Flotilla owns it.
+/// What Flotilla writes as the comment of a publication it created, so that it is told apart from
+/// one a DBA created (perhaps under the same default name) that must never be altered or dropped.
+const CREATED_BY: &str = "created by flotilla";
+
+/// Makes sure `publication` publishes the table: creates it when absent (then Flotilla owns it and
+/// marks it so in its comment), adds the table to a publication Flotilla created; a publication of
+/// someone else's that lacks the table is an error. Returns whether Flotilla owns it.
 pub async fn ensure_publication(
     sql: &mut Conn,
     view: &FeatureView,
     publication: &str,
     t: &Table,
 ) -> Result<bool, String> {
-    let (_, rows) =
-        sql.query(&format!("SELECT puballtables FROM pg_publication WHERE pubname = {}", literal(publication))).await?;
-    if rows.is_empty() {
+    let (_, rows) = sql
+        .query(&format!(
+            "SELECT coalesce(obj_description(oid, 'pg_publication'), '') FROM pg_publication WHERE pubname = {}",
+            literal(publication)
+        ))
+        .await?;
+    let Some(row) = rows.into_iter().next() else {
         sql.query(&format!("CREATE PUBLICATION {} FOR TABLE {}", ident(publication), t.sql_name()))
             .await
             .map_err(|e| err(view, format!("cannot create publication '{publication}': {e}")))?;
+        sql.query(&format!("COMMENT ON PUBLICATION {} IS {}", ident(publication), literal(CREATED_BY))).await?;
         tracing::info!(view = %view.name, publication, table = %t.sql_name(), "created publication");
         return Ok(true);
-    }
+    };
+    let ours = row.into_iter().next().flatten().is_some_and(|c| c == CREATED_BY);
     let q = format!(
         "SELECT 1 FROM pg_publication_tables WHERE pubname = {} AND schemaname = {} AND tablename = {}",
         literal(publication),
@@ -161,15 +171,14 @@ pub async fn ensure_publication(
     );
     let (_, rows) = sql.query(&q).await?;
     if rows.is_empty() {
-        if publication.starts_with("flotilla_") {
-            sql.query(&format!("ALTER PUBLICATION {} ADD TABLE {}", ident(publication), t.sql_name()))
-                .await
-                .map_err(|e| err(view, format!("cannot add {} to publication '{publication}': {e}", t.sql_name())))?;
-            return Ok(true);
+        if !ours {
+            return Err(err(view, format!("publication '{publication}' does not publish {}", t.sql_name())));
         }
-        return Err(err(view, format!("publication '{publication}' does not publish {}", t.sql_name())));
+        sql.query(&format!("ALTER PUBLICATION {} ADD TABLE {}", ident(publication), t.sql_name()))
+            .await
+            .map_err(|e| err(view, format!("cannot add {} to publication '{publication}': {e}", t.sql_name())))?;
     }
-    Ok(publication.starts_with("flotilla_"))
+    Ok(ours)
 }
 
 /// The slot's plugin, if the slot exists.
