@@ -2,7 +2,7 @@
 //! buckets defined here once.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// Latency buckets in seconds, shared by every duration histogram: 25 µs to 10 s.
@@ -62,6 +62,11 @@ pub fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
 /// A gauge family.
 pub fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     IntGaugeVec::new(Opts::new(name, help), labels).expect("static gauge definition is valid")
+}
+
+/// A gauge family of fractional values (seconds, scores).
+pub fn float_gauge(name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    GaugeVec::new(Opts::new(name, help), labels).expect("static gauge definition is valid")
 }
 
 // === impl Metrics ===

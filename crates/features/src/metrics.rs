@@ -1,7 +1,7 @@
 //! The feature store's Prometheus metrics, registered in the server's one registry.
 
-use flotilla_core::metrics::{counter, gauge, histogram};
-use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec, Registry};
+use flotilla_core::metrics::{counter, float_gauge, gauge, histogram};
+use prometheus::{GaugeVec, HistogramVec, IntCounterVec, IntGaugeVec, Registry};
 
 #[derive(Clone)]
 pub struct FeatureMetrics {
@@ -18,7 +18,7 @@ pub struct FeatureMetrics {
     /// Messages waiting in the stream for this consumer (when the source reports it).
     pub stream_lag_messages: IntGaugeVec,
     /// Seconds between the event time of the last applied message and its application.
-    pub stream_lag_seconds: prometheus::GaugeVec,
+    pub stream_lag_seconds: GaugeVec,
     /// Connection or consumer errors by source (the consumer retries).
     pub stream_errors: IntCounterVec,
     /// Database changes (insert, update, delete, truncate) applied, by source; restored from the
@@ -29,7 +29,7 @@ pub struct FeatureMetrics {
     /// WAL bytes between the server's end and what is durable here.
     pub cdc_lag_bytes: IntGaugeVec,
     /// Seconds from the commit of the newest applied change to its visibility (0 when caught up).
-    pub cdc_lag_seconds: prometheus::GaugeVec,
+    pub cdc_lag_seconds: GaugeVec,
     /// Commit-to-visible latency of each applied transaction.
     pub cdc_visibility: HistogramVec,
     /// WAL the replication slot holds back on the server (bytes since its restart LSN).
@@ -73,14 +73,11 @@ impl FeatureMetrics {
                 "Messages waiting in the stream for this consumer.",
                 &["source"],
             ),
-            stream_lag_seconds: prometheus::GaugeVec::new(
-                prometheus::Opts::new(
-                    "flotilla_feature_stream_lag_seconds",
-                    "Seconds from the last applied message's event time to its application.",
-                ),
+            stream_lag_seconds: float_gauge(
+                "flotilla_feature_stream_lag_seconds",
+                "Seconds from the last applied message's event time to its application.",
                 &["source"],
-            )
-            .expect("static gauge definition is valid"),
+            ),
             stream_errors: counter(
                 "flotilla_feature_stream_errors_total",
                 "Stream connection or consumer errors by source (the consumer retries).",
@@ -101,14 +98,11 @@ impl FeatureMetrics {
                 "WAL bytes between the database's current end and what is durable in the online store.",
                 &["source"],
             ),
-            cdc_lag_seconds: prometheus::GaugeVec::new(
-                prometheus::Opts::new(
-                    "flotilla_feature_cdc_lag_seconds",
-                    "Seconds from the commit of the newest applied change to its visibility (0 when caught up).",
-                ),
+            cdc_lag_seconds: float_gauge(
+                "flotilla_feature_cdc_lag_seconds",
+                "Seconds from the commit of the newest applied change to its visibility (0 when caught up).",
                 &["source"],
-            )
-            .expect("static gauge definition is valid"),
+            ),
             cdc_visibility: histogram(
                 "flotilla_feature_cdc_visibility_seconds",
                 "Commit-to-visible latency of applied transactions, seconds.",

@@ -16,7 +16,7 @@ use flotilla_core::observe::Observer;
 use flotilla_core::repository::ModelVersion;
 use flotilla_core::{DataType, Tensor};
 use parking_lot::{Mutex, RwLock};
-use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -123,11 +123,11 @@ impl Metrics {
     fn new(registry: &prometheus::Registry) -> Metrics {
         let labels = &["model", "version"];
         let m = Metrics {
-            score: GaugeVec::new(
-                Opts::new("flotilla_drift_score", "Drift metric of the last closed window, per feature (and output)"),
+            score: flotilla_core::metrics::float_gauge(
+                "flotilla_drift_score",
+                "Drift metric of the last closed window, per feature (and output)",
                 &["model", "version", "feature", "metric"],
-            )
-            .expect("static metric"),
+            ),
             alert: flotilla_core::metrics::gauge(
                 "flotilla_drift_alert",
                 "Alert state per feature after hysteresis: 0 ok, 1 moderate, 2 significant",

@@ -139,8 +139,7 @@ impl Embedded {
                 table.insert(key.as_slice(), record.encode(view).as_slice()).map_err(FeatureError::store)?;
             }
             if let Some(c) = checkpoint {
-                let mut cp = txn.open_table(CHECKPOINTS).map_err(FeatureError::store)?;
-                cp.insert(c.source.as_str(), c.position.as_slice()).map_err(FeatureError::store)?;
+                save_checkpoint(&txn, c)?;
             }
         }
         txn.commit().map_err(FeatureError::store)?;
@@ -186,8 +185,7 @@ impl Embedded {
                 }
             }
             if let Some(c) = checkpoint {
-                let mut cp = txn.open_table(CHECKPOINTS).map_err(FeatureError::store)?;
-                cp.insert(c.source.as_str(), c.position.as_slice()).map_err(FeatureError::store)?;
+                save_checkpoint(&txn, c)?;
             }
         }
         txn.commit().map_err(FeatureError::store)?;
@@ -211,8 +209,7 @@ impl Embedded {
             let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(&name);
             txn.delete_table(def).map_err(FeatureError::store)?;
             if let Some(c) = checkpoint {
-                let mut cp = txn.open_table(CHECKPOINTS).map_err(FeatureError::store)?;
-                cp.insert(c.source.as_str(), c.position.as_slice()).map_err(FeatureError::store)?;
+                save_checkpoint(&txn, c)?;
             }
         }
         txn.commit().map_err(FeatureError::store)?;
@@ -231,12 +228,7 @@ impl Embedded {
 
     /// Every stored (source, position).
     pub fn checkpoints(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        let txn = self.db.begin_read().map_err(FeatureError::store)?;
-        let table = match txn.open_table(CHECKPOINTS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(FeatureError::store(e)),
-        };
+        let Some(table) = self.read_checkpoints()? else { return Ok(Vec::new()) };
         let mut out = Vec::new();
         for item in table.iter().map_err(FeatureError::store)? {
             let (k, v) = item.map_err(FeatureError::store)?;
@@ -247,12 +239,24 @@ impl Embedded {
 
     /// The last position stored for `source`.
     pub fn checkpoint(&self, source: &str) -> Result<Option<Vec<u8>>> {
-        let txn = self.db.begin_read().map_err(FeatureError::store)?;
-        let table = match txn.open_table(CHECKPOINTS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(FeatureError::store(e)),
-        };
+        let Some(table) = self.read_checkpoints()? else { return Ok(None) };
         Ok(table.get(source).map_err(FeatureError::store)?.map(|v| v.value().to_vec()))
     }
+
+    /// The checkpoints table for reading; `None` before any position was stored.
+    fn read_checkpoints(&self) -> Result<Option<redb::ReadOnlyTable<&'static str, &'static [u8]>>> {
+        let txn = self.db.begin_read().map_err(FeatureError::store)?;
+        match txn.open_table(CHECKPOINTS) {
+            Ok(t) => Ok(Some(t)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(FeatureError::store(e)),
+        }
+    }
+}
+
+/// Stores a source's position in `txn`, so it commits together with the rows it led to.
+fn save_checkpoint(txn: &redb::WriteTransaction, c: &Checkpoint) -> Result<()> {
+    let mut cp = txn.open_table(CHECKPOINTS).map_err(FeatureError::store)?;
+    cp.insert(c.source.as_str(), c.position.as_slice()).map_err(FeatureError::store)?;
+    Ok(())
 }

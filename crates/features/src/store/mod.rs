@@ -112,10 +112,8 @@ impl OnlineStore {
     ) -> Result<WriteOutcome> {
         match self {
             Self::Embedded(s) => {
-                let (s, view) = (s.clone(), view.clone());
-                tokio::task::spawn_blocking(move || s.write(&view, rows, checkpoint.as_ref()))
-                    .await
-                    .map_err(FeatureError::store)?
+                let view = view.clone();
+                blocking(s, move |s| s.write(&view, rows, checkpoint.as_ref())).await
             }
             Self::Redis(s) => s.write(view, rows, checkpoint).await,
         }
@@ -131,10 +129,8 @@ impl OnlineStore {
     ) -> Result<WriteOutcome> {
         match self {
             Self::Embedded(s) => {
-                let (s, view) = (s.clone(), view.clone());
-                tokio::task::spawn_blocking(move || s.apply(&view, changes, checkpoint.as_ref()))
-                    .await
-                    .map_err(FeatureError::store)?
+                let view = view.clone();
+                blocking(s, move |s| s.apply(&view, changes, checkpoint.as_ref())).await
             }
             Self::Redis(s) => s.apply(view, changes, checkpoint).await,
         }
@@ -160,10 +156,8 @@ impl OnlineStore {
     pub async fn truncate(&self, view: &FeatureView, checkpoint: Option<Checkpoint>) -> Result<usize> {
         match self {
             Self::Embedded(s) => {
-                let (s, view) = (s.clone(), view.clone());
-                tokio::task::spawn_blocking(move || s.truncate(&view, checkpoint.as_ref()))
-                    .await
-                    .map_err(FeatureError::store)?
+                let view = view.clone();
+                blocking(s, move |s| s.truncate(&view, checkpoint.as_ref())).await
             }
             Self::Redis(s) => s.truncate(view, checkpoint).await,
         }
@@ -182,8 +176,8 @@ impl OnlineStore {
     pub async fn forget_checkpoint(&self, source: &str) -> Result<()> {
         match self {
             Self::Embedded(s) => {
-                let (s, source) = (s.clone(), source.to_string());
-                tokio::task::spawn_blocking(move || s.forget_checkpoint(&source)).await.map_err(FeatureError::store)?
+                let source = source.to_string();
+                blocking(s, move |s| s.forget_checkpoint(&source)).await
             }
             Self::Redis(s) => s.forget_checkpoint(source).await,
         }
@@ -195,6 +189,15 @@ impl OnlineStore {
             Self::Redis(_) => "redis",
         }
     }
+}
+
+/// Runs a write of the embedded store on the blocking pool (it waits for an fsync).
+async fn blocking<T: Send + 'static>(
+    s: &Arc<embedded::Embedded>,
+    f: impl FnOnce(&embedded::Embedded) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let s = s.clone();
+    tokio::task::spawn_blocking(move || f(&s)).await.map_err(FeatureError::store)?
 }
 
 #[cfg(test)]

@@ -80,6 +80,11 @@ impl RedisStore {
         redis::cmd("SCRIPT").arg("LOAD").arg(WRITE_SCRIPT).query_async(&mut c).await.map_err(unavailable)
     }
 
+    /// The hash of source → stored position.
+    fn checkpoints_key(&self) -> String {
+        format!("{}checkpoints", self.options.prefix)
+    }
+
     fn key(&self, view: &FeatureView, key: &[u8]) -> Vec<u8> {
         let mut k = Vec::with_capacity(self.options.prefix.len() + view.name.len() + 1 + key.len());
         k.extend_from_slice(self.options.prefix.as_bytes());
@@ -134,7 +139,7 @@ impl RedisStore {
         }
         if let Some(c) = checkpoint {
             let mut pipe = redis::pipe();
-            pipe.cmd("HSET").arg(format!("{}checkpoints", self.options.prefix)).arg(c.source).arg(c.position);
+            pipe.cmd("HSET").arg(self.checkpoints_key()).arg(c.source).arg(c.position);
             let () = self.query(&pipe).await.map_err(unavailable)?;
         }
         Ok(outcome)
@@ -165,11 +170,7 @@ impl RedisStore {
             }
         }
         if let Some(c) = &checkpoint {
-            pipe.cmd("HSET")
-                .arg(format!("{}checkpoints", self.options.prefix))
-                .arg(&c.source)
-                .arg(&c.position)
-                .ignore();
+            pipe.cmd("HSET").arg(self.checkpoints_key()).arg(&c.source).arg(&c.position).ignore();
         }
         if changes.is_empty() && checkpoint.is_none() {
             return Ok(outcome);
@@ -207,14 +208,14 @@ impl RedisStore {
 
     pub async fn checkpoints(&self) -> Result<Vec<(String, Vec<u8>)>> {
         let mut pipe = redis::pipe();
-        pipe.cmd("HGETALL").arg(format!("{}checkpoints", self.options.prefix));
+        pipe.cmd("HGETALL").arg(self.checkpoints_key());
         let (all,): (Vec<(String, Vec<u8>)>,) = self.query(&pipe).await.map_err(unavailable)?;
         Ok(all)
     }
 
     pub async fn forget_checkpoint(&self, source: &str) -> Result<()> {
         let mut pipe = redis::pipe();
-        pipe.cmd("HDEL").arg(format!("{}checkpoints", self.options.prefix)).arg(source).ignore();
+        pipe.cmd("HDEL").arg(self.checkpoints_key()).arg(source).ignore();
         self.query::<()>(&pipe).await.map_err(unavailable)
     }
 
@@ -239,7 +240,7 @@ impl RedisStore {
 
     pub async fn checkpoint(&self, source: &str) -> Result<Option<Vec<u8>>> {
         let mut pipe = redis::pipe();
-        pipe.cmd("HGET").arg(format!("{}checkpoints", self.options.prefix)).arg(source);
+        pipe.cmd("HGET").arg(self.checkpoints_key()).arg(source);
         let (v,): (Option<Vec<u8>>,) = self.query(&pipe).await.map_err(unavailable)?;
         Ok(v)
     }
