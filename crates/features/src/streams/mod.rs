@@ -1,9 +1,10 @@
 //! Stream ingestion: consumers that write JSON rows from Kafka, NATS JetStream, RabbitMQ or Redis
-//! Streams into the online store, at least once and idempotently (last write wins on event time, so a
-//! redelivered message changes nothing). The same consumers take Debezium change events
-//! ([`debezium`]), applied in stream order with deletes; PostgreSQL is read directly by [`postgres`]. A message is acknowledged only after the rows it
-//! carried are durable; a message that cannot be read goes to the view's dead-letter
-//! destination with its reason, is counted, and never stalls the consumer.
+//! Streams into the online store, at least once and idempotently (last write wins on event time, so
+//! a redelivered message changes nothing). The same consumers take Debezium change events
+//! ([`debezium`]), applied in stream order with deletes; PostgreSQL is read directly by
+//! [`postgres`]. A message is acknowledged only after the rows it carried are durable; a message
+//! that cannot be read goes to the view's dead-letter destination with its reason, is counted, and
+//! never stalls the consumer.
 
 mod debezium;
 mod kafka;
@@ -94,28 +95,38 @@ pub(crate) async fn write(
         match item {
             Item::Row(k, r) => {
                 if !changes.is_empty() {
-                    store.apply(view, std::mem::take(&mut changes), label, None).await.map_err(|e| e.to_string())?;
+                    flush(store, view, label, &mut rows, &mut changes).await?;
                 }
                 rows.push((k, r));
             }
             Item::Change(c) => {
                 if !rows.is_empty() {
-                    store.write(view, std::mem::take(&mut rows), label, None).await.map_err(|e| e.to_string())?;
+                    flush(store, view, label, &mut rows, &mut changes).await?;
                 }
                 changes.push(c);
             }
             Item::Truncate => {
-                store.write(view, std::mem::take(&mut rows), label, None).await.map_err(|e| e.to_string())?;
-                store.apply(view, std::mem::take(&mut changes), label, None).await.map_err(|e| e.to_string())?;
+                flush(store, view, label, &mut rows, &mut changes).await?;
                 store.truncate(view, label, None).await.map_err(|e| e.to_string())?;
             }
         }
     }
+    flush(store, view, label, &mut rows, &mut changes).await
+}
+
+/// Writes the pending run of rows or of changes (only one of them is ever pending).
+async fn flush(
+    store: &FeatureStore,
+    view: &FeatureView,
+    label: &str,
+    rows: &mut Vec<(EntityKey, Record)>,
+    changes: &mut Vec<Change>,
+) -> Result<(), String> {
     if !rows.is_empty() {
-        store.write(view, rows, label, None).await.map_err(|e| e.to_string())?;
+        store.write(view, std::mem::take(rows), label, None).await.map_err(|e| e.to_string())?;
     }
     if !changes.is_empty() {
-        store.apply(view, changes, label, None).await.map_err(|e| e.to_string())?;
+        store.apply(view, std::mem::take(changes), label, None).await.map_err(|e| e.to_string())?;
     }
     Ok(())
 }

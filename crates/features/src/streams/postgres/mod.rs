@@ -71,9 +71,12 @@ impl Position {
     }
 }
 
+/// What the store's checkpoint names of PostgreSQL sources start with.
+const CHECKPOINT_PREFIX: &str = "postgres:";
+
 /// The store's checkpoint name of a slot.
 pub fn checkpoint_key(slot: &str) -> String {
-    format!("postgres:{slot}")
+    format!("{CHECKPOINT_PREFIX}{slot}")
 }
 
 struct Source<'a> {
@@ -667,30 +670,29 @@ pub async fn drop_undeclared(store: &FeatureStore) {
     if store.store.kind() != "embedded" {
         return;
     }
-    let declared: Vec<String> = store
+    let declared: Vec<&str> = store
         .registry
         .views
         .iter()
         .filter_map(|v| match v.stream.as_ref().map(|s| &s.source) {
-            Some(StreamSource::Postgres { slot, .. }) => Some(checkpoint_key(slot)),
+            Some(StreamSource::Postgres { slot, .. }) => Some(slot.as_str()),
             _ => None,
         })
         .collect();
-    let positions = match store.store.checkpoints("postgres:").await {
+    let stored = match positions(store).await {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(error = %e, "cannot list the stored PostgreSQL positions");
             return;
         }
     };
-    for (key, bytes) in positions.into_iter().filter(|(k, _)| !declared.contains(k)) {
-        let Ok(p) = serde_json::from_slice::<Position>(&bytes) else { continue };
+    for p in stored.into_iter().filter(|p| !declared.contains(&p.slot.as_str())) {
         match drop_position(store, &p).await {
             Ok(()) => {
                 tracing::info!(view = %p.view, slot = %p.slot, "the view no longer streams from PostgreSQL: dropped its replication slot")
             }
             Err(e) => {
-                tracing::warn!(view = %p.view, slot = %p.slot, error = %e, key, "cannot drop the replication slot of a removed view; drop it with `flotilla features cdc drop`")
+                tracing::warn!(view = %p.view, slot = %p.slot, error = %e, "cannot drop the replication slot of a removed view; drop it with `flotilla features cdc drop`")
             }
         }
     }
@@ -715,6 +717,6 @@ pub use setup::format_lsn;
 
 /// The stored positions of PostgreSQL sources.
 pub async fn positions(store: &FeatureStore) -> Result<Vec<Position>, String> {
-    let all = store.store.checkpoints("postgres:").await.map_err(|e| e.to_string())?;
+    let all = store.store.checkpoints(CHECKPOINT_PREFIX).await.map_err(|e| e.to_string())?;
     Ok(all.into_iter().filter_map(|(_, b)| serde_json::from_slice(&b).ok()).collect())
 }
