@@ -5,7 +5,6 @@ online store must then equal SELECT of the table, and the count of changes appli
 the data) must equal the count the workload committed, through kill -9s."""
 import random
 import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -13,8 +12,8 @@ import uuid
 import psycopg
 import pytest
 
-from conftest import BIN, EXAMPLES, ROOT, Server, wait_for
-from test_features import column, metric, online
+from conftest import EXAMPLES, Server, wait_for
+from test_features import cli, column, metric, online
 
 DSN = "postgresql://postgres@127.0.0.1:5432/test"
 FEATURES = ["limit_amount", "status", "blocked", "n", "updated_at"]
@@ -282,10 +281,6 @@ def test_cdc_kill_9_five_times_loses_and_doubles_nothing(table):
         assert s.stop() == 0, s.log()
 
 
-def cli(*args):
-    return subprocess.run([BIN, "features", *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
-
-
 def test_cdc_slot_hygiene_drop_command_removed_view_and_lag_warning(tmp_path):
     t = Table(tmp_path, extra=", max_lag_mb = 1")
     try:
@@ -306,13 +301,13 @@ def test_cdc_slot_hygiene_drop_command_removed_view_and_lag_warning(tmp_path):
         finally:
             assert s.stop() == 0, s.log()
         args = ["--feature-repo", str(t.repo), "--online-store", t.store]
-        status = cli("cdc", "status", *args)
+        status = cli("cdc", "status", *args, check=False)
         assert status.returncode == 0 and t.slot in status.stdout and "changes applied" in status.stdout, status
-        dropped = cli("cdc", "drop", "--view", "cards", *args)
+        dropped = cli("cdc", "drop", "--view", "cards", *args, check=False)
         assert dropped.returncode == 0, dropped.stderr
         assert not t.slot_exists() and not t.publication_exists()
-        assert "no PostgreSQL source" in cli("cdc", "status", *args).stdout
-        unknown = cli("cdc", "drop", "--view", "nope", *args)
+        assert "no PostgreSQL source" in cli("cdc", "status", *args, check=False).stdout
+        unknown = cli("cdc", "drop", "--view", "nope", *args, check=False)
         assert unknown.returncode != 0 and "nope" in unknown.stderr
         # Streaming again makes a new slot and copies the table; removing the view's stream drops it.
         s = t.serve()
@@ -360,7 +355,7 @@ def test_cdc_uses_but_never_drops_a_publication_it_did_not_create(table):
         finally:
             assert s.stop() == 0, s.log()
         args = ["--feature-repo", str(table.repo), "--online-store", table.store]
-        dropped = cli("cdc", "drop", "--view", "cards", *args)
+        dropped = cli("cdc", "drop", "--view", "cards", *args, check=False)
         assert dropped.returncode == 0, dropped.stderr
         assert not table.slot_exists() and table.publication_exists()
     finally:
