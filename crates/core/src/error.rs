@@ -24,6 +24,75 @@ pub enum ErrorKind {
     Unimplemented,
     /// A real engine or server failure (500).
     Internal,
+    /// The server is draining (preempted or shutting down) and did not run the request:
+    /// another replica can (503 / UNAVAILABLE; a fleet router retries it elsewhere).
+    Draining,
+}
+
+/// Every kind, in table order (for tests and for parsing names).
+pub const ALL_KINDS: [ErrorKind; 10] = [
+    ErrorKind::InvalidArgument,
+    ErrorKind::NotFound,
+    ErrorKind::Unavailable,
+    ErrorKind::PayloadTooLarge,
+    ErrorKind::ResourceExhausted,
+    ErrorKind::DeadlineExceeded,
+    ErrorKind::FailedPrecondition,
+    ErrorKind::Unimplemented,
+    ErrorKind::Internal,
+    ErrorKind::Draining,
+];
+
+/// Header (HTTP) and metadata key (gRPC) that carries [`ErrorKind::as_str`] on error answers, so
+/// a router in front of a worker passes on the exact kind (UNAVAILABLE alone cannot tell a
+/// draining worker, which never ran the request, from a failing one).
+pub const KIND_HEADER: &str = "flotilla-error-kind";
+
+// === impl ErrorKind ===
+
+impl ErrorKind {
+    /// The kind's stable name (`invalid_argument`, `draining`, ...), as sent in [`KIND_HEADER`].
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::ResourceExhausted => "resource_exhausted",
+            ErrorKind::DeadlineExceeded => "deadline_exceeded",
+            ErrorKind::FailedPrecondition => "failed_precondition",
+            ErrorKind::Unimplemented => "unimplemented",
+            ErrorKind::Internal => "internal",
+            ErrorKind::Draining => "draining",
+        }
+    }
+
+    /// The kind named `name` (the inverse of [`ErrorKind::as_str`]).
+    pub fn parse(name: &str) -> Option<Self> {
+        ALL_KINDS.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// The kind a gRPC code stands for when the answer carries no [`KIND_HEADER`] (a peer that
+    /// is not Flotilla, or the transport itself): the inverse of the table where it is one to one.
+    pub fn from_grpc_code(code: tonic::Code) -> Self {
+        use tonic::Code;
+        match code {
+            Code::InvalidArgument | Code::OutOfRange => ErrorKind::InvalidArgument,
+            Code::NotFound => ErrorKind::NotFound,
+            Code::Unavailable | Code::Aborted | Code::Cancelled => ErrorKind::Unavailable,
+            Code::ResourceExhausted => ErrorKind::ResourceExhausted,
+            Code::DeadlineExceeded => ErrorKind::DeadlineExceeded,
+            Code::FailedPrecondition => ErrorKind::FailedPrecondition,
+            Code::Unimplemented => ErrorKind::Unimplemented,
+            Code::Ok
+            | Code::Unknown
+            | Code::AlreadyExists
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::DataLoss
+            | Code::Internal => ErrorKind::Internal,
+        }
+    }
 }
 
 /// Error returned by every core operation; the message names the field and what was expected.
@@ -68,6 +137,12 @@ impl Error {
     pub fn precondition(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::FailedPrecondition, message)
     }
+    pub fn draining(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Draining, message)
+    }
+    pub fn exhausted(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::ResourceExhausted, message)
+    }
 
     /// HTTP status code for this error (see [`status_table`]).
     pub fn http_status(&self) -> u16 {
@@ -94,6 +169,7 @@ pub const fn status_table(kind: ErrorKind) -> (u16, tonic::Code) {
         ErrorKind::FailedPrecondition => (400, Code::FailedPrecondition),
         ErrorKind::Unimplemented => (501, Code::Unimplemented),
         ErrorKind::Internal => (500, Code::Internal),
+        ErrorKind::Draining => (503, Code::Unavailable),
     }
 }
 
@@ -115,5 +191,16 @@ mod tests {
         }
         assert_eq!(status_table(ErrorKind::Internal).0, 500);
         assert_eq!(Error::invalid("x").grpc_code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn kind_names_round_trip_and_codes_map_back() {
+        for k in ALL_KINDS {
+            assert_eq!(ErrorKind::parse(k.as_str()), Some(k));
+            // The code alone gives back the kind, or a kind with the same HTTP status class.
+            let back = ErrorKind::from_grpc_code(status_table(k).1);
+            assert_eq!(status_table(back).1, status_table(k).1, "{k:?}");
+        }
+        assert_eq!(ErrorKind::parse("nope"), None);
     }
 }

@@ -11,11 +11,15 @@
 //! - [`engine`]: the [`engine::Engine`] trait engines implement and the [`engine::Backend`] trait that loads them.
 //! - [`scheduler`]: per-version queues, dynamic batching and engine threads (never on the async runtime).
 //! - [`repository`]: the model repository, version policies, control modes, atomic reload.
-//! - [`service`]: every protocol operation, once; HTTP and gRPC call into it.
+//! - [`service`]: every protocol operation on this process's models; HTTP and gRPC call into it.
+//! - [`api`]: the [`api::Api`] trait the adapters call: implemented by [`Service`] and by the fleet router.
+//! - [`protocol`]: protocol rules every adapter shares (output and request parameters, load
+//!   parameters, deadlines, idempotency).
 //! - [`classification`]: the classification extension.
 //! - [`stats`], [`metrics`]: Triton-shaped statistics and Prometheus metrics.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod classification;
 pub mod config;
 pub mod datatype;
@@ -24,6 +28,7 @@ pub mod enrich;
 pub mod error;
 pub mod metrics;
 pub mod observe;
+pub mod protocol;
 pub mod repository;
 pub mod request;
 pub mod scheduler;
@@ -33,6 +38,7 @@ pub mod tensor;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
+pub use api::{Api, Readiness};
 pub use datatype::DataType;
 pub use error::{Error, ErrorKind, Result};
 pub use flotilla_proto::inference::ModelConfig;

@@ -1,19 +1,21 @@
 //! The service layer: every protocol operation, once. HTTP and gRPC adapters
 //! decode into these calls and encode what they return; neither holds logic.
 
+use crate::api::{Api, Readiness};
 use crate::classification::classify;
 use crate::config::{self, full_shape, input_datatype, output_datatype};
 use crate::enrich::Enricher;
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::{Metrics, VersionMetrics};
 use crate::observe::Observer;
+use crate::protocol::{self, LoadOptions};
 use crate::repository::{IndexEntry, ModelVersion, Repository};
 use crate::request::{InferRequest, InferResponse, Parameters};
 use crate::scheduler::Admission;
 use crate::stats::{BatchTiming, StatsSnapshot};
 use crate::tensor::Tensor;
 use flotilla_proto::inference::ModelConfig;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -79,6 +81,11 @@ pub struct Service {
     pub metrics: Metrics,
     options: ServiceOptions,
     draining: AtomicBool,
+    /// Set by a preemption notice: new requests are answered DRAINING (never run) so a router
+    /// sends them to another worker.
+    refusing: AtomicBool,
+    /// Inference requests in the service now, every model.
+    in_flight: AtomicUsize,
     enricher: Option<Arc<dyn Enricher>>,
     observer: Option<Arc<dyn Observer>>,
 }
@@ -87,7 +94,16 @@ pub struct Service {
 
 impl Service {
     pub fn new(repository: Arc<Repository>, metrics: Metrics, options: ServiceOptions) -> Self {
-        Self { repository, metrics, options, draining: AtomicBool::new(false), enricher: None, observer: None }
+        Self {
+            repository,
+            metrics,
+            options,
+            draining: AtomicBool::new(false),
+            refusing: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            enricher: None,
+            observer: None,
+        }
     }
 
     /// Runs `enricher` on every inference request before its inputs are checked.
@@ -120,14 +136,47 @@ impl Service {
         self.draining.store(true, Ordering::Relaxed);
     }
 
-    pub fn model_ready(&self, name: &str, version: &str) -> Result<bool> {
-        match self.repository.get(name, version) {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind == crate::error::ErrorKind::Unavailable => Ok(false),
-            Err(e) if e.kind == crate::error::ErrorKind::NotFound && !version.is_empty() => {
-                self.repository.model(name).map(|_| false)
+    /// Whether a preemption notice was taken (see [`Service::preempt`]).
+    pub fn preempted(&self) -> bool {
+        self.refusing.load(Ordering::Relaxed)
+    }
+
+    /// A preemption notice: readiness turns false, new inference requests are answered
+    /// DRAINING without running, and queued requests that would not finish by `deadline` are
+    /// handed back the same way (a router retries them on another worker). Requests running or
+    /// queued early enough finish here. Returns how many requests were handed back.
+    pub fn preempt(&self, deadline: Instant) -> usize {
+        self.start_draining();
+        self.refusing.store(true, Ordering::Relaxed);
+        self.hand_back(deadline)
+    }
+
+    /// Hands back the queued requests that would not finish by `deadline` (all of them once it
+    /// has passed); returns how many.
+    pub fn hand_back(&self, deadline: Instant) -> usize {
+        let loaded = self.repository.loaded();
+        let mut n = 0;
+        for model in loaded.values() {
+            for mv in model.versions.values() {
+                let label = format!("{}/{}", mv.name, mv.version_str);
+                n += mv.scheduler.hand_back(deadline, || {
+                    Error::draining(format!("model {label}: the server was preempted before this request ran"))
+                });
             }
-            Err(e) => Err(e),
+        }
+        n
+    }
+
+    /// Inference requests in the service now (queued or running), every model.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Whether a model (version) is ready; an unknown model is not ready, with the error that says so.
+    pub fn model_ready(&self, name: &str, version: &str) -> Readiness {
+        match self.repository.get(name, version) {
+            Ok(_) => Readiness::ready(),
+            Err(e) => Readiness::not_ready(e),
         }
     }
 
@@ -176,9 +225,9 @@ impl Service {
         self.repository.index(ready_only)
     }
 
-    /// Loads or reloads a model; `config_json` overrides its config.pbtxt (Triton's load `config` parameter).
-    pub async fn load_model(&self, name: &str, config_json: Option<&str>) -> Result<()> {
-        let config = match config_json {
+    /// Loads or reloads a model; a `config` option overrides its config.pbtxt (Triton's load `config` parameter).
+    pub async fn load_model(&self, name: &str, options: LoadOptions) -> Result<()> {
+        let config = match options.config.as_deref() {
             Some(text) => Some(config::parse_json(text, &format!("failed to load '{name}': config parameter"))?),
             None => None,
         };
@@ -215,6 +264,13 @@ impl Service {
     #[tracing::instrument(name = "infer", skip_all, fields(model = %request.model, version = %request.version, id = %request.id))]
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
         let started = Instant::now();
+        let _in_service = InService::enter(&self.in_flight);
+        if self.refusing.load(Ordering::Relaxed) {
+            return Err(Error::draining(format!(
+                "model '{}': the server was preempted and takes no new requests",
+                request.model
+            )));
+        }
         let mv = self.repository.get(&request.model, &request.version)?;
         let m = self.version_metrics(&mv);
         let result = {
@@ -467,19 +523,24 @@ pub fn prepare_inputs(config: &ModelConfig, mut given: Vec<Tensor>) -> Result<(V
 /// The scheduling asks of a request: its `priority` (1 is highest) and `timeout` (µs, as
 /// Triton's clients send it) parameters.
 fn admission(parameters: &Parameters, started: Instant) -> Result<Admission> {
-    let number = |key: &str, what: &str| -> Result<Option<u64>> {
-        match parameters.get(key) {
-            None => Ok(None),
-            Some(v) => v.as_i64().and_then(|t| u64::try_from(t).ok()).map(Some).ok_or_else(|| {
-                Error::invalid(format!("request parameter '{key}' must be a non-negative integer ({what})"))
-            }),
-        }
-    };
-    Ok(Admission {
-        priority: number("priority", "1 is the highest level, 0 the model's default")?,
-        timeout_us: number("timeout", "microseconds")?,
-        started,
-    })
+    protocol::idempotent(parameters)?;
+    Ok(Admission { priority: protocol::priority(parameters)?, timeout_us: protocol::timeout_us(parameters)?, started })
+}
+
+/// Counts a request in the service-wide in-flight count until it is answered or abandoned.
+struct InService<'a>(&'a AtomicUsize);
+
+impl<'a> InService<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count)
+    }
+}
+
+impl Drop for InService<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Counts a request in the in-flight gauge until it is dropped, answered or abandoned.
@@ -495,5 +556,49 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+// === impl Api for Service ===
+
+impl Api for Service {
+    fn options(&self) -> &ServiceOptions {
+        &self.options
+    }
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+    fn live(&self) -> bool {
+        Service::live(self)
+    }
+    fn ready(&self) -> bool {
+        Service::ready(self)
+    }
+    async fn model_ready(&self, name: &str, version: &str) -> Readiness {
+        Service::model_ready(self, name, version)
+    }
+    async fn model_metadata(&self, name: &str, version: &str) -> Result<ModelMetadata> {
+        Service::model_metadata(self, name, version)
+    }
+    async fn model_config(&self, name: &str, version: &str) -> Result<Arc<ModelConfig>> {
+        Service::model_config(self, name, version)
+    }
+    async fn statistics(&self, name: &str, version: &str) -> Result<Vec<VersionStats>> {
+        Service::statistics(self, name, version)
+    }
+    async fn repository_index(&self, ready_only: bool) -> Result<Vec<IndexEntry>> {
+        Service::repository_index(self, ready_only)
+    }
+    async fn load_model(&self, name: &str, options: LoadOptions) -> Result<()> {
+        Service::load_model(self, name, options).await
+    }
+    async fn unload_model(&self, name: &str) -> Result<()> {
+        Service::unload_model(self, name).await
+    }
+    fn shed_early(&self, model: &str, version: &str) -> Result<()> {
+        Service::shed_early(self, model, version)
+    }
+    async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
+        Service::infer(self, request).await
     }
 }

@@ -2,10 +2,9 @@
 //! typed `contents` fields and `raw_input_contents` / `raw_output_contents`.
 
 use bytes::Bytes;
+use flotilla_core::protocol;
 use flotilla_core::tensor::{join_bytes_elements, split_bytes_elements};
-use flotilla_core::{
-    DataType, Error, InferRequest, InferResponse, ParamValue, Parameters, RequestedOutput, Result, Tensor,
-};
+use flotilla_core::{DataType, Error, InferRequest, InferResponse, ParamValue, Parameters, Result, Tensor};
 use flotilla_proto::inference::infer_parameter::ParameterChoice;
 use flotilla_proto::inference::model_infer_response::InferOutputTensor;
 use flotilla_proto::inference::{InferParameter, InferTensorContents, ModelInferRequest, ModelInferResponse};
@@ -23,6 +22,21 @@ fn param(p: &InferParameter) -> Option<ParamValue> {
 
 fn params(map: &HashMap<String, InferParameter>) -> Parameters {
     map.iter().filter_map(|(k, v)| Some((k.clone(), param(v)?))).collect()
+}
+
+fn param_to_proto(v: &ParamValue) -> InferParameter {
+    let choice = match v {
+        ParamValue::Bool(b) => ParameterChoice::BoolParam(*b),
+        ParamValue::Int(i) => ParameterChoice::Int64Param(*i),
+        ParamValue::Uint(u) => ParameterChoice::Uint64Param(*u),
+        ParamValue::Double(d) => ParameterChoice::DoubleParam(*d),
+        ParamValue::String(s) => ParameterChoice::StringParam(s.clone()),
+    };
+    InferParameter { parameter_choice: Some(choice) }
+}
+
+fn params_to_proto(p: &Parameters) -> HashMap<String, InferParameter> {
+    p.iter().map(|(k, v)| (k.clone(), param_to_proto(v))).collect()
 }
 
 /// Which typed `contents` fields hold values (for error messages).
@@ -157,15 +171,9 @@ pub fn request_from_proto(mut req: ModelInferRequest) -> Result<InferRequest> {
     }
     let mut outputs = Vec::with_capacity(req.outputs.len());
     for o in req.outputs {
-        let mut parameters = params(&o.parameters);
-        let classification = match parameters.remove("classification") {
-            None => None,
-            Some(k) => Some(k.as_i64().and_then(|k| usize::try_from(k).ok()).ok_or_else(|| {
-                Error::invalid(format!("output '{}': classification must be a non-negative integer", o.name))
-            })?),
-        };
-        parameters.remove("binary_data");
-        outputs.push(RequestedOutput { name: o.name, classification, parameters });
+        // binary_data is an HTTP encoding choice: gRPC always answers in raw_output_contents.
+        let (output, _binary) = protocol::requested_output(o.name, params(&o.parameters))?;
+        outputs.push(output);
     }
     Ok(InferRequest {
         model: req.model_name,
@@ -173,6 +181,71 @@ pub fn request_from_proto(mut req: ModelInferRequest) -> Result<InferRequest> {
         id: req.id,
         parameters: params(&req.parameters),
         inputs,
+        outputs,
+    })
+}
+
+/// Encodes a request for another server (the router forwarding to a worker): every tensor in
+/// `raw_input_contents` (no copy: the bytes are shared), outputs with their parameters.
+pub fn request_to_proto(r: &InferRequest) -> ModelInferRequest {
+    use flotilla_proto::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+    ModelInferRequest {
+        model_name: r.model.clone(),
+        model_version: r.version.clone(),
+        id: r.id.clone(),
+        parameters: params_to_proto(&r.parameters),
+        inputs: r
+            .inputs
+            .iter()
+            .map(|t| InferInputTensor {
+                name: t.name.clone(),
+                datatype: t.datatype.as_str().to_string(),
+                shape: t.shape.clone(),
+                parameters: params_to_proto(&t.parameters),
+                contents: None,
+            })
+            .collect(),
+        outputs: r
+            .outputs
+            .iter()
+            .map(|o| InferRequestedOutputTensor {
+                name: o.name.clone(),
+                parameters: params_to_proto(&protocol::output_parameters(o)),
+            })
+            .collect(),
+        raw_input_contents: r.inputs.iter().map(|t| t.data.clone()).collect(),
+    }
+}
+
+/// Decodes another server's response (raw or typed contents).
+pub fn response_from_proto(mut resp: ModelInferResponse) -> Result<InferResponse> {
+    let raw = std::mem::take(&mut resp.raw_output_contents);
+    if !raw.is_empty() && raw.len() != resp.outputs.len() {
+        return Err(Error::internal(format!(
+            "the worker's response has {} raw_output_contents for {} outputs",
+            raw.len(),
+            resp.outputs.len()
+        )));
+    }
+    let mut raw = raw.into_iter();
+    let mut outputs = Vec::with_capacity(resp.outputs.len());
+    for o in resp.outputs {
+        let what = format!("output '{}'", o.name);
+        let datatype = DataType::parse(&o.datatype).map_err(|e| Error::internal(format!("{what}: {}", e.message)))?;
+        let data = match (raw.next(), &o.contents) {
+            (Some(bytes), _) => bytes,
+            (None, Some(c)) => Bytes::from(contents_to_bytes(c, datatype, &what)?),
+            (None, None) => Bytes::new(),
+        };
+        let mut t = Tensor::new(o.name, datatype, o.shape, data);
+        t.parameters = params(&o.parameters);
+        outputs.push(t);
+    }
+    Ok(InferResponse {
+        model_name: resp.model_name,
+        model_version: resp.model_version,
+        id: resp.id,
+        parameters: params(&resp.parameters),
         outputs,
     })
 }
@@ -186,7 +259,7 @@ pub fn response_to_proto(resp: InferResponse) -> ModelInferResponse {
             name: t.name,
             datatype: t.datatype.as_str().to_string(),
             shape: t.shape,
-            parameters: HashMap::new(),
+            parameters: params_to_proto(&t.parameters),
             contents: None,
         });
         raw.push(t.data);
@@ -195,11 +268,14 @@ pub fn response_to_proto(resp: InferResponse) -> ModelInferResponse {
         model_name: resp.model_name,
         model_version: resp.model_version,
         id: resp.id,
-        parameters: HashMap::new(),
+        parameters: params_to_proto(&resp.parameters),
         outputs,
         raw_output_contents: raw,
     }
 }
+
+mod meta;
+pub use meta::*;
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,5 @@
 //! KServe v2 / Triton gRPC adapter: `inference.GRPCInferenceService` over
-//! [`flotilla_core::Service`], plus `grpc.health.v1.Health`, server reflection and Feast's
+//! [`flotilla_core::Api`] (a worker's service or the fleet router), plus `grpc.health.v1.Health`, server reflection and Feast's
 //! `feast.serving.ServingService` over the feature store. Decode, call the service, encode; no business logic here.
 #![forbid(unsafe_code)]
 
@@ -9,9 +9,9 @@ mod layer;
 mod service;
 
 pub use layer::MetricsLayer;
-pub use service::InferenceService;
+pub use service::{status, InferenceService};
 
-use flotilla_core::Service;
+use flotilla_core::Api;
 use flotilla_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use std::sync::Arc;
 use tonic_health::server::HealthReporter;
@@ -27,8 +27,8 @@ pub struct GrpcParts {
 
 /// Builds the inference, health and reflection services (and Feast's `feast.serving.ServingService`
 /// when a feature store is open); messages up to `max_message_bytes`.
-pub async fn build(
-    service: Arc<Service>,
+pub async fn build<A: Api>(
+    service: Arc<A>,
     max_message_bytes: usize,
     features: Option<Arc<flotilla_features::FeatureStore>>,
 ) -> Result<GrpcParts, String> {

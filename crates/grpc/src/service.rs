@@ -1,8 +1,8 @@
 //! The `GRPCInferenceService` implementation.
 
-use crate::convert::{request_from_proto, response_to_proto};
-use flotilla_core::stats::CountNs;
-use flotilla_core::{Error, Service};
+use crate::convert::{self, request_from_proto, response_to_proto};
+use flotilla_core::protocol;
+use flotilla_core::{Api, Error};
 use flotilla_proto::inference as pb;
 use flotilla_proto::inference::grpc_inference_service_server::GrpcInferenceService;
 use futures::{Stream, StreamExt};
@@ -10,34 +10,39 @@ use std::pin::Pin;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-/// The gRPC face of the service core.
-#[derive(Clone)]
-pub struct InferenceService {
-    service: Arc<Service>,
+/// The gRPC face of the service core (a worker's, or the fleet router's).
+pub struct InferenceService<A> {
+    service: Arc<A>,
 }
 
-impl InferenceService {
-    pub fn new(service: Arc<Service>) -> Self {
+impl<A> Clone for InferenceService<A> {
+    fn clone(&self) -> Self {
+        Self { service: self.service.clone() }
+    }
+}
+
+impl<A: Api> InferenceService<A> {
+    pub fn new(service: Arc<A>) -> Self {
         Self { service }
     }
 }
 
-fn status(e: Error) -> Status {
-    Status::new(e.grpc_code(), e.message)
+/// The table's gRPC code and the message, with the exact kind in `flotilla-error-kind`
+/// metadata (a router passes it on; a draining worker's UNAVAILABLE means "never ran").
+pub fn status(e: Error) -> Status {
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    metadata.insert(flotilla_core::error::KIND_HEADER, tonic::metadata::MetadataValue::from_static(e.kind.as_str()));
+    Status::with_metadata(e.grpc_code(), e.message, metadata)
 }
 
 type Reply<T> = Result<Response<T>, Status>;
-
-fn duration(c: CountNs) -> Option<pb::StatisticDuration> {
-    Some(pb::StatisticDuration { count: c.count, ns: c.ns })
-}
 
 fn unimplemented<T>(what: &str) -> Reply<T> {
     Err(Status::unimplemented(format!("{what} is not supported by Flotilla")))
 }
 
 #[tonic::async_trait]
-impl GrpcInferenceService for InferenceService {
+impl<A: Api> GrpcInferenceService for InferenceService<A> {
     async fn server_live(&self, _: Request<pb::ServerLiveRequest>) -> Reply<pb::ServerLiveResponse> {
         Ok(Response::new(pb::ServerLiveResponse { live: self.service.live() }))
     }
@@ -48,7 +53,7 @@ impl GrpcInferenceService for InferenceService {
 
     async fn model_ready(&self, r: Request<pb::ModelReadyRequest>) -> Reply<pb::ModelReadyResponse> {
         let r = r.into_inner();
-        let ready = self.service.model_ready(&r.name, &r.version).unwrap_or(false);
+        let ready = self.service.model_ready(&r.name, &r.version).await.ready;
         Ok(Response::new(pb::ModelReadyResponse { ready }))
     }
 
@@ -63,31 +68,15 @@ impl GrpcInferenceService for InferenceService {
 
     async fn model_metadata(&self, r: Request<pb::ModelMetadataRequest>) -> Reply<pb::ModelMetadataResponse> {
         let r = r.into_inner();
-        let m = self.service.model_metadata(&r.name, &r.version).map_err(status)?;
-        let tensors = |ts: Vec<flotilla_core::service::TensorMeta>| {
-            ts.into_iter()
-                .map(|t| pb::model_metadata_response::TensorMetadata {
-                    name: t.name,
-                    datatype: t.datatype,
-                    shape: t.shape,
-                })
-                .collect()
-        };
-        Ok(Response::new(pb::ModelMetadataResponse {
-            name: m.name,
-            versions: m.versions,
-            platform: m.platform,
-            inputs: tensors(m.inputs),
-            outputs: tensors(m.outputs),
-        }))
+        let m = self.service.model_metadata(&r.name, &r.version).await.map_err(status)?;
+        Ok(Response::new(convert::metadata_to_proto(m)))
     }
 
     async fn model_infer(&self, r: Request<pb::ModelInferRequest>) -> Reply<pb::ModelInferResponse> {
         let deadline = grpc_timeout_micros(r.metadata());
         let mut request = request_from_proto(r.into_inner()).map_err(status)?;
-        // The gRPC deadline bounds queueing too, unless the request names its own `timeout`.
         if let Some(us) = deadline {
-            request.parameters.entry("timeout".into()).or_insert(flotilla_core::ParamValue::Uint(us));
+            protocol::apply_deadline(&mut request.parameters, us);
         }
         let response = self.service.infer(request).await.map_err(status)?;
         Ok(Response::new(response_to_proto(response)))
@@ -131,48 +120,14 @@ impl GrpcInferenceService for InferenceService {
 
     async fn model_config(&self, r: Request<pb::ModelConfigRequest>) -> Reply<pb::ModelConfigResponse> {
         let r = r.into_inner();
-        let config = self.service.model_config(&r.name, &r.version).map_err(status)?;
+        let config = self.service.model_config(&r.name, &r.version).await.map_err(status)?;
         Ok(Response::new(pb::ModelConfigResponse { config: Some((*config).clone()) }))
     }
 
     async fn model_statistics(&self, r: Request<pb::ModelStatisticsRequest>) -> Reply<pb::ModelStatisticsResponse> {
         let r = r.into_inner();
-        let rows = self.service.statistics(&r.name, &r.version).map_err(status)?;
-        let model_stats = rows
-            .into_iter()
-            .map(|row| {
-                let s = row.stats;
-                pb::ModelStatistics {
-                    name: row.name,
-                    version: row.version,
-                    last_inference: s.last_inference_ms,
-                    inference_count: s.inference_count,
-                    execution_count: s.execution_count,
-                    inference_stats: Some(pb::InferStatistics {
-                        success: duration(s.success),
-                        fail: duration(s.fail),
-                        queue: duration(s.queue),
-                        compute_input: duration(s.compute_input),
-                        compute_infer: duration(s.compute_infer),
-                        compute_output: duration(s.compute_output),
-                        cache_hit: duration(CountNs::default()),
-                        cache_miss: duration(CountNs::default()),
-                    }),
-                    batch_stats: s
-                        .batches
-                        .iter()
-                        .map(|(size, [i, c, o])| pb::InferBatchStatistics {
-                            batch_size: *size,
-                            compute_input: duration(*i),
-                            compute_infer: duration(*c),
-                            compute_output: duration(*o),
-                        })
-                        .collect(),
-                    memory_usage: vec![],
-                    response_stats: Default::default(),
-                }
-            })
-            .collect();
+        let rows = self.service.statistics(&r.name, &r.version).await.map_err(status)?;
+        let model_stats = rows.into_iter().map(convert::stats_to_proto).collect();
         Ok(Response::new(pb::ModelStatisticsResponse { model_stats }))
     }
 
@@ -181,14 +136,10 @@ impl GrpcInferenceService for InferenceService {
         let models = self
             .service
             .repository_index(r.ready)
+            .await
             .map_err(status)?
             .into_iter()
-            .map(|e| pb::repository_index_response::ModelIndex {
-                name: e.name,
-                version: e.version,
-                state: e.state,
-                reason: e.reason,
-            })
+            .map(convert::index_to_proto)
             .collect();
         Ok(Response::new(pb::RepositoryIndexResponse { models }))
     }
@@ -199,22 +150,15 @@ impl GrpcInferenceService for InferenceService {
     ) -> Reply<pb::RepositoryModelLoadResponse> {
         use pb::model_repository_parameter::ParameterChoice;
         let r = r.into_inner();
-        let mut config = None;
-        for (k, v) in &r.parameters {
-            match (k.as_str(), &v.parameter_choice) {
-                ("config", Some(ParameterChoice::StringParam(s))) => config = Some(s.clone()),
-                ("config", _) => {
-                    return Err(Status::invalid_argument("load parameter 'config' must be a string_param"))
-                }
-                (k, _) if k.starts_with("file:") => {
-                    return Err(Status::unimplemented(format!(
-                        "load parameter '{k}': uploading model files is not supported; put them in the repository"
-                    )))
-                }
-                _ => {}
-            }
-        }
-        self.service.load_model(&r.model_name, config.as_deref()).await.map_err(status)?;
+        let params = r.parameters.iter().map(|(k, v)| {
+            let text = match &v.parameter_choice {
+                Some(ParameterChoice::StringParam(s)) => Some(s.as_str()),
+                _ => None,
+            };
+            (k.as_str(), text)
+        });
+        let options = protocol::load_options(params).map_err(status)?;
+        self.service.load_model(&r.model_name, options).await.map_err(status)?;
         Ok(Response::new(pb::RepositoryModelLoadResponse {}))
     }
 
@@ -278,39 +222,7 @@ impl GrpcInferenceService for InferenceService {
     }
 }
 
-/// The client's gRPC deadline (`grpc-timeout: <digits><H|M|S|m|u|n>`) in microseconds.
+/// The client's gRPC deadline (`grpc-timeout`) in microseconds.
 fn grpc_timeout_micros(metadata: &tonic::metadata::MetadataMap) -> Option<u64> {
-    let v = metadata.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    let us = match unit {
-        "H" => n.checked_mul(3_600_000_000)?,
-        "M" => n.checked_mul(60_000_000)?,
-        "S" => n.checked_mul(1_000_000)?,
-        "m" => n.checked_mul(1_000)?,
-        "u" => n,
-        "n" => n / 1_000,
-        _ => return None,
-    };
-    Some(us.max(1))
-}
-
-#[cfg(test)]
-mod deadline_tests {
-    use super::grpc_timeout_micros;
-
-    #[test]
-    fn grpc_timeout_header_units() {
-        let mut m = tonic::metadata::MetadataMap::new();
-        for (v, want) in
-            [("5S", Some(5_000_000)), ("250m", Some(250_000)), ("7u", Some(7)), ("1H", Some(3_600_000_000))]
-        {
-            m.insert("grpc-timeout", v.parse().unwrap());
-            assert_eq!(grpc_timeout_micros(&m), want, "{v}");
-        }
-        for bad in ["", "S", "12x", "99999999999999999999S"] {
-            m.insert("grpc-timeout", bad.parse().unwrap());
-            assert_eq!(grpc_timeout_micros(&m), None, "{bad}");
-        }
-    }
+    protocol::grpc_timeout_micros(metadata.get("grpc-timeout")?.to_str().ok()?)
 }

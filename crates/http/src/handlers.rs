@@ -9,13 +9,14 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use flotilla_core::config::to_json;
+use flotilla_core::protocol;
 use flotilla_core::stats::{CountNs, StatsSnapshot};
-use flotilla_core::Error;
+use flotilla_core::{Api, Error};
 use serde_json::{json, Value};
 
 type Result<T> = std::result::Result<T, ApiError>;
 
-pub async fn server_metadata(State(s): State<AppState>) -> Json<Value> {
+pub async fn server_metadata<A: Api>(State(s): State<AppState<A>>) -> Json<Value> {
     let o = s.service.options();
     Json(json!({
         "name": o.server_name,
@@ -31,16 +32,16 @@ fn health(key: &str, ok: bool) -> (StatusCode, Json<Value>) {
     (status, Json(json!({ key: ok })))
 }
 
-pub async fn live(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
+pub async fn live<A: Api>(State(s): State<AppState<A>>) -> (StatusCode, Json<Value>) {
     health("live", s.service.live())
 }
 
-pub async fn ready(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
+pub async fn ready<A: Api>(State(s): State<AppState<A>>) -> (StatusCode, Json<Value>) {
     health("ready", s.service.ready())
 }
 
-fn metadata(s: &AppState, model: &str, version: &str) -> Result<Json<Value>> {
-    let m = s.service.model_metadata(model, version)?;
+async fn metadata<A: Api>(s: &AppState<A>, model: &str, version: &str) -> Result<Json<Value>> {
+    let m = s.service.model_metadata(model, version).await?;
     let tensors = |ts: &[flotilla_core::service::TensorMeta]| -> Vec<Value> {
         ts.iter().map(|t| json!({"name": t.name, "datatype": t.datatype, "shape": t.shape})).collect()
     };
@@ -53,36 +54,41 @@ fn metadata(s: &AppState, model: &str, version: &str) -> Result<Json<Value>> {
     })))
 }
 
-pub async fn model_metadata(State(s): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>> {
-    metadata(&s, &model, "")
+pub async fn model_metadata<A: Api>(State(s): State<AppState<A>>, Path(model): Path<String>) -> Result<Json<Value>> {
+    metadata(&s, &model, "").await
 }
 
-pub async fn model_metadata_v(State(s): State<AppState>, Path((m, v)): Path<(String, String)>) -> Result<Json<Value>> {
-    metadata(&s, &m, &v)
+pub async fn model_metadata_v<A: Api>(State(s): State<AppState<A>>, Path((m, v)): Path<(String, String)>) -> Result<Json<Value>> {
+    metadata(&s, &m, &v).await
 }
 
-fn ready_status(s: &AppState, model: &str, version: &str) -> Result<Json<Value>> {
-    if s.service.model_ready(model, version)? {
-        Ok(Json(json!({"name": model, "ready": true})))
-    } else {
-        Err(Error::unavailable(format!("model '{model}' is not ready")).into())
+/// 200 `{"name", "ready": true}`, or the reason's status with `{"error", "name", "ready": false}`
+/// (tritonclient reads the status, the KServe SDK the body).
+async fn ready_status<A: Api>(s: &AppState<A>, model: &str, version: &str) -> Response {
+    let r = s.service.model_ready(model, version).await;
+    if r.ready {
+        return Json(json!({"name": model, "ready": true})).into_response();
     }
+    let e = r.reason.unwrap_or_else(|| Error::unavailable(format!("model '{model}' is not ready")));
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let kind = [(flotilla_core::error::KIND_HEADER, e.kind.as_str())];
+    (status, kind, Json(json!({"error": e.message, "name": model, "ready": false}))).into_response()
 }
 
-pub async fn model_ready(State(s): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>> {
-    ready_status(&s, &model, "")
+pub async fn model_ready<A: Api>(State(s): State<AppState<A>>, Path(model): Path<String>) -> Response {
+    ready_status(&s, &model, "").await
 }
 
-pub async fn model_ready_v(State(s): State<AppState>, Path((m, v)): Path<(String, String)>) -> Result<Json<Value>> {
-    ready_status(&s, &m, &v)
+pub async fn model_ready_v<A: Api>(State(s): State<AppState<A>>, Path((m, v)): Path<(String, String)>) -> Response {
+    ready_status(&s, &m, &v).await
 }
 
-pub async fn model_config(State(s): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>> {
-    Ok(Json(to_json(&*s.service.model_config(&model, "")?)))
+pub async fn model_config<A: Api>(State(s): State<AppState<A>>, Path(model): Path<String>) -> Result<Json<Value>> {
+    Ok(Json(to_json(&*s.service.model_config(&model, "").await?)))
 }
 
-pub async fn model_config_v(State(s): State<AppState>, Path((m, v)): Path<(String, String)>) -> Result<Json<Value>> {
-    Ok(Json(to_json(&*s.service.model_config(&m, &v)?)))
+pub async fn model_config_v<A: Api>(State(s): State<AppState<A>>, Path((m, v)): Path<(String, String)>) -> Result<Json<Value>> {
+    Ok(Json(to_json(&*s.service.model_config(&m, &v).await?)))
 }
 
 fn count_ns(c: CountNs) -> Value {
@@ -126,31 +132,34 @@ fn stats_json(rows: Vec<flotilla_core::service::VersionStats>) -> Json<Value> {
     Json(json!({ "model_stats": models }))
 }
 
-pub async fn stats_all(State(s): State<AppState>) -> Result<Json<Value>> {
-    Ok(stats_json(s.service.statistics("", "")?))
+pub async fn stats_all<A: Api>(State(s): State<AppState<A>>) -> Result<Json<Value>> {
+    Ok(stats_json(s.service.statistics("", "").await?))
 }
 
-pub async fn model_stats(State(s): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>> {
-    Ok(stats_json(s.service.statistics(&model, "")?))
+pub async fn model_stats<A: Api>(State(s): State<AppState<A>>, Path(model): Path<String>) -> Result<Json<Value>> {
+    Ok(stats_json(s.service.statistics(&model, "").await?))
 }
 
-pub async fn model_stats_v(State(s): State<AppState>, Path((m, v)): Path<(String, String)>) -> Result<Json<Value>> {
-    Ok(stats_json(s.service.statistics(&m, &v)?))
+pub async fn model_stats_v<A: Api>(State(s): State<AppState<A>>, Path((m, v)): Path<(String, String)>) -> Result<Json<Value>> {
+    Ok(stats_json(s.service.statistics(&m, &v).await?))
 }
 
 /// Drift monitoring of a model: reference summary, settings, alert states, recent windows.
-pub async fn model_drift(State(s): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>> {
-    drift_monitor(&s, &model)?.report(&model).map(Json).ok_or_else(|| no_profile(&model).into())
+pub async fn model_drift<A: Api>(State(s): State<AppState<A>>, Path(model): Path<String>) -> Result<Json<Value>> {
+    drift_monitor(&s, &model).await?.report(&model).map(Json).ok_or_else(|| no_profile(&model).into())
 }
 
 /// The open windows' mergeable summaries per version (sketches, counts, moments): what a fleet
 /// view merges across workers.
-pub async fn model_drift_window(State(s): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>> {
-    drift_monitor(&s, &model)?.open_windows(&model).map(Json).ok_or_else(|| no_profile(&model).into())
+pub async fn model_drift_window<A: Api>(State(s): State<AppState<A>>, Path(model): Path<String>) -> Result<Json<Value>> {
+    drift_monitor(&s, &model).await?.open_windows(&model).map(Json).ok_or_else(|| no_profile(&model).into())
 }
 
-fn drift_monitor<'a>(s: &'a AppState, model: &str) -> Result<&'a flotilla_drift::monitor::Monitor> {
-    s.service.repository.model(model)?;
+async fn drift_monitor<'a, A: Api>(s: &'a AppState<A>, model: &str) -> Result<&'a flotilla_drift::monitor::Monitor> {
+    let r = s.service.model_ready(model, "").await;
+    if let Some(e) = r.reason.filter(|_| !r.ready) {
+        return Err(e.into());
+    }
     s.options
         .drift
         .as_deref()
@@ -163,12 +172,12 @@ fn no_profile(model: &str) -> Error {
     ))
 }
 
-pub async fn infer(State(s): State<AppState>, Path(model): Path<String>, headers: HeaderMap, body: Body) -> Response {
+pub async fn infer<A: Api>(State(s): State<AppState<A>>, Path(model): Path<String>, headers: HeaderMap, body: Body) -> Response {
     infer_inner(s, model, String::new(), headers, body).await.unwrap_or_else(|e| e.into_response())
 }
 
-pub async fn infer_v(
-    State(s): State<AppState>,
+pub async fn infer_v<A: Api>(
+    State(s): State<AppState<A>>,
     Path((m, v)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
@@ -176,7 +185,7 @@ pub async fn infer_v(
     infer_inner(s, m, v, headers, body).await.unwrap_or_else(|e| e.into_response())
 }
 
-async fn infer_inner(s: AppState, model: String, version: String, headers: HeaderMap, body: Body) -> Result<Response> {
+async fn infer_inner<A: Api>(s: AppState<A>, model: String, version: String, headers: HeaderMap, body: Body) -> Result<Response> {
     let bytes = body::read(&headers, body, s.options.max_request_bytes).await?;
     s.service.shed_early(&model, &version)?;
     let header_len = match headers.get("inference-header-content-length") {
@@ -207,7 +216,7 @@ async fn infer_inner(s: AppState, model: String, version: String, headers: Heade
     Ok((StatusCode::OK, out_headers, payload).into_response())
 }
 
-async fn json_body(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Value> {
+async fn json_body<A: Api>(s: &AppState<A>, headers: &HeaderMap, body: Body) -> Result<Value> {
     let bytes = body::read(headers, body, s.options.max_request_bytes).await?;
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(json!({}));
@@ -219,7 +228,7 @@ async fn json_body(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Valu
     Ok(v)
 }
 
-pub async fn repository_index(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Result<Json<Value>> {
+pub async fn repository_index<A: Api>(State(s): State<AppState<A>>, headers: HeaderMap, body: Body) -> Result<Json<Value>> {
     let req = json_body(&s, &headers, body).await?;
     let ready = match req.get("ready") {
         None => false,
@@ -227,7 +236,8 @@ pub async fn repository_index(State(s): State<AppState>, headers: HeaderMap, bod
     };
     let rows: Vec<Value> = s
         .service
-        .repository_index(ready)?
+        .repository_index(ready)
+        .await?
         .into_iter()
         .map(|e| {
             let mut row = json!({"name": e.name});
@@ -246,34 +256,24 @@ pub async fn repository_index(State(s): State<AppState>, headers: HeaderMap, bod
     Ok(Json(Value::Array(rows)))
 }
 
-pub async fn load(
-    State(s): State<AppState>,
+pub async fn load<A: Api>(
+    State(s): State<AppState<A>>,
     Path(model): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode> {
     let req = json_body(&s, &headers, body).await?;
-    let config = match req.pointer("/parameters/config") {
-        None => None,
-        Some(Value::String(c)) => Some(c.clone()),
-        Some(_) => {
-            return Err(Error::invalid("parameters.config must be a string holding the model config JSON").into())
-        }
+    let options = match req.get("parameters") {
+        None | Some(Value::Null) => protocol::LoadOptions::default(),
+        Some(Value::Object(params)) => protocol::load_options(params.iter().map(|(k, v)| (k.as_str(), v.as_str())))?,
+        Some(_) => return Err(Error::invalid("'parameters' must be a JSON object").into()),
     };
-    if let Some(params) = req.get("parameters").and_then(Value::as_object) {
-        if let Some(k) = params.keys().find(|k| k.starts_with("file:")) {
-            return Err(Error::unimplemented(format!(
-                "load parameter '{k}': uploading model files with a load request is not supported; put the files in the repository"
-            ))
-            .into());
-        }
-    }
-    s.service.load_model(&model, config.as_deref()).await?;
+    s.service.load_model(&model, options).await?;
     Ok(StatusCode::OK)
 }
 
-pub async fn unload(
-    State(s): State<AppState>,
+pub async fn unload<A: Api>(
+    State(s): State<AppState<A>>,
     Path(model): Path<String>,
     headers: HeaderMap,
     body: Body,

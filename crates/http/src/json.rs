@@ -3,9 +3,8 @@
 
 use bytes::Bytes;
 use flotilla_core::tensor::split_bytes_elements;
-use flotilla_core::{
-    DataType, Error, InferRequest, InferResponse, ParamValue, Parameters, RequestedOutput, Result, Tensor,
-};
+use flotilla_core::protocol;
+use flotilla_core::{DataType, Error, InferRequest, InferResponse, ParamValue, Parameters, Result, Tensor};
 use half::{bf16, f16};
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -148,21 +147,12 @@ pub fn decode_request(model: &str, version: &str, body: Bytes, header_len: Optio
     let mut binary_outputs = BTreeMap::new();
     let mut outputs = Vec::new();
     for o in parsed.outputs.unwrap_or_default() {
-        let what = format!("output '{}'", o.name);
-        let mut parameters = params(o.parameters, &what)?;
-        if let Some(b) = parameters.remove("binary_data") {
-            let b = b.as_bool().ok_or_else(|| Error::invalid(format!("{what}: binary_data must be a bool")))?;
-            binary_outputs.insert(o.name.clone(), b);
+        let parameters = params(o.parameters, &format!("output '{}'", o.name))?;
+        let (output, binary) = protocol::requested_output(o.name, parameters)?;
+        if let Some(b) = binary {
+            binary_outputs.insert(output.name.clone(), b);
         }
-        let classification = match parameters.remove("classification") {
-            None => None,
-            Some(k) => Some(
-                k.as_i64()
-                    .and_then(|k| usize::try_from(k).ok())
-                    .ok_or_else(|| Error::invalid(format!("{what}: classification must be a non-negative integer")))?,
-            ),
-        };
-        outputs.push(RequestedOutput { name: o.name, classification, parameters: Parameters::new() });
+        outputs.push(output);
     }
     let request = InferRequest {
         model: model.to_string(),

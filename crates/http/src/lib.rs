@@ -1,5 +1,6 @@
-//! KServe v2 REST adapter: decodes HTTP into [`flotilla_core::Service`] calls
-//! and encodes what they return. No business logic lives here.
+//! KServe v2 REST adapter: decodes HTTP into [`flotilla_core::Api`] calls and encodes what they
+//! return. No business logic lives here. The same adapter fronts a worker
+//! ([`flotilla_core::Service`]) and the fleet router.
 //!
 //! - [`router`] builds the axum router with every endpoint and the shared
 //!   metrics middleware.
@@ -7,7 +8,7 @@
 //! - [`features`]: Feast's feature-server endpoints (`/get-online-features`, `/push`).
 #![forbid(unsafe_code)]
 
-mod body;
+pub mod body;
 pub mod features;
 mod handlers;
 pub mod json;
@@ -17,7 +18,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use flotilla_core::{Error, Service};
+use flotilla_core::{Api, Error};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -32,14 +33,20 @@ pub struct HttpOptions {
     pub drift: Option<Arc<flotilla_drift::monitor::Monitor>>,
 }
 
-#[derive(Clone)]
-pub(crate) struct AppState {
-    pub service: Arc<Service>,
+pub(crate) struct AppState<A> {
+    pub service: Arc<A>,
     pub options: HttpOptions,
 }
 
-/// An error on its way to the client as `{"error": "..."}` with the table's status.
-pub(crate) struct ApiError(pub Error);
+impl<A> Clone for AppState<A> {
+    fn clone(&self) -> Self {
+        Self { service: self.service.clone(), options: self.options.clone() }
+    }
+}
+
+/// An error on its way to the client as `{"error": "..."}` with the table's status (and
+/// `Retry-After` on 429); other crates' routes (the fleet's) answer errors through it too.
+pub struct ApiError(pub Error);
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
@@ -52,39 +59,41 @@ impl IntoResponse for ApiError {
         let status = axum::http::StatusCode::from_u16(self.0.http_status())
             .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::json!({ "error": self.0.message });
+        let kind = [(flotilla_core::error::KIND_HEADER, self.0.kind.as_str())];
         if status == axum::http::StatusCode::TOO_MANY_REQUESTS {
             // Shed load: tell the client when to come back.
-            return (status, [(axum::http::header::RETRY_AFTER, "1")], axum::Json(body)).into_response();
+            return (status, [(axum::http::header::RETRY_AFTER, "1")], kind, axum::Json(body)).into_response();
         }
-        (status, axum::Json(body)).into_response()
+        (status, kind, axum::Json(body)).into_response()
     }
 }
 
-/// The REST router over `service`.
-pub fn router(service: Arc<Service>, options: HttpOptions) -> Router {
+/// The REST router over `service`: the KServe v2 and Triton endpoints, Feast's feature-server
+/// endpoints when `options.features` is set, the drift endpoints when `options.drift` is, and
+/// `extra` (the process's own routes: fleet membership, admin), all under the metrics middleware.
+pub fn router<A: Api>(service: Arc<A>, options: HttpOptions, extra: Router) -> Router {
     use handlers::*;
     let features = options.features.clone().map(|f| features::router(f, options.max_request_bytes));
+    let drift = options.drift.is_some();
     let state = AppState { service, options };
-    let router = Router::new()
-        .route("/v2", get(server_metadata))
-        .route("/v2/health/live", get(live))
-        .route("/v2/health/ready", get(ready))
-        .route("/v2/models/stats", get(stats_all))
-        .route("/v2/models/{model}", get(model_metadata))
-        .route("/v2/models/{model}/versions/{version}", get(model_metadata_v))
-        .route("/v2/models/{model}/ready", get(model_ready))
-        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready_v))
-        .route("/v2/models/{model}/config", get(model_config))
-        .route("/v2/models/{model}/versions/{version}/config", get(model_config_v))
-        .route("/v2/models/{model}/stats", get(model_stats))
-        .route("/v2/models/{model}/versions/{version}/stats", get(model_stats_v))
-        .route("/v2/models/{model}/drift", get(model_drift))
-        .route("/v2/models/{model}/drift/window", get(model_drift_window))
-        .route("/v2/models/{model}/infer", post(infer))
-        .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
-        .route("/v2/repository/index", post(repository_index))
-        .route("/v2/repository/models/{model}/load", post(load))
-        .route("/v2/repository/models/{model}/unload", post(unload))
+    let mut router = Router::new()
+        .route("/v2", get(server_metadata::<A>))
+        .route("/v2/health/live", get(live::<A>))
+        .route("/v2/health/ready", get(ready::<A>))
+        .route("/v2/models/stats", get(stats_all::<A>))
+        .route("/v2/models/{model}", get(model_metadata::<A>))
+        .route("/v2/models/{model}/versions/{version}", get(model_metadata_v::<A>))
+        .route("/v2/models/{model}/ready", get(model_ready::<A>))
+        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready_v::<A>))
+        .route("/v2/models/{model}/config", get(model_config::<A>))
+        .route("/v2/models/{model}/versions/{version}/config", get(model_config_v::<A>))
+        .route("/v2/models/{model}/stats", get(model_stats::<A>))
+        .route("/v2/models/{model}/versions/{version}/stats", get(model_stats_v::<A>))
+        .route("/v2/models/{model}/infer", post(infer::<A>))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer_v::<A>))
+        .route("/v2/repository/index", post(repository_index::<A>))
+        .route("/v2/repository/models/{model}/load", post(load::<A>))
+        .route("/v2/repository/models/{model}/unload", post(unload::<A>))
         .route("/v2/systemsharedmemory", get(unimplemented_shm))
         .route("/v2/systemsharedmemory/{*rest}", get(unimplemented_shm).post(unimplemented_shm))
         .route("/v2/cudasharedmemory", get(unimplemented_shm))
@@ -92,20 +101,25 @@ pub fn router(service: Arc<Service>, options: HttpOptions) -> Router {
         .route("/v2/trace/setting", get(unimplemented_trace).post(unimplemented_trace))
         .route("/v2/models/{model}/trace/setting", get(unimplemented_trace).post(unimplemented_trace))
         .route("/v2/logging", get(unimplemented_logging).post(unimplemented_logging));
-    let mut router = router.with_state(state.clone());
+    if drift {
+        router = router
+            .route("/v2/models/{model}/drift", get(model_drift::<A>))
+            .route("/v2/models/{model}/drift/window", get(model_drift_window::<A>));
+    }
+    let mut router = router.with_state(state.clone()).merge(extra);
     if let Some(f) = features {
         router = router.merge(f);
     }
-    router.fallback(not_found).layer(axum::middleware::from_fn_with_state(state, record))
+    router.fallback(not_found).layer(axum::middleware::from_fn_with_state(state, record::<A>))
 }
 
 /// Shared middleware: counts responses by endpoint and status and times them.
-async fn record(State(state): State<AppState>, request: Request, next: Next) -> Response {
+async fn record<A: Api>(State(state): State<AppState<A>>, request: Request, next: Next) -> Response {
     let endpoint =
         request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
     let start = Instant::now();
     let response = next.run(request).await;
-    let m = &state.service.metrics;
+    let m = state.service.metrics();
     let code = response.status().as_u16().to_string();
     m.responses.with_label_values(&["http", &endpoint, &code]).inc();
     m.response_duration.with_label_values(&["http", &endpoint]).observe(start.elapsed().as_secs_f64());

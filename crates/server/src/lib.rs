@@ -209,6 +209,7 @@ pub async fn run(config: ServeConfig, listeners: Listeners, shutdown: impl Futur
             features: features.clone(),
             drift: drift.clone(),
         },
+        axum::Router::new(),
     );
     // No Nagle delay on small responses (headers and body may leave in separate writes).
     let http_listener = listeners.http.tap_io(|tcp| {

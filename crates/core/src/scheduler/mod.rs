@@ -27,7 +27,7 @@ pub use policy::Policy;
 use queue::{Decision, Queue};
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::oneshot;
@@ -119,6 +119,8 @@ struct Shared {
     limiter: Option<Limiter>,
     /// Instance threads alive.
     live: AtomicUsize,
+    /// Moving average of one execution's duration, nanoseconds (0 before the first).
+    exec_ns: AtomicU64,
 }
 
 /// The scheduler of one model version. Dropping it lets the instances finish
@@ -142,6 +144,7 @@ impl Scheduler {
             policy,
             label: label.to_string(),
             live: AtomicUsize::new(0),
+            exec_ns: AtomicU64::new(0),
         });
         for i in 0..count.max(1) {
             spawn_instance(&shared, i, 0)?;
@@ -152,6 +155,55 @@ impl Scheduler {
     /// Requests waiting for an instance now.
     pub fn queued(&self) -> usize {
         self.shared.queue.lock().len
+    }
+
+    /// Engine instances running now.
+    pub fn instances(&self) -> usize {
+        self.shared.live.load(Ordering::Acquire)
+    }
+
+    /// Moving average of one execution's duration (zero before the first execution).
+    pub fn execution_time(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.shared.exec_ns.load(Ordering::Relaxed))
+    }
+
+    /// Takes the waiting requests that would not start and finish by `deadline` (all of them
+    /// when `deadline` has passed) out of the queue and answers each with `error()`: a draining
+    /// worker hands them back for another replica to run. The estimate serves the queue in
+    /// waves of `instances × max_batch_size` rows, each one execution long (the moving average),
+    /// after the batches running now. Returns how many were handed back.
+    pub fn hand_back(&self, deadline: Instant, error: impl Fn() -> Error) -> usize {
+        let s = &self.shared;
+        let now = Instant::now();
+        let taken = {
+            let mut q = s.queue.lock();
+            let keep = if now >= deadline {
+                0
+            } else {
+                let exec = self.execution_time();
+                let per_wave = (s.live.load(Ordering::Acquire).max(1) * s.policy.max_batch.max(1)) as u64;
+                let running = u32::from(q.busy > 0);
+                let mut rows_before = 0u64;
+                let mut keep = 0usize;
+                for rows in q.rows_in_order() {
+                    let wave = u32::try_from(rows_before / per_wave).unwrap_or(u32::MAX);
+                    let finish = now + exec.saturating_mul(wave.saturating_add(1).saturating_add(running));
+                    if finish > deadline {
+                        break;
+                    }
+                    rows_before += rows as u64;
+                    keep += 1;
+                }
+                keep
+            };
+            q.take_after(keep)
+        };
+        let n = taken.len();
+        for job in taken {
+            let done = Completed::failure(job.enqueued, error());
+            s.deliver(job, Some(done));
+        }
+        n
     }
 
     /// The adaptive concurrency limit now, when one is configured.
@@ -366,6 +418,10 @@ impl Shared {
             batch::split(outputs, &rows, &self.label)
         }));
         let finished = Instant::now();
+        let took = finished.saturating_duration_since(phases.start).as_nanos().min(u128::from(u64::MAX)) as u64;
+        let before = self.exec_ns.load(Ordering::Relaxed);
+        let average = if before == 0 { took } else { before - before / 8 + took / 8 };
+        self.exec_ns.store(average, Ordering::Relaxed);
         let panicked = result.is_err();
         let mut per_request: Vec<Result<Vec<Tensor>>> = match result {
             Ok(Ok(parts)) => parts.into_iter().map(Ok).collect(),

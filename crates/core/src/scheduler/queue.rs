@@ -170,6 +170,27 @@ impl Queue {
         None
     }
 
+    /// Takes every waiting request after the first `keep` in the order instances would serve
+    /// them (priority levels in order; within a level, on-time requests before delayed ones).
+    pub fn take_after(&mut self, keep: usize) -> Vec<Job> {
+        let mut seen = 0usize;
+        let mut taken = Vec::new();
+        for level in &mut self.levels {
+            for q in [&mut level.ready, &mut level.delayed] {
+                let stay = keep.saturating_sub(seen).min(q.len());
+                seen += q.len();
+                taken.extend(q.drain(stay..));
+            }
+        }
+        self.len -= taken.len();
+        taken
+    }
+
+    /// Rows of the waiting requests, in the order instances would serve them.
+    pub fn rows_in_order(&self) -> Vec<usize> {
+        self.levels.iter().flat_map(|l| l.ready.iter().chain(l.delayed.iter()).map(|j| j.rows)).collect()
+    }
+
     /// Removes every waiting request (the scheduler is going away).
     pub fn drain(&mut self) -> Vec<Job> {
         self.len = 0;

@@ -1,0 +1,346 @@
+//! One inference request through the fleet: choose a worker, send, and on a failure that
+//! another worker can fix, retry on a different worker within the retry budget and the
+//! request's deadline; hedge after the model's p95 when the model asks for it.
+//!
+//! What may be retried: a request a worker never ran (connection refused, a draining worker's
+//! DRAINING, a full queue, a stale model list) always; one it may have run (connection lost
+//! mid-request, no answer in time) only when the request is idempotent (the default; the
+//! `idempotent: false` parameter says otherwise).
+
+use crate::balance::{self, Choice, Snapshot};
+use crate::member::{EjectReason, Lane, Member, Outstanding};
+use crate::router::Fleet;
+use flotilla_core::error::KIND_HEADER;
+use flotilla_core::protocol;
+use flotilla_core::{Error, ErrorKind, InferRequest, InferResponse, Result};
+use flotilla_proto::inference::{InferParameter, ModelInferRequest};
+use std::sync::Arc;
+use std::time::Instant;
+use tower::retry::budget::Budget;
+
+/// What a failed attempt tells the router.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub error: Error,
+    /// The worker may have run the request (it reached it, and no answer says it did not).
+    pub maybe_ran: bool,
+    /// Another worker could answer it.
+    pub retryable: bool,
+    pub signal: Signal,
+}
+
+/// What a failure says about the worker's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Signal {
+    /// Nothing: the worker answered as it should (bad input, a full queue).
+    Fine,
+    /// A failure or a timeout: counts towards ejection.
+    Failed,
+    /// The connection failed: out of rotation at once.
+    Connection,
+    /// It is draining (preempted).
+    Draining,
+    /// It does not have the model its record lists.
+    Stale,
+}
+
+/// The fleet's answer for a model no worker can take now.
+fn no_worker(model: &str, known: bool) -> Error {
+    if known {
+        Error::unavailable(format!("model '{model}': no worker is ready to serve it now (all draining or out of rotation)"))
+    } else {
+        // Triton's wording, as a worker says it.
+        Error::not_found(format!("Request for unknown model: '{model}' is not found"))
+    }
+}
+
+/// Decodes a worker's gRPC error: the exact kind when the worker sent it, else a transport
+/// failure (refused: never ran; anything else: may have run).
+pub(crate) fn classify(worker: &str, status: tonic::Status) -> Failure {
+    let kind = status.metadata().get(KIND_HEADER).and_then(|v| v.to_str().ok()).and_then(ErrorKind::parse);
+    if let Some(kind) = kind {
+        let error = Error::new(kind, status.message());
+        let (maybe_ran, retryable, signal) = match kind {
+            ErrorKind::Draining => (false, true, Signal::Draining),
+            ErrorKind::ResourceExhausted => (false, true, Signal::Fine),
+            ErrorKind::Unavailable => (false, true, Signal::Failed),
+            ErrorKind::NotFound => (false, true, Signal::Stale),
+            ErrorKind::Internal => (true, false, Signal::Failed),
+            ErrorKind::InvalidArgument
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::DeadlineExceeded
+            | ErrorKind::FailedPrecondition
+            | ErrorKind::Unimplemented => (false, false, Signal::Fine),
+        };
+        return Failure { error, maybe_ran, retryable, signal };
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&status);
+    let mut refused = false;
+    while let Some(e) = source {
+        refused |= e.downcast_ref::<tonic::ConnectError>().is_some();
+        source = e.source();
+    }
+    let error = Error::unavailable(format!("worker '{worker}' failed: {}", status.message()));
+    Failure { error, maybe_ran: !refused, retryable: true, signal: Signal::Connection }
+}
+
+/// The forwarded request's `timeout` parameter: what is left of the client's.
+fn set_remaining(proto: &mut ModelInferRequest, deadline: Option<Instant>) {
+    if let Some(d) = deadline {
+        let us = d.saturating_duration_since(Instant::now()).as_micros().max(1);
+        let choice = flotilla_proto::inference::infer_parameter::ParameterChoice::Uint64Param(
+            u64::try_from(us).unwrap_or(u64::MAX),
+        );
+        proto.parameters.insert("timeout".into(), InferParameter { parameter_choice: Some(choice) });
+    }
+}
+
+/// A chosen worker for one attempt.
+pub(crate) struct Pick {
+    pub member: Arc<Member>,
+    pub lane: Arc<Lane>,
+}
+
+// === impl Fleet (forwarding) ===
+
+impl Fleet {
+    /// Chooses a worker for `model`/`version` among those not in `tried`.
+    pub(crate) fn pick(&self, model: &str, version: &str, tried: &[String]) -> Result<Pick> {
+        let members = self.members.all();
+        let mut known = false;
+        let mut offers = Vec::new();
+        for m in &members {
+            let r = m.record();
+            let Some(offer) = r.offer(model, version) else {
+                continue;
+            };
+            known = true;
+            if !m.available() || tried.iter().any(|t| *t == m.id) {
+                continue;
+            }
+            let lane = m.lane(model);
+            if lane.stale() {
+                continue;
+            }
+            offers.push((m.clone(), lane, r.capacity_class, offer.capacity_rps, offer.latency_target_ms, offer.instances));
+        }
+        if !known && !version.is_empty() && members.iter().any(|m| m.record().offer(model, "").is_some()) {
+            return Err(Error::not_found(format!("Request for unknown model: '{model}' version {version} is not found")));
+        }
+        if offers.is_empty() {
+            return Err(no_worker(model, known));
+        }
+        // Workers that have not measured their capacity yet stand in at the median of those that have.
+        let mut measured: Vec<f64> = offers.iter().filter_map(|o| o.3).filter(|c| *c > 0.0).collect();
+        measured.sort_by(f64::total_cmp);
+        let stand_in = measured.get(measured.len() / 2).copied();
+        let snapshots: Vec<Snapshot> = offers
+            .iter()
+            .map(|(_, lane, class, capacity, target_ms, instances)| {
+                let capacity = capacity.or(stand_in).unwrap_or(1.0);
+                let target_ns = target_ms * 1e6;
+                // At capacity a worker holds capacity × target requests (Little); twice that is
+                // the most the router keeps outstanding on it before it counts as saturated.
+                let limit = if capacity > 1.0 {
+                    ((capacity * target_ms / 1000.0 * 2.0).ceil() as usize).max(2 * instances.max(&1))
+                } else {
+                    self.settings.default_limit
+                };
+                Snapshot {
+                    class: *class,
+                    latency_ns: lane.peak.estimate_ns(),
+                    base_ns: lane.base.value_ns(),
+                    outstanding: lane.outstanding.load(std::sync::atomic::Ordering::Acquire),
+                    rate: lane.rate.per_second(),
+                    capacity,
+                    target_ns,
+                    limit: limit.max(self.settings.min_limit),
+                }
+            })
+            .collect();
+        match balance::choose(&snapshots, self.settings.policy, fastrand::f64) {
+            Choice::Worker(i) => {
+                let (member, lane, ..) = offers.swap_remove(i);
+                Ok(Pick { member, lane })
+            }
+            Choice::Saturated => {
+                self.metrics.shed.with_label_values(&[model]).inc();
+                Err(Error::exhausted(format!(
+                    "model '{model}': every worker that serves it is at its limit; retry after the Retry-After delay"
+                )))
+            }
+        }
+    }
+
+    /// Sends one attempt and records what it says about the worker.
+    async fn attempt(&self, pick: &Pick, model: &str, proto: ModelInferRequest, deadline: Option<Instant>) -> std::result::Result<InferResponse, Failure> {
+        let _outstanding = Outstanding::enter(&pick.member, &pick.lane);
+        self.metrics.outstanding.with_label_values(&[&pick.member.id]).set(pick.member.outstanding.load(std::sync::atomic::Ordering::Relaxed) as i64);
+        let limit = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()).min(self.settings.attempt_timeout),
+            None => self.settings.attempt_timeout,
+        };
+        let started = Instant::now();
+        let mut client = pick.member.client.clone();
+        let answer = tokio::time::timeout(limit, client.model_infer(proto)).await;
+        let took = started.elapsed();
+        pick.lane.peak.observe(took);
+        self.metrics.attempt_duration.with_label_values(&[&pick.member.id]).observe(took.as_secs_f64());
+        let result = match answer {
+            Ok(Ok(response)) => flotilla_grpc::convert::response_from_proto(response.into_inner()).map_err(|e| Failure {
+                error: e,
+                maybe_ran: true,
+                retryable: false,
+                signal: Signal::Failed,
+            }),
+            Ok(Err(status)) => Err(classify(&pick.member.id, status)),
+            Err(_) => Err(Failure {
+                error: Error::new(
+                    ErrorKind::DeadlineExceeded,
+                    format!("worker '{}' did not answer within {} ms", pick.member.id, limit.as_millis()),
+                ),
+                maybe_ran: true,
+                retryable: deadline.is_none_or(|d| Instant::now() < d),
+                signal: Signal::Failed,
+            }),
+        };
+        match &result {
+            Ok(_) => {
+                pick.lane.base.observe(took);
+                pick.member.success();
+                self.metrics.attempts.with_label_values(&[&pick.member.id, model, "ok"]).inc();
+            }
+            Err(f) => {
+                self.metrics.attempts.with_label_values(&[&pick.member.id, model, f.error.kind.as_str()]).inc();
+                self.health_signal(&pick.member, &pick.lane, f);
+            }
+        }
+        result
+    }
+
+    /// Applies what a failure says about a worker: draining, ejection, a stale model list.
+    fn health_signal(&self, member: &Arc<Member>, lane: &Lane, f: &Failure) {
+        match f.signal {
+            Signal::Fine => member.success(),
+            Signal::Draining => {
+                if member.mark_draining() {
+                    self.members.events.push(&member.id, "draining", "answered DRAINING (in-band notice)");
+                }
+            }
+            Signal::Stale => {
+                *lane.stale_until.lock() = Some(Instant::now() + self.settings.stale_for);
+            }
+            Signal::Connection => self.eject(member, EjectReason::Connection, &f.error.message),
+            Signal::Failed => {
+                if member.failure() >= self.settings.eject_after {
+                    self.eject(member, EjectReason::Failures, &f.error.message);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn eject(&self, member: &Arc<Member>, reason: EjectReason, why: &str) {
+        if member.eject(reason, self.settings.eject_backoff) {
+            self.metrics.ejections.with_label_values(&[reason.as_str()]).inc();
+            self.members.events.push(&member.id, "ejected", format!("{}: {why}", reason.as_str()));
+            self.members.update_gauges();
+        }
+    }
+
+    /// Runs one inference request on the fleet (retries and hedging included).
+    pub(crate) async fn forward(&self, request: InferRequest) -> Result<InferResponse> {
+        let started = Instant::now();
+        let idempotent = protocol::idempotent(&request.parameters)?;
+        let deadline = protocol::deadline(&request.parameters, started)?;
+        protocol::priority(&request.parameters)?;
+        let model = request.model.clone();
+        let version = request.version.clone();
+        let proto = flotilla_grpc::convert::request_to_proto(&request);
+        self.retry_budget.deposit();
+        let hedging = idempotent && self.settings.hedges(&model);
+        if hedging {
+            self.hedge_budget.deposit();
+        }
+        let mut tried: Vec<String> = Vec::new();
+        let mut last: Option<Error> = None;
+        for attempt in 0..self.settings.max_attempts.max(1) {
+            let pick = match self.pick(&model, &version, &tried) {
+                Ok(p) => p,
+                // Nobody left to try: the last worker's answer says most.
+                Err(e) if e.kind == ErrorKind::Unavailable => return Err(last.unwrap_or(e)),
+                Err(e) => return Err(e),
+            };
+            if attempt > 0 && !self.retry_budget.withdraw() {
+                self.metrics.retries_refused.with_label_values(&[&model]).inc();
+                return Err(last.unwrap_or_else(|| Error::unavailable("retry budget spent")));
+            }
+            let mut proto = proto.clone();
+            set_remaining(&mut proto, deadline);
+            let outcome = if hedging && attempt == 0 {
+                self.hedged(pick, &model, &version, proto, deadline, &mut tried).await
+            } else {
+                tried.push(pick.member.id.clone());
+                self.attempt(&pick, &model, proto, deadline).await
+            };
+            let failure = match outcome {
+                Ok(response) => {
+                    self.latency(&model).record(started.elapsed());
+                    return Ok(response);
+                }
+                Err(f) => f,
+            };
+            let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
+            if !failure.retryable || (failure.maybe_ran && !idempotent) || out_of_time {
+                return Err(failure.error);
+            }
+            self.metrics.retries.with_label_values(&[failure.error.kind.as_str()]).inc();
+            last = Some(failure.error);
+        }
+        Err(last.unwrap_or_else(|| no_worker(&model, true)))
+    }
+
+    /// The first attempt, with a second copy on another worker when it has not answered by the
+    /// model's p95 (within the hedge budget). The first success wins; the other is cancelled.
+    async fn hedged(
+        &self,
+        pick: Pick,
+        model: &str,
+        version: &str,
+        proto: ModelInferRequest,
+        deadline: Option<Instant>,
+        tried: &mut Vec<String>,
+    ) -> std::result::Result<InferResponse, Failure> {
+        tried.push(pick.member.id.clone());
+        let Some(delay) = self.latency(model).p95(self.settings.hedge_min_samples) else {
+            return self.attempt(&pick, model, proto, deadline).await;
+        };
+        let first = self.attempt(&pick, model, proto.clone(), deadline);
+        tokio::pin!(first);
+        tokio::select! {
+            r = &mut first => return r,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        let second_pick = match self.pick(model, version, tried) {
+            Ok(p) if self.hedge_budget.withdraw() => p,
+            _ => return first.await,
+        };
+        tried.push(second_pick.member.id.clone());
+        self.metrics.hedges.with_label_values(&[model]).inc();
+        let second = self.attempt(&second_pick, model, proto, deadline);
+        tokio::pin!(second);
+        tokio::select! {
+            r = &mut first => match r {
+                Ok(resp) => Ok(resp),
+                Err(_) => second.await,
+            },
+            r = &mut second => match r {
+                Ok(resp) => {
+                    self.metrics.hedge_wins.with_label_values(&[model]).inc();
+                    Ok(resp)
+                }
+                Err(_) => first.await,
+            },
+        }
+    }
+}
+

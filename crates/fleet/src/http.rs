@@ -1,0 +1,257 @@
+//! The fleet's HTTP endpoints, merged into the REST router of each process.
+//!
+//! Router: `PUT|DELETE /v2/fleet/workers/{id}` (the embedded registry: a worker registers and
+//! refreshes its record, or leaves), `GET /v2/fleet` (the view: workers, their state, load and
+//! capacity, budgets), `GET /v2/fleet/events`, and pass-through of the endpoints that belong to
+//! one worker (Feast's `/get-online-features` and `/push` to a worker with a feature store,
+//! `/v2/models/{m}/drift[/window]` to a worker serving the model).
+//!
+//! Worker: `POST /v2/admin/preempt` (the hook a spot-notice watcher calls) and
+//! `GET /v2/admin/worker` (the record it advertises).
+
+use crate::agent::Agent;
+use crate::members::Applied;
+use crate::nats::Kv;
+use crate::record::WorkerRecord;
+use crate::router::Fleet;
+use axum::body::Body;
+use axum::extract::{Path, Query, RawQuery, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use flotilla_core::Error;
+use flotilla_http::ApiError;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone)]
+struct RouterState {
+    fleet: Arc<Fleet>,
+    /// The NATS registry, when the router uses one: HTTP registrations are mirrored into it.
+    registry: Option<Arc<Kv>>,
+    max_request_bytes: usize,
+}
+
+/// The router's fleet routes.
+pub fn router_routes(fleet: Arc<Fleet>, registry: Option<Arc<Kv>>, max_request_bytes: usize) -> Router {
+    Router::new()
+        .route("/v2/fleet", get(view))
+        .route("/v2/fleet/events", get(events))
+        .route("/v2/fleet/workers/{id}", put(register).delete(deregister))
+        .route("/get-online-features", post(proxy_features))
+        .route("/push", post(proxy_features))
+        .route("/v2/models/{model}/drift", get(proxy_drift))
+        .route("/v2/models/{model}/drift/window", get(proxy_drift))
+        .with_state(RouterState { fleet, registry, max_request_bytes })
+}
+
+async fn register(State(s): State<RouterState>, Path(id): Path<String>, body: axum::body::Bytes) -> Response {
+    let record: WorkerRecord = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return ApiError(Error::invalid(format!("worker record is not valid JSON: {e}"))).into_response(),
+    };
+    if record.id != id {
+        return ApiError(Error::invalid(format!("the record's id '{}' is not the path's '{id}'", record.id)))
+            .into_response();
+    }
+    if let Some(kv) = &s.registry {
+        let (kv, r) = (kv.clone(), record.clone());
+        tokio::spawn(async move {
+            if let Err(e) = kv.put(&r).await {
+                tracing::debug!(error = %e, "registration not mirrored into the registry");
+            }
+        });
+    }
+    match s.fleet.members.apply(record) {
+        Ok(applied) => Json(json!({
+            "applied": matches!(applied, Applied::Joined | Applied::Refreshed),
+            "ttl_ms": s.fleet.members.ttl.as_millis() as u64,
+        }))
+        .into_response(),
+        Err(e) => ApiError(Error::invalid(e)).into_response(),
+    }
+}
+
+async fn deregister(State(s): State<RouterState>, Path(id): Path<String>) -> Response {
+    if let Some(kv) = &s.registry {
+        let _ = kv.delete(&id).await;
+    }
+    s.fleet.members.remove(&id, "left", "deregistered");
+    StatusCode::OK.into_response()
+}
+
+/// The fleet as the router sees it.
+async fn view(State(s): State<RouterState>) -> Json<Value> {
+    let f = &s.fleet;
+    let workers: Vec<Value> = f
+        .members
+        .all()
+        .iter()
+        .map(|m| {
+            let r = m.record();
+            let lanes: Vec<Value> = m
+                .lanes_view()
+                .into_iter()
+                .map(|(model, peak, base, rate, outstanding)| {
+                    json!({
+                        "model": model,
+                        "peak_latency_ms": peak / 1e6,
+                        "latency_ms": base / 1e6,
+                        "rate_rps": rate,
+                        "outstanding": outstanding,
+                    })
+                })
+                .collect();
+            json!({
+                "id": r.id,
+                "state": m.state_label(),
+                "capacity_class": r.capacity_class,
+                "hardware": r.hardware,
+                "http": r.http,
+                "grpc": r.grpc,
+                "models": r.models,
+                "load": r.load,
+                "outstanding": m.outstanding.load(Ordering::Relaxed),
+                "routing": lanes,
+                "features": r.features,
+                "drift": r.drift,
+                "last_seen_ms_ago": m.seen().elapsed().as_millis() as u64,
+            })
+        })
+        .collect();
+    Json(json!({
+        "policy": f.settings.policy.as_str(),
+        "registry_frozen": f.members.frozen(),
+        "ttl_ms": f.members.ttl.as_millis() as u64,
+        "retry_budget": {"percent": f.settings.retry_percent * 100.0, "min_per_sec": f.settings.retry_min_per_sec},
+        "hedging": {"models": f.settings.hedge_models, "percent": f.settings.hedge_percent * 100.0},
+        "workers": workers,
+    }))
+}
+
+#[derive(serde::Deserialize)]
+struct Since {
+    since_ms: Option<f64>,
+}
+
+async fn events(State(s): State<RouterState>, Query(q): Query<Since>) -> Json<Value> {
+    Json(json!({ "events": s.fleet.events().since(q.since_ms) }))
+}
+
+async fn proxy_features(State(s): State<RouterState>, method: Method, uri: axum::http::Uri, headers: HeaderMap, body: Body) -> Response {
+    let target = s.fleet.members.all().into_iter().filter(|m| m.available() && m.record().features).min_by_key(|m| m.outstanding.load(Ordering::Relaxed));
+    let Some(m) = target else {
+        return ApiError(Error::unavailable("no worker with a feature store is in rotation")).into_response();
+    };
+    pass_through(&s, &m.record().http, method, uri.path(), None, headers, body).await
+}
+
+async fn proxy_drift(
+    State(s): State<RouterState>,
+    Path(model): Path<String>,
+    RawQuery(query): RawQuery,
+    method: Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let members = s.fleet.members.all();
+    let target = members
+        .into_iter()
+        .filter(|m| m.available() && m.record().drift && m.record().offer(&model, "").is_some())
+        .min_by_key(|m| m.outstanding.load(Ordering::Relaxed));
+    let Some(m) = target else {
+        let why = match s.fleet.members.all().iter().any(|m| m.record().offer(&model, "").is_some()) {
+            true => Error::unavailable(format!("no worker that serves model '{model}' and monitors drift is in rotation")),
+            false => Error::not_found(format!("Request for unknown model: '{model}' is not found")),
+        };
+        return ApiError(why).into_response();
+    };
+    pass_through(&s, &m.record().http, method, uri.path(), query, headers, Body::empty()).await
+}
+
+/// Sends the request on to `base` as it came (body, type and encodings) and its answer back.
+async fn pass_through(
+    s: &RouterState,
+    base: &str,
+    method: Method,
+    path: &str,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let bytes = match axum::body::to_bytes(body, s.max_request_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError(Error::too_large(format!(
+                "request body exceeds --max-request-bytes ({})",
+                s.max_request_bytes
+            )))
+            .into_response()
+        }
+    };
+    let url = match query {
+        Some(q) => format!("{base}{path}?{q}"),
+        None => format!("{base}{path}"),
+    };
+    let mut request = s.fleet.http.request(method, url).timeout(Duration::from_secs(30)).body(bytes);
+    for h in [header::CONTENT_TYPE, header::CONTENT_ENCODING, header::ACCEPT_ENCODING, header::ACCEPT] {
+        if let Some(v) = headers.get(&h) {
+            request = request.header(h, v);
+        }
+    }
+    let answer = match request.send().await {
+        Ok(a) => a,
+        Err(e) => return ApiError(Error::unavailable(format!("the worker did not answer: {e}"))).into_response(),
+    };
+    let status = answer.status();
+    let mut out = HeaderMap::new();
+    for h in [header::CONTENT_TYPE, header::CONTENT_ENCODING] {
+        if let Some(v) = answer.headers().get(&h) {
+            out.insert(h, v.clone());
+        }
+    }
+    match answer.bytes().await {
+        Ok(b) => (status, out, b).into_response(),
+        Err(e) => ApiError(Error::unavailable(format!("the worker's answer broke off: {e}"))).into_response(),
+    }
+}
+
+/// The worker's admin routes.
+pub fn worker_routes(agent: Arc<Agent>, default_deadline: Duration) -> Router {
+    Router::new()
+        .route("/v2/admin/preempt", post(preempt))
+        .route("/v2/admin/worker", get(worker))
+        .with_state((agent, default_deadline))
+}
+
+/// `POST /v2/admin/preempt {"deadline_ms": N}`: a preemption notice.
+async fn preempt(State((agent, default)): State<(Arc<Agent>, Duration)>, body: axum::body::Bytes) -> Response {
+    let deadline = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        default
+    } else {
+        let v: Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => return ApiError(Error::invalid(format!("malformed JSON body: {e}"))).into_response(),
+        };
+        match v.get("deadline_ms") {
+            None | Some(Value::Null) => default,
+            Some(d) => match d.as_u64().filter(|ms| *ms <= 86_400_000) {
+                Some(ms) => Duration::from_millis(ms),
+                None => {
+                    return ApiError(Error::invalid(
+                        "deadline_ms must be a whole number of milliseconds from 0 to 86400000",
+                    ))
+                    .into_response()
+                }
+            },
+        }
+    };
+    Json(agent.preempt(deadline).await).into_response()
+}
+
+async fn worker(State((agent, _)): State<(Arc<Agent>, Duration)>) -> Json<WorkerRecord> {
+    Json(agent.record())
+}

@@ -1,0 +1,33 @@
+//! # Flotilla's elastic fleet
+//!
+//! `flotilla route` in front of many `flotilla serve --join` workers on guaranteed and
+//! opportunistic capacity of several hardware kinds.
+//!
+//! ## Layout
+//! - [`record`]: what a worker advertises (class, hardware, ready models with measured capacity, load).
+//! - [`load`]: the load signals the router keeps (peak-EWMA and usual latency, request rate, recent latencies).
+//! - [`balance`]: the choice of a worker (capacity-weighted P2C in capacity-class tiers), a pure function.
+//! - [`member`], [`members`]: the router's view of the fleet (health, ejection, expiry).
+//! - [`router`]: [`router::Fleet`], the protocol's operations answered by the fleet; [`forward`]:
+//!   one inference request through it (retry budget, hedging, deadlines).
+//! - [`http`]: the router's fleet endpoints (registration, view, events, pass-through) and the
+//!   worker's admin endpoints (preempt).
+//! - [`nats`]: membership in NATS JetStream KV, for several routers.
+//! - [`agent`]: the worker's side: registration, heartbeats, preemption drain; [`capacity`]:
+//!   the capacity it measures per model.
+//! - [`events`], [`metrics`]: what happened, for operators and the benchmark.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod balance;
+pub mod capacity;
+pub mod events;
+pub mod forward;
+pub mod http;
+pub mod load;
+pub mod member;
+pub mod members;
+pub mod metrics;
+pub mod nats;
+pub mod record;
+pub mod router;

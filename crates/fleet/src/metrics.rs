@@ -1,0 +1,116 @@
+//! The router's fleet metrics, registered beside the protocol metrics (`flotilla_fleet_*`).
+
+use flotilla_core::metrics::{counter, float_gauge, gauge, histogram};
+use flotilla_core::metrics::LATENCY_BUCKETS;
+use prometheus::{GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Registry};
+
+#[derive(Clone)]
+pub struct FleetMetrics {
+    /// Attempts sent to workers by worker, model and outcome (`ok`, or the error kind).
+    pub attempts: IntCounterVec,
+    /// Router-side latency of one attempt, by worker.
+    pub attempt_duration: HistogramVec,
+    /// Retries by reason (the failed attempt's kind).
+    pub retries: IntCounterVec,
+    /// Retries refused because the budget was spent.
+    pub retries_refused: IntCounterVec,
+    /// Hedged copies sent, and how many answered first.
+    pub hedges: IntCounterVec,
+    pub hedge_wins: IntCounterVec,
+    /// Requests the router shed because every eligible worker was saturated (429).
+    pub shed: IntCounterVec,
+    /// Workers taken out of rotation, by reason (`connection`, `failures`, `probe`).
+    pub ejections: IntCounterVec,
+    /// Members by capacity class and state.
+    pub workers: IntGaugeVec,
+    /// Requests outstanding on each worker.
+    pub outstanding: IntGaugeVec,
+    /// Capacity a worker advertised for a model, requests/s.
+    pub capacity: GaugeVec,
+    /// Preemption notice to drained, as workers report it, seconds.
+    pub drain_seconds: Histogram,
+}
+
+impl FleetMetrics {
+    pub fn new(registry: &Registry) -> Self {
+        let m = Self {
+            attempts: counter(
+                "flotilla_fleet_attempts_total",
+                "Requests the router sent to workers, by worker, model and outcome.",
+                &["worker", "model", "outcome"],
+            ),
+            attempt_duration: histogram(
+                "flotilla_fleet_attempt_duration_seconds",
+                "Duration of one attempt on a worker as the router sees it, seconds.",
+                &["worker"],
+            ),
+            retries: counter(
+                "flotilla_fleet_retries_total",
+                "Requests retried on another worker, by the failed attempt's reason.",
+                &["reason"],
+            ),
+            retries_refused: counter(
+                "flotilla_fleet_retries_refused_total",
+                "Retries not made because the retry budget was spent.",
+                &["model"],
+            ),
+            hedges: counter("flotilla_fleet_hedges_total", "Hedged copies sent to a second worker.", &["model"]),
+            hedge_wins: counter(
+                "flotilla_fleet_hedge_wins_total",
+                "Hedged copies that answered before the first attempt.",
+                &["model"],
+            ),
+            shed: counter(
+                "flotilla_fleet_shed_total",
+                "Requests answered 429 by the router because every eligible worker was saturated.",
+                &["model"],
+            ),
+            ejections: counter(
+                "flotilla_fleet_ejections_total",
+                "Workers taken out of rotation, by reason.",
+                &["reason"],
+            ),
+            workers: gauge(
+                "flotilla_fleet_workers",
+                "Workers the router knows, by capacity class and state.",
+                &["class", "state"],
+            ),
+            outstanding: gauge(
+                "flotilla_fleet_worker_outstanding",
+                "Requests outstanding on the worker, sent by this router.",
+                &["worker"],
+            ),
+            capacity: float_gauge(
+                "flotilla_fleet_worker_capacity_rps",
+                "Requests/s the worker measured it sustains for the model within its latency target.",
+                &["worker", "model"],
+            ),
+            drain_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "flotilla_fleet_drain_seconds",
+                    "Preemption notice to drained (no request left), as workers report it, seconds.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("static histogram definition is valid"),
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.attempts.clone()),
+            Box::new(m.attempt_duration.clone()),
+            Box::new(m.retries.clone()),
+            Box::new(m.retries_refused.clone()),
+            Box::new(m.hedges.clone()),
+            Box::new(m.hedge_wins.clone()),
+            Box::new(m.shed.clone()),
+            Box::new(m.ejections.clone()),
+            Box::new(m.workers.clone()),
+            Box::new(m.outstanding.clone()),
+            Box::new(m.capacity.clone()),
+            Box::new(m.drain_seconds.clone()),
+        ];
+        for c in collectors {
+            registry.register(c).expect("fleet metric names are unique");
+        }
+        m
+    }
+}

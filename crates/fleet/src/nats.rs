@@ -1,0 +1,194 @@
+//! Membership in NATS JetStream KV, for several routers: workers put their record under
+//! `workers.<id>` every heartbeat; routers watch the bucket. An existing system (watch,
+//! compare-and-set, TTL), not a home-made consensus.
+//!
+//! The router expires a worker by its own clock (no refresh within the TTL); the bucket's
+//! `max_age` only clears entries nobody refreshed for long. While NATS is unreachable, routers
+//! freeze expiry and keep routing on their last-known view.
+
+use crate::members::Members;
+use crate::record::WorkerRecord;
+use async_nats::jetstream::kv::{Config, Operation, Store};
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Default bucket of the fleet's membership.
+pub const DEFAULT_BUCKET: &str = "flotilla-fleet";
+
+/// Key of a worker's record.
+pub fn key(id: &str) -> String {
+    format!("workers.{id}")
+}
+
+/// A lazily connected KV bucket that reconnects (and re-creates the bucket) after failures.
+pub struct Kv {
+    url: String,
+    bucket: String,
+    client: tokio::sync::Mutex<Option<async_nats::Client>>,
+    store: tokio::sync::Mutex<Option<Store>>,
+}
+
+impl Kv {
+    pub fn new(url: &str, bucket: &str) -> Self {
+        Self {
+            url: url.to_string(),
+            bucket: bucket.to_string(),
+            client: tokio::sync::Mutex::new(None),
+            store: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The bucket, connecting and creating it when needed.
+    pub async fn store(&self) -> Result<Store, String> {
+        if let Some(s) = self.store.lock().await.clone() {
+            return Ok(s);
+        }
+        let client = {
+            let mut c = self.client.lock().await;
+            match c.clone() {
+                Some(client) => client,
+                None => {
+                    let address = self.url.trim_start_matches("nats://").to_string();
+                    let connect = async_nats::ConnectOptions::new()
+                        .connection_timeout(Duration::from_secs(2))
+                        .connect(address.as_str());
+                    let client = tokio::time::timeout(Duration::from_secs(3), connect)
+                        .await
+                        .map_err(|_| format!("NATS at {}: no connection within 3 s", self.url))?
+                        .map_err(|e| format!("NATS at {}: {e}", self.url))?;
+                    *c = Some(client.clone());
+                    client
+                }
+            }
+        };
+        let js = async_nats::jetstream::new(client);
+        let config = Config {
+            bucket: self.bucket.clone(),
+            description: "Flotilla fleet membership (one record per worker)".into(),
+            history: 1,
+            max_age: Duration::from_secs(300),
+            ..Default::default()
+        };
+        let store = match tokio::time::timeout(Duration::from_secs(3), js.create_key_value(config)).await {
+            Ok(Ok(s)) => s,
+            // Made by another process with other settings: use it as it is.
+            _ => tokio::time::timeout(Duration::from_secs(3), js.get_key_value(&self.bucket))
+                .await
+                .map_err(|_| format!("NATS bucket '{}': no answer within 3 s", self.bucket))?
+                .map_err(|e| format!("NATS bucket '{}': {e}", self.bucket))?,
+        };
+        *self.store.lock().await = Some(store.clone());
+        Ok(store)
+    }
+
+    /// Forgets the bucket handle, so the next call re-creates it (after a NATS restart).
+    pub async fn reset(&self) {
+        *self.store.lock().await = None;
+    }
+
+    /// Whether the client is connected now.
+    pub async fn connected(&self) -> bool {
+        self.client
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected)
+    }
+
+    pub async fn put(&self, record: &WorkerRecord) -> Result<(), String> {
+        let store = self.store().await?;
+        let body = serde_json::to_vec(record).map_err(|e| e.to_string())?;
+        match tokio::time::timeout(Duration::from_secs(2), store.put(key(&record.id), body.into())).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                self.reset().await;
+                Err(format!("NATS put: {e}"))
+            }
+            Err(_) => {
+                self.reset().await;
+                Err("NATS put: no answer within 2 s".into())
+            }
+        }
+    }
+
+    pub async fn delete(&self, id: &str) -> Result<(), String> {
+        let store = self.store().await?;
+        tokio::time::timeout(Duration::from_secs(2), store.delete(key(id)))
+            .await
+            .map_err(|_| "NATS delete: no answer within 2 s".to_string())?
+            .map_err(|e| format!("NATS delete: {e}"))
+    }
+}
+
+/// Keeps `members` in step with the bucket until the task is dropped: initial values, then
+/// every put and delete. While the bucket cannot be watched, the view is frozen (kept).
+pub fn spawn_watch(kv: Arc<Kv>, members: Arc<Members>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut warned = false;
+        loop {
+            let watch = match kv.store().await {
+                Ok(store) => store.watch_all().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            let mut watch = match watch {
+                Ok(w) => w,
+                Err(e) => {
+                    members.set_frozen(true);
+                    if !warned {
+                        tracing::warn!(registry = kv.url(), error = %e, "cannot watch the fleet registry; retrying");
+                        warned = true;
+                    }
+                    kv.reset().await;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            warned = false;
+            members.set_frozen(false);
+            tracing::info!(registry = kv.url(), "watching the fleet registry");
+            loop {
+                tokio::select! {
+                    entry = watch.next() => match entry {
+                        Some(Ok(e)) => apply(&members, e.key.as_str(), e.operation, &e.value),
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "fleet registry watch failed");
+                            break;
+                        }
+                        None => break,
+                    },
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                        if !kv.connected().await {
+                            break;
+                        }
+                    }
+                }
+            }
+            members.set_frozen(true);
+            kv.reset().await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+fn apply(members: &Members, key: &str, op: Operation, value: &[u8]) {
+    let Some(id) = key.strip_prefix("workers.") else {
+        return;
+    };
+    match op {
+        Operation::Put => match serde_json::from_slice::<WorkerRecord>(value) {
+            Ok(record) if record.id == id => {
+                if let Err(e) = members.apply(record) {
+                    tracing::warn!(worker = id, error = %e, "registry entry refused");
+                }
+            }
+            Ok(_) => tracing::warn!(worker = id, "registry entry names another worker; ignored"),
+            Err(e) => tracing::warn!(worker = id, error = %e, "registry entry is not a worker record; ignored"),
+        },
+        Operation::Delete | Operation::Purge => members.remove(id, "left", "deleted from the registry"),
+    }
+}
