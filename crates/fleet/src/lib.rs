@@ -12,6 +12,7 @@
 //!   one inference request through it (retry budget, hedging, deadlines).
 //! - [`http`]: the router's fleet endpoints (registration, view, events, pass-through) and the
 //!   worker's admin endpoints (preempt).
+//! - [`feast`]: Feast's gRPC serving API on the router, forwarded to a worker with a feature store.
 //! - [`nats`]: membership in NATS JetStream KV, for several routers.
 //! - [`agent`]: the worker's side: registration, heartbeats, preemption drain; [`capacity`]:
 //!   the capacity it measures per model.
@@ -22,6 +23,7 @@ pub mod agent;
 pub mod balance;
 pub mod capacity;
 pub mod events;
+pub mod feast;
 pub mod forward;
 pub mod http;
 pub mod load;

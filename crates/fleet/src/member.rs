@@ -76,6 +76,8 @@ pub struct Member {
     record: ArcSwap<WorkerRecord>,
     seen: Mutex<Instant>,
     pub client: GrpcInferenceServiceClient<Channel>,
+    /// The channel `client` uses (other services of the worker ride on it too).
+    pub channel: Channel,
     health: Mutex<Health>,
     lanes: RwLock<HashMap<String, Arc<Lane>>>,
     /// Requests outstanding on it (every model).
@@ -97,7 +99,8 @@ impl Member {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
-        let client = GrpcInferenceServiceClient::new(endpoint.connect_lazy())
+        let channel = endpoint.connect_lazy();
+        let client = GrpcInferenceServiceClient::new(channel.clone())
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
         Ok(Self {
@@ -105,6 +108,7 @@ impl Member {
             record: ArcSwap::from_pointee(record),
             seen: Mutex::new(Instant::now()),
             client,
+            channel,
             health: Mutex::new(Health::default()),
             lanes: RwLock::new(HashMap::new()),
             outstanding: AtomicUsize::new(0),

@@ -17,6 +17,9 @@ pub struct Cli {
 pub enum Command {
     /// Serve a model repository over HTTP (KServe v2 REST), gRPC and Prometheus metrics.
     Serve(ServeConfig),
+    /// Route requests over a fleet of `serve --join` workers: the same protocol as one worker,
+    /// no models of its own.
+    Route(RouteConfig),
     /// The feature store: ingest batch files, consume streams, build training sets.
     #[command(subcommand)]
     Features(FeaturesCommand),
@@ -269,9 +272,11 @@ pub struct ServeConfig {
     #[arg(long, env = "FLOTILLA_FEATURE_REPO")]
     pub feature_repo: Option<PathBuf>,
 
-    /// Online store: `embedded:PATH` (a redb file) or `redis://HOST:PORT[/DB]`.
-    #[arg(long, env = "FLOTILLA_ONLINE_STORE", default_value = DEFAULT_ONLINE_STORE)]
-    pub online_store: StoreLocation,
+    /// Online store: `embedded:PATH` (a redb file, one process's) or `redis://HOST:PORT[/DB]`
+    /// (shared by workers). Default: embedded:.flotilla/online.redb, or, for a fleet worker
+    /// (--join), embedded:.flotilla/workers/<worker id>/online.redb.
+    #[arg(long, env = "FLOTILLA_ONLINE_STORE")]
+    pub online_store: Option<StoreLocation>,
 
     /// Consume the streams the feature views declare while serving.
     #[arg(long, env = "FLOTILLA_CONSUME_STREAMS", default_value_t = true, action = ArgAction::Set)]
@@ -282,9 +287,10 @@ pub struct ServeConfig {
     #[arg(long, env = "FLOTILLA_DRIFT_MONITORING", default_value_t = true, action = ArgAction::Set)]
     pub drift_monitoring: bool,
 
-    /// Where drift windows and alert states are kept across restarts (`<dir>/<model>.json`); `none` = not kept.
-    #[arg(long, env = "FLOTILLA_DRIFT_STATE_DIR", default_value = ".flotilla/drift")]
-    pub drift_state_dir: PathBuf,
+    /// Where drift windows and alert states are kept across restarts (`<dir>/<model>.json`); `none` =
+    /// not kept. Default: .flotilla/drift, or .flotilla/workers/<worker id>/drift for a fleet worker.
+    #[arg(long, env = "FLOTILLA_DRIFT_STATE_DIR")]
+    pub drift_state_dir: Option<PathBuf>,
 
     /// CPU the drift monitor may use, as a share of one core (0.02 = 2%); above it, it observes
     /// one request in N (counted as skipped, reason "sampled"). 0 = no limit.
@@ -295,9 +301,193 @@ pub struct ServeConfig {
     /// Unset: ORT_DYLIB_PATH, else the onnxruntime Python wheel in $VIRTUAL_ENV or ./.venv, else tract (with a warning).
     #[arg(long, env = "FLOTILLA_ONNXRUNTIME_LIB")]
     pub onnxruntime_lib: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub fleet: WorkerArgs,
+}
+
+/// A worker's place in a fleet (`flotilla serve --join ...`).
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// Join a fleet: routers' HTTP addresses (e.g. http://127.0.0.1:8000) and/or a NATS registry
+    /// (nats://127.0.0.1:4222), comma-separated. The worker registers, refreshes its
+    /// registration every --heartbeat-ms, and drains on SIGTERM or POST /v2/admin/preempt.
+    #[arg(long, env = "FLOTILLA_JOIN", value_delimiter = ',')]
+    pub join: Vec<String>,
+
+    /// This worker's id in the fleet. Default: <hostname>-<HTTP port>.
+    #[arg(long, env = "FLOTILLA_WORKER_ID")]
+    pub worker_id: Option<String>,
+
+    /// guaranteed (on-demand, reserved: stays) or opportunistic (spot, preemptible, borrowed).
+    #[arg(long, env = "FLOTILLA_CAPACITY_CLASS", value_enum, default_value_t = CapacityClassArg::Guaranteed)]
+    pub capacity_class: CapacityClassArg,
+
+    /// Hardware kind, free text (cpu-2c, h100, l4, ...). Default: cpu-<CPUs this process may use>c.
+    #[arg(long, env = "FLOTILLA_HARDWARE")]
+    pub hardware: Option<String>,
+
+    /// The host routers reach this worker at. Default: --host, or when that is 0.0.0.0 / ::, the
+    /// local address on the route to the first --join address.
+    #[arg(long, env = "FLOTILLA_ADVERTISE_HOST")]
+    pub advertise_host: Option<String>,
+
+    /// How often the registration is refreshed, milliseconds.
+    #[arg(long, env = "FLOTILLA_HEARTBEAT_MS", default_value_t = 1000)]
+    pub heartbeat_ms: u64,
+
+    /// Latency target a model's capacity is measured against, milliseconds (a model's config.pbtxt
+    /// parameter latency_target_ms overrides it).
+    #[arg(long, env = "FLOTILLA_LATENCY_TARGET_MS", default_value_t = 100.0)]
+    pub latency_target_ms: f64,
+
+    /// Deadline of a POST /v2/admin/preempt that names none, milliseconds.
+    #[arg(long, env = "FLOTILLA_PREEMPT_DEADLINE_MS", default_value_t = 30_000)]
+    pub preempt_deadline_ms: u64,
+
+    /// NATS JetStream KV bucket holding the fleet's membership.
+    #[arg(long, env = "FLOTILLA_REGISTRY_BUCKET", default_value = flotilla_fleet::nats::DEFAULT_BUCKET)]
+    pub registry_bucket: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CapacityClassArg {
+    Guaranteed,
+    Opportunistic,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PolicyArg {
+    /// Opportunistic workers first, up to their measured capacity within the latency target;
+    /// guaranteed workers take the rest.
+    ElasticFirst,
+    /// Every worker by its capacity-weighted load, whatever its class.
+    Balanced,
+    /// Guaranteed workers first (the baseline elastic-first is measured against).
+    GuaranteedFirst,
+}
+
+/// Settings of `flotilla route`.
+#[derive(Debug, Clone, Args)]
+pub struct RouteConfig {
+    /// Address to listen on.
+    #[arg(long, env = "FLOTILLA_HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+
+    /// HTTP port: the KServe v2 REST API (as a worker's), the fleet view and worker registration.
+    #[arg(long, env = "FLOTILLA_HTTP_PORT", default_value_t = 8000)]
+    pub http_port: u16,
+
+    /// gRPC port for inference.GRPCInferenceService, health and reflection (0 = any free port).
+    #[arg(long, env = "FLOTILLA_GRPC_PORT", default_value_t = 8001)]
+    pub grpc_port: u16,
+
+    /// Port for Prometheus metrics at /metrics (0 = disabled).
+    #[arg(long, env = "FLOTILLA_METRICS_PORT", default_value_t = 8002)]
+    pub metrics_port: u16,
+
+    /// Fleet membership: `embedded` (workers register with this router) or a NATS JetStream KV
+    /// registry `nats://HOST:PORT` shared by several routers.
+    #[arg(long, env = "FLOTILLA_REGISTRY", default_value = "embedded")]
+    pub registry: String,
+
+    /// NATS JetStream KV bucket holding the fleet's membership.
+    #[arg(long, env = "FLOTILLA_REGISTRY_BUCKET", default_value = flotilla_fleet::nats::DEFAULT_BUCKET)]
+    pub registry_bucket: String,
+
+    /// A worker that has not refreshed its registration for this long leaves the view, milliseconds.
+    #[arg(long, env = "FLOTILLA_WORKER_TTL_MS", default_value_t = 3000)]
+    pub worker_ttl_ms: u64,
+
+    /// How traffic spreads over capacity classes.
+    #[arg(long, env = "FLOTILLA_POLICY", value_enum, default_value_t = PolicyArg::ElasticFirst)]
+    pub policy: PolicyArg,
+
+    /// Attempts per request, the first included (retries go to a different worker).
+    #[arg(long, env = "FLOTILLA_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: usize,
+
+    /// Retry budget: retries may add this percentage of requests...
+    #[arg(long, env = "FLOTILLA_RETRY_BUDGET_PERCENT", default_value_t = 20.0)]
+    pub retry_budget_percent: f32,
+
+    /// ... plus this many retries a second.
+    #[arg(long, env = "FLOTILLA_RETRY_MIN_PER_SEC", default_value_t = 3)]
+    pub retry_min_per_sec: u32,
+
+    /// Longest wait for one attempt on a worker when the request has no deadline, milliseconds.
+    #[arg(long, env = "FLOTILLA_ATTEMPT_TIMEOUT_MS", default_value_t = 30_000)]
+    pub attempt_timeout_ms: u64,
+
+    /// Hedge this model's requests: a second copy to another worker after the model's p95
+    /// (repeatable; `*` = every model). Off by default.
+    #[arg(long = "hedge", env = "FLOTILLA_HEDGE", value_delimiter = ',')]
+    pub hedge: Vec<String>,
+
+    /// Hedged copies may add at most this percentage of requests.
+    #[arg(long, env = "FLOTILLA_HEDGE_BUDGET_PERCENT", default_value_t = 5.0)]
+    pub hedge_budget_percent: f32,
+
+    /// Failures or timeouts in a row that take a worker out of rotation.
+    #[arg(long, env = "FLOTILLA_EJECT_AFTER", default_value_t = 5)]
+    pub eject_after: u32,
+
+    /// First backoff of a worker ejected for failures, milliseconds (doubles each time, up to 32x).
+    #[arg(long, env = "FLOTILLA_EJECT_BACKOFF_MS", default_value_t = 1000)]
+    pub eject_backoff_ms: u64,
+
+    /// How often each worker is probed, milliseconds.
+    #[arg(long, env = "FLOTILLA_PROBE_INTERVAL_MS", default_value_t = 100)]
+    pub probe_interval_ms: u64,
+
+    /// On SIGTERM/SIGINT: stop accepting, let in-flight requests finish for up to this many seconds, then exit.
+    #[arg(long, env = "FLOTILLA_EXIT_TIMEOUT_SECS", default_value_t = 30)]
+    pub exit_timeout_secs: u64,
+
+    /// Log line format.
+    #[arg(long, env = "FLOTILLA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter: a level or tracing directives.
+    #[arg(long, env = "FLOTILLA_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Largest accepted request body in bytes, before and after decompression (413 above it).
+    #[arg(long, env = "FLOTILLA_MAX_REQUEST_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_request_bytes: usize,
+
+    /// Server name reported by server metadata ("triton": Triton's clients check for it).
+    #[arg(long, env = "FLOTILLA_SERVER_NAME", default_value = "triton")]
+    pub server_name: String,
+}
+
+impl RouteConfig {
+    /// Defaults as `flotilla route` with no flags, for tests and embedding.
+    pub fn defaults() -> Self {
+        let cli = Cli::parse_from(["flotilla", "route"]);
+        let Command::Route(c) = cli.command else { unreachable!("parsed a route command") };
+        c
+    }
 }
 
 impl ServeConfig {
+    /// Whether this worker joins a fleet.
+    pub fn joins(&self) -> bool {
+        !self.fleet.join.is_empty()
+    }
+
+    /// The online store: the one given, else the default embedded file.
+    pub fn online_store(&self) -> StoreLocation {
+        self.online_store.clone().unwrap_or_else(|| {
+            DEFAULT_ONLINE_STORE.parse().unwrap_or_else(|_| unreachable!("the default store location parses"))
+        })
+    }
+
+    /// Where drift state is kept: the folder given, else `.flotilla/drift`.
+    pub fn drift_state_dir(&self) -> PathBuf {
+        self.drift_state_dir.clone().unwrap_or_else(|| PathBuf::from(".flotilla/drift"))
+    }
+
     /// Defaults as `flotilla serve` with no flags, for tests and embedding.
     pub fn with_repository(path: impl Into<PathBuf>) -> Self {
         let cli = Cli::parse_from(["flotilla", "serve"]);

@@ -18,6 +18,9 @@
 pub mod config;
 pub mod features_cli;
 pub mod profile_cli;
+pub mod route;
+pub mod test_backend;
+pub mod worker;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
@@ -32,7 +35,7 @@ use flotilla_drift::monitor::{Folding, Monitor};
 use flotilla_features::enrich::Enrichment;
 use flotilla_features::FeatureStore;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -48,14 +51,19 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the ports `config` names; metrics port 0 disables metrics.
     pub async fn bind(config: &ServeConfig) -> anyhow::Result<Self> {
+        Self::bind_on(config.host, config.http_port, config.grpc_port, config.metrics_port).await
+    }
+
+    /// Binds HTTP, gRPC and (unless 0) metrics ports on `host`.
+    pub async fn bind_on(host: IpAddr, http: u16, grpc: u16, metrics: u16) -> anyhow::Result<Self> {
         let bind = |port: u16| async move {
-            let addr = SocketAddr::new(config.host, port);
+            let addr = SocketAddr::new(host, port);
             TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))
         };
         Ok(Self {
-            http: bind(config.http_port).await?,
-            grpc: bind(config.grpc_port).await?,
-            metrics: match config.metrics_port {
+            http: bind(http).await?,
+            grpc: bind(grpc).await?,
+            metrics: match metrics {
                 0 => None,
                 p => Some(bind(p).await?),
             },
@@ -69,6 +77,9 @@ impl Listeners {
 /// `instances` is the engine instance count of models without instance_group.
 pub fn backends(config: &ServeConfig, instances: usize) -> anyhow::Result<Vec<Arc<dyn Backend>>> {
     let mut backends: Vec<Arc<dyn Backend>> = vec![Arc::new(flotilla_trees::TreeBackend)];
+    if test_backend::enabled() {
+        backends.push(Arc::new(test_backend::DelayBackend));
+    }
     if let Some(runtime) = flotilla_ort::library::init(config.onnxruntime_lib.as_deref())? {
         tracing::info!(
             library = %runtime.path().display(),
@@ -102,12 +113,13 @@ pub async fn open_features(config: &ServeConfig, metrics: &Metrics) -> anyhow::R
     let Some(repo) = feature_repo(config) else {
         return Ok(None);
     };
-    let store = FeatureStore::open(&repo, &config.online_store, &metrics.registry)
+    let location = config.online_store();
+    let store = FeatureStore::open(&repo, &location, &metrics.registry)
         .await
-        .with_context(|| format!("feature store ({}, {})", repo.display(), config.online_store))?;
+        .with_context(|| format!("feature store ({}, {location})", repo.display()))?;
     tracing::info!(
         repository = %repo.display(),
-        online_store = %config.online_store,
+        online_store = %location,
         views = store.registry.views.len(),
         "feature store open"
     );
@@ -119,7 +131,7 @@ pub async fn open_features(config: &ServeConfig, metrics: &Metrics) -> anyhow::R
 pub async fn build_service(config: &ServeConfig) -> anyhow::Result<Built> {
     let metrics = Metrics::new();
     let features = open_features(config, &metrics).await?;
-    let drift_state = Some(config.drift_state_dir.clone()).filter(|d| d.as_os_str() != "none");
+    let drift_state = Some(config.drift_state_dir()).filter(|d| d.as_os_str() != "none");
     let drift = config
         .drift_monitoring
         .then(|| Monitor::new(config.model_repository.clone(), drift_state, &metrics.registry, Folding::IdleThread));
@@ -182,66 +194,38 @@ pub struct Built {
 
 /// Runs the server until `shutdown` completes, then drains: readiness turns
 /// false, listeners stop accepting, in-flight requests finish (up to
-/// `--exit-timeout-secs`).
-pub async fn run(config: ServeConfig, listeners: Listeners, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// `--exit-timeout-secs`). A fleet worker (`--join`) first drains as on a preemption notice:
+/// its routers stop sending at once, and it leaves the fleet when nothing is left.
+pub async fn run(mut config: ServeConfig, listeners: Listeners, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let mut agent_settings = worker::prepare(&mut config, &listeners)?;
     let Built { service, features, drift } = build_service(&config).await?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
+    agent_settings.features = features.is_some();
+    agent_settings.drift = drift.is_some();
+    let agent = flotilla_fleet::agent::Agent::new(agent_settings, service.clone());
+    let hook_agent = agent.clone();
+    service.repository.add_change_hook(move |_, _, _| hook_agent.changed());
+    let (stop_tx, _) = watch::channel(false);
 
     tracing::info!(
         http = %listeners.http.local_addr()?,
         grpc = %listeners.grpc.local_addr()?,
         metrics = %listeners.metrics.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()).unwrap_or_else(|| "disabled".into()),
         repository = %config.model_repository.display(),
+        worker = agent.id(),
         "listening"
     );
 
-    let mut tasks = tokio::task::JoinSet::new();
+    let extra = flotilla_fleet::http::worker_routes(agent.clone(), Duration::from_millis(config.fleet.preempt_deadline_ms));
     let http_router = flotilla_http::router(
         service.clone(),
-        flotilla_http::HttpOptions {
-            max_request_bytes: config.max_request_bytes,
-            features: features.clone(),
-            drift: drift.clone(),
-        },
-        axum::Router::new(),
+        flotilla_http::HttpOptions { max_request_bytes: config.max_request_bytes, features: features.clone(), drift: drift.clone() },
+        extra,
     );
-    // No Nagle delay on small responses (headers and body may leave in separate writes).
-    let http_listener = listeners.http.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let http = axum::serve(http_listener, http_router).with_graceful_shutdown(stopped());
-    tasks.spawn(async move { http.await.context("HTTP server") });
-
     let grpc_parts = flotilla_grpc::build(service.clone(), config.max_request_bytes, features.clone())
         .await
         .map_err(anyhow::Error::msg)?;
     let health = grpc_parts.health.clone();
-    // Server::tcp_nodelay only applies to sockets tonic binds itself; set it on ours.
-    let incoming = tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
-    let grpc = tonic::transport::Server::builder()
-        .layer(flotilla_grpc::MetricsLayer::new(service.metrics.clone()))
-        .add_routes(grpc_parts.routes)
-        .serve_with_incoming_shutdown(incoming, stopped());
-    tasks.spawn(async move { grpc.await.context("gRPC server") });
-
-    if let Some(listener) = listeners.metrics {
-        let m = service.metrics.clone();
-        let router = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let m = m.clone();
-                async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
-            }),
-        );
-        let server = axum::serve(listener, router).with_graceful_shutdown(stopped());
-        tasks.spawn(async move { server.await.context("metrics server") });
-    }
+    let mut tasks = spawn_listeners(listeners, http_router, grpc_parts.routes, service.metrics.clone(), &stop_tx);
 
     if let Some(monitor) = drift.clone() {
         let (stop, budget) = (stop_tx.subscribe(), config.drift_cpu_budget);
@@ -277,6 +261,10 @@ pub async fn run(config: ServeConfig, listeners: Listeners, shutdown: impl Futur
         });
     }
 
+    // Heartbeats stop only after the fleet drain below, so the routers hear "drained".
+    let (agent_stop, agent_stop_rx) = watch::channel(false);
+    let heartbeats = agent.spawn(agent_stop_rx);
+
     tokio::select! {
         _ = shutdown => tracing::info!("shutdown requested; draining"),
         Some(result) = tasks.join_next() => {
@@ -284,9 +272,70 @@ pub async fn run(config: ServeConfig, listeners: Listeners, shutdown: impl Futur
             anyhow::bail!("a listener stopped unexpectedly");
         }
     }
+    let exit_timeout = Duration::from_secs(config.exit_timeout_secs);
+    if config.joins() {
+        agent.preempt(exit_timeout).await;
+        if !agent.wait_drained(exit_timeout).await {
+            tracing::warn!(timeout_secs = config.exit_timeout_secs, "exit timeout reached before the worker drained");
+        }
+        agent.leave().await;
+    }
+    let _ = agent_stop.send(true);
+    let _ = heartbeats.await;
     service.start_draining();
     flotilla_grpc::set_not_serving(&health).await;
     let _ = stop_tx.send(true);
+    drain_tasks(tasks, exit_timeout).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Serves HTTP, gRPC and (when bound) metrics until `stop` turns true; one task each.
+pub fn spawn_listeners(
+    listeners: Listeners,
+    http_router: axum::Router,
+    grpc_routes: tonic::service::Routes,
+    metrics: Metrics,
+    stop: &watch::Sender<bool>,
+) -> tokio::task::JoinSet<anyhow::Result<()>> {
+    let stopped = || {
+        let mut rx = stop.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    // No Nagle delay on small responses (headers and body may leave in separate writes).
+    let http_listener = listeners.http.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let http = axum::serve(http_listener, http_router).with_graceful_shutdown(stopped());
+    tasks.spawn(async move { http.await.context("HTTP server") });
+
+    // Server::tcp_nodelay only applies to sockets tonic binds itself; set it on ours.
+    let incoming = tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
+    let grpc = tonic::transport::Server::builder()
+        .layer(flotilla_grpc::MetricsLayer::new(metrics.clone()))
+        .add_routes(grpc_routes)
+        .serve_with_incoming_shutdown(incoming, stopped());
+    tasks.spawn(async move { grpc.await.context("gRPC server") });
+
+    if let Some(listener) = listeners.metrics {
+        let router = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = metrics.clone();
+                async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
+            }),
+        );
+        let server = axum::serve(listener, router).with_graceful_shutdown(stopped());
+        tasks.spawn(async move { server.await.context("metrics server") });
+    }
+    tasks
+}
+
+/// Waits for the server tasks to end, at most `limit`.
+pub async fn drain_tasks(mut tasks: tokio::task::JoinSet<anyhow::Result<()>>, limit: Duration) {
     let drain = async {
         while let Some(result) = tasks.join_next().await {
             if let Err(e) = result.context("server task panicked").and_then(|r| r) {
@@ -294,9 +343,7 @@ pub async fn run(config: ServeConfig, listeners: Listeners, shutdown: impl Futur
             }
         }
     };
-    if tokio::time::timeout(Duration::from_secs(config.exit_timeout_secs), drain).await.is_err() {
-        tracing::warn!(timeout_secs = config.exit_timeout_secs, "exit timeout reached with requests still in flight");
+    if tokio::time::timeout(limit, drain).await.is_err() {
+        tracing::warn!(timeout_secs = limit.as_secs(), "exit timeout reached with requests still in flight");
     }
-    tracing::info!("stopped");
-    Ok(())
 }

@@ -2,15 +2,15 @@
 
 use anyhow::Context;
 use clap::Parser;
-use flotilla::config::{Cli, Command, LogFormat, ServeConfig};
+use flotilla::config::{Cli, Command, LogFormat};
 use flotilla::{run, Listeners};
 use tracing_subscriber::EnvFilter;
 
-fn init_tracing(config: &ServeConfig) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(&config.log_level)
-        .with_context(|| format!("--log-level {:?} is not a level or filter directive", config.log_level))?;
+fn init_tracing(level: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter =
+        EnvFilter::try_new(level).with_context(|| format!("--log-level {level:?} is not a level or filter directive"))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match config.log_format {
+    match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
@@ -53,9 +53,15 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(config) => {
-            init_tracing(&config)?;
+            init_tracing(&config.log_level, config.log_format)?;
             let listeners = Listeners::bind(&config).await?;
             run(config, listeners, shutdown_signal()).await
+        }
+        Command::Route(config) => {
+            init_tracing(&config.log_level, config.log_format)?;
+            let listeners =
+                Listeners::bind_on(config.host, config.http_port, config.grpc_port, config.metrics_port).await?;
+            flotilla::route::route(config, listeners, shutdown_signal()).await
         }
         Command::Features(command) => {
             let filter = EnvFilter::try_from_env("FLOTILLA_LOG_LEVEL").unwrap_or_else(|_| EnvFilter::new("info"));

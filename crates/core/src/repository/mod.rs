@@ -71,7 +71,7 @@ pub struct Repository {
     status: Mutex<BTreeMap<String, Status>>,
     /// Loads and unloads happen one at a time.
     load_lock: tokio::sync::Mutex<()>,
-    on_change: ChangeHook,
+    on_change: parking_lot::RwLock<Vec<ChangeHook>>,
 }
 
 // === impl Repository ===
@@ -85,14 +85,25 @@ impl Repository {
             models: ArcSwap::from_pointee(HashMap::new()),
             status: Mutex::new(BTreeMap::new()),
             load_lock: tokio::sync::Mutex::new(()),
-            on_change: Box::new(|_, _, _| {}),
+            on_change: parking_lot::RwLock::new(Vec::new()),
         }
     }
 
     /// Calls `f(model, versions, ready)` whenever versions come and go (used for metrics).
-    pub fn with_change_hook(mut self, f: impl Fn(&str, &[String], bool) + Send + Sync + 'static) -> Self {
-        self.on_change = Box::new(f);
+    pub fn with_change_hook(self, f: impl Fn(&str, &[String], bool) + Send + Sync + 'static) -> Self {
+        self.add_change_hook(f);
         self
+    }
+
+    /// Adds a hook called as [`Repository::with_change_hook`]'s (e.g. a fleet worker re-advertising its models).
+    pub fn add_change_hook(&self, f: impl Fn(&str, &[String], bool) + Send + Sync + 'static) {
+        self.on_change.write().push(Box::new(f));
+    }
+
+    fn changed(&self, model: &str, versions: &[String], ready: bool) {
+        for hook in self.on_change.read().iter() {
+            hook(model, versions, ready);
+        }
     }
 
     pub fn mode(&self) -> ControlMode {
@@ -164,7 +175,7 @@ impl Repository {
         let mut map = HashMap::clone(&self.models.load());
         if let Some(old) = map.remove(name) {
             let versions: Vec<String> = old.versions.keys().map(u64::to_string).collect();
-            (self.on_change)(name, &versions, false);
+            self.changed(name, &versions, false);
         }
         self.models.store(Arc::new(map));
         let mut status = self.status.lock();
@@ -215,7 +226,7 @@ impl Repository {
                             .filter(|v| !outcome.versions.contains_key(v))
                             .map(u64::to_string)
                             .collect();
-                        (self.on_change)(name, &gone, false);
+                        self.changed(name, &gone, false);
                     }
                     let now: Vec<String> = outcome.versions.keys().map(u64::to_string).collect();
                     map.insert(
@@ -223,7 +234,7 @@ impl Repository {
                         Arc::new(LoadedModel { config: outcome.config, versions: outcome.versions }),
                     );
                     self.models.store(Arc::new(map));
-                    (self.on_change)(name, &now, true);
+                    self.changed(name, &now, true);
                     Ok(())
                 }
             }

@@ -1,0 +1,94 @@
+//! `flotilla route`: the fleet router. The same HTTP and gRPC adapters as a worker, over
+//! [`flotilla_fleet::router::Fleet`] instead of a model repository, plus the fleet's own
+//! endpoints (registration, `/v2/fleet`, pass-through to workers).
+
+use crate::config::{PolicyArg, RouteConfig};
+use crate::{drain_tasks, spawn_listeners, Listeners};
+use anyhow::Context;
+use flotilla_core::service::ServiceOptions;
+use flotilla_core::Api;
+use flotilla_fleet::balance::Policy;
+use flotilla_fleet::nats::Kv;
+use flotilla_fleet::router::{Fleet, Settings};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The router's settings from its flags.
+pub fn settings(config: &RouteConfig) -> anyhow::Result<Settings> {
+    let percent = |p: f32, flag: &str| -> anyhow::Result<f32> {
+        anyhow::ensure!((0.0..=1000.0).contains(&p), "{flag} must be a percentage from 0 to 1000");
+        Ok(p / 100.0)
+    };
+    anyhow::ensure!(config.max_attempts >= 1, "--max-attempts must be at least 1");
+    anyhow::ensure!(config.probe_interval_ms >= 1, "--probe-interval-ms must be at least 1");
+    Ok(Settings {
+        policy: match config.policy {
+            PolicyArg::ElasticFirst => Policy::ElasticFirst,
+            PolicyArg::Balanced => Policy::Balanced,
+            PolicyArg::GuaranteedFirst => Policy::GuaranteedFirst,
+        },
+        max_attempts: config.max_attempts,
+        attempt_timeout: Duration::from_millis(config.attempt_timeout_ms.max(1)),
+        retry_percent: percent(config.retry_budget_percent, "--retry-budget-percent")?,
+        retry_min_per_sec: config.retry_min_per_sec,
+        hedge_models: config.hedge.clone(),
+        hedge_percent: percent(config.hedge_budget_percent, "--hedge-budget-percent")?,
+        eject_after: config.eject_after.max(1),
+        eject_backoff: Duration::from_millis(config.eject_backoff_ms),
+        probe_interval: Duration::from_millis(config.probe_interval_ms),
+        ..Settings::default()
+    })
+}
+
+/// Runs the router until `shutdown`, then stops accepting and lets requests in flight finish.
+pub async fn route(config: RouteConfig, listeners: Listeners, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let options = ServiceOptions { server_name: config.server_name.clone(), ..ServiceOptions::default() };
+    let fleet = Fleet::new(settings(&config)?, options, Duration::from_millis(config.worker_ttl_ms.max(1)));
+    let registry = match config.registry.as_str() {
+        "embedded" => None,
+        url if url.starts_with("nats://") => Some(Arc::new(Kv::new(url, &config.registry_bucket))),
+        other => anyhow::bail!("--registry {other:?}: expected `embedded` or a NATS address nats://HOST:PORT"),
+    };
+    tracing::info!(
+        http = %listeners.http.local_addr()?,
+        grpc = %listeners.grpc.local_addr()?,
+        metrics = %listeners.metrics.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()).unwrap_or_else(|| "disabled".into()),
+        registry = %config.registry,
+        policy = fleet.settings.policy.as_str(),
+        "listening"
+    );
+    let expiry = fleet.spawn_expiry();
+    let watch = registry.clone().map(|kv| flotilla_fleet::nats::spawn_watch(kv, fleet.members.clone()));
+
+    let extra = flotilla_fleet::http::router_routes(fleet.clone(), registry, config.max_request_bytes);
+    let http_router = flotilla_http::router(
+        fleet.clone(),
+        flotilla_http::HttpOptions { max_request_bytes: config.max_request_bytes, features: None, drift: None },
+        extra,
+    );
+    let grpc_parts = flotilla_grpc::build(fleet.clone(), config.max_request_bytes, None)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let routes = grpc_parts.routes.add_service(flotilla_fleet::feast::forwarding(fleet.clone(), config.max_request_bytes));
+    let (stop_tx, _) = watch::channel(false);
+    let mut tasks = spawn_listeners(listeners, http_router, routes, fleet.metrics().clone(), &stop_tx);
+
+    tokio::select! {
+        _ = shutdown => tracing::info!("shutdown requested; draining"),
+        Some(result) = tasks.join_next() => {
+            result.context("router task panicked")??;
+            anyhow::bail!("a listener stopped unexpectedly");
+        }
+    }
+    flotilla_grpc::set_not_serving(&grpc_parts.health).await;
+    let _ = stop_tx.send(true);
+    drain_tasks(tasks, Duration::from_secs(config.exit_timeout_secs)).await;
+    expiry.abort();
+    if let Some(w) = watch {
+        w.abort();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
