@@ -35,40 +35,22 @@ def wait_for(predicate, timeout=60, what="condition", every=0.2):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-class Server:
-    """A running `flotilla serve`; ports come from its own `listening` log line."""
+class Process:
+    """A running `flotilla` subcommand; ports come from its own `listening` log line."""
 
-    def __init__(self, repository, *args, metrics=True, env=None, cwd=None):
-        """`env` adds to (None values remove from) the inherited environment; `cwd` is the server's folder."""
-        self.metrics_port = free_port() if metrics else 0
-        cmd = [
-            BIN, "serve",
-            "--model-repository", str(repository),
-            "--host", "127.0.0.1",
-            "--http-port", "0", "--grpc-port", "0",
-            "--metrics-port", str(self.metrics_port),
-            "--log-format", "json",
-            *args,
-        ]
+    def __init__(self, cmd, env=None, cwd=None, what="flotilla"):
         environ = dict(os.environ)
-        # Each server gets its own embedded online store (one process may hold a redb file).
-        self.store_dir = tempfile.mkdtemp(prefix="flotilla-online-")
-        environ["FLOTILLA_ONLINE_STORE"] = f"embedded:{self.store_dir}/online.redb"
-        # ... and its own drift snapshots (windows survive a restart of the same server folder).
-        environ["FLOTILLA_DRIFT_STATE_DIR"] = f"{self.store_dir}/drift"
-        # Every request monitored (no CPU-budget sampling), so tests can count rows exactly.
-        environ["FLOTILLA_DRIFT_CPU_BUDGET"] = "0"
-        # Stream consumers only where a test asks for them (env={"FLOTILLA_CONSUME_STREAMS": "true"}).
-        environ["FLOTILLA_CONSUME_STREAMS"] = "false"
         for key, value in (env or {}).items():
             if value is None:
                 environ.pop(key, None)
             else:
                 environ[key] = value
+        self.cmd = cmd
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                      env=environ, cwd=cwd)
         self.lines = []
         self.http_port = self.grpc_port = None
+        self.listening_fields = {}
         listening = threading.Event()
 
         def pump():
@@ -79,6 +61,7 @@ class Server:
                 except ValueError:
                     continue
                 if fields.get("message") == "listening":
+                    self.listening_fields = fields
                     self.http_port = int(fields["http"].rsplit(":", 1)[1])
                     self.grpc_port = int(fields["grpc"].rsplit(":", 1)[1])
                     listening.set()
@@ -86,7 +69,7 @@ class Server:
         threading.Thread(target=pump, daemon=True).start()
         if not listening.wait(120):
             self.stop()
-            raise RuntimeError("flotilla did not start:\n" + "".join(self.lines))
+            raise RuntimeError(f"{what} did not start:\n" + "".join(self.lines))
         self.http = f"127.0.0.1:{self.http_port}"
         self.grpc = f"127.0.0.1:{self.grpc_port}"
         self.url = f"http://{self.http}"
@@ -113,6 +96,66 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+class Server(Process):
+    """A running `flotilla serve` on free ports."""
+
+    def __init__(self, repository, *args, metrics=True, env=None, cwd=None):
+        """`env` adds to (None values remove from) the inherited environment; `cwd` is the server's folder."""
+        self.metrics_port = free_port() if metrics else 0
+        cmd = [
+            BIN, "serve",
+            "--model-repository", str(repository),
+            "--host", "127.0.0.1",
+            "--http-port", "0", "--grpc-port", "0",
+            "--metrics-port", str(self.metrics_port),
+            "--log-format", "json",
+            *args,
+        ]
+        # Each server gets its own embedded online store (one process may hold a redb file).
+        self.store_dir = tempfile.mkdtemp(prefix="flotilla-online-")
+        defaults = {
+            "FLOTILLA_ONLINE_STORE": f"embedded:{self.store_dir}/online.redb",
+            # ... and its own drift snapshots (windows survive a restart of the same server folder).
+            "FLOTILLA_DRIFT_STATE_DIR": f"{self.store_dir}/drift",
+            # Every request monitored (no CPU-budget sampling), so tests can count rows exactly.
+            "FLOTILLA_DRIFT_CPU_BUDGET": "0",
+            # Stream consumers only where a test asks for them (env={"FLOTILLA_CONSUME_STREAMS": "true"}).
+            "FLOTILLA_CONSUME_STREAMS": "false",
+        }
+        super().__init__(cmd, env={**defaults, **(env or {})}, cwd=cwd, what="flotilla serve")
+
+
+class Router(Process):
+    """A running `flotilla route` on free ports."""
+
+    def __init__(self, *args, metrics=True, env=None):
+        self.metrics_port = free_port() if metrics else 0
+        cmd = [
+            BIN, "route",
+            "--host", "127.0.0.1",
+            "--http-port", "0", "--grpc-port", "0",
+            "--metrics-port", str(self.metrics_port),
+            "--log-format", "json",
+            *args,
+        ]
+        super().__init__(cmd, env=env, what="flotilla route")
+
+    def fleet(self):
+        return requests.get(self.url + "/v2/fleet", timeout=10).json()
+
+    def events(self, kind=None, worker=None):
+        events = requests.get(self.url + "/v2/fleet/events", timeout=10).json()["events"]
+        return [e for e in events if (kind is None or e["kind"] == kind) and (worker is None or e["worker"] == worker)]
+
+    def wait_workers(self, ids, state="serving", timeout=60):
+        """Waits until the workers `ids` are all in `state` (and, for "serving", have a model)."""
+        def ok():
+            workers = {w["id"]: w for w in self.fleet()["workers"]}
+            return all(i in workers and workers[i]["state"] == state
+                       and (state != "serving" or workers[i]["models"]) for i in ids)
+        wait_for(ok, timeout=timeout, what=f"workers {ids} {state}:\n" + self.log()[-3000:])
 
 
 @pytest.fixture(scope="session")

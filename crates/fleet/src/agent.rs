@@ -293,7 +293,7 @@ impl Agent {
             tracing::warn!(drained_after_ms = after.as_secs_f64() * 1000.0, "drained: no request left");
             let record = agent.record();
             agent.publish(&record).await;
-            let _ = agent.drained.send(true);
+            agent.drained.send_replace(true);
         });
     }
 

@@ -23,7 +23,10 @@ pub struct Counters {
 
 #[derive(Debug, Default)]
 struct ModelState {
+    /// The previous reading (for rates).
     last: Option<Counters>,
+    /// The reading the engine time was last sampled at (samples wait for enough requests).
+    sampled: Option<Counters>,
     /// Moving average of engine seconds per request.
     service_s: Option<f64>,
     /// Requests per second in the last interval.
@@ -70,7 +73,13 @@ impl Estimator {
                 let busy = c.busy_ns.saturating_sub(last.busy_ns) as f64 / 1e9;
                 state.rate = requests as f64 / dt;
                 state.busy_rate = busy / dt;
+            }
+            if let Some(base) = state.sampled {
+                // Requests accumulate across readings until there are enough for a sample.
+                let requests = c.requests.saturating_sub(base.requests);
+                let busy = c.busy_ns.saturating_sub(base.busy_ns) as f64 / 1e9;
                 if requests >= MIN_REQUESTS && busy > 0.0 {
+                    state.sampled = Some(*c);
                     let sample = busy / requests as f64;
                     // Busier intervals say more: weigh each by its request count (up to half).
                     let w = (requests as f64 / 200.0).clamp(0.1, 0.5);
@@ -79,6 +88,8 @@ impl Estimator {
                         Some(s) => s * (1.0 - w) + sample * w,
                     });
                 }
+            } else {
+                state.sampled = Some(*c);
             }
             state.last = Some(*c);
         }
@@ -98,7 +109,7 @@ impl Estimator {
         let engine = engine_capacity(instances.max(1), s, target_s);
         // CPU: the share of the process's CPU this model's engine time accounts for.
         let total_busy: f64 = self.models.values().map(|m| m.busy_rate).sum();
-        let cpu = if self.cpu_rate > 0.05 && state.rate > 1.0 && total_busy > 0.0 {
+        let cpu = if self.cpu_rate >= 0.02 && state.rate > 1.0 && total_busy > 0.0 {
             let cpu_per_request = self.cpu_rate * (state.busy_rate / total_busy) / state.rate;
             Some(0.9 * self.allowance / cpu_per_request.max(1e-9))
         } else {
@@ -259,18 +270,21 @@ mod tests {
         };
         e.update(at(0), &reading(0, 0), Some(0.0));
         assert_eq!(e.capacity("m", 1, 0.1), None, "nothing measured yet");
-        // 100 requests/s, 1 ms of engine time each, 0.05 CPU seconds per second: CPU per
-        // request 0.5 ms, allowance 0.5 CPU -> 0.9 * 0.5 / 0.0005 = 900/s
-        e.update(at(1), &reading(100, 100), Some(0.05));
-        e.update(at(2), &reading(200, 200), Some(0.10));
+        // too few requests for a sample: they add up over readings
+        e.update(at(0) + Duration::from_millis(10), &reading(2, 2), Some(0.0));
+        assert_eq!(e.service_time("m"), None);
+        // 100 requests/s, 1 ms of engine time each, 0.1 CPU seconds per second: CPU per
+        // request 1 ms, allowance 0.5 CPU -> 0.9 * 0.5 / 0.001 = 450/s
+        e.update(at(1), &reading(100, 100), Some(0.1));
+        e.update(at(2), &reading(200, 200), Some(0.2));
         let s = e.service_time("m").unwrap();
         assert!((s - 0.001).abs() < 1e-6, "{s}");
         let c = e.capacity("m", 4, 0.1).unwrap();
-        assert!((c - 900.0).abs() < 1.0, "CPU-bound: {c}");
+        assert!((c - 450.0).abs() < 1.0, "CPU-bound: {c}");
         // lots of CPU allowance: the engine limit binds (4 instances of 1 ms: < 4000/s)
         let mut wide = Estimator::new(64.0);
         wide.update(at(0), &reading(0, 0), Some(0.0));
-        wide.update(at(1), &reading(100, 100), Some(0.05));
+        wide.update(at(1), &reading(100, 100), Some(0.1));
         let c = wide.capacity("m", 4, 0.1).unwrap();
         assert!(c > 3000.0 && c < 4000.0, "{c}");
     }

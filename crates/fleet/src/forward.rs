@@ -137,15 +137,16 @@ impl Fleet {
         let snapshots: Vec<Snapshot> = offers
             .iter()
             .map(|(_, lane, class, capacity, target_ms, instances)| {
-                let capacity = capacity.or(stand_in).unwrap_or(1.0);
+                let known = capacity.or(stand_in);
                 let target_ns = target_ms * 1e6;
-                // At capacity a worker holds capacity × target requests (Little); twice that is
-                // the most the router keeps outstanding on it before it counts as saturated.
-                let limit = if capacity > 1.0 {
-                    ((capacity * target_ms / 1000.0 * 2.0).ceil() as usize).max(2 * instances.max(&1))
-                } else {
-                    self.settings.default_limit
+                // At capacity a worker holds capacity × target requests (Little); twice that (and
+                // at least two per engine instance) is the most the router keeps outstanding on
+                // it before it counts as saturated.
+                let limit = match known {
+                    Some(c) => ((c * target_ms / 1000.0 * 2.0).ceil() as usize).max(2 * instances.max(&1)),
+                    None => self.settings.default_limit,
                 };
+                let capacity = known.filter(|c| *c > 0.0).unwrap_or(1.0);
                 Snapshot {
                     class: *class,
                     latency_ns: lane.peak.estimate_ns(),

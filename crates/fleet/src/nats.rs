@@ -8,7 +8,7 @@
 
 use crate::members::Members;
 use crate::record::WorkerRecord;
-use async_nats::jetstream::kv::{Config, Operation, Store};
+use async_nats::jetstream::kv::{Operation, Store};
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,23 +67,42 @@ impl Kv {
             }
         };
         let js = async_nats::jetstream::new(client);
-        let config = Config {
-            bucket: self.bucket.clone(),
-            description: "Flotilla fleet membership (one record per worker)".into(),
-            history: 1,
-            max_age: Duration::from_secs(300),
-            ..Default::default()
-        };
-        let store = match tokio::time::timeout(Duration::from_secs(3), js.create_key_value(config)).await {
-            Ok(Ok(s)) => s,
-            // Made by another process with other settings: use it as it is.
-            _ => tokio::time::timeout(Duration::from_secs(3), js.get_key_value(&self.bucket))
-                .await
-                .map_err(|_| format!("NATS bucket '{}': no answer within 3 s", self.bucket))?
-                .map_err(|e| format!("NATS bucket '{}': {e}", self.bucket))?,
+        let store = match tokio::time::timeout(Duration::from_secs(3), js.get_key_value(&self.bucket)).await {
+            Ok(Ok(store)) => store,
+            _ => self.create(&js).await?,
         };
         *self.store.lock().await = Some(store.clone());
         Ok(store)
+    }
+
+    /// Creates the bucket: the stream a KV bucket is (`KV_<bucket>` over `$KV.<bucket>.>`, one
+    /// value per key, rollups allowed, deletes by marker). Made directly rather than through
+    /// `create_key_value`, which first reads the account's API level — an answer NATS 2.9
+    /// servers (Debian 12's) give in a form the client does not parse.
+    async fn create(&self, js: &async_nats::jetstream::Context) -> Result<Store, String> {
+        use async_nats::jetstream::stream;
+        let config = stream::Config {
+            name: format!("KV_{}", self.bucket),
+            description: Some("Flotilla fleet membership (one record per worker)".into()),
+            subjects: vec![format!("$KV.{}.>", self.bucket)],
+            max_messages_per_subject: 1,
+            max_age: Duration::from_secs(300),
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            num_replicas: 1,
+            ..Default::default()
+        };
+        let wait = |what: &'static str| move |_| format!("NATS bucket '{}': no answer to {what} within 3 s", self.bucket);
+        tokio::time::timeout(Duration::from_secs(3), js.get_or_create_stream(config))
+            .await
+            .map_err(wait("create"))?
+            .map_err(|e| format!("NATS bucket '{}': cannot create it: {e}", self.bucket))?;
+        tokio::time::timeout(Duration::from_secs(3), js.get_key_value(&self.bucket))
+            .await
+            .map_err(wait("open"))?
+            .map_err(|e| format!("NATS bucket '{}': {e}", self.bucket))
     }
 
     /// Forgets the bucket handle, so the next call re-creates it (after a NATS restart).

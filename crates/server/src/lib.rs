@@ -197,7 +197,7 @@ pub struct Built {
 /// `--exit-timeout-secs`). A fleet worker (`--join`) first drains as on a preemption notice:
 /// its routers stop sending at once, and it leaves the fleet when nothing is left.
 pub async fn run(mut config: ServeConfig, listeners: Listeners, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let mut agent_settings = worker::prepare(&mut config, &listeners)?;
+    let worker::Prepared { agent: mut agent_settings, consumer } = worker::prepare(&mut config, &listeners)?;
     let Built { service, features, drift } = build_service(&config).await?;
     agent_settings.features = features.is_some();
     agent_settings.drift = drift.is_some();
@@ -236,7 +236,7 @@ pub async fn run(mut config: ServeConfig, listeners: Listeners, shutdown: impl F
     }
 
     if let Some(store) = features.clone().filter(|_| config.consume_streams) {
-        let consumers = flotilla_features::streams::spawn_all(store, stop_tx.subscribe());
+        let consumers = flotilla_features::streams::spawn_all(store, stop_tx.subscribe(), consumer.as_deref());
         let mut stop = stop_tx.subscribe();
         tasks.spawn(async move {
             // Consumers end on shutdown (or give up on a source they cannot read): wait for shutdown.
@@ -280,11 +280,11 @@ pub async fn run(mut config: ServeConfig, listeners: Listeners, shutdown: impl F
         }
         agent.leave().await;
     }
-    let _ = agent_stop.send(true);
+    agent_stop.send_replace(true);
     let _ = heartbeats.await;
     service.start_draining();
     flotilla_grpc::set_not_serving(&health).await;
-    let _ = stop_tx.send(true);
+    stop_tx.send_replace(true);
     drain_tasks(tasks, exit_timeout).await;
     tracing::info!("stopped");
     Ok(())

@@ -83,7 +83,7 @@ pub async fn route(config: RouteConfig, listeners: Listeners, shutdown: impl Fut
         }
     }
     flotilla_grpc::set_not_serving(&grpc_parts.health).await;
-    let _ = stop_tx.send(true);
+    stop_tx.send_replace(true);
     drain_tasks(tasks, Duration::from_secs(config.exit_timeout_secs)).await;
     expiry.abort();
     if let Some(w) = watch {

@@ -47,16 +47,26 @@ fn url(host: &str, port: u16) -> String {
     }
 }
 
+/// What [`prepare`] decides.
+pub struct Prepared {
+    pub agent: AgentSettings,
+    /// The stream consumer identity, when this worker's online store is its own (the whole
+    /// stream must reach it; see `StreamSpec::for_consumer`).
+    pub consumer: Option<String>,
+}
+
 /// Fills in the worker's defaults (id; with --join, its own online store and drift state
 /// folder) and returns its agent's settings.
-pub fn prepare(config: &mut ServeConfig, listeners: &Listeners) -> anyhow::Result<AgentSettings> {
+pub fn prepare(config: &mut ServeConfig, listeners: &Listeners) -> anyhow::Result<Prepared> {
     let http = listeners.http.local_addr().context("HTTP listener")?;
     let grpc = listeners.grpc.local_addr().context("gRPC listener")?;
     let f = &config.fleet;
     let id = f.worker_id.clone().unwrap_or_else(|| default_id(http.port()));
+    let mut consumer = None;
     if config.joins() {
         let own = PathBuf::from(".flotilla/workers").join(&id);
         if config.online_store.is_none() {
+            consumer = Some(id.clone());
             let path = own.join("online.redb");
             config.online_store = Some(format!("embedded:{}", path.display()).parse().map_err(anyhow::Error::msg)?);
         }
@@ -89,7 +99,7 @@ pub fn prepare(config: &mut ServeConfig, listeners: &Listeners) -> anyhow::Resul
             anyhow::bail!("--join {target:?}: expected a router's HTTP address (http://host:8000) or a NATS registry (nats://host:4222)");
         }
     }
-    Ok(AgentSettings {
+    let agent = AgentSettings {
         join: f.join.clone(),
         bucket: f.registry_bucket.clone(),
         id,
@@ -104,7 +114,8 @@ pub fn prepare(config: &mut ServeConfig, listeners: &Listeners) -> anyhow::Resul
         latency_target: Duration::from_secs_f64(f.latency_target_ms / 1000.0),
         features: false,
         drift: false,
-    })
+    };
+    Ok(Prepared { agent, consumer })
 }
 
 #[cfg(test)]

@@ -141,6 +141,35 @@ impl StreamSpec {
         Ok(Self { source, dead_letter: get("dead_letter")?.unwrap_or(default_dead), batch })
     }
 
+    /// The same source under its own consumer identity `id` (a fleet worker with an online store
+    /// of its own must read the whole stream, not share it with the others): NATS durable,
+    /// Redis and Kafka consumer groups, and PostgreSQL replication slots get `-<id>` (`_<id>` for
+    /// slots, which allow only lowercase letters, digits and `_`). A RabbitMQ queue is one
+    /// work queue whatever the consumer: it stays as it is (see [`StreamSpec::shared_by_consumers`]).
+    pub fn for_consumer(&self, id: &str) -> StreamSpec {
+        let mut spec = self.clone();
+        match &mut spec.source {
+            StreamSource::Nats { durable, .. } => *durable = format!("{durable}-{id}"),
+            StreamSource::Redis { group, .. } | StreamSource::Kafka { group, .. } => *group = format!("{group}-{id}"),
+            StreamSource::Postgres { slot, .. } => {
+                let clean: String = id
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+                    .collect();
+                let mut named = format!("{slot}_{clean}");
+                named.truncate(63);
+                *slot = named;
+            }
+            StreamSource::Rabbitmq { .. } => {}
+        }
+        spec
+    }
+
+    /// Whether consumers with different identities still share the messages (each gets part).
+    pub fn shared_by_consumers(&self) -> bool {
+        matches!(self.source, StreamSource::Rabbitmq { .. })
+    }
+
     /// A short name for logs and metric labels (`nats:features.card_txn_1h`).
     pub fn label(&self) -> String {
         match &self.source {

@@ -196,3 +196,22 @@ table = "public.cards""#,
     assert!(parse("type = \"postgres\"\ntable = \"t\"\nmax_lag_mb = 0").unwrap_err().contains("max_lag_mb"));
     assert!(parse("type = \"postgres\"\ntable = \"t\"\ntopic = \"x\"").unwrap_err().contains("unknown stream setting"));
 }
+
+#[test]
+fn a_worker_with_its_own_store_consumes_under_its_own_identity() {
+    use std::collections::BTreeMap;
+    let parse = |text: &str| {
+        let table: BTreeMap<String, toml::Value> = toml::from_str(text).unwrap();
+        StreamSpec::parse("card_txn", &table).unwrap()
+    };
+    let nats = parse("type = \"nats\"\nsubject = \"s\"").for_consumer("vm-8010");
+    assert!(matches!(&nats.source, StreamSource::Nats { durable, .. } if durable == "flotilla-card_txn-vm-8010"));
+    let redis = parse("type = \"redis\"\nstream = \"s\"").for_consumer("w1");
+    assert!(matches!(&redis.source, StreamSource::Redis { group, .. } if group == "flotilla-w1"));
+    let pg = parse("type = \"postgres\"\ntable = \"t\"").for_consumer("VM-8010.a");
+    assert!(matches!(&pg.source, StreamSource::Postgres { slot, .. } if slot == "flotilla_card_txn_vm_8010_a"));
+    let long = parse("type = \"postgres\"\ntable = \"t\"").for_consumer(&"x".repeat(100));
+    assert!(matches!(&long.source, StreamSource::Postgres { slot, .. } if slot.len() == 63));
+    let rabbit = parse("type = \"rabbitmq\"\nqueue = \"q\"");
+    assert!(rabbit.shared_by_consumers() && rabbit.for_consumer("w1") == rabbit);
+}

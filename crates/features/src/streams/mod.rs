@@ -170,13 +170,38 @@ pub(crate) fn observe(store: &FeatureStore, label: &str, decoded: &Decoded) {
 }
 
 /// Starts one consumer per view that declares a stream; they stop when `stop` turns true.
-pub fn spawn_all(store: Arc<FeatureStore>, stop: watch::Receiver<bool>) -> JoinSet<()> {
+pub fn spawn_all(store: Arc<FeatureStore>, stop: watch::Receiver<bool>, consumer: Option<&str>) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
-    let cleanup = store.clone();
-    tasks.spawn(async move { postgres::drop_undeclared(&cleanup).await });
+    let mut specs = Vec::new();
     for view in store.registry.views.iter().filter(|v| v.online) {
         let Some(spec) = view.stream.clone() else { continue };
-        let (store, stop, index) = (store.clone(), stop.clone(), view.index);
+        let spec = match consumer {
+            Some(id) => {
+                if spec.shared_by_consumers() {
+                    tracing::warn!(
+                        source = %spec.label(),
+                        view = %view.name,
+                        "this worker's online store is its own, but a RabbitMQ queue gives each consumer part of \
+                         the messages: give workers that consume it a shared Redis store"
+                    );
+                }
+                spec.for_consumer(id)
+            }
+            None => spec,
+        };
+        specs.push((view.index, spec));
+    }
+    let slots: Vec<String> = specs
+        .iter()
+        .filter_map(|(_, s)| match &s.source {
+            StreamSource::Postgres { slot, .. } => Some(slot.clone()),
+            _ => None,
+        })
+        .collect();
+    let cleanup = store.clone();
+    tasks.spawn(async move { postgres::drop_undeclared(&cleanup, &slots).await });
+    for (index, spec) in specs {
+        let (store, stop) = (store.clone(), stop.clone());
         tasks.spawn(async move {
             let label = spec.label();
             let mut backoff = Duration::from_millis(200);

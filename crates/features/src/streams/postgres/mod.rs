@@ -663,22 +663,14 @@ impl Drop for AbortOnDrop {
 }
 
 /// Drops the slot (and the publication Flotilla created) of every PostgreSQL position in the
-/// store that no view declares any more, and forgets the position.
+/// store whose slot is not in `declared` (the slots this process consumes its views from),
+/// and forgets the position.
 /// Only for the embedded store, which one process owns; a Redis store may be shared by servers
 /// with other feature repositories, so there slots are dropped by hand (`features cdc drop`).
-pub async fn drop_undeclared(store: &FeatureStore) {
+pub async fn drop_undeclared(store: &FeatureStore, declared: &[String]) {
     if store.store.kind() != "embedded" {
         return;
     }
-    let declared: Vec<&str> = store
-        .registry
-        .views
-        .iter()
-        .filter_map(|v| match v.stream.as_ref().map(|s| &s.source) {
-            Some(StreamSource::Postgres { slot, .. }) => Some(slot.as_str()),
-            _ => None,
-        })
-        .collect();
     let stored = match positions(store).await {
         Ok(p) => p,
         Err(e) => {
@@ -686,7 +678,7 @@ pub async fn drop_undeclared(store: &FeatureStore) {
             return;
         }
     };
-    for p in stored.into_iter().filter(|p| !declared.contains(&p.slot.as_str())) {
+    for p in stored.into_iter().filter(|p| !declared.contains(&p.slot)) {
         match drop_position(store, &p).await {
             Ok(()) => {
                 tracing::info!(view = %p.view, slot = %p.slot, "the view no longer streams from PostgreSQL: dropped its replication slot")
