@@ -17,6 +17,9 @@ pub struct Event {
     /// `joined`, `draining`, `drained`, `left`, `expired`, `ejected`, `returned`.
     pub kind: &'static str,
     pub detail: String,
+    /// The event's measure, when it has one: notice→drained for `drained`, milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_ms: Option<f64>,
 }
 
 /// A bounded log of events, newest last.
@@ -32,13 +35,18 @@ pub fn now_ms() -> f64 {
 
 impl Events {
     pub fn push(&self, worker: &str, kind: &'static str, detail: impl Into<String>) {
+        self.push_measured(worker, kind, detail, None);
+    }
+
+    /// An event with a measure (`value_ms`).
+    pub fn push_measured(&self, worker: &str, kind: &'static str, detail: impl Into<String>, value_ms: Option<f64>) {
         let detail = detail.into();
         tracing::info!(worker, event = kind, %detail, "fleet");
         let mut log = self.log.lock();
         if log.len() == KEEP {
             log.pop_front();
         }
-        log.push_back(Event { at_ms: now_ms(), worker: worker.to_string(), kind, detail });
+        log.push_back(Event { at_ms: now_ms(), worker: worker.to_string(), kind, detail, value_ms });
     }
 
     /// Events after `since_ms` (all kept events when None), oldest first.

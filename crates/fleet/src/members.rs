@@ -130,7 +130,7 @@ impl Members {
             WorkerState::Drained => {
                 let after = new.drained_after_ms.unwrap_or(0.0);
                 self.metrics.drain_seconds.observe(after / 1000.0);
-                self.events.push(&new.id, "drained", format!("{after:.1} ms after the notice"));
+                self.events.push_measured(&new.id, "drained", format!("{after:.1} ms after the notice"), Some(after));
             }
             WorkerState::Serving => self.events.push(&new.id, "serving", "serving again"),
         }

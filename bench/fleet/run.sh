@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Fleet benchmark, one command: a router and six workers (release build) on this machine, the AWS
+# g4dn spot trace replayed onto the opportunistic workers with and without preemption notices,
+# capacity-class policies, router overhead, slowed workers (cgroup CPU quotas, needs root) and
+# 10x overload. Installs its client venv (bench/.venv-fleet), builds the release binary, then
+# writes bench/results/fleet.{md,json}. About 35 minutes.
+# Usage: bench/fleet/run.sh [--smoke] [--compress N]   (--smoke: a few minutes; table in bench/.work-fleet/)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+log() { printf '==> %s\n' "$*"; }
+
+venv=bench/.venv-fleet req=bench/fleet/requirements.txt
+want=$(sha256sum $req | cut -d' ' -f1)
+if [ ! -x $venv/bin/python ] || [ "$(cat $venv/.requirements.sha 2>/dev/null)" != "$want" ]; then
+  log "creating $venv ($req)"
+  rm -rf $venv
+  python3 -m venv $venv
+  $venv/bin/pip install -q --upgrade pip
+  $venv/bin/pip install -q -r $req
+  echo "$want" > $venv/.requirements.sha
+fi
+
+log "cargo build --release (flotilla)"
+cargo build --release --locked -q -p flotilla --bin flotilla
+
+exec $venv/bin/python bench/fleet/bench.py "$@"
