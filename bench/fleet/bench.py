@@ -19,15 +19,15 @@ from tritonclient.utils import InferenceServerException
 
 ROOT = Path(__file__).resolve().parents[2]
 WORK = ROOT / "bench" / ".work-fleet"
-BIN = ROOT / "target" / "release" / "flotilla"
+BIN = Path(os.environ.get("FLOTILLA_BENCH_BIN", ROOT / "target" / "release" / "flotilla"))
 TRACE = ROOT.parent / "shared" / "traces" / "spot-g4dn.csv"
 CGROUP = Path("/sys/fs/cgroup/cpu")
 
 # The rig: guaranteed workers and opportunistic groups (each stands for a quarter of the trace's
-# spot nodes), by hardware kind and engine instances of the 20 ms `score` model.
+# spot nodes), by hardware kind and engine instances of the 50 ms `score` model.
 GUARANTEED = [("g0", "cpu-large", 16), ("g1", "cpu-large", 16)]
 GROUPS = [("spot-a", 6), ("spot-a", 6), ("spot-b", 3), ("spot-b", 3)]
-DELAY_MS = 20
+DELAY_MS = 50
 
 
 def log(msg):
@@ -71,10 +71,6 @@ class Proc:
             time.sleep(0.02)
         self.url = f"http://127.0.0.1:{self.http}"
 
-    def signal(self, sig):
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-
     def stop(self, sig=signal.SIGTERM):
         if self in Proc.running:
             Proc.running.remove(self)
@@ -97,7 +93,8 @@ def worker(rt, name, cls, hardware, repo, *extra, cgroup=None):
     return Proc(name, ["serve", "--model-repository", str(repo), "--http-port", "0", "--grpc-port", "0",
                        "--metrics-port", "0", "--join", rt.url, "--worker-id", name, "--capacity-class", cls,
                        "--hardware", hardware, "--feature-repo", "none", "--drift-monitoring", "false",
-                       "--heartbeat-ms", "500", "--exit-timeout-secs", "5", *extra], cgroup=cgroup)
+                       "--heartbeat-ms", "500", "--exit-timeout-secs", "5", "--latency-target-ms", "200",
+                       *extra], cgroup=cgroup)
 
 
 def delay_repo(instances):
@@ -471,7 +468,7 @@ def overload(seconds):
     wait_fleet(rt, ["o0", "o1"])
     run_load(f"127.0.0.1:{rt.grpc}", "score", 40, 5)
     time.sleep(1.0)
-    true_capacity = 2 * 1000 / DELAY_MS  # one instance each, 20 ms per request
+    true_capacity = 2 * 1000 / DELAY_MS  # one instance each, DELAY_MS per request
     rss0 = rss_kib(rt.proc.pid)
     rec = Recorder()
     asyncio.run(open_loop(f"127.0.0.1:{rt.grpc}", "score", 10 * true_capacity, seconds, rec))
@@ -513,7 +510,7 @@ def report(r, smoke):
              "asyncio gRPC client (latency counted from each request's due time).\n"]
     caps = r["calibration"]["capacity"]
     lines.append("## The rig\n")
-    lines.append("| worker | class | hardware | engine instances (20 ms `score`) | measured capacity (req/s within 100 ms) |")
+    lines.append("| worker | class | hardware | engine instances (50 ms `score`) | measured capacity (req/s within 200 ms) |")
     lines.append("|---|---|---|---|---|")
     for name, hw, inst in GUARANTEED:
         lines.append(f"| {name} | guaranteed | {hw} | {inst} | {caps.get(name, 0):.0f} |")

@@ -6,7 +6,8 @@
 //! capacity (capacity × its usual latency, by Little's law) — times how far its peak-EWMA
 //! latency is above its usual latency. Equal costs then mean equal utilisation, so a worker
 //! that measured twice the capacity gets twice the traffic; a worker whose latency jumps (a
-//! straggler, a pause) is avoided at once. (Peak-EWMA alone, latency × outstanding, counts a
+//! straggler, a pause) is avoided at once. Idle workers tie at zero: the capacity-weighted draw
+//! decides, which again splits by capacity. (Peak-EWMA alone, latency × outstanding, counts a
 //! slow worker's slowness twice — in its latency and, through Little's law, in its queue — and
 //! gives a half-speed worker a quarter of the traffic.)
 //!
@@ -49,6 +50,9 @@ pub struct Snapshot {
     pub latency_ns: f64,
     /// Usual latency (a plain moving average), nanoseconds.
     pub base_ns: f64,
+    /// The usual latency decayed for the time nothing was observed (what the latency target is
+    /// checked against: a worker that was slow once is tried again after a quiet spell).
+    pub recent_ns: f64,
     /// Requests the router has sent it and not had back.
     pub outstanding: usize,
     /// Requests per second the router sends it now.
@@ -69,16 +73,22 @@ impl Snapshot {
     pub fn cost(&self) -> f64 {
         let base = self.base_ns.max(1.0);
         let held_at_capacity = self.capacity.max(1e-9) * base;
-        (self.outstanding as f64 + 1.0) / held_at_capacity * (self.latency_ns / base).max(1.0)
+        self.outstanding as f64 / held_at_capacity * (self.latency_ns / base).max(1.0)
     }
 
     fn has_room(&self) -> bool {
         self.outstanding < self.limit
     }
 
-    /// Below its capacity and latency target: the tier above may fill it further.
+    /// Below its capacity and latency target: the tier above may fill it further. The rate
+    /// (smoothed over a second) keeps it under capacity; the outstanding count (instant) keeps
+    /// a sudden burst from piling onto it: by Little's law, at most capacity × target may be in
+    /// flight for the latency target to hold.
     fn under_capacity(&self) -> bool {
-        self.has_room() && self.rate < FILL * self.capacity && self.base_ns <= self.target_ns
+        self.has_room()
+            && self.rate < FILL * self.capacity
+            && (self.outstanding as f64) < FILL * self.capacity * self.target_ns / 1e9
+            && self.recent_ns <= self.target_ns
     }
 }
 
@@ -155,6 +165,7 @@ mod tests {
             class,
             latency_ns: 1e9 / capacity,
             base_ns: 1e9 / capacity,
+            recent_ns: 1e9 / capacity,
             outstanding: 0,
             rate: 0.0,
             capacity,
@@ -215,7 +226,7 @@ mod tests {
         assert_eq!(pick(&fleet), Choice::Worker(0));
         // ... or over their latency target
         fleet[1].rate = 0.0;
-        fleet[1].base_ns = 200e6;
+        fleet[1].recent_ns = 200e6;
         assert_eq!(pick(&fleet), Choice::Worker(0));
         // guaranteed-first mirrors it
         let mut rng = fastrand::Rng::with_seed(3);

@@ -122,7 +122,7 @@ impl Fleet {
             if lane.stale() {
                 continue;
             }
-            offers.push((m.clone(), lane, r.capacity_class, offer.capacity_rps, offer.latency_target_ms, offer.instances));
+            offers.push((m.clone(), lane, r.capacity_class, offer.capacity_rps, offer.latency_target_ms, offer.instances, r.hardware.clone()));
         }
         if !known && !version.is_empty() && members.iter().any(|m| m.record().offer(model, "").is_some()) {
             return Err(Error::not_found(format!("Request for unknown model: '{model}' version {version} is not found")));
@@ -130,14 +130,17 @@ impl Fleet {
         if offers.is_empty() {
             return Err(no_worker(model, known));
         }
-        // Workers that have not measured their capacity yet stand in at the median of those that have.
-        let mut measured: Vec<f64> = offers.iter().filter_map(|o| o.3).filter(|c| *c > 0.0).collect();
-        measured.sort_by(f64::total_cmp);
-        let stand_in = measured.get(measured.len() / 2).copied();
+        // A worker that has not measured its capacity yet stands in at the median of those of
+        // its hardware kind that have, else of every worker that has.
+        let median = |same: &dyn Fn(&str) -> bool| -> Option<f64> {
+            let mut m: Vec<f64> = offers.iter().filter(|o| same(&o.6)).filter_map(|o| o.3).filter(|c| *c > 0.0).collect();
+            m.sort_by(f64::total_cmp);
+            m.get(m.len() / 2).copied()
+        };
         let snapshots: Vec<Snapshot> = offers
             .iter()
-            .map(|(_, lane, class, capacity, target_ms, instances)| {
-                let known = capacity.or(stand_in);
+            .map(|(_, lane, class, capacity, target_ms, instances, hardware)| {
+                let known = capacity.or_else(|| median(&|h| h == hardware)).or_else(|| median(&|_| true));
                 let target_ns = target_ms * 1e6;
                 // At capacity a worker holds capacity × target requests (Little); twice that (and
                 // at least two per engine instance) is the most the router keeps outstanding on
@@ -151,6 +154,7 @@ impl Fleet {
                     class: *class,
                     latency_ns: lane.peak.estimate_ns(),
                     base_ns: lane.base.value_ns(),
+                    recent_ns: lane.base.recent_ns(),
                     outstanding: lane.outstanding.load(std::sync::atomic::Ordering::Acquire),
                     rate: lane.rate.per_second(),
                     capacity,

@@ -51,7 +51,7 @@ impl PeakEwma {
     }
 }
 
-/// A time-decayed moving average of a latency (the usual level, without Peak-EWMA's peaks).
+/// A time-decayed moving average of a latency (the usual level, without peak-EWMA's peaks).
 #[derive(Debug)]
 pub struct Ewma {
     state: Mutex<(f64, Instant)>,
@@ -75,8 +75,17 @@ impl Ewma {
         s.1 = now;
     }
 
+    /// The average of the observations.
     pub fn value_ns(&self) -> f64 {
         self.state.lock().0
+    }
+
+    /// The average decayed towards zero for the time nothing was observed (as peak-EWMA does),
+    /// so a worker whose latency was high once is tried again after a quiet spell.
+    pub fn recent_ns(&self) -> f64 {
+        let s = self.state.lock();
+        let idle = Instant::now().saturating_duration_since(s.1).as_nanos() as f64;
+        s.0 * (-idle / self.decay_ns).exp()
     }
 }
 
