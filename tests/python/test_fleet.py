@@ -463,6 +463,79 @@ def test_elastic_first_prefers_opportunistic_workers(repo):
         f.stop()
 
 
+def test_hedging_sends_a_second_copy_to_another_worker(tmp_path):
+    fast, slow = tmp_path / "fast", tmp_path / "slow"
+    delay_model(fast, "hedged", 5, 4)
+    delay_model(slow, "hedged", 400, 4)
+    r = Router("--hedge", "hedged")
+    workers = []
+    try:
+        workers = [start_worker(r, fast, "fast"), start_worker(r, slow, "slow")]
+        r.wait_workers(["fast", "slow"])
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: requests.post(r.url + "/v2/models/hedged/infer", json=slow_body(),
+                                                            timeout=30).status_code, range(400)))
+        assert answers == [200] * 400
+        m = requests.get(f"http://127.0.0.1:{r.metrics_port}/metrics").text
+        hedges = sum(float(x) for x in re.findall(r'^flotilla_fleet_hedges_total\{model="hedged"\} (\S+)', m, re.M))
+        wins = sum(float(x) for x in re.findall(r'^flotilla_fleet_hedge_wins_total\{model="hedged"\} (\S+)', m, re.M))
+        assert 1 <= hedges <= 0.05 * 400 + 1, m
+        assert wins >= 1
+    finally:
+        for w in workers:
+            w.stop(signal.SIGKILL)
+        r.stop()
+
+
+TXN = """
+[[entity]]
+name = "card"
+join_key = "card_id"
+value_type = "int64"
+
+[[feature_view]]
+name = "txn"
+entities = ["card"]
+ttl = "0"
+push_source = "txn_push"
+features = [{ name = "amount", dtype = "float32" }]
+"""
+
+
+def test_feast_and_drift_endpoints_go_to_a_worker_that_has_them(tmp_path):
+    features = tmp_path / "features"
+    features.mkdir()
+    (features / "repo.toml").write_text(TXN)
+    r = Router()
+    w = None
+    try:
+        w = Server(EXAMPLES, "--join", r.url, "--worker-id", "fw", "--feature-repo", str(features),
+                   "--heartbeat-ms", "200")
+        r.wait_workers(["fw"])
+        assert r.fleet()["workers"][0]["features"] is True
+        push = requests.post(r.url + "/push", json={"push_source_name": "txn_push", "df": {
+            "card_id": [7], "event_timestamp": ["2026-11-02T00:00:00Z"], "amount": [12.5]}})
+        assert push.status_code == 200 and push.json() == {"applied": 1, "stale": 0}, push.text
+        got = requests.post(r.url + "/get-online-features",
+                            json={"features": ["txn:amount"], "entities": {"card_id": [7]}}).json()
+        assert got["results"][1]["values"] == [12.5]
+        bad = requests.post(r.url + "/push", json={"push_source_name": "nope", "df": {"card_id": [1]}})
+        assert bad.status_code == 404 and "unknown push source" in bad.json()["error"]
+        channel = grpc.insecure_channel(r.grpc)
+        info = channel.unary_unary("/feast.serving.ServingService/GetFeastServingInfo",
+                                   request_serializer=lambda _: b"", response_deserializer=lambda b: b)
+        info(None, timeout=10)
+        direct = requests.get(w.url + "/v2/models/fraud_xgb/drift")
+        routed = requests.get(r.url + "/v2/models/fraud_xgb/drift")
+        assert direct.status_code == routed.status_code == 200
+        assert routed.json().keys() == direct.json().keys()
+        assert requests.get(r.url + "/v2/models/nope/drift").status_code == 404
+    finally:
+        if w:
+            w.stop(signal.SIGKILL)
+        r.stop()
+
+
 # --- NATS JetStream KV registry -------------------------------------------------------------
 
 class Nats:

@@ -27,8 +27,7 @@ impl FeatureServing {
 }
 
 fn rpc_error(e: flotilla_features::FeatureError) -> RpcStatus {
-    let e = e.into_core();
-    RpcStatus::new(e.grpc_code(), e.message)
+    crate::status(e.into_core())
 }
 
 /// A protobuf value as the JSON the HTTP API takes (so both share one parser and its checks).
