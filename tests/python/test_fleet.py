@@ -379,6 +379,29 @@ def test_kill_9_under_load_retries_and_ejects(repo):
         f.stop()
 
 
+def test_a_frozen_worker_is_taken_out_and_comes_back(repo):
+    """SIGSTOP: no connection error, only silence (as a cut link). Probes take the worker out,
+    requests waiting on it are retried elsewhere; SIGCONT brings it back."""
+    f = Fleet(repo)
+    try:
+        loop = Loop(f.router.url, threads=8)
+        time.sleep(1.5)
+        frozen = f.workers["w0"]
+        frozen.proc.send_signal(signal.SIGSTOP)
+        wait_for(lambda: f.router.events(kind="ejected", worker="w0"), timeout=10, what="w0 ejected")
+        time.sleep(1.0)
+        frozen.proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: f.router.events(kind="returned", worker="w0"), timeout=10, what="w0 back")
+        time.sleep(1.0)
+        ok, failures = loop.finish()
+        assert failures == [], failures[:5]
+        assert ok > 50
+    finally:
+        for w in f.workers.values():
+            w.proc.send_signal(signal.SIGCONT)
+        f.stop()
+
+
 def test_non_idempotent_request_is_not_retried_after_reaching_a_worker(repo):
     f = Fleet(repo, n=2)
     try:

@@ -187,7 +187,18 @@ impl Fleet {
         };
         let started = Instant::now();
         let mut client = pick.member.client.clone();
-        let answer = tokio::time::timeout(limit, client.model_infer(proto)).await;
+        let gone = pick.member.gone();
+        let answer = tokio::select! {
+            a = tokio::time::timeout(limit, client.model_infer(proto)) => a,
+            _ = gone => {
+                return Err(Failure {
+                    error: Error::unavailable(format!("worker '{}' stopped answering", pick.member.id)),
+                    maybe_ran: true,
+                    retryable: true,
+                    signal: Signal::Fine,
+                })
+            }
+        };
         let took = started.elapsed();
         pick.lane.peak.observe(took);
         self.metrics.attempt_duration.with_label_values(&[&pick.member.id]).observe(took.as_secs_f64());

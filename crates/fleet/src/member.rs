@@ -68,6 +68,8 @@ struct Health {
     ejections: u32,
     /// The latest probe's answer (ready), true until a probe says otherwise.
     probe_not_ready: bool,
+    /// Probes in a row that got no answer in time.
+    probe_misses: u32,
 }
 
 /// A worker in the router's view.
@@ -84,6 +86,9 @@ pub struct Member {
     pub outstanding: AtomicUsize,
     /// Removed from the view: its probe task ends.
     pub removed: AtomicBool,
+    /// Counts the times it was taken out for not answering: requests waiting on it give up
+    /// (and are retried elsewhere when they may be).
+    gone: tokio::sync::watch::Sender<u64>,
     /// Latency a new lane starts from (the fleet's usual latency when it joined).
     initial_latency: Duration,
 }
@@ -113,6 +118,7 @@ impl Member {
             lanes: RwLock::new(HashMap::new()),
             outstanding: AtomicUsize::new(0),
             removed: AtomicBool::new(false),
+            gone: tokio::sync::watch::channel(0).0,
             initial_latency,
         })
     }
@@ -194,7 +200,19 @@ impl Member {
         };
         h.ejected = Some((reason, until));
         h.failures = 0;
+        drop(h);
+        if reason == EjectReason::Connection {
+            self.gone.send_modify(|g| *g += 1);
+        }
         true
+    }
+
+    /// Resolves when the worker is next taken out for not answering.
+    pub fn gone(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.gone.subscribe();
+        async move {
+            let _ = rx.changed().await;
+        }
     }
 
     /// A success: failures in a row start again.
@@ -218,6 +236,7 @@ impl Member {
             None => false,
             Some(ready) => {
                 h.probe_not_ready = !ready;
+                h.probe_misses = 0;
                 match h.ejected {
                     Some((_, until)) if ready && Instant::now() >= until => {
                         h.ejected = None;
@@ -229,9 +248,11 @@ impl Member {
         }
     }
 
-    /// Probes fail while a worker is not answering at all.
-    pub fn probe_failed(&self) -> u32 {
-        self.failure()
+    /// A probe got no answer in time; returns the misses in a row.
+    pub fn probe_missed(&self) -> u32 {
+        let mut h = self.health.lock();
+        h.probe_misses = h.probe_misses.saturating_add(1);
+        h.probe_misses
     }
 
     /// The state to show: serving, draining, drained, ejected.

@@ -47,7 +47,7 @@ pub struct Settings {
     pub eject_backoff: Duration,
     /// How often each worker is probed (gRPC ServerReady).
     pub probe_interval: Duration,
-    /// How long a probe may take.
+    /// How long a probe may take (two in a row without an answer take the worker out).
     pub probe_timeout: Duration,
     /// A worker that says it lacks a model its record lists is skipped for it this long.
     pub stale_for: Duration,
@@ -73,7 +73,7 @@ impl Default for Settings {
             eject_after: 5,
             eject_backoff: Duration::from_secs(1),
             probe_interval: Duration::from_millis(100),
-            probe_timeout: Duration::from_secs(1),
+            probe_timeout: Duration::from_millis(150),
             stale_for: Duration::from_secs(2),
             default_limit: 64,
             min_limit: 4,
@@ -177,9 +177,10 @@ impl Fleet {
                         None
                     }
                     Err(_) => {
-                        if member.probe_failed() >= 2 && member.eject(EjectReason::Failures, Duration::from_secs(1)) {
+                        // Silence (a frozen process, a cut link): out after two probes in a row.
+                        if member.probe_missed() >= 2 && member.eject(EjectReason::Connection, Duration::ZERO) {
                             metrics.ejections.with_label_values(&["probe"]).inc();
-                            members.events.push(&member.id, "ejected", "probe: no answer in time, twice");
+                            members.events.push(&member.id, "ejected", "probe: no answer in time, twice in a row");
                             members.update_gauges();
                         }
                         None

@@ -38,6 +38,7 @@ pub fn settings(config: &RouteConfig) -> anyhow::Result<Settings> {
         eject_after: config.eject_after.max(1),
         eject_backoff: Duration::from_millis(config.eject_backoff_ms),
         probe_interval: Duration::from_millis(config.probe_interval_ms),
+        probe_timeout: Duration::from_millis((config.probe_interval_ms * 3 / 2).max(150)),
         ..Settings::default()
     })
 }
