@@ -14,7 +14,7 @@ pub struct Event {
     /// Unix time, milliseconds (fractional).
     pub at_ms: f64,
     pub worker: String,
-    /// `joined`, `draining`, `drained`, `left`, `expired`, `ejected`, `returned`.
+    /// `joined`, `first_answer`, `draining`, `drained`, `left`, `expired`, `ejected`, `returned`.
     pub kind: &'static str,
     pub detail: String,
     /// The event's measure, when it has one: notice→drained for `drained`, milliseconds.

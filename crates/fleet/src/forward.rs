@@ -224,6 +224,9 @@ impl Fleet {
             Ok(_) => {
                 pick.lane.base.observe(took);
                 pick.member.success();
+                if !pick.member.answered.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    self.members.events.push(&pick.member.id, "first_answer", format!("model {model}"));
+                }
                 self.metrics.attempts.with_label_values(&[&pick.member.id, model, "ok"]).inc();
             }
             Err(f) => {

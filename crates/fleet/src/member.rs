@@ -86,6 +86,8 @@ pub struct Member {
     pub outstanding: AtomicUsize,
     /// Removed from the view: its probe task ends.
     pub removed: AtomicBool,
+    /// It has answered a request (the first answer is an event: a new worker takes traffic).
+    pub answered: AtomicBool,
     /// Counts the times it was taken out for not answering: requests waiting on it give up
     /// (and are retried elsewhere when they may be).
     gone: tokio::sync::watch::Sender<u64>,
@@ -118,6 +120,7 @@ impl Member {
             lanes: RwLock::new(HashMap::new()),
             outstanding: AtomicUsize::new(0),
             removed: AtomicBool::new(false),
+            answered: AtomicBool::new(false),
             gone: tokio::sync::watch::channel(0).0,
             initial_latency,
         })
