@@ -12,14 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ./scripts/postgres-logical.sh
-venv=bench/.venv-cdc req=bench/cdc/requirements.txt
-want=$(sha256sum $req | cut -d' ' -f1)
-if [ ! -x $venv/bin/python ] || [ "$(cat $venv/.requirements.sha 2>/dev/null)" != "$want" ]; then
-  echo "==> creating $venv"
-  python3 -m venv $venv
-  $venv/bin/pip install -q -r $req
-  echo "$want" > $venv/.requirements.sha
-fi
+. bench/venv.sh
+venv=bench/.venv-cdc
+ensure_venv $venv bench/cdc/requirements.txt
 echo "==> cargo build --release (flotilla)"
 cargo build --release --locked -q -p flotilla --bin flotilla
 exec $venv/bin/python bench/cdc/bench.py --flotilla target/release/flotilla "$@"

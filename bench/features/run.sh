@@ -25,16 +25,9 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # The venv is reinstalled only when its pinned requirements change.
-venv=bench/.venv-features req=bench/features/requirements.txt
-want=$(sha256sum $req | cut -d' ' -f1)
-if [ ! -x $venv/bin/python ] || [ "$(cat $venv/.requirements.sha 2>/dev/null)" != "$want" ]; then
-  log "creating $venv ($req)"
-  rm -rf $venv
-  python3 -m venv $venv
-  $venv/bin/pip install -q --upgrade pip
-  $venv/bin/pip install -q -r $req
-  echo "$want" > $venv/.requirements.sha
-fi
+. bench/venv.sh
+venv=bench/.venv-features
+ensure_venv $venv bench/features/requirements.txt
 
 log "cargo build --release (flotilla, bench_online)"
 cargo build --release --locked -q -p flotilla --bin flotilla -p flotilla-features --example bench_online

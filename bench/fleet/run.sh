@@ -10,16 +10,9 @@ cd "$(dirname "$0")/../.."
 
 log() { printf '==> %s\n' "$*"; }
 
-venv=bench/.venv-fleet req=bench/fleet/requirements.txt
-want=$(sha256sum $req | cut -d' ' -f1)
-if [ ! -x $venv/bin/python ] || [ "$(cat $venv/.requirements.sha 2>/dev/null)" != "$want" ]; then
-  log "creating $venv ($req)"
-  rm -rf $venv
-  python3 -m venv $venv
-  $venv/bin/pip install -q --upgrade pip
-  $venv/bin/pip install -q -r $req
-  echo "$want" > $venv/.requirements.sha
-fi
+. bench/venv.sh
+venv=bench/.venv-fleet
+ensure_venv $venv bench/fleet/requirements.txt
 
 log "cargo build --release (flotilla)"
 cargo build --release --locked -q -p flotilla --bin flotilla

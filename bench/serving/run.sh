@@ -21,17 +21,9 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # One venv per peer, reinstalled only when its pinned requirements change.
+. bench/venv.sh
 for name in mlserver triton client; do
-  venv=bench/.venv-serving-$name req=bench/serving/requirements-$name.txt
-  want=$(sha256sum $req | cut -d' ' -f1)
-  if [ ! -x $venv/bin/python ] || [ "$(cat $venv/.requirements.sha 2>/dev/null)" != "$want" ]; then
-    log "creating $venv ($req)"
-    rm -rf $venv
-    python3 -m venv $venv
-    $venv/bin/pip install -q --upgrade pip
-    $venv/bin/pip install -q -r $req
-    echo "$want" > $venv/.requirements.sha
-  fi
+  ensure_venv bench/.venv-serving-$name bench/serving/requirements-$name.txt
 done
 
 log "cargo build --release (flotilla, bench_raw, bench_load)"

@@ -27,6 +27,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from conftest import BIN, EXAMPLES, ROOT, Router, Server, free_port, wait_for
+from test_features import TXN_VIEW
 from test_perf_analyzer import perf_analyzer
 
 DELAY = {"FLOTILLA_TEST_BACKENDS": "delay"}
@@ -510,25 +511,12 @@ def test_hedging_sends_a_second_copy_to_another_worker(tmp_path):
         r.stop()
 
 
-TXN = """
-[[entity]]
-name = "card"
-join_key = "card_id"
-value_type = "int64"
-
-[[feature_view]]
-name = "txn"
-entities = ["card"]
-ttl = "0"
-push_source = "txn_push"
-features = [{ name = "amount", dtype = "float32" }]
-"""
 
 
 def test_feast_and_drift_endpoints_go_to_a_worker_that_has_them(tmp_path):
     features = tmp_path / "features"
     features.mkdir()
-    (features / "repo.toml").write_text(TXN)
+    (features / "repo.toml").write_text(TXN_VIEW.format(stream=""))
     r = Router()
     w = None
     try:

@@ -47,7 +47,9 @@ pub(crate) enum Signal {
 /// The fleet's answer for a model no worker can take now.
 fn no_worker(model: &str, known: bool) -> Error {
     if known {
-        Error::unavailable(format!("model '{model}': no worker is ready to serve it now (all draining or out of rotation)"))
+        Error::unavailable(format!(
+            "model '{model}': no worker is ready to serve it now (all draining or out of rotation)"
+        ))
     } else {
         // Triton's wording, as a worker says it.
         Error::not_found(format!("Request for unknown model: '{model}' is not found"))
@@ -122,10 +124,20 @@ impl Fleet {
             if lane.stale() {
                 continue;
             }
-            offers.push((m.clone(), lane, r.capacity_class, offer.capacity_rps, offer.latency_target_ms, offer.instances, r.hardware.clone()));
+            offers.push((
+                m.clone(),
+                lane,
+                r.capacity_class,
+                offer.capacity_rps,
+                offer.latency_target_ms,
+                offer.instances,
+                r.hardware.clone(),
+            ));
         }
         if !known && !version.is_empty() && members.iter().any(|m| m.record().offer(model, "").is_some()) {
-            return Err(Error::not_found(format!("Request for unknown model: '{model}' version {version} is not found")));
+            return Err(Error::not_found(format!(
+                "Request for unknown model: '{model}' version {version} is not found"
+            )));
         }
         if offers.is_empty() {
             return Err(no_worker(model, known));
@@ -133,7 +145,8 @@ impl Fleet {
         // A worker that has not measured its capacity yet stands in at the median of those of
         // its hardware kind that have, else of every worker that has.
         let median = |same: &dyn Fn(&str) -> bool| -> Option<f64> {
-            let mut m: Vec<f64> = offers.iter().filter(|o| same(&o.6)).filter_map(|o| o.3).filter(|c| *c > 0.0).collect();
+            let mut m: Vec<f64> =
+                offers.iter().filter(|o| same(&o.6)).filter_map(|o| o.3).filter(|c| *c > 0.0).collect();
             m.sort_by(f64::total_cmp);
             m.get(m.len() / 2).copied()
         };
@@ -178,9 +191,18 @@ impl Fleet {
     }
 
     /// Sends one attempt and records what it says about the worker.
-    async fn attempt(&self, pick: &Pick, model: &str, proto: ModelInferRequest, deadline: Option<Instant>) -> std::result::Result<InferResponse, Failure> {
+    async fn attempt(
+        &self,
+        pick: &Pick,
+        model: &str,
+        proto: ModelInferRequest,
+        deadline: Option<Instant>,
+    ) -> std::result::Result<InferResponse, Failure> {
         let _outstanding = Outstanding::enter(&pick.member, &pick.lane);
-        self.metrics.outstanding.with_label_values(&[&pick.member.id]).set(pick.member.outstanding.load(std::sync::atomic::Ordering::Relaxed) as i64);
+        self.metrics
+            .outstanding
+            .with_label_values(&[&pick.member.id])
+            .set(pick.member.outstanding.load(std::sync::atomic::Ordering::Relaxed) as i64);
         let limit = match deadline {
             Some(d) => d.saturating_duration_since(Instant::now()).min(self.settings.attempt_timeout),
             None => self.settings.attempt_timeout,
@@ -203,12 +225,8 @@ impl Fleet {
         pick.lane.peak.observe(took);
         self.metrics.attempt_duration.with_label_values(&[&pick.member.id]).observe(took.as_secs_f64());
         let result = match answer {
-            Ok(Ok(response)) => flotilla_grpc::convert::response_from_proto(response.into_inner()).map_err(|e| Failure {
-                error: e,
-                maybe_ran: true,
-                retryable: false,
-                signal: Signal::Failed,
-            }),
+            Ok(Ok(response)) => flotilla_grpc::convert::response_from_proto(response.into_inner())
+                .map_err(|e| Failure { error: e, maybe_ran: true, retryable: false, signal: Signal::Failed }),
             Ok(Err(status)) => Err(classify(&pick.member.id, status)),
             Err(_) => Err(Failure {
                 error: Error::new(
@@ -362,4 +380,3 @@ impl Fleet {
         }
     }
 }
-

@@ -141,8 +141,20 @@ async fn events(State(s): State<RouterState>, Query(q): Query<Since>) -> Json<Va
     Json(json!({ "events": s.fleet.events().since(q.since_ms) }))
 }
 
-async fn proxy_features(State(s): State<RouterState>, method: Method, uri: axum::http::Uri, headers: HeaderMap, body: Body) -> Response {
-    let target = s.fleet.members.all().into_iter().filter(|m| m.available() && m.record().features).min_by_key(|m| m.outstanding.load(Ordering::Relaxed));
+async fn proxy_features(
+    State(s): State<RouterState>,
+    method: Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let target = s
+        .fleet
+        .members
+        .all()
+        .into_iter()
+        .filter(|m| m.available() && m.record().features)
+        .min_by_key(|m| m.outstanding.load(Ordering::Relaxed));
     let Some(m) = target else {
         return ApiError(Error::unavailable("no worker with a feature store is in rotation")).into_response();
     };
@@ -164,7 +176,9 @@ async fn proxy_drift(
         .min_by_key(|m| m.outstanding.load(Ordering::Relaxed));
     let Some(m) = target else {
         let why = match s.fleet.members.all().iter().any(|m| m.record().offer(&model, "").is_some()) {
-            true => Error::unavailable(format!("no worker that serves model '{model}' and monitors drift is in rotation")),
+            true => {
+                Error::unavailable(format!("no worker that serves model '{model}' and monitors drift is in rotation"))
+            }
             false => Error::not_found(format!("Request for unknown model: '{model}' is not found")),
         };
         return ApiError(why).into_response();

@@ -285,7 +285,13 @@ impl Member {
         let mut v: Vec<_> = lanes
             .iter()
             .map(|(m, l)| {
-                (m.clone(), l.peak.estimate_ns(), l.base.value_ns(), l.rate.per_second(), l.outstanding.load(Ordering::Relaxed))
+                (
+                    m.clone(),
+                    l.peak.estimate_ns(),
+                    l.base.value_ns(),
+                    l.rate.per_second(),
+                    l.outstanding.load(Ordering::Relaxed),
+                )
             })
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));

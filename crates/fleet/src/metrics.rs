@@ -1,7 +1,7 @@
 //! The router's fleet metrics, registered beside the protocol metrics (`flotilla_fleet_*`).
 
-use flotilla_core::metrics::{counter, float_gauge, gauge, histogram};
 use flotilla_core::metrics::LATENCY_BUCKETS;
+use flotilla_core::metrics::{counter, float_gauge, gauge, histogram};
 use prometheus::{GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Registry};
 
 #[derive(Clone)]

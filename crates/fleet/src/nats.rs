@@ -94,7 +94,8 @@ impl Kv {
             num_replicas: 1,
             ..Default::default()
         };
-        let wait = |what: &'static str| move |_| format!("NATS bucket '{}': no answer to {what} within 3 s", self.bucket);
+        let wait =
+            |what: &'static str| move |_| format!("NATS bucket '{}': no answer to {what} within 3 s", self.bucket);
         tokio::time::timeout(Duration::from_secs(3), js.get_or_create_stream(config))
             .await
             .map_err(wait("create"))?

@@ -117,7 +117,11 @@ impl Fleet {
             });
             Fleet {
                 members: Arc::new(members),
-                retry_budget: TpsBudget::new(Duration::from_secs(10), settings.retry_min_per_sec, settings.retry_percent),
+                retry_budget: TpsBudget::new(
+                    Duration::from_secs(10),
+                    settings.retry_min_per_sec,
+                    settings.retry_percent,
+                ),
                 hedge_budget: TpsBudget::new(Duration::from_secs(10), 0, settings.hedge_percent),
                 settings,
                 options,
@@ -169,7 +173,9 @@ impl Fleet {
                     Ok(Ok(r)) => Some(r.into_inner().ready),
                     Ok(Err(status)) => {
                         let f = crate::forward::classify(&member.id, status);
-                        if f.signal == crate::forward::Signal::Connection && member.eject(EjectReason::Connection, Duration::ZERO) {
+                        if f.signal == crate::forward::Signal::Connection
+                            && member.eject(EjectReason::Connection, Duration::ZERO)
+                        {
                             metrics.ejections.with_label_values(&["probe"]).inc();
                             members.events.push(&member.id, "ejected", format!("probe: {}", f.error.message));
                             members.update_gauges();
@@ -348,8 +354,7 @@ fn merge_index(rows: impl IntoIterator<Item = IndexEntry>, ready_only: bool) -> 
         }
     }
     // A model with a ready version needs no version-less "not loaded" row beside it.
-    let ready_models: Vec<String> =
-        merged.values().filter(|e| e.state == "READY").map(|e| e.name.clone()).collect();
+    let ready_models: Vec<String> = merged.values().filter(|e| e.state == "READY").map(|e| e.name.clone()).collect();
     merged
         .into_values()
         .filter(|e| !(e.version.is_empty() && e.state.is_empty() && ready_models.contains(&e.name)))
@@ -447,7 +452,8 @@ impl Api for Fleet {
                 pb::ModelRepositoryParameter { parameter_choice: Some(ParameterChoice::StringParam(config)) },
             );
         }
-        let request = pb::RepositoryModelLoadRequest { repository_name: String::new(), model_name: name.into(), parameters };
+        let request =
+            pb::RepositoryModelLoadRequest { repository_name: String::new(), model_name: name.into(), parameters };
         let answers = self
             .ask_all(self.reachable(), |m| {
                 let mut c = m.client.clone();

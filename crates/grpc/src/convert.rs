@@ -142,32 +142,49 @@ pub fn bytes_to_contents(t: &Tensor) -> Result<InferTensorContents> {
     Ok(c)
 }
 
+/// One tensor from its protobuf fields: `raw` bytes or typed `contents`, not both.
+fn tensor(
+    name: String,
+    datatype: &str,
+    shape: Vec<i64>,
+    parameters: &HashMap<String, InferParameter>,
+    raw: Option<Bytes>,
+    contents: Option<&InferTensorContents>,
+    what: &str,
+) -> Result<Tensor> {
+    let datatype = DataType::parse(datatype).map_err(|e| Error::invalid(format!("{what}: {}", e.message)))?;
+    let data = match (raw, contents) {
+        (Some(_), Some(c)) if !filled_fields(c).is_empty() => {
+            return Err(Error::invalid(format!("{what}: has both contents and raw contents; give one")))
+        }
+        (Some(bytes), _) => bytes,
+        (None, Some(c)) => Bytes::from(contents_to_bytes(c, datatype, what)?),
+        (None, None) => Bytes::new(),
+    };
+    let mut t = Tensor::new(name, datatype, shape, data);
+    t.parameters = params(parameters);
+    Ok(t)
+}
+
+/// The raw contents, one per tensor in order, or none at all.
+fn raw_contents(raw: Vec<Bytes>, tensors: usize, field: &str, what: &str) -> Result<std::vec::IntoIter<Bytes>> {
+    if !raw.is_empty() && raw.len() != tensors {
+        return Err(Error::invalid(format!(
+            "{field} has {} entries but the {what} has {tensors}; give one per tensor, in order",
+            raw.len()
+        )));
+    }
+    Ok(raw.into_iter())
+}
+
 /// Decodes a `ModelInferRequest`.
 pub fn request_from_proto(mut req: ModelInferRequest) -> Result<InferRequest> {
     let raw = std::mem::take(&mut req.raw_input_contents);
-    if !raw.is_empty() && raw.len() != req.inputs.len() {
-        return Err(Error::invalid(format!(
-            "raw_input_contents has {} entries but the request has {} inputs; give one per input, in order",
-            raw.len(),
-            req.inputs.len()
-        )));
-    }
-    let mut raw = raw.into_iter();
+    let mut raw = raw_contents(raw, req.inputs.len(), "raw_input_contents", "request's inputs")?;
     let mut inputs = Vec::with_capacity(req.inputs.len());
     for i in req.inputs {
         let what = format!("input '{}'", i.name);
-        let datatype = DataType::parse(&i.datatype).map_err(|e| Error::invalid(format!("{what}: {}", e.message)))?;
-        let data = match (raw.next(), &i.contents) {
-            (Some(_), Some(c)) if !filled_fields(c).is_empty() => {
-                return Err(Error::invalid(format!("{what}: has both contents and raw_input_contents; give one")))
-            }
-            (Some(bytes), _) => bytes,
-            (None, Some(c)) => Bytes::from(contents_to_bytes(c, datatype, &what)?),
-            (None, None) => Bytes::new(),
-        };
-        let mut t = Tensor::new(i.name, datatype, i.shape, data);
-        t.parameters = params(&i.parameters);
-        inputs.push(t);
+        inputs.push(tensor(i.name, &i.datatype, i.shape, &i.parameters, raw.next(), i.contents.as_ref(), &what)?);
     }
     let mut outputs = Vec::with_capacity(req.outputs.len());
     for o in req.outputs {
@@ -217,29 +234,17 @@ pub fn request_to_proto(r: &InferRequest) -> ModelInferRequest {
     }
 }
 
-/// Decodes another server's response (raw or typed contents).
+/// Decodes another server's response (raw or typed contents); a malformed one is an internal error.
 pub fn response_from_proto(mut resp: ModelInferResponse) -> Result<InferResponse> {
+    let bad = |e: Error| Error::internal(format!("the worker's response is malformed: {}", e.message));
     let raw = std::mem::take(&mut resp.raw_output_contents);
-    if !raw.is_empty() && raw.len() != resp.outputs.len() {
-        return Err(Error::internal(format!(
-            "the worker's response has {} raw_output_contents for {} outputs",
-            raw.len(),
-            resp.outputs.len()
-        )));
-    }
-    let mut raw = raw.into_iter();
+    let mut raw = raw_contents(raw, resp.outputs.len(), "raw_output_contents", "response's outputs").map_err(bad)?;
     let mut outputs = Vec::with_capacity(resp.outputs.len());
     for o in resp.outputs {
         let what = format!("output '{}'", o.name);
-        let datatype = DataType::parse(&o.datatype).map_err(|e| Error::internal(format!("{what}: {}", e.message)))?;
-        let data = match (raw.next(), &o.contents) {
-            (Some(bytes), _) => bytes,
-            (None, Some(c)) => Bytes::from(contents_to_bytes(c, datatype, &what)?),
-            (None, None) => Bytes::new(),
-        };
-        let mut t = Tensor::new(o.name, datatype, o.shape, data);
-        t.parameters = params(&o.parameters);
-        outputs.push(t);
+        outputs.push(
+            tensor(o.name, &o.datatype, o.shape, &o.parameters, raw.next(), o.contents.as_ref(), &what).map_err(bad)?,
+        );
     }
     Ok(InferResponse {
         model_name: resp.model_name,

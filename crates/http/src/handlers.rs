@@ -58,7 +58,10 @@ pub async fn model_metadata<A: Api>(State(s): State<AppState<A>>, Path(model): P
     metadata(&s, &model, "").await
 }
 
-pub async fn model_metadata_v<A: Api>(State(s): State<AppState<A>>, Path((m, v)): Path<(String, String)>) -> Result<Json<Value>> {
+pub async fn model_metadata_v<A: Api>(
+    State(s): State<AppState<A>>,
+    Path((m, v)): Path<(String, String)>,
+) -> Result<Json<Value>> {
     metadata(&s, &m, &v).await
 }
 
@@ -87,7 +90,10 @@ pub async fn model_config<A: Api>(State(s): State<AppState<A>>, Path(model): Pat
     Ok(Json(to_json(&*s.service.model_config(&model, "").await?)))
 }
 
-pub async fn model_config_v<A: Api>(State(s): State<AppState<A>>, Path((m, v)): Path<(String, String)>) -> Result<Json<Value>> {
+pub async fn model_config_v<A: Api>(
+    State(s): State<AppState<A>>,
+    Path((m, v)): Path<(String, String)>,
+) -> Result<Json<Value>> {
     Ok(Json(to_json(&*s.service.model_config(&m, &v).await?)))
 }
 
@@ -140,7 +146,10 @@ pub async fn model_stats<A: Api>(State(s): State<AppState<A>>, Path(model): Path
     Ok(stats_json(s.service.statistics(&model, "").await?))
 }
 
-pub async fn model_stats_v<A: Api>(State(s): State<AppState<A>>, Path((m, v)): Path<(String, String)>) -> Result<Json<Value>> {
+pub async fn model_stats_v<A: Api>(
+    State(s): State<AppState<A>>,
+    Path((m, v)): Path<(String, String)>,
+) -> Result<Json<Value>> {
     Ok(stats_json(s.service.statistics(&m, &v).await?))
 }
 
@@ -151,7 +160,10 @@ pub async fn model_drift<A: Api>(State(s): State<AppState<A>>, Path(model): Path
 
 /// The open windows' mergeable summaries per version (sketches, counts, moments): what a fleet
 /// view merges across workers.
-pub async fn model_drift_window<A: Api>(State(s): State<AppState<A>>, Path(model): Path<String>) -> Result<Json<Value>> {
+pub async fn model_drift_window<A: Api>(
+    State(s): State<AppState<A>>,
+    Path(model): Path<String>,
+) -> Result<Json<Value>> {
     drift_monitor(&s, &model).await?.open_windows(&model).map(Json).ok_or_else(|| no_profile(&model).into())
 }
 
@@ -172,7 +184,12 @@ fn no_profile(model: &str) -> Error {
     ))
 }
 
-pub async fn infer<A: Api>(State(s): State<AppState<A>>, Path(model): Path<String>, headers: HeaderMap, body: Body) -> Response {
+pub async fn infer<A: Api>(
+    State(s): State<AppState<A>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     infer_inner(s, model, String::new(), headers, body).await.unwrap_or_else(|e| e.into_response())
 }
 
@@ -185,7 +202,13 @@ pub async fn infer_v<A: Api>(
     infer_inner(s, m, v, headers, body).await.unwrap_or_else(|e| e.into_response())
 }
 
-async fn infer_inner<A: Api>(s: AppState<A>, model: String, version: String, headers: HeaderMap, body: Body) -> Result<Response> {
+async fn infer_inner<A: Api>(
+    s: AppState<A>,
+    model: String,
+    version: String,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
     let bytes = body::read(&headers, body, s.options.max_request_bytes).await?;
     s.service.shed_early(&model, &version)?;
     let header_len = match headers.get("inference-header-content-length") {
@@ -228,7 +251,11 @@ async fn json_body<A: Api>(s: &AppState<A>, headers: &HeaderMap, body: Body) -> 
     Ok(v)
 }
 
-pub async fn repository_index<A: Api>(State(s): State<AppState<A>>, headers: HeaderMap, body: Body) -> Result<Json<Value>> {
+pub async fn repository_index<A: Api>(
+    State(s): State<AppState<A>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>> {
     let req = json_body(&s, &headers, body).await?;
     let ready = match req.get("ready") {
         None => false,

@@ -2,8 +2,8 @@
 //! header, then (optionally) raw tensor bytes in input order.
 
 use bytes::Bytes;
-use flotilla_core::tensor::split_bytes_elements;
 use flotilla_core::protocol;
+use flotilla_core::tensor::split_bytes_elements;
 use flotilla_core::{DataType, Error, InferRequest, InferResponse, ParamValue, Parameters, Result, Tensor};
 use half::{bf16, f16};
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};

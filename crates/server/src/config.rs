@@ -198,13 +198,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// Settings of `flotilla serve`.
+/// Where a server listens (`serve` and `route` alike).
 #[derive(Debug, Clone, Args)]
-pub struct ServeConfig {
-    /// Model repository folder, in Triton's layout (<model>/config.pbtxt, <model>/<version>/model.onnx).
-    #[arg(long, env = "FLOTILLA_MODEL_REPOSITORY", default_value = "examples/repository")]
-    pub model_repository: PathBuf,
-
+pub struct ListenArgs {
     /// Address to listen on.
     #[arg(long, env = "FLOTILLA_HOST", default_value = "0.0.0.0")]
     pub host: IpAddr,
@@ -220,6 +216,29 @@ pub struct ServeConfig {
     /// Port for Prometheus metrics at /metrics (0 = disabled).
     #[arg(long, env = "FLOTILLA_METRICS_PORT", default_value_t = 8002)]
     pub metrics_port: u16,
+}
+
+/// How a server logs.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log line format.
+    #[arg(long, env = "FLOTILLA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter: a level (error, warn, info, debug, trace) or tracing directives such as `flotilla=debug`.
+    #[arg(long, env = "FLOTILLA_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// Settings of `flotilla serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Model repository folder, in Triton's layout (<model>/config.pbtxt, <model>/<version>/model.onnx).
+    #[arg(long, env = "FLOTILLA_MODEL_REPOSITORY", default_value = "examples/repository")]
+    pub model_repository: PathBuf,
+
+    #[command(flatten)]
+    pub listen: ListenArgs,
 
     /// Which models are loaded, and whether the repository API may load and unload.
     #[arg(long, env = "FLOTILLA_MODEL_CONTROL_MODE", value_enum, default_value_t = ControlModeArg::None)]
@@ -241,13 +260,8 @@ pub struct ServeConfig {
     #[arg(long, env = "FLOTILLA_EXIT_TIMEOUT_SECS", default_value_t = 30)]
     pub exit_timeout_secs: u64,
 
-    /// Log line format.
-    #[arg(long, env = "FLOTILLA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-
-    /// Log filter: a level (error, warn, info, debug, trace) or tracing directives such as `flotilla=debug`.
-    #[arg(long, env = "FLOTILLA_LOG_LEVEL", default_value = "info")]
-    pub log_level: String,
+    #[command(flatten)]
+    pub log: LogArgs,
 
     /// Largest accepted request body in bytes, before and after decompression (413 above it);
     /// also the largest gRPC message.
@@ -370,21 +384,8 @@ pub enum PolicyArg {
 /// Settings of `flotilla route`.
 #[derive(Debug, Clone, Args)]
 pub struct RouteConfig {
-    /// Address to listen on.
-    #[arg(long, env = "FLOTILLA_HOST", default_value = "0.0.0.0")]
-    pub host: IpAddr,
-
-    /// HTTP port: the KServe v2 REST API (as a worker's), the fleet view and worker registration.
-    #[arg(long, env = "FLOTILLA_HTTP_PORT", default_value_t = 8000)]
-    pub http_port: u16,
-
-    /// gRPC port for inference.GRPCInferenceService, health and reflection (0 = any free port).
-    #[arg(long, env = "FLOTILLA_GRPC_PORT", default_value_t = 8001)]
-    pub grpc_port: u16,
-
-    /// Port for Prometheus metrics at /metrics (0 = disabled).
-    #[arg(long, env = "FLOTILLA_METRICS_PORT", default_value_t = 8002)]
-    pub metrics_port: u16,
+    #[command(flatten)]
+    pub listen: ListenArgs,
 
     /// Fleet membership: `embedded` (workers register with this router) or a NATS JetStream KV
     /// registry `nats://HOST:PORT` shared by several routers.
@@ -444,13 +445,8 @@ pub struct RouteConfig {
     #[arg(long, env = "FLOTILLA_EXIT_TIMEOUT_SECS", default_value_t = 30)]
     pub exit_timeout_secs: u64,
 
-    /// Log line format.
-    #[arg(long, env = "FLOTILLA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-
-    /// Log filter: a level or tracing directives.
-    #[arg(long, env = "FLOTILLA_LOG_LEVEL", default_value = "info")]
-    pub log_level: String,
+    #[command(flatten)]
+    pub log: LogArgs,
 
     /// Largest accepted request body in bytes, before and after decompression (413 above it).
     #[arg(long, env = "FLOTILLA_MAX_REQUEST_BYTES", default_value_t = 64 * 1024 * 1024)]

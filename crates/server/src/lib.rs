@@ -35,7 +35,7 @@ use flotilla_drift::monitor::{Folding, Monitor};
 use flotilla_features::enrich::Enrichment;
 use flotilla_features::FeatureStore;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -51,11 +51,12 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the ports `config` names; metrics port 0 disables metrics.
     pub async fn bind(config: &ServeConfig) -> anyhow::Result<Self> {
-        Self::bind_on(config.host, config.http_port, config.grpc_port, config.metrics_port).await
+        Self::bind_on(&config.listen).await
     }
 
-    /// Binds HTTP, gRPC and (unless 0) metrics ports on `host`.
-    pub async fn bind_on(host: IpAddr, http: u16, grpc: u16, metrics: u16) -> anyhow::Result<Self> {
+    /// Binds the HTTP, gRPC and (unless 0) metrics ports of `listen`.
+    pub async fn bind_on(listen: &config::ListenArgs) -> anyhow::Result<Self> {
+        let (host, http, grpc, metrics) = (listen.host, listen.http_port, listen.grpc_port, listen.metrics_port);
         let bind = |port: u16| async move {
             let addr = SocketAddr::new(host, port);
             TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))
@@ -196,7 +197,11 @@ pub struct Built {
 /// false, listeners stop accepting, in-flight requests finish (up to
 /// `--exit-timeout-secs`). A fleet worker (`--join`) first drains as on a preemption notice:
 /// its routers stop sending at once, and it leaves the fleet when nothing is left.
-pub async fn run(mut config: ServeConfig, listeners: Listeners, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    mut config: ServeConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let worker::Prepared { agent: mut agent_settings, consumer } = worker::prepare(&mut config, &listeners)?;
     let Built { service, features, drift } = build_service(&config).await?;
     agent_settings.features = features.is_some();
@@ -215,10 +220,15 @@ pub async fn run(mut config: ServeConfig, listeners: Listeners, shutdown: impl F
         "listening"
     );
 
-    let extra = flotilla_fleet::http::worker_routes(agent.clone(), Duration::from_millis(config.fleet.preempt_deadline_ms));
+    let extra =
+        flotilla_fleet::http::worker_routes(agent.clone(), Duration::from_millis(config.fleet.preempt_deadline_ms));
     let http_router = flotilla_http::router(
         service.clone(),
-        flotilla_http::HttpOptions { max_request_bytes: config.max_request_bytes, features: features.clone(), drift: drift.clone() },
+        flotilla_http::HttpOptions {
+            max_request_bytes: config.max_request_bytes,
+            features: features.clone(),
+            drift: drift.clone(),
+        },
         extra,
     );
     let grpc_parts = flotilla_grpc::build(service.clone(), config.max_request_bytes, features.clone())

@@ -7,8 +7,8 @@ use flotilla::{run, Listeners};
 use tracing_subscriber::EnvFilter;
 
 fn init_tracing(level: &str, format: LogFormat) -> anyhow::Result<()> {
-    let filter =
-        EnvFilter::try_new(level).with_context(|| format!("--log-level {level:?} is not a level or filter directive"))?;
+    let filter = EnvFilter::try_new(level)
+        .with_context(|| format!("--log-level {level:?} is not a level or filter directive"))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
@@ -53,14 +53,13 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(config) => {
-            init_tracing(&config.log_level, config.log_format)?;
+            init_tracing(&config.log.log_level, config.log.log_format)?;
             let listeners = Listeners::bind(&config).await?;
             run(config, listeners, shutdown_signal()).await
         }
         Command::Route(config) => {
-            init_tracing(&config.log_level, config.log_format)?;
-            let listeners =
-                Listeners::bind_on(config.host, config.http_port, config.grpc_port, config.metrics_port).await?;
+            init_tracing(&config.log.log_level, config.log.log_format)?;
+            let listeners = Listeners::bind_on(&config.listen).await?;
             flotilla::route::route(config, listeners, shutdown_signal()).await
         }
         Command::Features(command) => {

@@ -44,7 +44,11 @@ pub fn settings(config: &RouteConfig) -> anyhow::Result<Settings> {
 }
 
 /// Runs the router until `shutdown`, then stops accepting and lets requests in flight finish.
-pub async fn route(config: RouteConfig, listeners: Listeners, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn route(
+    config: RouteConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let options = ServiceOptions { server_name: config.server_name.clone(), ..ServiceOptions::default() };
     let fleet = Fleet::new(settings(&config)?, options, Duration::from_millis(config.worker_ttl_ms.max(1)));
     let registry = match config.registry.as_str() {
@@ -69,10 +73,10 @@ pub async fn route(config: RouteConfig, listeners: Listeners, shutdown: impl Fut
         flotilla_http::HttpOptions { max_request_bytes: config.max_request_bytes, features: None, drift: None },
         extra,
     );
-    let grpc_parts = flotilla_grpc::build(fleet.clone(), config.max_request_bytes, None)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let routes = grpc_parts.routes.add_service(flotilla_fleet::feast::forwarding(fleet.clone(), config.max_request_bytes));
+    let grpc_parts =
+        flotilla_grpc::build(fleet.clone(), config.max_request_bytes, None).await.map_err(anyhow::Error::msg)?;
+    let routes =
+        grpc_parts.routes.add_service(flotilla_fleet::feast::forwarding(fleet.clone(), config.max_request_bytes));
     let (stop_tx, _) = watch::channel(false);
     let mut tasks = spawn_listeners(listeners, http_router, routes, fleet.metrics().clone(), &stop_tx);
 

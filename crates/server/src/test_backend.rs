@@ -56,19 +56,26 @@ impl Backend for DelayBackend {
     }
     fn autocomplete(&self, config: &mut ModelConfig, _: &Path, _: &AutocompleteOptions) -> Result<()> {
         if config.input.is_empty() || config.output.is_empty() {
-            return Err(Error::invalid(format!("model '{}': the delay backend needs one input and one output in config.pbtxt", config.name)));
+            return Err(Error::invalid(format!(
+                "model '{}': the delay backend needs one input and one output in config.pbtxt",
+                config.name
+            )));
         }
         Ok(())
     }
     fn load(&self, config: &ModelConfig, _: &Path) -> Result<Arc<dyn Engine>> {
         let ms = match config.parameters.get("execute_delay_ms") {
             None => 0.0,
-            Some(p) => p.string_value.trim().parse::<f64>().ok().filter(|ms| (0.0..=60_000.0).contains(ms)).ok_or_else(|| {
-                Error::invalid(format!(
-                    "model '{}': execute_delay_ms {:?} is not a number of milliseconds from 0 to 60000",
-                    config.name, p.string_value
-                ))
-            })?,
+            Some(p) => {
+                p.string_value.trim().parse::<f64>().ok().filter(|ms| (0.0..=60_000.0).contains(ms)).ok_or_else(
+                    || {
+                        Error::invalid(format!(
+                            "model '{}': execute_delay_ms {:?} is not a number of milliseconds from 0 to 60000",
+                            config.name, p.string_value
+                        ))
+                    },
+                )?
+            }
         };
         let output = config.output.first().map(|o| o.name.clone()).ok_or_else(|| Error::invalid("no output"))?;
         Ok(Arc::new(DelayEngine { delay: Duration::from_secs_f64(ms / 1000.0), output }))

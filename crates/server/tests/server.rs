@@ -23,10 +23,10 @@ struct Running {
 
 async fn start() -> Running {
     let mut config = ServeConfig::with_repository(examples());
-    config.host = "127.0.0.1".parse().unwrap();
-    config.http_port = 0;
-    config.grpc_port = 0;
-    config.metrics_port = 0;
+    config.listen.host = "127.0.0.1".parse().unwrap();
+    config.listen.http_port = 0;
+    config.listen.grpc_port = 0;
+    config.listen.metrics_port = 0;
     let mut listeners = Listeners::bind(&config).await.unwrap();
     listeners.metrics = Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
     let http = format!("http://{}", listeners.http.local_addr().unwrap());

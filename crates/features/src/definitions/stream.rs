@@ -152,10 +152,8 @@ impl StreamSpec {
             StreamSource::Nats { durable, .. } => *durable = format!("{durable}-{id}"),
             StreamSource::Redis { group, .. } | StreamSource::Kafka { group, .. } => *group = format!("{group}-{id}"),
             StreamSource::Postgres { slot, .. } => {
-                let clean: String = id
-                    .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
-                    .collect();
+                let clean: String =
+                    id.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
                 let mut named = format!("{slot}_{clean}");
                 named.truncate(63);
                 *slot = named;

@@ -1,5 +1,6 @@
 use super::*;
 use flotilla_core::testing::arb_tensor;
+use flotilla_core::RequestedOutput;
 use flotilla_proto::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use proptest::prelude::*;
 
@@ -71,9 +72,36 @@ proptest! {
     }
 
     #[test]
+    fn a_forwarded_request_and_its_answer_come_back_unchanged(t in arb_tensor(), k in 1usize..5) {
+        // The router's hop: request -> protobuf -> worker's decoder, response -> protobuf -> router.
+        let mut p = Parameters::new();
+        p.insert("timeout".into(), ParamValue::Uint(5));
+        p.insert("idempotent".into(), ParamValue::Bool(false));
+        let mut out_params = Parameters::new();
+        out_params.insert("custom".into(), ParamValue::String("x".into()));
+        let request = InferRequest {
+            model: "m".into(),
+            version: "2".into(),
+            id: "r".into(),
+            parameters: p,
+            inputs: vec![t.clone()],
+            outputs: vec![RequestedOutput { name: "o".into(), classification: Some(k), parameters: out_params }],
+        };
+        let wire = prost::Message::encode_to_vec(&request_to_proto(&request));
+        let back = request_from_proto(prost::Message::decode(&wire[..]).unwrap()).unwrap();
+        prop_assert_eq!(back, request);
+        let response = InferResponse { model_name: "m".into(), model_version: "2".into(), id: "r".into(), outputs: vec![t], ..Default::default() };
+        let wire = prost::Message::encode_to_vec(&response_to_proto(response.clone()));
+        prop_assert_eq!(response_from_proto(prost::Message::decode(&wire[..]).unwrap()).unwrap(), response);
+    }
+
+    #[test]
     fn decoder_never_panics_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         if let Ok(req) = <ModelInferRequest as prost::Message>::decode(&bytes[..]) {
             let _ = request_from_proto(req);
+        }
+        if let Ok(resp) = <ModelInferResponse as prost::Message>::decode(&bytes[..]) {
+            let _ = response_from_proto(resp);
         }
     }
 }
