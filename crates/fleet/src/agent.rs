@@ -143,7 +143,7 @@ impl Agent {
             }
             counters.insert(name.clone(), c);
         }
-        self.estimator.lock().update(Instant::now(), &counters, process_cpu_seconds());
+        self.estimator.lock().update(&counters, process_cpu_seconds());
     }
 
     /// The record as of now.

@@ -10,7 +10,6 @@
 //!   worker held to half a core by its cgroup advertises half the capacity of one on a full core.
 
 use std::collections::HashMap;
-use std::time::Instant;
 
 /// One model's counters at a point in time.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -23,76 +22,90 @@ pub struct Counters {
 
 #[derive(Debug, Default)]
 struct ModelState {
-    /// The previous reading (for rates).
-    last: Option<Counters>,
     /// The reading the engine time was last sampled at (samples wait for enough requests).
     sampled: Option<Counters>,
     /// Moving average of engine seconds per request.
     service_s: Option<f64>,
-    /// Requests per second in the last interval.
-    rate: f64,
-    /// Engine seconds per second in the last interval (for sharing the CPU among models).
-    busy_rate: f64,
+    /// Moving average of the process's CPU seconds per request of this model.
+    cpu_s: Option<f64>,
+}
+
+/// The process's CPU and every model's counters when CPU was last sampled.
+#[derive(Debug)]
+struct CpuMark {
+    cpu_s: f64,
+    counters: HashMap<String, Counters>,
 }
 
 /// Learns capacity from successive readings of the counters.
 #[derive(Debug)]
 pub struct Estimator {
     models: HashMap<String, ModelState>,
-    last_at: Option<Instant>,
-    last_cpu_s: Option<f64>,
-    /// CPU seconds per second the process used in the last interval.
-    cpu_rate: f64,
+    cpu_mark: Option<CpuMark>,
     /// CPUs the process may use (quota and affinity).
     allowance: f64,
 }
 
-/// Fewest requests in an interval for its engine time to update the estimate.
+/// Fewest requests for an engine-time sample.
 const MIN_REQUESTS: u64 = 5;
+/// Least CPU time for a CPU sample (`/proc` counts in 10 ms ticks).
+const MIN_CPU_S: f64 = 0.2;
+
+/// Folds `sample` into a moving average, busier samples weighing more (up to half).
+fn fold(average: Option<f64>, sample: f64, requests: u64) -> f64 {
+    let w = (requests as f64 / 200.0).clamp(0.1, 0.5);
+    match average {
+        None => sample,
+        Some(a) => a * (1.0 - w) + sample * w,
+    }
+}
 
 impl Estimator {
     pub fn new(allowance: f64) -> Self {
-        Self { models: HashMap::new(), last_at: None, last_cpu_s: None, cpu_rate: 0.0, allowance: allowance.max(0.01) }
+        Self { models: HashMap::new(), cpu_mark: None, allowance: allowance.max(0.01) }
     }
 
     /// Takes a reading: every model's counters, and the process's CPU seconds so far.
-    pub fn update(&mut self, now: Instant, counters: &HashMap<String, Counters>, cpu_s: Option<f64>) {
-        let dt = self.last_at.map(|t| now.saturating_duration_since(t).as_secs_f64()).unwrap_or(0.0);
-        if let (Some(cpu), Some(last)) = (cpu_s, self.last_cpu_s) {
-            if dt > 0.0 {
-                self.cpu_rate = ((cpu - last) / dt).max(0.0);
-            }
-        }
-        self.last_cpu_s = cpu_s;
-        self.last_at = Some(now);
+    pub fn update(&mut self, counters: &HashMap<String, Counters>, cpu_s: Option<f64>) {
         self.models.retain(|name, _| counters.contains_key(name));
         for (name, c) in counters {
             let state = self.models.entry(name.clone()).or_default();
-            if let (Some(last), true) = (state.last, dt > 0.0) {
-                let requests = c.requests.saturating_sub(last.requests);
-                let busy = c.busy_ns.saturating_sub(last.busy_ns) as f64 / 1e9;
-                state.rate = requests as f64 / dt;
-                state.busy_rate = busy / dt;
-            }
-            if let Some(base) = state.sampled {
-                // Requests accumulate across readings until there are enough for a sample.
-                let requests = c.requests.saturating_sub(base.requests);
-                let busy = c.busy_ns.saturating_sub(base.busy_ns) as f64 / 1e9;
-                if requests >= MIN_REQUESTS && busy > 0.0 {
-                    state.sampled = Some(*c);
-                    let sample = busy / requests as f64;
-                    // Busier intervals say more: weigh each by its request count (up to half).
-                    let w = (requests as f64 / 200.0).clamp(0.1, 0.5);
-                    state.service_s = Some(match state.service_s {
-                        None => sample,
-                        Some(s) => s * (1.0 - w) + sample * w,
-                    });
-                }
-            } else {
+            let Some(base) = state.sampled else {
                 state.sampled = Some(*c);
+                continue;
+            };
+            // Requests accumulate across readings until there are enough for a sample.
+            let requests = c.requests.saturating_sub(base.requests);
+            let busy = c.busy_ns.saturating_sub(base.busy_ns) as f64 / 1e9;
+            if requests >= MIN_REQUESTS && busy > 0.0 {
+                state.sampled = Some(*c);
+                state.service_s = Some(fold(state.service_s, busy / requests as f64, requests));
             }
-            state.last = Some(*c);
         }
+        let Some(cpu) = cpu_s else { return };
+        let Some(mark) = &self.cpu_mark else {
+            self.cpu_mark = Some(CpuMark { cpu_s: cpu, counters: counters.clone() });
+            return;
+        };
+        let used = cpu - mark.cpu_s;
+        if used < MIN_CPU_S {
+            return;
+        }
+        // The CPU of the interval, shared among models by their engine time.
+        let delta = |name: &str, c: &Counters| {
+            let m = mark.counters.get(name).copied().unwrap_or_default();
+            (c.requests.saturating_sub(m.requests), c.busy_ns.saturating_sub(m.busy_ns) as f64)
+        };
+        let total_busy: f64 = counters.iter().map(|(n, c)| delta(n, c).1).sum();
+        for (name, c) in counters {
+            let (requests, busy) = delta(name, c);
+            if requests >= MIN_REQUESTS && total_busy > 0.0 {
+                let state = self.models.entry(name.clone()).or_default();
+                let share = used * busy / total_busy;
+                state.cpu_s = Some(fold(state.cpu_s, share / requests as f64, requests));
+            }
+        }
+        self.cpu_mark = Some(CpuMark { cpu_s: cpu, counters: counters.clone() });
     }
 
     /// Engine time per request of `model`, seconds, once measured.
@@ -105,18 +118,9 @@ impl Estimator {
     /// takes longer than the target).
     pub fn capacity(&self, model: &str, instances: usize, target_s: f64) -> Option<f64> {
         let state = self.models.get(model)?;
-        let s = state.service_s?;
-        let engine = engine_capacity(instances.max(1), s, target_s);
-        // CPU: the share of the process's CPU this model's engine time accounts for.
-        let total_busy: f64 = self.models.values().map(|m| m.busy_rate).sum();
-        let cpu = if self.cpu_rate >= 0.02 && state.rate > 1.0 && total_busy > 0.0 {
-            let cpu_per_request = self.cpu_rate * (state.busy_rate / total_busy) / state.rate;
-            Some(0.9 * self.allowance / cpu_per_request.max(1e-9))
-        } else {
-            None
-        };
-        Some(match cpu {
-            Some(c) => engine.min(c),
+        let engine = engine_capacity(instances.max(1), state.service_s?, target_s);
+        Some(match state.cpu_s {
+            Some(cpu) => engine.min(0.9 * self.allowance / cpu.max(1e-9)),
             None => engine,
         })
     }
@@ -244,7 +248,6 @@ pub fn process_cpu_seconds() -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn engine_capacity_grows_with_instances_and_respects_the_target() {
@@ -263,30 +266,39 @@ mod tests {
     #[test]
     fn estimator_learns_service_time_and_cpu_limit() {
         let mut e = Estimator::new(0.5);
-        let t0 = Instant::now();
-        let at = |s: u64| t0 + Duration::from_secs(s);
         let reading = |req: u64, busy_ms: u64| {
             [("m".to_string(), Counters { requests: req, busy_ns: busy_ms * 1_000_000 })].into_iter().collect()
         };
-        e.update(at(0), &reading(0, 0), Some(0.0));
+        e.update(&reading(0, 0), Some(0.0));
         assert_eq!(e.capacity("m", 1, 0.1), None, "nothing measured yet");
         // too few requests for a sample: they add up over readings
-        e.update(at(0) + Duration::from_millis(10), &reading(2, 2), Some(0.0));
+        e.update(&reading(2, 2), Some(0.0));
         assert_eq!(e.service_time("m"), None);
-        // 100 requests/s, 1 ms of engine time each, 0.1 CPU seconds per second: CPU per
-        // request 1 ms, allowance 0.5 CPU -> 0.9 * 0.5 / 0.001 = 450/s
-        e.update(at(1), &reading(100, 100), Some(0.1));
-        e.update(at(2), &reading(200, 200), Some(0.2));
+        // 1 ms of engine time per request; CPU below the sampling floor: engine-bound (4 instances: < 4000/s)
+        e.update(&reading(100, 100), Some(0.1));
         let s = e.service_time("m").unwrap();
         assert!((s - 0.001).abs() < 1e-6, "{s}");
         let c = e.capacity("m", 4, 0.1).unwrap();
-        assert!((c - 450.0).abs() < 1.0, "CPU-bound: {c}");
-        // lots of CPU allowance: the engine limit binds (4 instances of 1 ms: < 4000/s)
-        let mut wide = Estimator::new(64.0);
-        wide.update(at(0), &reading(0, 0), Some(0.0));
-        wide.update(at(1), &reading(100, 100), Some(0.1));
-        let c = wide.capacity("m", 4, 0.1).unwrap();
         assert!(c > 3000.0 && c < 4000.0, "{c}");
+        // 0.3 CPU seconds over 300 requests: 1 ms of CPU each, allowance 0.5 CPU -> 0.9 * 0.5 / 0.001 = 450/s
+        e.update(&reading(300, 300), Some(0.3));
+        let c = e.capacity("m", 4, 0.1).unwrap();
+        assert!((c - 450.0).abs() < 1.0, "CPU-bound: {c}");
+        // a second model shares the CPU by engine time
+        let two = |a: u64, b: u64| -> HashMap<String, Counters> {
+            [
+                ("m".to_string(), Counters { requests: a, busy_ns: a * 1_000_000 }),
+                ("n".to_string(), Counters { requests: b, busy_ns: b * 3_000_000 }),
+            ]
+            .into_iter()
+            .collect()
+        };
+        let mut e = Estimator::new(1.0);
+        e.update(&two(0, 0), Some(0.0));
+        e.update(&two(100, 100), Some(0.4));
+        // m: 0.4 * 100/400 / 100 = 1 ms per request; n: 3 ms
+        let (cm, cn) = (e.capacity("m", 64, 1.0).unwrap(), e.capacity("n", 64, 1.0).unwrap());
+        assert!((cm - 900.0).abs() < 1.0 && (cn - 300.0).abs() < 1.0, "{cm} {cn}");
     }
 
     #[test]
