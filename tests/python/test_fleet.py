@@ -487,6 +487,31 @@ def test_elastic_first_prefers_opportunistic_workers(repo):
         f.stop()
 
 
+def test_load_and_unload_through_the_router_reach_every_worker(repo):
+    r = Router()
+    workers = []
+    try:
+        workers = [start_worker(r, repo, f"x{i}", "--model-control-mode", "explicit", "--load-model", "slow")
+                   for i in range(2)]
+        r.wait_workers(["x0", "x1"])
+        c = httpclient.InferenceServerClient(r.http)
+        assert not c.is_model_ready("simple")
+        c.load_model("simple")
+        wait_for(lambda: all(any(m["name"] == "simple" for m in w["models"]) for w in r.fleet()["workers"]),
+                 timeout=10, what="simple on both workers")
+        assert c.is_model_ready("simple")
+        assert all(requests.get(w.url + "/v2/models/simple/ready").status_code == 200 for w in workers)
+        requests.post(r.url + "/v2/models/simple/infer", json=simple_body()).raise_for_status()
+        c.unload_model("simple")
+        wait_for(lambda: not c.is_model_ready("simple"), timeout=10, what="simple unloaded")
+        with pytest.raises(Exception, match="no model folder|not found"):
+            c.load_model("nope")
+    finally:
+        for w in workers:
+            w.stop(signal.SIGKILL)
+        r.stop()
+
+
 def test_hedging_sends_a_second_copy_to_another_worker(tmp_path):
     fast, slow = tmp_path / "fast", tmp_path / "slow"
     delay_model(fast, "hedged", 5, 4)
