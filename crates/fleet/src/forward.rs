@@ -380,3 +380,46 @@ impl Fleet {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker_error(kind: ErrorKind) -> tonic::Status {
+        flotilla_grpc::status(Error::new(kind, "x"))
+    }
+
+    #[test]
+    fn worker_answers_keep_their_kind_and_say_whether_they_ran() {
+        let f = classify("w", worker_error(ErrorKind::Draining));
+        assert_eq!(
+            (f.error.kind, f.maybe_ran, f.retryable, f.signal),
+            (ErrorKind::Draining, false, true, Signal::Draining)
+        );
+        let f = classify("w", worker_error(ErrorKind::InvalidArgument));
+        assert_eq!((f.error.kind, f.retryable, f.signal), (ErrorKind::InvalidArgument, false, Signal::Fine));
+        assert_eq!(f.error.message, "x", "the worker's message reaches the client unchanged");
+        let f = classify("w", worker_error(ErrorKind::ResourceExhausted));
+        assert!(f.retryable && !f.maybe_ran && f.signal == Signal::Fine);
+        let f = classify("w", worker_error(ErrorKind::Internal));
+        assert!(!f.retryable && f.maybe_ran);
+        let f = classify("w", worker_error(ErrorKind::NotFound));
+        assert!(f.retryable && f.signal == Signal::Stale);
+        let f = classify("w", worker_error(ErrorKind::PayloadTooLarge));
+        assert_eq!(f.error.http_status(), 413, "kinds sharing a gRPC code stay apart");
+    }
+
+    #[test]
+    fn transport_failures_retry_and_a_refused_connection_never_ran() {
+        let refused = tonic::Status::from_error(Box::new(tonic::ConnectError(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connection refused",
+        )))));
+        let f = classify("w", refused);
+        assert!(f.retryable && !f.maybe_ran && f.signal == Signal::Connection, "{f:?}");
+        let lost = tonic::Status::unknown("transport error: connection reset");
+        let f = classify("w", lost);
+        assert!(f.retryable && f.maybe_ran && f.signal == Signal::Connection);
+        assert_eq!(f.error.kind, ErrorKind::Unavailable);
+    }
+}
