@@ -82,12 +82,14 @@ impl Snapshot {
 
     /// Below its capacity and latency target: the tier above may fill it further. The rate
     /// (smoothed over a second) keeps it under capacity; the outstanding count (instant) keeps
-    /// a sudden burst from piling onto it: by Little's law, at most capacity × target may be in
-    /// flight for the latency target to hold.
+    /// a burst from piling onto it (a worker that just joined has no rate yet): by Little's
+    /// law, at its capacity it holds capacity × latency, counted here at a latency halfway
+    /// between its usual one and the target.
     fn under_capacity(&self) -> bool {
+        let latency_s = (self.base_ns.min(self.target_ns) + self.target_ns) / 2e9;
         self.has_room()
             && self.rate < FILL * self.capacity
-            && (self.outstanding as f64) < FILL * self.capacity * self.target_ns / 1e9
+            && (self.outstanding as f64) < (FILL * self.capacity * latency_s).max(1.0)
             && self.recent_ns <= self.target_ns
     }
 }

@@ -142,18 +142,10 @@ impl Fleet {
         if offers.is_empty() {
             return Err(no_worker(model, known));
         }
-        // A worker that has not measured its capacity yet stands in at the median of those of
-        // its hardware kind that have, else of every worker that has.
-        let median = |same: &dyn Fn(&str) -> bool| -> Option<f64> {
-            let mut m: Vec<f64> =
-                offers.iter().filter(|o| same(&o.6)).filter_map(|o| o.3).filter(|c| *c > 0.0).collect();
-            m.sort_by(f64::total_cmp);
-            m.get(m.len() / 2).copied()
-        };
         let snapshots: Vec<Snapshot> = offers
             .iter()
             .map(|(_, lane, class, capacity, target_ms, instances, hardware)| {
-                let known = capacity.or_else(|| median(&|h| h == hardware)).or_else(|| median(&|_| true));
+                let known = capacity.or_else(|| self.members.stand_in(model, hardware, *instances));
                 let target_ns = target_ms * 1e6;
                 // At capacity a worker holds capacity × target requests (Little); twice that (and
                 // at least two per engine instance) is the most the router keeps outstanding on

@@ -7,7 +7,7 @@ use crate::member::Member;
 use crate::metrics::FleetMetrics;
 use crate::record::{validate, WorkerRecord, WorkerState};
 use parking_lot::RwLock;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +34,9 @@ pub struct Members {
     pub metrics: FleetMetrics,
     /// Called with each member that joins (the router starts its probe).
     on_join: Box<dyn Fn(Arc<Member>) + Send + Sync>,
+    /// The capacity per engine instance workers measured, by model and hardware kind, kept after
+    /// they leave: what a new worker stands in at until it has measured its own.
+    measured: RwLock<HashMap<(String, String), f64>>,
 }
 
 impl Members {
@@ -50,6 +53,7 @@ impl Members {
             events,
             metrics,
             on_join: Box::new(on_join),
+            measured: RwLock::new(HashMap::new()),
         }
     }
 
@@ -77,9 +81,29 @@ impl Members {
         Duration::from_nanos(v[v.len() / 2] as u64)
     }
 
+    /// What a worker that has not measured its capacity for `model` yet stands in at: the
+    /// capacity per instance measured on its hardware kind (else the least measured on any),
+    /// times its instances.
+    pub fn stand_in(&self, model: &str, hardware: &str, instances: usize) -> Option<f64> {
+        let measured = self.measured.read();
+        let per_instance = measured
+            .get(&(model.to_string(), hardware.to_string()))
+            .copied()
+            .or_else(|| measured.iter().filter(|((m, _), _)| m == model).map(|(_, c)| *c).min_by(f64::total_cmp))?;
+        Some(per_instance * instances.max(1) as f64)
+    }
+
     /// Takes a worker's registration.
     pub fn apply(&self, record: WorkerRecord) -> Result<Applied, String> {
         validate(&record)?;
+        {
+            let mut measured = self.measured.write();
+            for o in &record.models {
+                if let Some(c) = o.capacity_rps.filter(|c| *c > 0.0) {
+                    measured.insert((o.name.clone(), record.hardware.clone()), c / o.instances.max(1) as f64);
+                }
+            }
+        }
         let existing = self.get(&record.id);
         if let Some(m) = &existing {
             let old = m.record();
@@ -202,5 +226,70 @@ impl Members {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{CapacityClass, Load, ModelOffer};
+
+    fn record(id: &str, hardware: &str, capacity: Option<f64>, instances: usize) -> WorkerRecord {
+        WorkerRecord {
+            id: id.into(),
+            http: "http://127.0.0.1:1".into(),
+            grpc: "http://127.0.0.1:2".into(),
+            capacity_class: CapacityClass::Opportunistic,
+            hardware: hardware.into(),
+            state: WorkerState::Serving,
+            deadline_ms: None,
+            drained_after_ms: None,
+            models: vec![ModelOffer {
+                name: "m".into(),
+                versions: vec!["1".into()],
+                capacity_rps: capacity,
+                latency_target_ms: 100.0,
+                service_ms: None,
+                instances,
+            }],
+            load: Load::default(),
+            features: false,
+            drift: false,
+            started_ms: 1,
+            seq: 1,
+            heartbeat_ms: 1000,
+        }
+    }
+
+    #[tokio::test]
+    async fn joins_refreshes_expiry_and_stand_in_capacity() {
+        let metrics = FleetMetrics::new(&prometheus::Registry::new());
+        let members = Members::new(Duration::from_millis(50), Arc::new(Events::default()), metrics, |_| {});
+        assert_eq!(members.stand_in("m", "a", 2), None);
+        assert_eq!(members.apply(record("w1", "a", Some(100.0), 4)), Ok(Applied::Joined));
+        assert_eq!(members.apply(record("w1", "a", Some(100.0), 4)), Ok(Applied::Ignored), "same seq");
+        let mut newer = record("w1", "a", Some(100.0), 4);
+        newer.seq = 2;
+        assert_eq!(members.apply(newer), Ok(Applied::Refreshed));
+        members.apply(record("w2", "b", Some(60.0), 6)).unwrap();
+        // per instance: a 25, b 10; an unknown kind stands in at the least
+        assert_eq!(members.stand_in("m", "a", 2), Some(50.0));
+        assert_eq!(members.stand_in("m", "c", 3), Some(30.0));
+        assert_eq!(members.stand_in("other", "a", 3), None);
+        assert!(members.apply(record("bad id", "a", None, 1)).is_err());
+        // nobody expires while the registry is away; everybody does once it is back and silent
+        members.set_frozen(true);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        members.expire();
+        assert_eq!(members.all().len(), 2);
+        members.set_frozen(false);
+        members.expire();
+        assert_eq!(members.all().len(), 2, "coming back gives everyone a full TTL");
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        members.expire();
+        assert!(members.all().is_empty());
+        assert_eq!(members.stand_in("m", "a", 1), Some(25.0), "what was measured outlives the worker");
+        let kinds: Vec<&str> = members.events.since(None).iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, ["joined", "joined", "expired", "expired"]);
     }
 }
