@@ -405,23 +405,62 @@ def policies(caps_total, seconds):
     return out
 
 
-def overhead(seconds, rate, rounds):
-    """Router p50/p99 minus direct-to-worker p50/p99, same worker, same rate, alternating."""
+def histogram_mean_us(port, name, label):
+    """Mean of a Prometheus histogram (its _sum over its _count) on `port`, microseconds."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    total = count = 0.0
+    for line in text.splitlines():
+        if label in line and line.startswith(name + "_sum"):
+            total += float(line.split()[-1])
+        if label in line and line.startswith(name + "_count"):
+            count += float(line.split()[-1])
+    return total / count * 1e6 if count else float("nan")
+
+
+def perf_analyzer(url, model, rate, seconds):
+    """Triton's perf_analyzer, open-loop at `rate` requests/s over gRPC: (p50, p99) in ms."""
+    venv = Path(sys.executable).parent.parent
+    lib = next(venv.glob("lib/python3*/site-packages/nvidia/cuda_runtime/lib"))
+    out_csv = WORK / "pa.csv"
+    out_csv.unlink(missing_ok=True)
+    p = subprocess.run([str(venv / "bin" / "perf_analyzer"), "-m", model, "-u", url, "-i", "grpc",
+                        "--request-rate-range", f"{rate}:{rate}", "--measurement-interval", str(seconds * 1000 // 3),
+                        "--stability-percentage", "999", "--max-trials", "3", "-f", str(out_csv)],
+                       env={**os.environ, "LD_LIBRARY_PATH": str(lib)}, capture_output=True, text=True, timeout=300)
+    if p.returncode != 0 or not out_csv.exists():
+        raise SystemExit(f"perf_analyzer failed:\n{p.stdout}\n{p.stderr}")
+    import csv
+    row = next(csv.DictReader(open(out_csv)))
+    return float(row["p50 latency"]) / 1000, float(row["p99 latency"]) / 1000
+
+
+def overhead(seconds, rates, rounds):
+    """Router p50/p99 minus direct-to-worker p50/p99, same worker, same rate (perf_analyzer,
+    open-loop), alternating rounds; and where the router's time goes (its own work, the hop to
+    the worker, the worker's handling), from both processes' histograms."""
     rt = router_with_metrics()
-    w = worker(rt, "w", "guaranteed", "cpu", ROOT / "examples" / "repository")
+    wport = free_port()
+    w = Proc("w", ["serve", "--model-repository", str(ROOT / "examples" / "repository"), "--http-port", "0",
+                   "--grpc-port", "0", "--metrics-port", str(wport), "--join", rt.url, "--worker-id", "w",
+                   "--feature-repo", "none", "--drift-monitoring", "false"])
     wait_fleet(rt, ["w"])
     rows = []
-    for i in range(rounds):
-        for target, url in (("direct", f"127.0.0.1:{w.grpc}"), ("router", f"127.0.0.1:{rt.grpc}")):
-            run_load(url, "simple", rate, 2)
-            s = run_load(url, "simple", rate, seconds).summary()
-            rows.append({"round": i, "target": target, **s})
+    for rate in rates:
+        for i in range(rounds):
+            for target, url in (("direct", f"127.0.0.1:{w.grpc}"), ("router", f"127.0.0.1:{rt.grpc}")):
+                p50, p99 = perf_analyzer(url, "simple", rate, seconds)
+                rows.append({"rate": rate, "round": i, "target": target, "p50_ms": p50, "p99_ms": p99})
+    split = {
+        "router_request_us": histogram_mean_us(rt.metrics_port, "flotilla_response_duration_seconds", "ModelInfer"),
+        "router_attempt_us": histogram_mean_us(rt.metrics_port, "flotilla_fleet_attempt_duration_seconds", 'worker="w"'),
+        "worker_request_us": histogram_mean_us(wport, "flotilla_response_duration_seconds", "ModelInfer"),
+    }
     w.stop(signal.SIGKILL)
     rt.stop()
-    med = lambda t, k: float(np.median([r[k] for r in rows if r["target"] == t]))
-    return {"rows": rows, "rate": rate,
-            "direct_p50_ms": med("direct", "p50_ms"), "router_p50_ms": med("router", "p50_ms"),
-            "direct_p99_ms": med("direct", "p99_ms"), "router_p99_ms": med("router", "p99_ms")}
+    med = lambda rate, t, k: float(np.median([r[k] for r in rows if r["target"] == t and r["rate"] == rate]))
+    by_rate = {rate: {f"{t}_{k}": med(rate, t, k) for t in ("direct", "router") for k in ("p50_ms", "p99_ms")}
+               for rate in rates}
+    return {"rows": rows, "by_rate": by_rate, **split}
 
 
 def slowed(seconds):
@@ -509,6 +548,9 @@ def report(r, smoke):
              f"`bench/fleet/run.sh`{' --smoke' if smoke else ''} on {m['machine']} ({m['cpus']} CPUs), {m['date']}. "
              "Router and workers are the release binary on loopback; load is open-loop through tritonclient's "
              "asyncio gRPC client (latency counted from each request's due time).\n"]
+    if m.get("sections_of_this_run", "all") != "all":
+        lines.append(f"Sections rerun on {m['date']} (`--only {','.join(m['sections_of_this_run'])}`); the others "
+                     "are from the previous full run.\n")
     caps = r["calibration"]["capacity"]
     lines.append("## The rig\n")
     lines.append("| worker | class | hardware | engine instances (50 ms `score`) | measured capacity (req/s within 200 ms) |")
@@ -560,13 +602,21 @@ def report(r, smoke):
     for p, x in r["policies"].items():
         lines.append(f"| {p} | {x['sent']} | {x['failed']} | {x['p50_ms']:.1f} | {x['p99_ms']:.1f} | {100 * x['opportunistic_share']:.1f}% |")
     o = r["overhead"]
-    lines.append(f"\n## Router overhead (`simple`, one worker, {o['rate']} req/s, median of rounds)\n")
-    lines.append("| | direct to the worker | through the router | overhead | target | |")
-    lines.append("|---|---|---|---|---|---|")
-    d50 = o["router_p50_ms"] - o["direct_p50_ms"]
-    d99 = o["router_p99_ms"] - o["direct_p99_ms"]
-    lines.append(f"| p50 ms | {o['direct_p50_ms']:.3f} | {o['router_p50_ms']:.3f} | {d50:.3f} | ≤ 0.3 | {verdict(d50 <= 0.3)} |")
-    lines.append(f"| p99 ms | {o['direct_p99_ms']:.3f} | {o['router_p99_ms']:.3f} | {d99:.3f} | ≤ 2 | {verdict(d99 <= 2)} |")
+    lines.append("\n## Router overhead (`simple`, one worker; perf_analyzer over gRPC, open-loop at a request rate; "
+                 "median of alternating rounds)\n")
+    lines.append("| rate req/s | direct p50 ms | router p50 ms | p50 overhead (≤ 0.3) | direct p99 ms | router p99 ms | p99 overhead (≤ 2) |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for rate, x in o["by_rate"].items():
+        d50 = x["router_p50_ms"] - x["direct_p50_ms"]
+        d99 = x["router_p99_ms"] - x["direct_p99_ms"]
+        lines.append(f"| {rate} | {x['direct_p50_ms']:.3f} | {x['router_p50_ms']:.3f} | {d50:.3f} {verdict(d50 <= 0.3)} | "
+                     f"{x['direct_p99_ms']:.3f} | {x['router_p99_ms']:.3f} | {d99:.3f} {verdict(d99 <= 2)} |")
+    own = o["router_request_us"] - o["router_attempt_us"]
+    hop = o["router_attempt_us"] - o["worker_request_us"]
+    lines.append(f"\nWhere a routed request's time goes (means over the section, from the router's and the worker's "
+                 f"histograms): the router's own work (decode, choose, encode) {own:.0f} µs; the hop to the worker "
+                 f"and back (tonic client, loopback, the worker's HTTP/2 server) {hop:.0f} µs; the worker's handling "
+                 f"{o['worker_request_us']:.0f} µs.\n")
     s = r["slowed"]
     lines.append("\n## Slowed workers (CPU quotas by cgroup; `fraud_xgb`, 64 rows a request; balanced policy)\n")
     if "skipped" in s:
@@ -597,40 +647,48 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--compress", type=float, default=60.0)
+    ap.add_argument("--only", default="", help="comma-separated sections to rerun (calibration, replay, policies, "
+                    "overhead, slowed, overload) into the existing results; the others are kept")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     smoke = args.smoke
-    try:
-        log("calibration: every worker up, measuring capacity")
-        caps, _ = calibrate(8 if smoke else 20)
-        fleet_capacity = sum(caps.values())
-        guaranteed_capacity = sum(caps[n] for n, _, _ in GUARANTEED)
-        log(f"fleet capacity {fleet_capacity:.0f} req/s ({caps})")
-        replays = []
-        limit = 40 if smoke else None
-        for notice in (True, False):
-            log(f"spot trace replay, {'with' if notice else 'without'} notice")
-            replays.append(replay(fleet_capacity, args.compress, notice, "elastic-first", limit))
-            log(json.dumps({k: v for k, v in replays[-1].items() if not isinstance(v, list)}))
-        log("policies")
-        pol = policies(fleet_capacity, 10 if smoke else 60)
-        log("router overhead")
-        ovh = overhead(5 if smoke else 20, 300, 1 if smoke else 3)
-        log("slowed workers")
-        slw = slowed(10 if smoke else 60)
-        log("overload")
-        ovl = overload(5 if smoke else 15)
-    finally:
-        Proc.stop_all()
-    result = {
-        "meta": {"machine": platform.node(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
-                 "smoke": smoke},
-        "calibration": {"capacity": caps}, "fleet_capacity": fleet_capacity,
-        "guaranteed_capacity": guaranteed_capacity, "replays": replays, "policies": pol, "overhead": ovh,
-        "slowed": slw, "overload": ovl,
-    }
     out = WORK if smoke else ROOT / "bench" / "results"
     name = "fleet-smoke" if smoke else "fleet"
+    only = {x for x in args.only.split(",") if x}
+    result = json.loads((out / f"{name}.json").read_text()) if only else {}
+    run = lambda section: not only or section in only
+    try:
+        if run("calibration") or run("replay") or run("policies"):
+            log("calibration: every worker up, measuring capacity")
+            caps, _ = calibrate(8 if smoke else 20)
+            result["calibration"] = {"capacity": caps}
+            result["fleet_capacity"] = sum(caps.values())
+            result["guaranteed_capacity"] = sum(caps[n] for n, _, _ in GUARANTEED)
+            log(f"fleet capacity {result['fleet_capacity']:.0f} req/s ({caps})")
+        if run("replay"):
+            replays = []
+            for notice in (True, False):
+                log(f"spot trace replay, {'with' if notice else 'without'} notice")
+                replays.append(replay(result["fleet_capacity"], args.compress, notice, "elastic-first",
+                                      40 if smoke else None))
+                log(json.dumps({k: v for k, v in replays[-1].items() if not isinstance(v, list)}))
+            result["replays"] = replays
+        if run("policies"):
+            log("policies")
+            result["policies"] = policies(result["fleet_capacity"], 10 if smoke else 60)
+        if run("overhead"):
+            log("router overhead")
+            result["overhead"] = overhead(3 if smoke else 10, [100, 300, 1000], 1 if smoke else 5)
+        if run("slowed"):
+            log("slowed workers")
+            result["slowed"] = slowed(10 if smoke else 60)
+        if run("overload"):
+            log("overload")
+            result["overload"] = overload(5 if smoke else 15)
+    finally:
+        Proc.stop_all()
+    result["meta"] = {"machine": platform.node(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
+                      "smoke": smoke, "sections_of_this_run": sorted(only) or "all"}
     (out / f"{name}.json").write_text(json.dumps(result, indent=1, default=float))
     (out / f"{name}.md").write_text(report(result, smoke))
     print(report(result, smoke))

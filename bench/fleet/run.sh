@@ -3,10 +3,18 @@
 # g4dn spot trace replayed onto the opportunistic workers with and without preemption notices,
 # capacity-class policies, router overhead, slowed workers (cgroup CPU quotas, needs root) and
 # 10x overload. Installs its client venv (bench/.venv-fleet), builds the release binary, then
-# writes bench/results/fleet.{md,json}. About 35 minutes.
-# Usage: bench/fleet/run.sh [--smoke] [--compress N]   (--smoke: a few minutes; table in bench/.work-fleet/)
+# writes bench/results/fleet.{md,json}. About 40 minutes.
+# Usage: bench/fleet/run.sh [--smoke] [--compress N] [--only SECTIONS]
+#   (--smoke: a few minutes, table in bench/.work-fleet/; --only overhead,slowed: rerun sections into the results)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+
+if [ ! -e /usr/lib/x86_64-linux-gnu/libb64.so.0d ]; then
+  printf '==> installing Debian package libb64-0d (perf_analyzer)\n'
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends libb64-0d >/dev/null
+fi
 
 log() { printf '==> %s\n' "$*"; }
 

@@ -8,6 +8,7 @@
 //! - **CPU**: the process's CPU time per request (from `/proc/self/stat`, shared among models
 //!   by their engine time) against the CPU it is allowed (cgroup quota and CPU affinity), so a
 //!   worker held to half a core by its cgroup advertises half the capacity of one on a full core.
+//!   Until a CPU sample exists (0.02 s of CPU over at least 5 requests), the engine limit alone.
 
 use std::collections::HashMap;
 
@@ -48,8 +49,8 @@ pub struct Estimator {
 
 /// Fewest requests for an engine-time sample.
 const MIN_REQUESTS: u64 = 5;
-/// Least CPU time for a CPU sample (`/proc` counts in 10 ms ticks).
-const MIN_CPU_S: f64 = 0.2;
+/// Least CPU time for a CPU sample.
+const MIN_CPU_S: f64 = 0.02;
 
 /// Folds `sample` into a moving average, busier samples weighing more (up to half).
 fn fold(average: Option<f64>, sample: f64, requests: u64) -> f64 {
@@ -232,8 +233,21 @@ fn cgroup_quota() -> Option<f64> {
     None
 }
 
-/// CPU seconds this process has used (user + system), from `/proc/self/stat`.
+/// CPU seconds this process's threads have run: the sum of `/proc/self/task/*/schedstat`
+/// (nanoseconds; `/proc/self/stat` counts in 10 ms ticks, too coarse for a worker held to a few
+/// percent of a core), else `/proc/self/stat`'s user + system time.
 pub fn process_cpu_seconds() -> Option<f64> {
+    let from_tasks = std::fs::read_dir("/proc/self/task").ok().map(|tasks| {
+        tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum::<u64>() as f64
+            / 1e9
+    });
+    if let Some(cpu) = from_tasks.filter(|c| *c > 0.0) {
+        return Some(cpu);
+    }
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let rest = stat.rsplit_once(')')?.1;
@@ -275,7 +289,7 @@ mod tests {
         e.update(&reading(2, 2), Some(0.0));
         assert_eq!(e.service_time("m"), None);
         // 1 ms of engine time per request; CPU below the sampling floor: engine-bound (4 instances: < 4000/s)
-        e.update(&reading(100, 100), Some(0.1));
+        e.update(&reading(100, 100), Some(0.01));
         let s = e.service_time("m").unwrap();
         assert!((s - 0.001).abs() < 1e-6, "{s}");
         let c = e.capacity("m", 4, 0.1).unwrap();
