@@ -549,8 +549,8 @@ def report(r, smoke):
              "Router and workers are the release binary on loopback; load is open-loop through tritonclient's "
              "asyncio gRPC client (latency counted from each request's due time).\n"]
     if m.get("sections_of_this_run", "all") != "all":
-        lines.append(f"Sections rerun on {m['date']} (`--only {','.join(m['sections_of_this_run'])}`); the others "
-                     "are from the previous full run.\n")
+        lines.append(f"Sections rerun since the last full run (`--only {','.join(m['sections_of_this_run'])}`, "
+                     f"latest {m['date']}); the others are from the full run.\n")
     caps = r["calibration"]["capacity"]
     lines.append("## The rig\n")
     lines.append("| worker | class | hardware | engine instances (50 ms `score`) | measured capacity (req/s within 200 ms) |")
@@ -687,8 +687,9 @@ def main():
             result["overload"] = overload(5 if smoke else 15)
     finally:
         Proc.stop_all()
+    rerun = sorted(set(result.get("meta", {}).get("sections_of_this_run", [])) | only) if only else "all"
     result["meta"] = {"machine": platform.node(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
-                      "smoke": smoke, "sections_of_this_run": sorted(only) or "all"}
+                      "smoke": smoke, "sections_of_this_run": rerun}
     (out / f"{name}.json").write_text(json.dumps(result, indent=1, default=float))
     (out / f"{name}.md").write_text(report(result, smoke))
     print(report(result, smoke))
