@@ -50,4 +50,9 @@ pub trait Api: Send + Sync + 'static {
     /// Answers at once (before the body is decoded) when the request would be turned away for load.
     fn shed_early(&self, model: &str, version: &str) -> Result<()>;
     fn infer(&self, request: InferRequest) -> impl Future<Output = Result<InferResponse>> + Send;
+    /// Whether request header (gRPC metadata) `name`, lower case, is copied into the request's
+    /// parameters, as Triton's `--http-header-forward-pattern` does (the router's A/B splits).
+    fn forwards_header(&self, _name: &str) -> bool {
+        false
+    }
 }

@@ -99,6 +99,22 @@ pub fn grpc_timeout_micros(value: &str) -> Option<u64> {
     Some(us.max(1))
 }
 
+/// Copies the headers `wanted` names (lower case) into `params` as string parameters, unless
+/// the request sets that parameter itself; values that are not text are skipped.
+pub fn forward_headers<'a>(
+    params: &mut Parameters,
+    headers: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+    wanted: impl Fn(&str) -> bool,
+) {
+    for (name, value) in headers {
+        if let Some(value) = value {
+            if wanted(name) && !params.contains_key(name) {
+                params.insert(name.to_string(), ParamValue::String(value.to_string()));
+            }
+        }
+    }
+}
+
 /// What a repository load request asks for, from its parameters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadOptions {

@@ -10,6 +10,7 @@
 use crate::balance::{self, Choice, Snapshot};
 use crate::member::{EjectReason, Lane, Member, Outstanding};
 use crate::router::Fleet;
+use crate::traffic::{ModelTraffic, ShadowSample};
 use flotilla_core::error::KIND_HEADER;
 use flotilla_core::protocol;
 use flotilla_core::{Error, ErrorKind, InferRequest, InferResponse, Result};
@@ -276,8 +277,99 @@ impl Fleet {
         }
     }
 
+    /// Runs one inference request on the fleet: through the model's traffic policy when the
+    /// desired state declares one (the arm's version, its counts, a shadow copy), then
+    /// [`Fleet::forward_to`].
+    pub(crate) async fn forward(&self, mut request: InferRequest) -> Result<InferResponse> {
+        let Some(traffic) = self.control.traffic(&request.model) else {
+            return self.forward_to(request).await;
+        };
+        let started = Instant::now();
+        let route = traffic.route(&request);
+        // A policy's version that no worker lists (a repository that moved on by itself) falls
+        // back to each worker's latest rather than failing.
+        let listed = route.version.is_empty()
+            || route.arm == "pinned"
+            || self.members.all().iter().any(|m| m.record().offer(&request.model, &route.version).is_some());
+        request.version = if listed { route.version.clone() } else { String::new() };
+        let mirror = match &route.shadow {
+            Some(v) if protocol::idempotent(&request.parameters).unwrap_or(false) => {
+                Some((v.clone(), request.clone()))
+            }
+            _ => None,
+        };
+        let model = request.model.clone();
+        let result = {
+            let _in_flight = traffic.enter(&request.version);
+            self.forward_to(request).await
+        };
+        let took = started.elapsed();
+        traffic.record(&route.arm, took, result.as_ref().err().map(|e| e.kind));
+        let (version, outcome) = match &result {
+            Ok(r) => (r.model_version.as_str(), "ok"),
+            Err(e) => (if route.version.is_empty() { "latest" } else { route.version.as_str() }, e.kind.as_str()),
+        };
+        self.metrics.arm_requests.with_label_values(&[&model, &route.arm, version, outcome]).inc();
+        self.metrics.arm_duration.with_label_values(&[&model, &route.arm]).observe(took.as_secs_f64());
+        if let (Some((version, copy)), Ok(primary)) = (mirror, &result) {
+            self.mirror(traffic, copy, version, primary.clone());
+        }
+        result
+    }
+
+    /// Sends a copy of a request to the shadow version, off the caller's path (a task, within
+    /// the policy's in-flight limit: skipped, never queued, when busy), and records how its
+    /// answer differs from the primary's.
+    fn mirror(&self, traffic: Arc<ModelTraffic>, mut copy: InferRequest, version: String, primary: InferResponse) {
+        let Some(crate::desired::Policy::Shadow(spec)) = traffic.spec().policy else { return };
+        let model = copy.model.clone();
+        if !traffic.shadow_slot(&spec) {
+            self.metrics.shadow.with_label_values(&[&model, "skipped_busy"]).inc();
+            return;
+        }
+        let Some(fleet) = self.me.upgrade() else {
+            traffic.shadow_release();
+            return;
+        };
+        copy.version = version;
+        tokio::spawn(async move {
+            let id = copy.id.clone();
+            let answer = match fleet.pick(&model, &copy.version, &[]) {
+                Ok(pick) => {
+                    let proto = flotilla_grpc::convert::request_to_proto(&copy);
+                    fleet.attempt(&pick, &model, proto, None).await.map_err(|f| f.error)
+                }
+                Err(e) => Err(e),
+            };
+            let sample = match answer {
+                Ok(candidate) => {
+                    let (same, max_abs_diff, elements_differing, detail) =
+                        crate::traffic::compare(&primary, &candidate, spec.tolerance);
+                    ShadowSample {
+                        at_ms: crate::events::now_ms() as u64,
+                        id,
+                        outcome: if same { "match" } else { "differ" }.into(),
+                        max_abs_diff,
+                        elements_differing,
+                        detail,
+                    }
+                }
+                Err(e) => ShadowSample {
+                    at_ms: crate::events::now_ms() as u64,
+                    id,
+                    outcome: "error".into(),
+                    max_abs_diff: 0.0,
+                    elements_differing: 0,
+                    detail: format!("{}: {}", e.kind.as_str(), e.message),
+                },
+            };
+            fleet.metrics.shadow.with_label_values(&[&model, &sample.outcome]).inc();
+            traffic.shadow_done(sample);
+        });
+    }
+
     /// Runs one inference request on the fleet (retries and hedging included).
-    pub(crate) async fn forward(&self, request: InferRequest) -> Result<InferResponse> {
+    pub(crate) async fn forward_to(&self, request: InferRequest) -> Result<InferResponse> {
         let started = Instant::now();
         let idempotent = protocol::idempotent(&request.parameters)?;
         let deadline = protocol::deadline(&request.parameters, started)?;

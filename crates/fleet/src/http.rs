@@ -40,6 +40,8 @@ pub fn router_routes(fleet: Arc<Fleet>, registry: Option<Arc<Kv>>, max_request_b
     Router::new()
         .route("/v2/fleet", get(view))
         .route("/v2/fleet/events", get(events))
+        .route("/v2/fleet/traffic", get(traffic))
+        .route("/v2/fleet/traffic/{model}/shadow", get(shadow_samples))
         .route("/v2/fleet/workers/{id}", put(register).delete(deregister))
         .route("/get-online-features", post(proxy_features))
         .route("/push", post(proxy_features))
@@ -128,8 +130,28 @@ async fn view(State(s): State<RouterState>) -> Json<Value> {
         "ttl_ms": f.members.ttl.as_millis() as u64,
         "retry_budget": {"percent": f.settings.retry_percent * 100.0, "min_per_sec": f.settings.retry_min_per_sec},
         "hedging": {"models": f.settings.hedge_models, "percent": f.settings.hedge_percent * 100.0},
+        "desired_state": f.control.status(),
+        "traffic": f.control.all().iter().map(|t| t.view()).collect::<Vec<_>>(),
         "workers": workers,
     }))
+}
+
+/// The desired state in force and each declared model's traffic (arms, canary, rollout, shadow).
+async fn traffic(State(s): State<RouterState>) -> Json<Value> {
+    let f = &s.fleet;
+    Json(json!({
+        "desired_state": f.control.status(),
+        "models": f.control.all().iter().map(|t| t.view()).collect::<Vec<_>>(),
+    }))
+}
+
+/// The last mirrored requests whose candidate answer differed from the primary's, or failed.
+async fn shadow_samples(State(s): State<RouterState>, Path(model): Path<String>) -> Response {
+    match s.fleet.control.traffic(&model) {
+        Some(t) => Json(json!({ "model": model, "totals": t.view().shadow, "samples": t.shadow_samples() })).into_response(),
+        None => ApiError(Error::not_found(format!("model '{model}' has no traffic policy in the desired state")))
+            .into_response(),
+    }
 }
 
 #[derive(serde::Deserialize)]

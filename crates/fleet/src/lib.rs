@@ -16,12 +16,18 @@
 //! - [`nats`]: membership in NATS JetStream KV, for several routers.
 //! - [`agent`]: the worker's side: registration, heartbeats, preemption drain; [`capacity`]:
 //!   the capacity it measures per model.
+//! - [`desired`]: the desired state (`fleet.toml`) and its checks; [`traffic`]: per-model
+//!   policies (stable version and rollout, canary with automatic rollback, A/B, shadow);
+//!   [`control`]: the loop that watches the file, advances the policies and has workers load
+//!   the versions they need.
 //! - [`events`], [`metrics`]: what happened, for operators and the benchmark.
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod balance;
 pub mod capacity;
+pub mod control;
+pub mod desired;
 pub mod events;
 pub mod feast;
 pub mod forward;
@@ -33,3 +39,4 @@ pub mod metrics;
 pub mod nats;
 pub mod record;
 pub mod router;
+pub mod traffic;

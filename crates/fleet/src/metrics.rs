@@ -29,6 +29,23 @@ pub struct FleetMetrics {
     pub capacity: GaugeVec,
     /// Preemption notice to drained, as workers report it, seconds.
     pub drain_seconds: Histogram,
+    /// Requests by model, traffic arm (`stable`, `canary`, an A/B arm, `pinned`), version and outcome.
+    pub arm_requests: IntCounterVec,
+    /// Router latency by model and arm, seconds.
+    pub arm_duration: HistogramVec,
+    /// Canary state by model (0 waiting, 1 ramping, 2 promoted, 3 rolled back) and its share, percent.
+    pub canary_state: IntGaugeVec,
+    pub canary_percent: GaugeVec,
+    /// Traffic-policy transitions by model and kind (`canary_rolled_back`, `rollout_shifted`, ...).
+    pub transitions: IntCounterVec,
+    /// Mirrored requests by model and outcome (`match`, `differ`, `error`, `skipped_busy`).
+    pub shadow: IntCounterVec,
+    /// Reads of the desired state (`fleet.toml`) by outcome (`applied`, `refused`).
+    pub desired_reloads: IntCounterVec,
+    /// 1 while the desired state on disk is valid (0: the router keeps the last good one).
+    pub desired_valid: IntGaugeVec,
+    /// Version loads and unloads the router asked of workers, by outcome.
+    pub version_syncs: IntCounterVec,
 }
 
 impl FleetMetrics {
@@ -93,6 +110,51 @@ impl FleetMetrics {
                 .buckets(LATENCY_BUCKETS.to_vec()),
             )
             .expect("static histogram definition is valid"),
+            arm_requests: counter(
+                "flotilla_fleet_arm_requests_total",
+                "Requests by model, traffic arm, version and outcome.",
+                &["model", "arm", "version", "outcome"],
+            ),
+            arm_duration: histogram(
+                "flotilla_fleet_arm_request_duration_seconds",
+                "Router latency of a request by model and traffic arm, seconds.",
+                &["model", "arm"],
+            ),
+            canary_state: gauge(
+                "flotilla_fleet_canary_state",
+                "Canary state by model: 0 waiting, 1 ramping, 2 promoted, 3 rolled back.",
+                &["model"],
+            ),
+            canary_percent: float_gauge(
+                "flotilla_fleet_canary_percent",
+                "Share of the model's unversioned traffic the canary takes, percent.",
+                &["model"],
+            ),
+            transitions: counter(
+                "flotilla_fleet_traffic_transitions_total",
+                "Traffic-policy transitions by model and kind (canary steps, promotions, rollbacks, rollouts).",
+                &["model", "kind"],
+            ),
+            shadow: counter(
+                "flotilla_fleet_shadow_requests_total",
+                "Mirrored (shadow) requests by model and outcome: match, differ, error, skipped_busy.",
+                &["model", "outcome"],
+            ),
+            desired_reloads: counter(
+                "flotilla_fleet_desired_state_reloads_total",
+                "Reads of the desired state file by outcome (applied, refused).",
+                &["outcome"],
+            ),
+            desired_valid: gauge(
+                "flotilla_fleet_desired_state_valid",
+                "1 while the desired state file is valid; 0 while the router keeps the last good state.",
+                &["file"],
+            ),
+            version_syncs: counter(
+                "flotilla_fleet_version_syncs_total",
+                "Model version loads the router asked of workers to match the desired state, by outcome.",
+                &["outcome"],
+            ),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.attempts.clone()),
@@ -107,6 +169,15 @@ impl FleetMetrics {
             Box::new(m.outstanding.clone()),
             Box::new(m.capacity.clone()),
             Box::new(m.drain_seconds.clone()),
+            Box::new(m.arm_requests.clone()),
+            Box::new(m.arm_duration.clone()),
+            Box::new(m.canary_state.clone()),
+            Box::new(m.canary_percent.clone()),
+            Box::new(m.transitions.clone()),
+            Box::new(m.shadow.clone()),
+            Box::new(m.desired_reloads.clone()),
+            Box::new(m.desired_valid.clone()),
+            Box::new(m.version_syncs.clone()),
         ];
         for c in collectors {
             registry.register(c).expect("fleet metric names are unique");

@@ -100,6 +100,10 @@ pub struct Fleet {
     latencies: RwLock<HashMap<String, Arc<LatencyWindow>>>,
     /// For the pass-through endpoints (Feast, drift) and worker registration calls.
     pub http: reqwest::Client,
+    /// The desired state in force and its traffic policies.
+    pub control: crate::control::Control,
+    /// This router, for work it spawns (shadow requests, version loads).
+    pub(crate) me: std::sync::Weak<Fleet>,
 }
 
 impl Fleet {
@@ -132,6 +136,8 @@ impl Fleet {
                     .timeout(Duration::from_secs(30))
                     .build()
                     .unwrap_or_else(|_| reqwest::Client::new()),
+                control: crate::control::Control::default(),
+                me: fleet.clone(),
             }
         })
     }
@@ -490,6 +496,10 @@ impl Api for Fleet {
 
     async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
         self.forward(request).await
+    }
+
+    fn forwards_header(&self, name: &str) -> bool {
+        self.control.forwards_header(name)
     }
 }
 

@@ -74,10 +74,12 @@ impl<A: Api> GrpcInferenceService for InferenceService<A> {
 
     async fn model_infer(&self, r: Request<pb::ModelInferRequest>) -> Reply<pb::ModelInferResponse> {
         let deadline = grpc_timeout_micros(r.metadata());
+        let headers = forwarded(&*self.service, r.metadata());
         let mut request = request_from_proto(r.into_inner()).map_err(status)?;
         if let Some(us) = deadline {
             protocol::apply_deadline(&mut request.parameters, us);
         }
+        protocol::forward_headers(&mut request.parameters, headers.iter().map(|(k, v)| (k.as_str(), Some(v.as_str()))), |_| true);
         let response = self.service.infer(request).await.map_err(status)?;
         Ok(Response::new(response_to_proto(response)))
     }
@@ -89,17 +91,23 @@ impl<A: Api> GrpcInferenceService for InferenceService<A> {
         r: Request<tonic::Streaming<pb::ModelInferRequest>>,
     ) -> Reply<Self::ModelStreamInferStream> {
         let service = self.service.clone();
+        let headers = Arc::new(forwarded(&*self.service, r.metadata()));
         let incoming = r.into_inner();
         // Each request gets its own answer (or error message) on the stream, in order;
         // a bad request does not end the stream.
         let out = incoming
             .then(move |message| {
                 let service = service.clone();
+                let headers = headers.clone();
                 async move {
                     let message = message?;
                     let id = message.id.clone();
                     let result = match request_from_proto(message) {
-                        Ok(req) => service.infer(req).await,
+                        Ok(mut req) => {
+                            let pairs = headers.iter().map(|(k, v)| (k.as_str(), Some(v.as_str())));
+                            protocol::forward_headers(&mut req.parameters, pairs, |_| true);
+                            service.infer(req).await
+                        }
                         Err(e) => Err(e),
                     };
                     Ok(match result {
@@ -225,4 +233,17 @@ impl<A: Api> GrpcInferenceService for InferenceService<A> {
 /// The client's gRPC deadline (`grpc-timeout`) in microseconds.
 fn grpc_timeout_micros(metadata: &tonic::metadata::MetadataMap) -> Option<u64> {
     protocol::grpc_timeout_micros(metadata.get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// The metadata entries the service copies into request parameters (name, text value).
+fn forwarded<A: Api>(service: &A, metadata: &tonic::metadata::MetadataMap) -> Vec<(String, String)> {
+    metadata
+        .iter()
+        .filter_map(|kv| match kv {
+            tonic::metadata::KeyAndValueRef::Ascii(k, v) if service.forwards_header(k.as_str()) => {
+                v.to_str().ok().map(|v| (k.as_str().to_string(), v.to_string()))
+            }
+            _ => None,
+        })
+        .collect()
 }

@@ -217,7 +217,9 @@ async fn infer_inner<A: Api>(
             Error::invalid(format!("Inference-Header-Content-Length {v:?} is not a non-negative integer"))
         })?),
     };
-    let decoded = decode_request(&model, &version, bytes, header_len)?;
+    let mut decoded = decode_request(&model, &version, bytes, header_len)?;
+    let forwarded = headers.iter().map(|(k, v)| (k.as_str(), v.to_str().ok()));
+    protocol::forward_headers(&mut decoded.request.parameters, forwarded, |name| s.service.forwards_header(name));
     let (binary_outputs, default_binary) = (decoded.binary_outputs, decoded.default_binary);
     let response = s.service.infer(decoded.request).await?;
     let (payload, json_len) =

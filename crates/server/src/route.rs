@@ -62,9 +62,11 @@ pub async fn route(
         metrics = %listeners.metrics.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()).unwrap_or_else(|| "disabled".into()),
         registry = %config.registry,
         policy = fleet.settings.policy.as_str(),
+        desired_state = %config.desired_state.display(),
         "listening"
     );
     let expiry = fleet.spawn_expiry();
+    let control = fleet.spawn_control(Some(config.desired_state.clone()));
     let watch = registry.clone().map(|kv| flotilla_fleet::nats::spawn_watch(kv, fleet.members.clone()));
 
     let extra = flotilla_fleet::http::router_routes(fleet.clone(), registry, config.max_request_bytes);
@@ -91,6 +93,7 @@ pub async fn route(
     stop_tx.send_replace(true);
     drain_tasks(tasks, Duration::from_secs(config.exit_timeout_secs)).await;
     expiry.abort();
+    control.abort();
     if let Some(w) = watch {
         w.abort();
     }

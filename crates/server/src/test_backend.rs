@@ -4,6 +4,10 @@
 //! and benchmark use it to give workers real, known capacities (instances / delay) without
 //! burning the CPU the rest of the rig needs.
 //!
+//! `fail_above` (a config parameter, or a file of that name in a version folder holding a
+//! number) makes it fail every request whose first input's first element is greater: a faulty
+//! model version that errors on some inputs, for canary tests.
+//!
 //! Registered only when `FLOTILLA_TEST_BACKENDS` names it (`delay`); absent from the default
 //! build's list of backends a user sees.
 
@@ -23,6 +27,7 @@ pub struct DelayBackend;
 struct DelayEngine {
     delay: Duration,
     output: String,
+    fail_above: Option<f64>,
 }
 
 impl Engine for DelayEngine {
@@ -31,6 +36,12 @@ impl Engine for DelayEngine {
         std::thread::sleep(self.delay);
         phases.infer_done();
         let first = inputs.first().ok_or_else(|| Error::invalid("the delay backend needs one input"))?;
+        if let Some(limit) = self.fail_above {
+            let values = flotilla_core::tensor::to_f64(first.datatype, &first.data)?;
+            if values.first().is_some_and(|v| *v > limit) {
+                return Err(Error::internal(format!("injected fault: input {} > fail_above {limit}", values[0])));
+            }
+        }
         let mut out = first.clone();
         out.name = self.output.clone();
         out.parameters.clear();
@@ -63,7 +74,7 @@ impl Backend for DelayBackend {
         }
         Ok(())
     }
-    fn load(&self, config: &ModelConfig, _: &Path) -> Result<Arc<dyn Engine>> {
+    fn load(&self, config: &ModelConfig, model_file: &Path) -> Result<Arc<dyn Engine>> {
         let ms = match config.parameters.get("execute_delay_ms") {
             None => 0.0,
             Some(p) => {
@@ -78,6 +89,13 @@ impl Backend for DelayBackend {
             }
         };
         let output = config.output.first().map(|o| o.name.clone()).ok_or_else(|| Error::invalid("no output"))?;
-        Ok(Arc::new(DelayEngine { delay: Duration::from_secs_f64(ms / 1000.0), output }))
+        let in_version = model_file.parent().and_then(|d| std::fs::read_to_string(d.join("fail_above")).ok());
+        let fail_above = match in_version.or_else(|| config.parameters.get("fail_above").map(|p| p.string_value.clone())) {
+            None => None,
+            Some(text) => Some(text.trim().parse::<f64>().map_err(|_| {
+                Error::invalid(format!("model '{}': fail_above {text:?} is not a number", config.name))
+            })?),
+        };
+        Ok(Arc::new(DelayEngine { delay: Duration::from_secs_f64(ms / 1000.0), output, fail_above }))
     }
 }

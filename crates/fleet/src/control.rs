@@ -1,0 +1,305 @@
+//! The router's control loop over the desired state: it watches `fleet.toml` (a bad edit is
+//! refused with file, line and reason, and the last good state stays), keeps one
+//! [`ModelTraffic`] per declared model, advances canaries and rollouts on a tick with what the
+//! workers have ready, tells operators (event log, metrics, webhook), and asks workers to load
+//! the versions the policies need — before any traffic moves to them — and, when the model says
+//! `unload_previous`, to drop a version once nothing is in flight on it.
+//!
+//! Versions move through Triton's repository API: the router reads a worker's model config,
+//! sets its `version_policy` to the versions needed, and sends it back as a load's `config`
+//! parameter. That needs workers in explicit model control mode; a worker in another mode
+//! serves what its repository's version policy gives it, and the event log says so.
+
+use crate::desired::{self, DesiredError, DesiredState};
+use crate::member::Member;
+use crate::router::Fleet;
+use crate::traffic::{ModelTraffic, Transition};
+use flotilla_proto::inference as pb;
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often the loop looks at the file and ticks the policies.
+pub const TICK: Duration = Duration::from_millis(250);
+/// After a failed version load on a worker, the next try waits this long.
+const SYNC_BACKOFF: Duration = Duration::from_secs(10);
+
+/// What `GET /v2/fleet` shows of the desired state.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DesiredStatus {
+    /// The watched file, if any.
+    pub file: Option<String>,
+    /// Models declared in the state in force.
+    pub models: usize,
+    /// Unix ms when the state in force was applied.
+    pub applied_at_ms: Option<f64>,
+    /// Why the file on disk is refused (the last good state stays in force).
+    pub error: Option<String>,
+}
+
+/// The desired state in force and its live traffic policies.
+#[derive(Default)]
+pub struct Control {
+    traffic: RwLock<HashMap<String, Arc<ModelTraffic>>>,
+    status: RwLock<DesiredStatus>,
+    headers: RwLock<Vec<String>>,
+    /// (worker, model) → when a version load may be tried again (in progress: far future).
+    syncing: Mutex<HashMap<(String, String), Instant>>,
+}
+
+impl Control {
+    /// The live policy of `model`, if the desired state declares it.
+    pub fn traffic(&self, model: &str) -> Option<Arc<ModelTraffic>> {
+        self.traffic.read().get(model).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<ModelTraffic>> {
+        let mut v: Vec<_> = self.traffic.read().values().cloned().collect();
+        v.sort_by(|a, b| a.model.cmp(&b.model));
+        v
+    }
+
+    pub fn status(&self) -> DesiredStatus {
+        self.status.read().clone()
+    }
+
+    /// Whether the A/B splits key on request header `name` (lower case).
+    pub fn forwards_header(&self, name: &str) -> bool {
+        self.headers.read().iter().any(|h| h == name)
+    }
+
+    /// Puts `state` in force: declared models keep their live state where their policy did not
+    /// change; models no longer declared lose their policy.
+    pub fn apply(&self, state: DesiredState) {
+        let mut traffic = self.traffic.write();
+        traffic.retain(|name, _| state.models.contains_key(name));
+        for (name, spec) in &state.models {
+            match traffic.get(name) {
+                Some(t) => t.update(spec.clone()),
+                None => {
+                    traffic.insert(name.clone(), Arc::new(ModelTraffic::new(name, spec.clone())));
+                }
+            }
+        }
+        *self.headers.write() = state.headers();
+        let mut status = self.status.write();
+        status.models = state.models.len();
+        status.applied_at_ms = Some(crate::events::now_ms());
+        status.error = None;
+    }
+
+    fn refuse(&self, error: &DesiredError) {
+        self.status.write().error = Some(error.to_string());
+    }
+}
+
+// === impl Fleet (control loop) ===
+
+impl Fleet {
+    /// Watches `path` (when given) and ticks the traffic policies until the router stops.
+    pub fn spawn_control(self: &Arc<Self>, path: Option<PathBuf>) -> tokio::task::JoinHandle<()> {
+        let fleet = Arc::downgrade(self);
+        if let Some(p) = &path {
+            self.control.status.write().file = Some(p.display().to_string());
+        }
+        tokio::spawn(async move {
+            let mut last_text: Option<String> = None;
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(fleet) = fleet.upgrade() else { return };
+                if let Some(p) = &path {
+                    fleet.reload(p, &mut last_text);
+                }
+                fleet.tick_policies();
+                fleet.sync_versions();
+            }
+        })
+    }
+
+    /// Reads the file; applies it when it changed and is valid, else keeps the last good state.
+    fn reload(&self, path: &PathBuf, last_text: &mut Option<String>) {
+        let file = path.display().to_string();
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            // No file: nothing declared (a router without a desired state routes by version only).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && last_text.is_none() => return,
+            Err(e) => format!("\u{0}unreadable: {e}"),
+        };
+        if last_text.as_deref() == Some(text.as_str()) {
+            return;
+        }
+        let parsed = if let Some(why) = text.strip_prefix("\u{0}unreadable: ") {
+            Err(DesiredError { file: file.clone(), line: 0, reason: format!("cannot read it: {why}") })
+        } else {
+            desired::parse(&file, &text)
+        };
+        *last_text = Some(text);
+        match parsed {
+            Ok(state) => {
+                let n = state.models.len();
+                self.control.apply(state);
+                self.metrics.desired_reloads.with_label_values(&["applied"]).inc();
+                self.metrics.desired_valid.with_label_values(&[&file]).set(1);
+                self.members.events.push("router", "desired_state", format!("{file}: applied ({n} models)"));
+            }
+            Err(e) => {
+                self.control.refuse(&e);
+                self.metrics.desired_reloads.with_label_values(&["refused"]).inc();
+                self.metrics.desired_valid.with_label_values(&[&file]).set(0);
+                tracing::error!(error = %e, "desired state refused; keeping the last good state");
+                self.members.events.push("router", "desired_state_refused", format!("{e}; keeping the last good state"));
+            }
+        }
+    }
+
+    /// Members in rotation that list `model`.
+    fn serving_model(&self, model: &str) -> Vec<Arc<Member>> {
+        self.members.all().into_iter().filter(|m| m.available() && m.record().offer(model, "").is_some()).collect()
+    }
+
+    fn tick_policies(&self) {
+        for t in self.control.all() {
+            let members = self.serving_model(&t.model);
+            let ready = |v: &str| !members.is_empty() && members.iter().all(|m| m.record().offer(&t.model, v).is_some());
+            let any_ready = |v: &str| members.iter().any(|m| m.record().offer(&t.model, v).is_some());
+            let transitions = t.tick(ready, any_ready, |v| t.in_flight(v));
+            for tr in transitions {
+                self.announce(tr);
+            }
+            match t.canary_code() {
+                Some((code, percent)) => {
+                    self.metrics.canary_state.with_label_values(&[&t.model]).set(code);
+                    self.metrics.canary_percent.with_label_values(&[&t.model]).set(percent);
+                }
+                None => {
+                    let _ = self.metrics.canary_state.remove_label_values(&[&t.model]);
+                    let _ = self.metrics.canary_percent.remove_label_values(&[&t.model]);
+                }
+            }
+        }
+    }
+
+    /// Logs a transition, counts it, and POSTs it to the policy's webhook.
+    fn announce(&self, tr: Transition) {
+        self.metrics.transitions.with_label_values(&[&tr.model, tr.kind]).inc();
+        self.members.events.push(&format!("model:{}", tr.model), tr.kind, tr.detail.clone());
+        if let Some(url) = tr.notify {
+            let body = serde_json::json!({
+                "model": tr.model,
+                "event": tr.kind,
+                "detail": tr.detail,
+                "at_ms": crate::events::now_ms(),
+            });
+            let http = self.http.clone();
+            tokio::spawn(async move {
+                let sent = http.post(&url).timeout(Duration::from_secs(5)).json(&body).send().await;
+                if let Err(e) = sent.and_then(|r| r.error_for_status()) {
+                    tracing::warn!(%url, error = %e, "webhook not delivered");
+                }
+            });
+        }
+    }
+
+    /// Asks each worker that serves a declared model to have the versions its policy needs (and,
+    /// with `unload_previous`, only those), one load at a time per worker and model.
+    fn sync_versions(&self) {
+        for t in self.control.all() {
+            let needed = t.needed_versions();
+            if needed.is_empty() {
+                continue;
+            }
+            let unload = t.spec().unload_previous;
+            for m in self.serving_model(&t.model) {
+                let record = m.record();
+                let Some(offer) = record.offer(&t.model, "") else { continue };
+                let have: BTreeSet<String> = offer.versions.iter().cloned().collect();
+                let mut want: BTreeSet<String> = needed.iter().cloned().collect();
+                if !unload {
+                    want.extend(have.iter().cloned());
+                }
+                if want == have {
+                    continue;
+                }
+                let key = (m.id.clone(), t.model.clone());
+                {
+                    let mut syncing = self.control.syncing.lock();
+                    if syncing.get(&key).is_some_and(|until| Instant::now() < *until) {
+                        continue;
+                    }
+                    syncing.insert(key.clone(), Instant::now() + Duration::from_secs(3600));
+                }
+                let Some(fleet) = self.me.upgrade() else { return };
+                let model = t.model.clone();
+                tokio::spawn(async move {
+                    let outcome = fleet.load_versions(&m, &model, &want).await;
+                    let until = match &outcome {
+                        Ok(()) => {
+                            fleet.metrics.version_syncs.with_label_values(&["ok"]).inc();
+                            fleet.members.events.push(
+                                &m.id,
+                                "versions_loaded",
+                                format!("model {model}: versions {:?}", want.iter().collect::<Vec<_>>()),
+                            );
+                            // Until the worker's record shows the change.
+                            Instant::now() + Duration::from_millis(2 * m.record().heartbeat_ms.clamp(100, 5000))
+                        }
+                        Err(e) => {
+                            fleet.metrics.version_syncs.with_label_values(&["failed"]).inc();
+                            fleet.members.events.push(
+                                &m.id,
+                                "versions_not_loaded",
+                                format!("model {model}: versions {:?}: {}", want.iter().collect::<Vec<_>>(), e.message),
+                            );
+                            Instant::now() + SYNC_BACKOFF
+                        }
+                    };
+                    fleet.control.syncing.lock().insert((m.id.clone(), model), until);
+                });
+            }
+        }
+    }
+
+    /// Loads `model` on `member` with its version policy set to exactly `versions`.
+    async fn load_versions(
+        &self,
+        member: &Member,
+        model: &str,
+        versions: &BTreeSet<String>,
+    ) -> flotilla_core::Result<()> {
+        let timeout = self.settings.control_timeout;
+        let mut client = member.client.clone();
+        let call = client.model_config(pb::ModelConfigRequest { name: model.into(), version: String::new() });
+        let config = match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(r)) => r.into_inner().config,
+            Ok(Err(status)) => return Err(crate::forward::classify(&member.id, status).error),
+            Err(_) => return Err(flotilla_core::Error::unavailable("the worker did not answer in time")),
+        };
+        let mut config =
+            config.ok_or_else(|| flotilla_core::Error::internal(format!("the worker sent no config for '{model}'")))?;
+        let numbers: Vec<i64> = versions.iter().filter_map(|v| v.parse().ok()).collect();
+        config.version_policy = Some(pb::ModelVersionPolicy {
+            policy_choice: Some(pb::model_version_policy::PolicyChoice::Specific(
+                pb::model_version_policy::Specific { versions: numbers },
+            )),
+        });
+        let json = flotilla_core::config::to_json(&config).to_string();
+        use pb::model_repository_parameter::ParameterChoice;
+        let parameters = HashMap::from([(
+            "config".to_string(),
+            pb::ModelRepositoryParameter { parameter_choice: Some(ParameterChoice::StringParam(json)) },
+        )]);
+        let request =
+            pb::RepositoryModelLoadRequest { repository_name: String::new(), model_name: model.into(), parameters };
+        match tokio::time::timeout(timeout, client.repository_model_load(request)).await {
+            // The worker publishes its new record itself (a repository change wakes its agent).
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(status)) => Err(crate::forward::classify(&member.id, status).error),
+            Err(_) => Err(flotilla_core::Error::unavailable("the worker did not finish the load in time")),
+        }
+    }
+}

@@ -1,0 +1,298 @@
+"""The fleet's desired state and traffic policies, black-box: a router watching `fleet.toml` in
+front of workers in explicit model control mode. Zero-downtime rollout under load, a canary that
+ramps to promotion, a faulty canary rolled back automatically (event, metric, webhook), A/B
+stickiness by header over HTTP and gRPC, a shadow that never changes the caller's answer, and a
+malformed file that leaves the last good state in force.
+"""
+import http.server
+import json
+import random
+import threading
+import time
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.grpc as grpcclient
+
+from conftest import Router, Server, free_port, wait_for
+
+DELAY = {"FLOTILLA_TEST_BACKENDS": "delay"}
+MODEL = "tv"
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """`tv`: the delay backend (2 ms, 4 instances) in versions 1, 2 and 3; version 3 fails every
+    request whose first input is above 0.5. Workers start with version 1 only."""
+    r = tmp_path_factory.mktemp("control-repo")
+    d = r / MODEL
+    for v in (1, 2, 3):
+        (d / str(v)).mkdir(parents=True)
+    (d / "3" / "fail_above").write_text("0.5\n")
+    (d / "config.pbtxt").write_text(f"""
+name: "{MODEL}"
+backend: "delay"
+max_batch_size: 8
+input [ {{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] }} ]
+output [ {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] }} ]
+instance_group [ {{ count: 4 kind: KIND_CPU }} ]
+version_policy: {{ specific {{ versions: [ 1 ] }} }}
+parameters {{ key: "execute_delay_ms" value: {{ string_value: "2" }} }}
+""")
+    return r
+
+
+class ControlFleet:
+    """A router watching `fleet.toml` in `tmp`, and two workers in explicit mode."""
+
+    def __init__(self, repo, tmp, text, n=2):
+        self.file = tmp / "fleet.toml"
+        self.file.write_text(text)
+        self.router = Router("--worker-ttl-ms", "2000", "--desired-state", str(self.file))
+        self.workers = [
+            Server(repo, "--join", self.router.url, "--worker-id", f"w{i}", "--feature-repo", "none",
+                   "--heartbeat-ms", "200", "--model-control-mode", "explicit", "--load-model", MODEL, env=DELAY)
+            for i in range(n)
+        ]
+        self.router.wait_workers([f"w{i}" for i in range(n)])
+
+    def write(self, text):
+        self.file.write_text(text)
+
+    def traffic(self):
+        return {m["model"]: m for m in requests.get(self.router.url + "/v2/fleet/traffic", timeout=10).json()["models"]}
+
+    def versions(self):
+        """Ready versions of `tv` on each worker, as the router sees them."""
+        return {w["id"]: next((m["versions"] for m in w["models"] if m["name"] == MODEL), [])
+                for w in self.router.fleet()["workers"]}
+
+    def wait_versions(self, want, timeout=30):
+        wait_for(lambda: all(v == want for v in self.versions().values()), timeout=timeout,
+                 what=f"every worker with versions {want}: {self.versions()}\n{self.router.log()[-2000:]}")
+
+    def stop(self):
+        for w in self.workers:
+            w.stop()
+        self.router.stop()
+
+
+@pytest.fixture
+def control(repo, tmp_path):
+    fleets = []
+
+    def make(text, n=2):
+        f = ControlFleet(repo, tmp_path, text, n)
+        fleets.append(f)
+        return f
+
+    yield make
+    for f in fleets:
+        assert f.router.alive(), f.router.log()
+        f.stop()
+
+
+def body(x=None):
+    x = random.random() if x is None else x
+    return {"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [x, 0, 0, 0]}]}
+
+
+class VersionLoop:
+    """Client threads sending unversioned requests back to back; counts answers by version."""
+
+    def __init__(self, url, threads=4, x=None):
+        self.url = f"{url}/v2/models/{MODEL}/infer"
+        self.x = x
+        self.stop_flag = threading.Event()
+        self.lock = threading.Lock()
+        self.by_version = {}
+        self.failures = []
+        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(threads)]
+        for t in self.threads:
+            t.start()
+
+    def run(self):
+        s = requests.Session()
+        while not self.stop_flag.is_set():
+            try:
+                r = s.post(self.url, json=body(self.x), timeout=30)
+                status, text = r.status_code, r.text
+            except requests.RequestException as e:
+                status, text = -1, str(e)
+            with self.lock:
+                if status == 200:
+                    v = r.json()["model_version"]
+                    self.by_version[v] = self.by_version.get(v, 0) + 1
+                else:
+                    self.failures.append((time.time(), status, text))
+
+    def count(self):
+        with self.lock:
+            return sum(self.by_version.values())
+
+    def finish(self):
+        self.stop_flag.set()
+        for t in self.threads:
+            t.join(60)
+        return dict(self.by_version), list(self.failures)
+
+
+def wait_requests(loop, n, timeout=60):
+    start = loop.count()
+    wait_for(lambda: loop.count() >= start + n, timeout=timeout, what=f"{n} more requests")
+
+
+def test_rollout_under_load_loads_first_shifts_then_unloads_with_no_failure(control):
+    f = control(f'[models.{MODEL}]\nversion = 1\nunload_previous = true\n')
+    f.wait_versions(["1"])
+    loop = VersionLoop(f.router.url)
+    try:
+        wait_requests(loop, 200)
+        f.write(f'[models.{MODEL}]\nversion = 2\nunload_previous = true\n')
+        wait_for(lambda: f.router.events("rollout_finished"), timeout=30, what="rollout finished")
+        f.wait_versions(["2"])
+        after = dict(loop.by_version)
+        wait_requests(loop, 300)
+    finally:
+        by_version, failures = loop.finish()
+    assert failures == [], failures[:5]
+    assert by_version.get("1", 0) >= 200 and by_version["2"] - after.get("2", 0) >= 300, by_version
+    # The new version was loaded and ready before traffic moved: no request answered by
+    # version 2 before the shift, none by version 1 after the old version was unloaded.
+    kinds = [e["kind"] for e in f.router.events() if e["worker"] in ("model:tv",) or e["kind"].startswith("versions")]
+    assert kinds.index("rollout_shifted") < kinds.index("rollout_finished"), kinds
+    view = f.traffic()[MODEL]
+    assert view["stable_version"] == "2" and view["rollout"]["finished"], view
+
+
+def test_canary_ramps_to_promotion_on_a_healthy_candidate(control):
+    f = control(f'[models.{MODEL}]\nversion = 1\n')
+    f.wait_versions(["1"])
+    loop = VersionLoop(f.router.url, x=0.1)
+    try:
+        wait_requests(loop, 100)
+        f.write(f'[models.{MODEL}]\nversion = 1\n[models.{MODEL}.canary]\nversion = 2\n'
+                'steps = [10, 50, 100]\nhold_s = 1\nmin_requests = 20\n')
+        wait_for(lambda: f.router.events("canary_promoted"), timeout=60,
+                 what="canary promoted: " + json.dumps(f.traffic().get(MODEL)))
+        wait_requests(loop, 100)
+    finally:
+        by_version, failures = loop.finish()
+    assert failures == [], failures[:5]
+    steps = [e["detail"] for e in f.router.events("canary_step")]
+    assert len(steps) == 3 and "10% → 50%" in steps[1] and "50% → 100%" in steps[2], steps
+    view = f.traffic()[MODEL]
+    assert view["canary"]["state"] == "promoted", view
+    r = requests.post(f"{f.router.url}/v2/models/{MODEL}/infer", json=body(0.1), timeout=10)
+    assert r.json()["model_version"] == "2"
+    metrics = requests.get(f"http://127.0.0.1:{f.router.metrics_port}/metrics", timeout=10).text
+    assert f'flotilla_fleet_canary_state{{model="{MODEL}"}} 2' in metrics
+    assert f'flotilla_fleet_arm_requests_total{{arm="canary",model="{MODEL}",outcome="ok",version="2"}}' in metrics
+
+
+class Hook(http.server.BaseHTTPRequestHandler):
+    received = []
+
+    def do_POST(self):
+        n = int(self.headers.get("content-length", 0))
+        Hook.received.append(json.loads(self.rfile.read(n)))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_faulty_canary_is_rolled_back_with_a_reason_and_a_webhook(control):
+    port = free_port()
+    hook = http.server.ThreadingHTTPServer(("127.0.0.1", port), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    Hook.received.clear()
+    f = control(f'[models.{MODEL}]\nversion = 1\n')
+    f.wait_versions(["1"])
+    loop = VersionLoop(f.router.url)
+    try:
+        wait_requests(loop, 100)
+        f.write(f'[models.{MODEL}]\nversion = 1\n[models.{MODEL}.canary]\nversion = 3\nsteps = [20, 100]\n'
+                f'hold_s = 60\nmin_requests = 20\nwebhook = "http://127.0.0.1:{port}/hook"\n')
+        wait_for(lambda: f.router.events("canary_rolled_back"), timeout=30,
+                 what="canary rolled back: " + json.dumps(f.traffic().get(MODEL)))
+        rolled_back = time.time()
+        wait_requests(loop, 300)
+    finally:
+        by_version, failures = loop.finish()
+        hook.shutdown()
+    event = f.router.events("canary_rolled_back")[0]
+    assert "error rate" in event["detail"], event
+    # Failures are version 3's (injected) and stop with the rollback.
+    assert failures and all("injected fault" in text for _, _, text in failures), failures[:3]
+    assert not [t for t, _, _ in failures if t > rolled_back + 1.0], "failures after the rollback"
+    canary_answers = sum(1 for _ in failures) + by_version.get("3", 0)
+    assert len(failures) <= canary_answers
+    assert f.traffic()[MODEL]["canary"]["state"] == "rolled_back"
+    wait_for(lambda: Hook.received, timeout=10, what="the webhook")
+    assert Hook.received[0]["event"] == "canary_rolled_back" and Hook.received[0]["model"] == MODEL
+    metrics = requests.get(f"http://127.0.0.1:{f.router.metrics_port}/metrics", timeout=10).text
+    assert f'flotilla_fleet_traffic_transitions_total{{kind="canary_rolled_back",model="{MODEL}"}} 1' in metrics
+
+
+def test_ab_split_is_sticky_by_header_over_http_and_grpc_and_near_its_weights(control):
+    f = control(f'[models.{MODEL}.ab]\nsplit_by = "header:x-user"\n'
+                'arms = [{ name = "a", version = 1, weight = 90 }, { name = "b", version = 2, weight = 10 }]\n')
+    f.wait_versions(["1", "2"])
+    s = requests.Session()
+    url = f"{f.router.url}/v2/models/{MODEL}/infer"
+    arm_of = {}
+    for i in range(2000):
+        r = s.post(url, json=body(0.1), headers={"x-user": f"user-{i}"}, timeout=10)
+        assert r.status_code == 200, r.text
+        arm_of[f"user-{i}"] = r.json()["model_version"]
+    share = sum(1 for v in arm_of.values() if v == "2") / len(arm_of)
+    assert 0.07 <= share <= 0.13, share
+    client = grpcclient.InferenceServerClient(f.router.grpc)
+    x = grpcclient.InferInput("INPUT0", [1, 4], "FP32")
+    x.set_data_from_numpy(np.array([[0.1, 0, 0, 0]], dtype=np.float32))
+    for user in list(arm_of)[:100]:
+        again = s.post(url, json=body(0.1), headers={"x-user": user}, timeout=10).json()["model_version"]
+        over_grpc = client.infer(MODEL, [x], headers={"x-user": user}).get_response().model_version
+        assert again == over_grpc == arm_of[user], user
+    arms = f.traffic()[MODEL]["arms"]
+    assert arms["a"]["requests"] + arms["b"]["requests"] == 2200, arms
+
+
+def test_shadow_never_changes_the_callers_answer_and_records_differences(control):
+    f = control(f'[models.{MODEL}]\nversion = 1\n[models.{MODEL}.shadow]\nversion = 3\npercent = 100\n')
+    f.wait_versions(["1", "3"])
+    wait_for(lambda: f.traffic()[MODEL]["policy"] == "shadow", what="shadow policy")
+    s = requests.Session()
+    url = f"{f.router.url}/v2/models/{MODEL}/infer"
+    for i in range(200):
+        x = 0.9 if i % 2 else 0.1
+        r = s.post(url, json=body(x), timeout=10)
+        assert r.status_code == 200 and r.json()["model_version"] == "1", r.text
+        assert r.json()["outputs"][0]["data"][0] == pytest.approx(x)
+    shadow = wait_for(lambda: (lambda t: t if t["mirrored"] >= 150 and t["matched"] + t["errors"] + t["differed"]
+                                >= t["mirrored"] - 5 else None)(f.traffic()[MODEL]["shadow"]), what="mirrors done")
+    assert shadow["errors"] > 20 and shadow["matched"] > 20, shadow
+    samples = requests.get(f"{f.router.url}/v2/fleet/traffic/{MODEL}/shadow", timeout=10).json()["samples"]
+    assert samples and all(x["outcome"] == "error" and "injected fault" in x["detail"] for x in samples), samples[:3]
+
+
+def test_a_malformed_desired_state_is_refused_with_its_line_and_the_last_good_state_stays(control):
+    f = control(f'[models.{MODEL}]\nversion = 1\n[models.{MODEL}.shadow]\nversion = 2\npercent = 10\n')
+    wait_for(lambda: MODEL in f.traffic(), what="the desired state applied")
+    f.write(f'[models.{MODEL}]\nversion = 1\n[models.{MODEL}.shadow]\nversion = 2\npercent = 150\n')
+    status = wait_for(lambda: (lambda d: d if d.get("error") else None)(f.router.fleet()["desired_state"]),
+                      what="the refusal")
+    assert f"{f.file}:3:" in status["error"] and "percent = 150" in status["error"], status
+    assert f.traffic()[MODEL]["policy"] == "shadow", "the last good state stays in force"
+    assert f.router.events("desired_state_refused")
+    metrics = requests.get(f"http://127.0.0.1:{f.router.metrics_port}/metrics", timeout=10).text
+    assert 'flotilla_fleet_desired_state_reloads_total{outcome="refused"} 1' in metrics
+    # A fixed file is taken again.
+    f.write(f'[models.{MODEL}]\nversion = 1\n')
+    wait_for(lambda: f.traffic()[MODEL]["policy"] == "stable", what="the fixed file applied")
+    assert f.router.fleet()["desired_state"]["error"] is None
+    r = requests.post(f"{f.router.url}/v2/models/{MODEL}/infer", json=body(0.1), timeout=10)
+    assert r.status_code == 200 and r.json()["model_version"] == "1"
