@@ -296,3 +296,31 @@ def test_a_malformed_desired_state_is_refused_with_its_line_and_the_last_good_st
     assert f.router.fleet()["desired_state"]["error"] is None
     r = requests.post(f"{f.router.url}/v2/models/{MODEL}/infer", json=body(0.1), timeout=10)
     assert r.status_code == 200 and r.json()["model_version"] == "1"
+
+
+def test_readme_canary_example(tmp_path):
+    """The README's canary walk-through, pasted into a shell (its /tmp paths moved under tmp_path)."""
+    from test_fleet import readme_block
+    from conftest import BIN, ROOT
+    import os
+    import re
+    import shutil
+    import signal
+    import subprocess
+    work = tmp_path / "checkout"
+    work.mkdir()
+    shutil.copytree(ROOT / "examples", work / "examples")
+    script = readme_block("canary-example").replace("target/release/flotilla", BIN).replace("/tmp/", f"{tmp_path}/")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOTILLA_")}
+    proc = subprocess.Popen(["bash", "-c", script], cwd=work, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    counts = {v: int(n) for n, v in re.findall(r'^\s*(\d+) "model_version":"(\d+)"', out, re.M)}
+    assert counts.get("1", 0) > 0 and counts.get("2", 0) > 0 and sum(counts.values()) == 600, out[-3000:]
+    assert '"state":"promoted"' in out, out[-3000:]

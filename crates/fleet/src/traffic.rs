@@ -751,7 +751,7 @@ mod tests {
         let Some(Policy::Shadow(s)) = t.spec().policy else { panic!() };
         assert!(t.shadow_slot(&s) && !t.shadow_slot(&s), "a second mirror is skipped, never queued");
         let out = |v: f32| flotilla_core::InferResponse {
-            outputs: vec![flotilla_core::Tensor::new("y", flotilla_core::DataType::Fp32, vec![1], v.to_le_bytes().to_vec())],
+            outputs: vec![flotilla_core::Tensor::new("y", flotilla_core::DataType::F32, vec![1], v.to_le_bytes().to_vec())],
             ..Default::default()
         };
         assert!(compare(&out(1.0), &out(1.0), 0.0).0);

@@ -359,12 +359,6 @@ pub struct WorkerArgs {
     #[arg(long, env = "FLOTILLA_PREEMPT_DEADLINE_MS", default_value_t = 30_000)]
     pub preempt_deadline_ms: u64,
 
-    /// The fleet's desired state (per-model stable version, canary, A/B, shadow), watched: a
-    /// change applies within a quarter second; a file that is not valid is refused with its line
-    /// and the last good state stays. Absent: no traffic policies.
-    #[arg(long, env = "FLOTILLA_DESIRED_STATE", default_value = "fleet.toml")]
-    pub desired_state: std::path::PathBuf,
-
     /// NATS JetStream KV bucket holding the fleet's membership.
     #[arg(long, env = "FLOTILLA_REGISTRY_BUCKET", default_value = flotilla_fleet::nats::DEFAULT_BUCKET)]
     pub registry_bucket: String,
@@ -397,6 +391,12 @@ pub struct RouteConfig {
     /// registry `nats://HOST:PORT` shared by several routers.
     #[arg(long, env = "FLOTILLA_REGISTRY", default_value = "embedded")]
     pub registry: String,
+
+    /// The fleet's desired state (per-model stable version, canary, A/B, shadow), watched: a
+    /// change applies within a quarter second; a file that is not valid is refused with its line
+    /// and the last good state stays. Absent: no traffic policies.
+    #[arg(long, env = "FLOTILLA_DESIRED_STATE", default_value = "fleet.toml")]
+    pub desired_state: std::path::PathBuf,
 
     /// NATS JetStream KV bucket holding the fleet's membership.
     #[arg(long, env = "FLOTILLA_REGISTRY_BUCKET", default_value = flotilla_fleet::nats::DEFAULT_BUCKET)]
