@@ -152,7 +152,11 @@ impl Fleet {
                 self.metrics.desired_reloads.with_label_values(&["refused"]).inc();
                 self.metrics.desired_valid.with_label_values(&[&file]).set(0);
                 tracing::error!(error = %e, "desired state refused; keeping the last good state");
-                self.members.events.push("router", "desired_state_refused", format!("{e}; keeping the last good state"));
+                self.members.events.push(
+                    "router",
+                    "desired_state_refused",
+                    format!("{e}; keeping the last good state"),
+                );
             }
         }
     }
@@ -165,7 +169,8 @@ impl Fleet {
     fn tick_policies(&self) {
         for t in self.control.all() {
             let members = self.serving_model(&t.model);
-            let ready = |v: &str| !members.is_empty() && members.iter().all(|m| m.record().offer(&t.model, v).is_some());
+            let ready =
+                |v: &str| !members.is_empty() && members.iter().all(|m| m.record().offer(&t.model, v).is_some());
             let any_ready = |v: &str| members.iter().any(|m| m.record().offer(&t.model, v).is_some());
             let transitions = t.tick(ready, any_ready, |v| t.in_flight(v));
             for tr in transitions {
@@ -283,9 +288,9 @@ impl Fleet {
             config.ok_or_else(|| flotilla_core::Error::internal(format!("the worker sent no config for '{model}'")))?;
         let numbers: Vec<i64> = versions.iter().filter_map(|v| v.parse().ok()).collect();
         config.version_policy = Some(pb::ModelVersionPolicy {
-            policy_choice: Some(pb::model_version_policy::PolicyChoice::Specific(
-                pb::model_version_policy::Specific { versions: numbers },
-            )),
+            policy_choice: Some(pb::model_version_policy::PolicyChoice::Specific(pb::model_version_policy::Specific {
+                versions: numbers,
+            })),
         });
         let json = flotilla_core::config::to_json(&config).to_string();
         use pb::model_repository_parameter::ParameterChoice;

@@ -243,7 +243,9 @@ pub fn parse(file: &str, text: &str) -> Result<DesiredState, DesiredError> {
             return Err(ctx("not a valid model name".into()));
         }
         let version = match &model.version {
-            Some(v) => check_version(&v.get_ref().text()).map_err(|r| fail(v.span().start, format!("model '{name}': {r}")))?,
+            Some(v) => {
+                check_version(&v.get_ref().text()).map_err(|r| fail(v.span().start, format!("model '{name}': {r}")))?
+            }
             None => String::new(),
         };
         let declared = [model.canary.is_some(), model.ab.is_some(), model.shadow.is_some()];
@@ -252,13 +254,17 @@ pub fn parse(file: &str, text: &str) -> Result<DesiredState, DesiredError> {
         }
         let policy = if let Some(c) = model.canary {
             let at = c.span().start;
-            Some(Policy::Canary(canary(c.into_inner(), &version).map_err(|r| fail(at, format!("model '{name}': canary: {r}")))?))
+            Some(Policy::Canary(
+                canary(c.into_inner(), &version).map_err(|r| fail(at, format!("model '{name}': canary: {r}")))?,
+            ))
         } else if let Some(ab) = model.ab {
             let at = ab.span().start;
             Some(Policy::Ab(ab_spec(ab.into_inner()).map_err(|r| fail(at, format!("model '{name}': ab: {r}")))?))
         } else if let Some(s) = model.shadow {
             let at = s.span().start;
-            Some(Policy::Shadow(shadow(s.into_inner(), &version).map_err(|r| fail(at, format!("model '{name}': shadow: {r}")))?))
+            Some(Policy::Shadow(
+                shadow(s.into_inner(), &version).map_err(|r| fail(at, format!("model '{name}': shadow: {r}")))?,
+            ))
         } else {
             None
         };
@@ -405,7 +411,10 @@ percent = 25
         let simple = &s.models["simple"];
         assert_eq!(simple.version, "1");
         let Some(Policy::Canary(c)) = &simple.policy else { panic!("{simple:?}") };
-        assert_eq!((c.version.as_str(), c.steps.clone(), c.hold_s, c.min_requests), ("2", vec![10.0, 50.0, 100.0], 5.0, 50));
+        assert_eq!(
+            (c.version.as_str(), c.steps.clone(), c.hold_s, c.min_requests),
+            ("2", vec![10.0, 50.0, 100.0], 5.0, 50)
+        );
         let Some(Policy::Ab(ab)) = &s.models["ranker"].policy else { panic!() };
         assert_eq!(ab.split_by, SplitBy::Header("x-user".into()));
         assert_eq!(ab.arms[1].version, "2");

@@ -293,9 +293,7 @@ impl Fleet {
             || self.members.all().iter().any(|m| m.record().offer(&request.model, &route.version).is_some());
         request.version = if listed { route.version.clone() } else { String::new() };
         let mirror = match &route.shadow {
-            Some(v) if protocol::idempotent(&request.parameters).unwrap_or(false) => {
-                Some((v.clone(), request.clone()))
-            }
+            Some(v) if protocol::idempotent(&request.parameters).unwrap_or(false) => Some((v.clone(), request.clone())),
             _ => None,
         };
         let model = request.model.clone();

@@ -148,7 +148,9 @@ async fn traffic(State(s): State<RouterState>) -> Json<Value> {
 /// The last mirrored requests whose candidate answer differed from the primary's, or failed.
 async fn shadow_samples(State(s): State<RouterState>, Path(model): Path<String>) -> Response {
     match s.fleet.control.traffic(&model) {
-        Some(t) => Json(json!({ "model": model, "totals": t.view().shadow, "samples": t.shadow_samples() })).into_response(),
+        Some(t) => {
+            Json(json!({ "model": model, "totals": t.view().shadow, "samples": t.shadow_samples() })).into_response()
+        }
         None => ApiError(Error::not_found(format!("model '{model}' has no traffic policy in the desired state")))
             .into_response(),
     }

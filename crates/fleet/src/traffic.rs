@@ -37,6 +37,10 @@ pub struct Window {
 }
 
 const WINDOW_SAMPLES: usize = 4096;
+/// Successful requests each arm needs before p99s are compared.
+const MIN_P99_SAMPLES: usize = 200;
+/// A p99 difference below this is noise (milliseconds), whatever the ratio.
+const P99_SLACK_MS: f64 = 1.0;
 
 impl Window {
     pub fn record(&mut self, ms: f64, error: bool) {
@@ -210,15 +214,20 @@ pub struct ArmView {
     pub p99_ms: Option<f64>,
 }
 
-/// A stable 64-bit hash (FNV-1a) of a split key: the same user lands in the same arm in every
-/// router process, across restarts.
+/// A stable 64-bit hash of a split key (FNV-1a, then MurmurHash3's finalizer so that keys that
+/// differ only in their last characters spread over the whole range): the same user lands in the
+/// same arm in every router process, across restarts.
 pub fn stable_hash(key: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    h
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 /// The A/B key of a request, as bytes, if it carries one.
@@ -392,7 +401,11 @@ impl ModelTraffic {
                     r.shifted = true;
                     r.waiting_for = None;
                     inner.stable = r.to.clone();
-                    out.push(event("rollout_shifted", format!("traffic moved from version {} to {}", show(&r.from), r.to), None));
+                    out.push(event(
+                        "rollout_shifted",
+                        format!("traffic moved from version {} to {}", show(&r.from), r.to),
+                        None,
+                    ));
                 } else {
                     r.waiting_for = Some(format!("version {} to be ready on every worker that serves the model", r.to));
                 }
@@ -401,7 +414,11 @@ impl ModelTraffic {
                 if busy == 0 {
                     r.finished = true;
                     r.waiting_for = None;
-                    out.push(event("rollout_finished", format!("nothing in flight on version {}", show(&r.from)), None));
+                    out.push(event(
+                        "rollout_finished",
+                        format!("nothing in flight on version {}", show(&r.from)),
+                        None,
+                    ));
                 } else {
                     r.waiting_for = Some(format!("{busy} requests in flight on version {}", show(&r.from)));
                 }
@@ -433,7 +450,11 @@ impl ModelTraffic {
                 if any_ready(&c.version) && (inner.stable.is_empty() || any_ready(&inner.stable)) {
                     inner.canary = Some(CanaryState::Ramping { step: 0, percent: c.steps[0] });
                     reset(inner);
-                    return Some(("canary_step", format!("version {} ready: {}% of traffic", c.version, c.steps[0]), false));
+                    return Some((
+                        "canary_step",
+                        format!("version {} ready: {}% of traffic", c.version, c.steps[0]),
+                        false,
+                    ));
                 }
                 None
             }
@@ -443,7 +464,11 @@ impl ModelTraffic {
                 if canary.requests >= c.min_requests {
                     if let Some(reason) = breach(c, &canary, &stable) {
                         inner.canary = Some(CanaryState::RolledBack { reason: reason.clone() });
-                        return Some(("canary_rolled_back", format!("version {} at {percent}%: {reason}", c.version), true));
+                        return Some((
+                            "canary_rolled_back",
+                            format!("version {} at {percent}%: {reason}", c.version),
+                            true,
+                        ));
                     }
                 }
                 let held = inner.step_started.elapsed().as_secs_f64() >= c.hold_s;
@@ -452,7 +477,11 @@ impl ModelTraffic {
                         let next = c.steps[step + 1];
                         inner.canary = Some(CanaryState::Ramping { step: step + 1, percent: next });
                         reset(inner);
-                        return Some(("canary_step", format!("version {}: {percent}% → {next}% of traffic", c.version), false));
+                        return Some((
+                            "canary_step",
+                            format!("version {}: {percent}% → {next}% of traffic", c.version),
+                            false,
+                        ));
                     }
                     inner.canary = Some(CanaryState::Promoted);
                     return Some(("canary_promoted", format!("version {} passed every step", c.version), true));
@@ -537,7 +566,15 @@ impl ModelTraffic {
                 .windows
                 .iter()
                 .map(|(k, w)| {
-                    (k.clone(), ArmView { requests: w.requests, errors: w.errors, error_rate: w.error_rate(), p99_ms: w.p99_ms() })
+                    (
+                        k.clone(),
+                        ArmView {
+                            requests: w.requests,
+                            errors: w.errors,
+                            error_rate: w.error_rate(),
+                            p99_ms: w.p99_ms(),
+                        },
+                    )
                 })
                 .collect(),
         }
@@ -577,8 +614,11 @@ fn breach(c: &CanarySpec, canary: &Window, stable: &Window) -> Option<String> {
             c.max_error_rate_increase * 100.0
         ));
     }
+    // A p99 of fewer samples is one of the few slowest requests (a version's first, cold ones):
+    // latency is judged once both arms have enough successful requests for it to mean something.
+    let enough = |w: &Window| w.latencies_ms.len() >= MIN_P99_SAMPLES.max(c.min_requests as usize);
     if let (Some(cp), Some(sp)) = (canary.p99_ms(), stable.p99_ms()) {
-        if stable.requests >= c.min_requests && cp > sp * c.max_p99_ratio {
+        if enough(canary) && enough(stable) && cp > sp * c.max_p99_ratio && cp - sp > P99_SLACK_MS {
             return Some(format!("p99 {cp:.1} ms > stable {sp:.1} ms × {}", c.max_p99_ratio));
         }
     }
@@ -603,7 +643,11 @@ fn ab_route(ab: &AbSpec, request: &InferRequest) -> Route {
 }
 
 /// Compares a candidate's outputs with the primary's.
-pub fn compare(primary: &flotilla_core::InferResponse, candidate: &flotilla_core::InferResponse, tolerance: f64) -> (bool, f64, u64, String) {
+pub fn compare(
+    primary: &flotilla_core::InferResponse,
+    candidate: &flotilla_core::InferResponse,
+    tolerance: f64,
+) -> (bool, f64, u64, String) {
     let mut max_diff = 0.0f64;
     let mut differing = 0u64;
     let mut notes = Vec::new();
@@ -621,7 +665,7 @@ pub fn compare(primary: &flotilla_core::InferResponse, candidate: &flotilla_core
                 for (x, y) in a.iter().zip(&b) {
                     let d = (x - y).abs();
                     let both_nan = x.is_nan() && y.is_nan();
-                    if !both_nan && !(d <= tolerance) {
+                    if !both_nan && (d.is_nan() || d > tolerance) {
                         differing += 1;
                     }
                     if d.is_finite() {
@@ -675,8 +719,12 @@ mod tests {
             let first = t.route(&r);
             assert_eq!(t.route(&r), first, "the same user lands in the same arm");
             b += usize::from(first.arm == "b");
+            if i == 1999 {
+                assert!((160..=240).contains(&b), "10% ± 2 points of the first 2,000: {b}");
+            }
         }
         assert!((800..=1200).contains(&b), "10% ± 2 points: {b}");
+        assert_eq!(stable_hash(b"user-1"), 0x41a2fca5c68401c5, "the same in every process and release");
         let pinned = InferRequest { version: "7".into(), ..request(&[]) };
         assert_eq!(t.route(&pinned).arm, "pinned");
     }
@@ -720,10 +768,15 @@ mod tests {
 
         let t = ModelTraffic::new("m", spec(text));
         t.tick(|_| true, |_| true, |_| 0);
-        for _ in 0..20 {
+        for _ in 0..150 {
             t.record("stable", Duration::from_millis(5), None);
             t.record("canary", Duration::from_millis(50), None);
             t.record("canary", Duration::from_millis(5), Some(ErrorKind::InvalidArgument));
+        }
+        assert!(t.tick(|_| true, |_| true, |_| 0).is_empty(), "too few samples for a p99");
+        for _ in 0..60 {
+            t.record("stable", Duration::from_millis(5), None);
+            t.record("canary", Duration::from_millis(50), None);
         }
         let ev = t.tick(|_| true, |_| true, |_| 0);
         assert!(ev[0].detail.contains("p99 50.0 ms > stable 5.0 ms"), "client errors do not count: {ev:?}");
@@ -751,13 +804,25 @@ mod tests {
         let Some(Policy::Shadow(s)) = t.spec().policy else { panic!() };
         assert!(t.shadow_slot(&s) && !t.shadow_slot(&s), "a second mirror is skipped, never queued");
         let out = |v: f32| flotilla_core::InferResponse {
-            outputs: vec![flotilla_core::Tensor::new("y", flotilla_core::DataType::F32, vec![1], v.to_le_bytes().to_vec())],
+            outputs: vec![flotilla_core::Tensor::new(
+                "y",
+                flotilla_core::DataType::F32,
+                vec![1],
+                v.to_le_bytes().to_vec(),
+            )],
             ..Default::default()
         };
         assert!(compare(&out(1.0), &out(1.0), 0.0).0);
         let (same, diff, n, _) = compare(&out(1.0), &out(1.5), 0.1);
         assert!(!same && (diff - 0.5).abs() < 1e-9 && n == 1);
-        t.shadow_done(ShadowSample { at_ms: 0, id: String::new(), outcome: "differ".into(), max_abs_diff: 0.5, elements_differing: 1, detail: String::new() });
+        t.shadow_done(ShadowSample {
+            at_ms: 0,
+            id: String::new(),
+            outcome: "differ".into(),
+            max_abs_diff: 0.5,
+            elements_differing: 1,
+            detail: String::new(),
+        });
         assert!(t.shadow_slot(&s), "the slot is free again");
         assert_eq!(t.shadow_samples().len(), 1);
     }

@@ -79,7 +79,11 @@ impl<A: Api> GrpcInferenceService for InferenceService<A> {
         if let Some(us) = deadline {
             protocol::apply_deadline(&mut request.parameters, us);
         }
-        protocol::forward_headers(&mut request.parameters, headers.iter().map(|(k, v)| (k.as_str(), Some(v.as_str()))), |_| true);
+        protocol::forward_headers(
+            &mut request.parameters,
+            headers.iter().map(|(k, v)| (k.as_str(), Some(v.as_str()))),
+            |_| true,
+        );
         let response = self.service.infer(request).await.map_err(status)?;
         Ok(Response::new(response_to_proto(response)))
     }

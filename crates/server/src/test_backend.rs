@@ -90,12 +90,13 @@ impl Backend for DelayBackend {
         };
         let output = config.output.first().map(|o| o.name.clone()).ok_or_else(|| Error::invalid("no output"))?;
         let in_version = model_file.parent().and_then(|d| std::fs::read_to_string(d.join("fail_above")).ok());
-        let fail_above = match in_version.or_else(|| config.parameters.get("fail_above").map(|p| p.string_value.clone())) {
-            None => None,
-            Some(text) => Some(text.trim().parse::<f64>().map_err(|_| {
-                Error::invalid(format!("model '{}': fail_above {text:?} is not a number", config.name))
-            })?),
-        };
+        let fail_above =
+            match in_version.or_else(|| config.parameters.get("fail_above").map(|p| p.string_value.clone())) {
+                None => None,
+                Some(text) => Some(text.trim().parse::<f64>().map_err(|_| {
+                    Error::invalid(format!("model '{}': fail_above {text:?} is not a number", config.name))
+                })?),
+            };
         Ok(Arc::new(DelayEngine { delay: Duration::from_secs_f64(ms / 1000.0), output, fail_above }))
     }
 }
