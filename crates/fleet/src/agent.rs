@@ -73,6 +73,8 @@ pub struct Agent {
     drained: watch::Sender<bool>,
     /// Targets whose last publish failed (warned once until they answer again).
     failing: Mutex<Vec<String>>,
+    /// Models served from the routers' artifacts (digest-based sync); None without a router.
+    pub syncer: Option<Arc<crate::sync::Syncer>>,
 }
 
 impl Agent {
@@ -80,8 +82,16 @@ impl Agent {
         let (kvs, routers): (Vec<String>, Vec<String>) =
             settings.join.iter().cloned().partition(|u| u.starts_with("nats://"));
         let kvs = kvs.iter().map(|u| Arc::new(Kv::new(u, &settings.bucket))).collect();
-        let routers = routers.iter().map(|u| u.trim_end_matches('/').to_string()).collect();
+        let routers: Vec<String> = routers.iter().map(|u| u.trim_end_matches('/').to_string()).collect();
+        let syncer = (!routers.is_empty()).then(|| {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .unwrap_or_else(|_| reqwest::Client::new());
+            crate::sync::Syncer::new(&settings.id, service.clone(), http)
+        });
         Arc::new(Self {
+            syncer,
             started_ms: now_ms() as u64,
             seq: AtomicU64::new(0),
             drain: Mutex::new(Drain { state: WorkerState::Serving, deadline: None, drained_after: None }),
@@ -112,6 +122,17 @@ impl Agent {
     /// Refreshes the registration every heartbeat (and when something changed) until `stop`.
     pub fn spawn(self: &Arc<Self>, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
         let agent = self.clone();
+        if let Some(syncer) = &self.syncer {
+            let weak = Arc::downgrade(self);
+            syncer.spawn(
+                move || {
+                    if let Some(a) = weak.upgrade() {
+                        a.changed();
+                    }
+                },
+                stop.clone(),
+            );
+        }
         tokio::spawn(async move {
             let mut next_measure = Instant::now();
             loop {
@@ -194,6 +215,7 @@ impl Agent {
             started_ms: self.started_ms,
             seq: self.seq.fetch_add(1, Ordering::AcqRel) + 1,
             heartbeat_ms: self.settings.heartbeat.as_millis() as u64,
+            applied_digest: self.syncer.as_ref().map(|s| s.applied_digest()),
         }
     }
 
@@ -205,9 +227,18 @@ impl Agent {
             .map(|r| {
                 let url = format!("{r}/v2/fleet/workers/{}", record.id);
                 let request = self.http.put(url).json(record);
+                let syncer = self.syncer.clone();
                 async move {
                     let result = match request.send().await {
-                        Ok(resp) if resp.status().is_success() => Ok(()),
+                        Ok(resp) if resp.status().is_success() => {
+                            // The router's answer names the digest this worker should have.
+                            if let (Some(syncer), Ok(answer)) = (syncer, resp.json::<serde_json::Value>().await) {
+                                if let Some(d) = answer.get("desired_digest").and_then(|d| d.as_str()) {
+                                    syncer.want(r, d);
+                                }
+                            }
+                            Ok(())
+                        }
                         Ok(resp) => {
                             let status = resp.status();
                             Err(format!("{status}: {}", resp.text().await.unwrap_or_default()))

@@ -48,6 +48,12 @@ pub struct Control {
     headers: RwLock<Vec<String>>,
     /// (worker, model) → when a version load may be tried again (in progress: far future).
     syncing: Mutex<HashMap<(String, String), Instant>>,
+    /// Models served from artifacts: where they run, and each worker's assignment.
+    pub placement: crate::placement::Placement,
+    /// Placement specs of the state in force.
+    placements: RwLock<std::collections::BTreeMap<String, crate::desired::PlacementSpec>>,
+    /// Ticks since the artifacts were last rescanned.
+    since_scan: std::sync::atomic::AtomicU32,
 }
 
 impl Control {
@@ -85,6 +91,10 @@ impl Control {
             }
         }
         *self.headers.write() = state.headers();
+        let placements: std::collections::BTreeMap<_, _> =
+            state.models.iter().filter_map(|(n, m)| m.placement.clone().map(|p| (n.clone(), p))).collect();
+        self.placement.rescan(&placements);
+        *self.placements.write() = placements;
         let mut status = self.status.write();
         status.models = state.models.len();
         status.applied_at_ms = Some(crate::events::now_ms());
@@ -115,6 +125,7 @@ impl Fleet {
                 if let Some(p) = &path {
                     fleet.reload(p, &mut last_text);
                 }
+                fleet.place();
                 fleet.tick_policies();
                 fleet.sync_versions();
             }
@@ -166,6 +177,37 @@ impl Fleet {
         self.members.all().into_iter().filter(|m| m.available() && m.record().offer(model, "").is_some()).collect()
     }
 
+    /// Rescans the artifacts (every second) and re-places the models served from them on the
+    /// workers in rotation; logs each change with its reason.
+    fn place(&self) {
+        let specs = self.control.placements.read().clone();
+        if specs.is_empty() && !self.control.placement.active() {
+            return;
+        }
+        if self.control.since_scan.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= 4 {
+            self.control.since_scan.store(0, std::sync::atomic::Ordering::Relaxed);
+            self.control.placement.rescan(&specs);
+        }
+        let members = self.members.all();
+        let candidates: Vec<crate::placement::Candidate> = members
+            .iter()
+            .filter(|m| m.ejected().is_none() && !m.draining())
+            .map(|m| {
+                let r = m.record();
+                crate::placement::Candidate { id: r.id.clone(), class: r.capacity_class, hardware: r.hardware.clone() }
+            })
+            .collect();
+        let known: Vec<String> = members.iter().map(|m| m.id.clone()).collect();
+        for (model, placed) in self.control.placement.replace(&specs, &candidates, &known) {
+            self.metrics.placement_changes.with_label_values(&[&model]).inc();
+            self.members.events.push(
+                &format!("model:{model}"),
+                "placed",
+                format!("on {:?}: {}", placed.workers, placed.reason),
+            );
+        }
+    }
+
     fn tick_policies(&self) {
         for t in self.control.all() {
             let members = self.serving_model(&t.model);
@@ -213,7 +255,9 @@ impl Fleet {
     /// Asks each worker that serves a declared model to have the versions its policy needs (and,
     /// with `unload_previous`, only those), one load at a time per worker and model.
     fn sync_versions(&self) {
-        for t in self.control.all() {
+        let placed = self.control.placements.read().clone();
+        // Models served from artifacts get their versions from the artifact's config.
+        for t in self.control.all().into_iter().filter(|t| !placed.contains_key(&t.model)) {
             let needed = t.needed_versions();
             if needed.is_empty() {
                 continue;

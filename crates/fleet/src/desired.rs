@@ -48,6 +48,32 @@ pub struct ModelSpec {
     /// control mode) once nothing is in flight on it.
     pub unload_previous: bool,
     pub policy: Option<Policy>,
+    /// Placement, for a model the router serves to workers (`artifact`); None: the model comes
+    /// from the workers' own repositories.
+    pub placement: Option<PlacementSpec>,
+}
+
+/// Where a model served from the router's artifact runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlacementSpec {
+    /// The model folder (config.pbtxt + version folders), resolved against fleet.toml's folder.
+    pub artifact: std::path::PathBuf,
+    /// Replicas on guaranteed workers: a floor that survives losing every opportunistic worker.
+    pub min_guaranteed: usize,
+    /// Most replicas in all (guaranteed floor + opportunistic).
+    pub max: usize,
+    /// Allowed hardware kinds (`cpu-*` matches a prefix); empty: any.
+    pub hardware: Vec<String>,
+}
+
+impl PlacementSpec {
+    pub fn allows(&self, hardware: &str) -> bool {
+        self.hardware.is_empty()
+            || self.hardware.iter().any(|h| match h.strip_suffix('*') {
+                Some(prefix) => hardware.starts_with(prefix),
+                None => hardware == h,
+            })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -122,6 +148,14 @@ struct ModelDoc {
     version: Option<Spanned<VersionDoc>>,
     #[serde(default)]
     unload_previous: bool,
+    #[serde(default)]
+    artifact: Option<String>,
+    #[serde(default)]
+    min_guaranteed: Option<usize>,
+    #[serde(default)]
+    max: Option<usize>,
+    #[serde(default)]
+    hardware: Vec<String>,
     #[serde(default)]
     canary: Option<Spanned<CanaryDoc>>,
     #[serde(default)]
@@ -268,7 +302,31 @@ pub fn parse(file: &str, text: &str) -> Result<DesiredState, DesiredError> {
         } else {
             None
         };
-        state.models.insert(name, ModelSpec { version, unload_previous: model.unload_previous, policy });
+        let placement = match model.artifact {
+            None => {
+                if model.min_guaranteed.is_some() || model.max.is_some() || !model.hardware.is_empty() {
+                    return Err(ctx("min_guaranteed, max and hardware place a model served from `artifact`; set it".into()));
+                }
+                None
+            }
+            Some(a) => {
+                let base = Path::new(file).parent().unwrap_or(Path::new("."));
+                let artifact = base.join(&a);
+                if !artifact.join("config.pbtxt").is_file() {
+                    return Err(ctx(format!("artifact {a:?}: {} has no config.pbtxt", artifact.display())));
+                }
+                let min_guaranteed = model.min_guaranteed.unwrap_or(1);
+                let max = model.max.unwrap_or(usize::MAX);
+                if max == 0 || max < min_guaranteed {
+                    return Err(ctx(format!("max = {max} must be at least 1 and at least min_guaranteed ({min_guaranteed})")));
+                }
+                if model.hardware.iter().any(|h| h.is_empty() || h[..h.len() - 1].contains('*')) {
+                    return Err(ctx("hardware kinds are names, or a prefix followed by one '*'".into()));
+                }
+                Some(PlacementSpec { artifact, min_guaranteed, max, hardware: model.hardware })
+            }
+        };
+        state.models.insert(name, ModelSpec { version, unload_previous: model.unload_previous, policy, placement });
     }
     Ok(state)
 }

@@ -41,6 +41,9 @@ pub fn router_routes(fleet: Arc<Fleet>, registry: Option<Arc<Kv>>, max_request_b
         .route("/v2/fleet", get(view))
         .route("/v2/fleet/events", get(events))
         .route("/v2/fleet/traffic", get(traffic))
+        .route("/v2/fleet/workers/{id}/assignment", get(assignment))
+        .route("/v2/fleet/artifacts/{model}", get(artifact))
+        .route("/v2/fleet/blobs/{sha256}", get(blob))
         .route("/v2/fleet/traffic/{model}/shadow", get(shadow_samples))
         .route("/v2/fleet/workers/{id}", put(register).delete(deregister))
         .route("/get-online-features", post(proxy_features))
@@ -67,12 +70,22 @@ async fn register(State(s): State<RouterState>, Path(id): Path<String>, body: ax
             }
         });
     }
+    let id = record.id.clone();
     match s.fleet.members.apply(record) {
-        Ok(applied) => Json(json!({
-            "applied": matches!(applied, Applied::Joined | Applied::Refreshed),
-            "ttl_ms": s.fleet.members.ttl.as_millis() as u64,
-        }))
-        .into_response(),
+        Ok(applied) => {
+            let mut answer = json!({
+                "applied": matches!(applied, Applied::Joined | Applied::Refreshed),
+                "ttl_ms": s.fleet.members.ttl.as_millis() as u64,
+            });
+            // Digest-based sync: the answer names only the digest the worker should have.
+            let placement = &s.fleet.control.placement;
+            if placement.active() {
+                let digest = placement.assignment(&id).digest;
+                s.fleet.metrics.sync_bytes.with_label_values(&["digest"]).inc_by(digest.len() as u64);
+                answer["desired_digest"] = json!(digest);
+            }
+            Json(answer).into_response()
+        }
         Err(e) => ApiError(Error::invalid(e)).into_response(),
     }
 }
@@ -121,6 +134,8 @@ async fn view(State(s): State<RouterState>) -> Json<Value> {
                 "features": r.features,
                 "drift": r.drift,
                 "last_seen_ms_ago": m.seen().elapsed().as_millis() as u64,
+                "applied_digest": r.applied_digest,
+                "desired_digest": f.control.placement.active().then(|| f.control.placement.assignment(&r.id).digest),
             })
         })
         .collect();
@@ -132,8 +147,46 @@ async fn view(State(s): State<RouterState>) -> Json<Value> {
         "hedging": {"models": f.settings.hedge_models, "percent": f.settings.hedge_percent * 100.0},
         "desired_state": f.control.status(),
         "traffic": f.control.all().iter().map(|t| t.view()).collect::<Vec<_>>(),
+        "placement": {
+            "models": f.control.placement.placed(),
+            "artifact_errors": f.control.placement.errors(),
+        },
         "workers": workers,
     }))
+}
+
+/// What a worker should serve from the router's artifacts: model → leaf digest, and the digest.
+async fn assignment(State(s): State<RouterState>, Path(id): Path<String>) -> Response {
+    let a = s.fleet.control.placement.assignment(&id);
+    let body = serde_json::to_vec(&a).unwrap_or_default();
+    s.fleet.metrics.sync_bytes.with_label_values(&["assignment"]).inc_by(body.len() as u64);
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// A placed model's files with their hashes.
+async fn artifact(State(s): State<RouterState>, Path(model): Path<String>) -> Response {
+    match s.fleet.control.placement.manifest(&model) {
+        Some(m) => {
+            let body = serde_json::to_vec(&m).unwrap_or_default();
+            s.fleet.metrics.sync_bytes.with_label_values(&["manifest"]).inc_by(body.len() as u64);
+            ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        None => ApiError(Error::not_found(format!("model '{model}' is not served from an artifact"))).into_response(),
+    }
+}
+
+/// One file of an artifact, by its SHA-256.
+async fn blob(State(s): State<RouterState>, Path(sha): Path<String>) -> Response {
+    let Some(path) = s.fleet.control.placement.blob(&sha) else {
+        return ApiError(Error::not_found(format!("no artifact file has SHA-256 {sha}"))).into_response();
+    };
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => {
+            s.fleet.metrics.sync_bytes.with_label_values(&["blob"]).inc_by(bytes.len() as u64);
+            ([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()
+        }
+        Err(e) => ApiError(Error::unavailable(format!("cannot read {}: {e}", path.display()))).into_response(),
+    }
 }
 
 /// The desired state in force and each declared model's traffic (arms, canary, rollout, shadow).

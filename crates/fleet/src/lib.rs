@@ -19,7 +19,8 @@
 //! - [`desired`]: the desired state (`fleet.toml`) and its checks; [`traffic`]: per-model
 //!   policies (stable version and rollout, canary with automatic rollback, A/B, shadow);
 //!   [`control`]: the loop that watches the file, advances the policies and has workers load
-//!   the versions they need.
+//!   the versions they need; [`placement`]: which workers serve the models the router serves
+//!   from artifacts; [`sync`]: digest-based sync of those models to workers (both sides).
 //! - [`events`], [`metrics`]: what happened, for operators and the benchmark.
 #![forbid(unsafe_code)]
 
@@ -37,6 +38,8 @@ pub mod member;
 pub mod members;
 pub mod metrics;
 pub mod nats;
+pub mod placement;
 pub mod record;
 pub mod router;
+pub mod sync;
 pub mod traffic;

@@ -258,6 +258,7 @@ mod tests {
             started_ms: 1,
             seq: 1,
             heartbeat_ms: 1000,
+            applied_digest: None,
         }
     }
 

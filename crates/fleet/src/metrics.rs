@@ -46,6 +46,10 @@ pub struct FleetMetrics {
     pub desired_valid: IntGaugeVec,
     /// Version loads and unloads the router asked of workers, by outcome.
     pub version_syncs: IntCounterVec,
+    /// Placement changes by model.
+    pub placement_changes: IntCounterVec,
+    /// Bytes the router served for the sync, by kind (`digest`, `assignment`, `manifest`, `blob`).
+    pub sync_bytes: IntCounterVec,
 }
 
 impl FleetMetrics {
@@ -155,6 +159,16 @@ impl FleetMetrics {
                 "Model version loads the router asked of workers to match the desired state, by outcome.",
                 &["outcome"],
             ),
+            placement_changes: counter(
+                "flotilla_fleet_placement_changes_total",
+                "Changes of the set of workers a model served from an artifact is placed on.",
+                &["model"],
+            ),
+            sync_bytes: counter(
+                "flotilla_fleet_sync_bytes_total",
+                "Bytes the router served for the digest-based sync, by kind: digest (heartbeat answers), assignment, manifest, blob.",
+                &["kind"],
+            ),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.attempts.clone()),
@@ -178,6 +192,8 @@ impl FleetMetrics {
             Box::new(m.desired_reloads.clone()),
             Box::new(m.desired_valid.clone()),
             Box::new(m.version_syncs.clone()),
+            Box::new(m.placement_changes.clone()),
+            Box::new(m.sync_bytes.clone()),
         ];
         for c in collectors {
             registry.register(c).expect("fleet metric names are unique");

@@ -95,6 +95,10 @@ pub struct WorkerRecord {
     pub seq: u64,
     /// How often the worker refreshes its registration, milliseconds.
     pub heartbeat_ms: u64,
+    /// The digest of the assignment the worker applied (models it serves from the routers'
+    /// artifacts); the only sync data a heartbeat carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_digest: Option<String>,
 }
 
 impl WorkerRecord {
@@ -159,6 +163,7 @@ mod tests {
             started_ms: 1,
             seq: 1,
             heartbeat_ms: 1000,
+            applied_digest: None,
         }
     }
 
