@@ -324,3 +324,162 @@ def test_readme_canary_example(tmp_path):
     counts = {v: int(n) for n, v in re.findall(r'^\s*(\d+) "model_version":"(\d+)"', out, re.M)}
     assert counts.get("1", 0) > 0 and counts.get("2", 0) > 0 and sum(counts.values()) == 600, out[-3000:]
     assert '"state":"promoted"' in out, out[-3000:]
+
+
+# --- placement and digest-based sync of models served from the router's artifacts ----------
+
+def artifact_models(root, n, delay_ms=1):
+    """`n` small delay-backend models m000.. under root/models, each a config and a version file."""
+    models = root / "models"
+    for i in range(n):
+        d = models / f"m{i:03d}"
+        (d / "1").mkdir(parents=True, exist_ok=True)
+        (d / "1" / "model.delay").write_text(f"model {i}\n")
+        (d / "config.pbtxt").write_text(f"""
+name: "m{i:03d}"
+backend: "delay"
+max_batch_size: 8
+input [ {{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] }} ]
+output [ {{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] }} ]
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+parameters {{ key: "execute_delay_ms" value: {{ string_value: "{delay_ms}" }} }}
+""")
+    return models
+
+
+def placed_toml(names, **fields):
+    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in fields.items())
+    return "".join(f'[models.{n}]\nartifact = "models/{n}"\n{extra}' for n in names)
+
+
+class SyncFleet:
+    """A router serving artifacts from `root`, and workers with empty repositories (explicit mode)."""
+
+    def __init__(self, root, text, classes):
+        self.root = root
+        self.file = root / "fleet.toml"
+        self.file.write_text(text)
+        self.router = Router("--worker-ttl-ms", "1000", "--desired-state", str(self.file))
+        self.workers = {}
+        for i, cls in enumerate(classes):
+            self.start(f"{cls[0]}{i}", cls)
+        self.router.wait_workers(list(self.workers))
+
+    def start(self, wid, cls, repo=None):
+        repo = repo or (self.root / f"repo-{wid}")
+        repo.mkdir(exist_ok=True)
+        self.workers[wid] = Server(repo, "--join", self.router.url, "--worker-id", wid, "--feature-repo", "none",
+                                   "--heartbeat-ms", "1000", "--capacity-class", cls,
+                                   "--model-control-mode", "explicit", env=DELAY)
+        return self.workers[wid]
+
+    def in_sync(self, ids=None):
+        ws = [w for w in self.router.fleet()["workers"] if ids is None or w["id"] in ids]
+        return ws and all(w["applied_digest"] and w["applied_digest"] == w["desired_digest"] for w in ws)
+
+    def metric(self, name, **labels):
+        text = requests.get(f"http://127.0.0.1:{self.router.metrics_port}/metrics", timeout=10).text
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in text.splitlines():
+            if line.startswith(f"{name}{{{want}}} ") or (not labels and line.startswith(f"{name} ")):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def stop(self):
+        for w in self.workers.values():
+            w.stop(9)
+        self.router.stop()
+
+
+@pytest.fixture
+def sync_fleet(tmp_path):
+    fleets = []
+
+    def make(text, classes):
+        f = SyncFleet(tmp_path, text, classes)
+        fleets.append(f)
+        return f
+
+    yield make
+    for f in fleets:
+        assert f.router.alive(), f.router.log()
+        f.stop()
+
+
+def infer_ok(url, model, x=0.1):
+    r = requests.post(f"{url}/v2/models/{model}/infer", json=body(x), timeout=10)
+    return r.status_code == 200
+
+
+def test_100_models_sync_by_digest_and_a_change_moves_only_that_model(sync_fleet, tmp_path):
+    names = [f"m{i:03d}" for i in range(100)]
+    artifact_models(tmp_path, 100)
+    f = sync_fleet(placed_toml(names), ["guaranteed", "opportunistic", "opportunistic"])
+    wait_for(f.in_sync, timeout=120, what="every worker applied its assignment: " + json.dumps(f.router.fleet()["workers"])[:2000])
+    placed = f.router.fleet()["placement"]["models"]
+    assert len(placed) == 100 and all(len(p["workers"]) == 3 for p in placed.values()), list(placed.items())[:2]
+    assert all(infer_ok(f.router.url, n) for n in ("m000", "m050", "m099"))
+    manifests, blobs = f.metric("flotilla_fleet_sync_bytes_total", kind="manifest"), f.metric("flotilla_fleet_sync_bytes_total", kind="blob")
+    # Steady state: heartbeats carry the digest only — no manifest or blob moves.
+    time.sleep(2.5)
+    assert f.metric("flotilla_fleet_sync_bytes_total", kind="manifest") == manifests
+    assert f.metric("flotilla_fleet_sync_bytes_total", kind="blob") == blobs
+    # Change one model: only it moves (three manifests, its new file three times).
+    new = b"model 7, retrained\n"
+    (tmp_path / "models" / "m007" / "1" / "model.delay").write_bytes(new)
+    before = {w["id"]: w["applied_digest"] for w in f.router.fleet()["workers"]}
+    wait_for(lambda: f.in_sync() and all(w["applied_digest"] != before[w["id"]] for w in f.router.fleet()["workers"]),
+             timeout=30, what="the change applied everywhere")
+    assert f.metric("flotilla_fleet_sync_bytes_total", kind="blob") - blobs == 3 * len(new)
+    moved_manifests = f.metric("flotilla_fleet_sync_bytes_total", kind="manifest") - manifests
+    manifest_bytes = len(requests.get(f"{f.router.url}/v2/fleet/artifacts/m007", timeout=10).content)
+    assert moved_manifests == 3 * manifest_bytes
+    for w in f.workers.values():
+        assert (pathlib_of(w) / "m007" / "1" / "model.delay").read_bytes() == new
+    assert infer_ok(f.router.url, "m007")
+
+
+def pathlib_of(worker):
+    import pathlib
+    i = worker.cmd.index("--model-repository") if hasattr(worker, "cmd") else None
+    return pathlib.Path(worker.cmd[i + 1])
+
+
+def test_a_worker_restarted_with_a_stale_cache_converges(sync_fleet, tmp_path):
+    names = ["m000", "m001", "m002"]
+    artifact_models(tmp_path, 3)
+    f = sync_fleet(placed_toml(names), ["guaranteed", "guaranteed"])
+    wait_for(f.in_sync, timeout=60, what="in sync")
+    before = next(w["applied_digest"] for w in f.router.fleet()["workers"] if w["id"] == "g0")
+    f.workers["g1"].stop(9)
+    # While it is down, one model changes: version 1 now fails inputs above 0.5.
+    (tmp_path / "models" / "m001" / "1" / "fail_above").write_text("0.5\n")
+    wait_for(lambda: f.in_sync(["g0"]) and next(w["applied_digest"] for w in f.router.fleet()["workers"]
+                                                if w["id"] == "g0") != before, timeout=30, what="g0 has the change")
+    repo = tmp_path / "repo-g1"
+    f.start("g1", "guaranteed", repo)
+    f.router.wait_workers(["g1"])
+    wait_for(f.in_sync, timeout=60, what="the restarted worker converged")
+    assert (repo / "m001" / "1" / "fail_above").read_text() == "0.5\n"
+    w = f.workers["g1"]
+    for n in names:
+        r = requests.post(f"{w.url}/v2/models/{n}/infer", json=body(0.9), timeout=10)
+        assert (r.status_code == 200) == (n != "m001"), (n, r.text)
+
+
+def test_placement_keeps_the_guaranteed_floor_when_every_opportunistic_worker_is_killed(sync_fleet, tmp_path):
+    artifact_models(tmp_path, 1)
+    f = sync_fleet(placed_toml(["m000"], min_guaranteed=1, max=3), ["guaranteed", "opportunistic", "opportunistic"])
+    wait_for(f.in_sync, timeout=60, what="in sync")
+    wait_for(lambda: f.router.fleet()["placement"]["models"]["m000"]["workers"] == ["g0", "o1", "o2"], what="placed")
+    for w in ("o1", "o2"):
+        f.workers[w].stop(9)
+    placed = wait_for(lambda: (lambda p: p if p["workers"] == ["g0"] else None)(f.router.fleet()["placement"]["models"]["m000"]),
+                      timeout=30, what="re-placed on the floor")
+    assert placed["guaranteed"] == 1 and "floor 1 met" in placed["reason"], placed
+    assert all(infer_ok(f.router.url, "m000") for _ in range(20))
+    # Opportunistic capacity comes back: used again.
+    f.start("o3", "opportunistic")
+    wait_for(lambda: f.router.fleet()["placement"]["models"]["m000"]["workers"] == ["g0", "o3"], timeout=30, what="o3 placed")
+    wait_for(lambda: f.in_sync(["o3"]), timeout=30, what="o3 synced")
+    assert [e for e in f.router.events("placed") if e["worker"] == "model:m000"]

@@ -114,6 +114,17 @@ impl Agent {
         &self.settings.id
     }
 
+    /// A router said the assignment's digest is now `digest`: sync from the first router.
+    pub fn poke_sync(&self, digest: &str) -> bool {
+        match (&self.syncer, self.routers.first()) {
+            (Some(s), Some(r)) => {
+                s.want(r, digest);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Publishes a fresh record soon (models came or went).
     pub fn changed(&self) {
         self.wake.notify_one();

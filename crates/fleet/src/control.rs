@@ -198,7 +198,22 @@ impl Fleet {
             })
             .collect();
         let known: Vec<String> = members.iter().map(|m| m.id.clone()).collect();
-        for (model, placed) in self.control.placement.replace(&specs, &candidates, &known) {
+        let changes = self.control.placement.replace(&specs, &candidates, &known);
+        for (worker, digest) in changes.workers {
+            // Tell the worker now rather than in its next heartbeat's answer.
+            let Some(m) = members.iter().find(|m| m.id == worker) else { continue };
+            let url = format!("{}/v2/admin/sync", m.record().http);
+            let http = self.http.clone();
+            tokio::spawn(async move {
+                let _ = http
+                    .post(url)
+                    .timeout(Duration::from_secs(2))
+                    .json(&serde_json::json!({"digest": digest}))
+                    .send()
+                    .await;
+            });
+        }
+        for (model, placed) in changes.models {
             self.metrics.placement_changes.with_label_values(&[&model]).inc();
             self.members.events.push(
                 &format!("model:{model}"),

@@ -305,7 +305,9 @@ pub fn parse(file: &str, text: &str) -> Result<DesiredState, DesiredError> {
         let placement = match model.artifact {
             None => {
                 if model.min_guaranteed.is_some() || model.max.is_some() || !model.hardware.is_empty() {
-                    return Err(ctx("min_guaranteed, max and hardware place a model served from `artifact`; set it".into()));
+                    return Err(ctx(
+                        "min_guaranteed, max and hardware place a model served from `artifact`; set it".into()
+                    ));
                 }
                 None
             }
@@ -318,7 +320,9 @@ pub fn parse(file: &str, text: &str) -> Result<DesiredState, DesiredError> {
                 let min_guaranteed = model.min_guaranteed.unwrap_or(1);
                 let max = model.max.unwrap_or(usize::MAX);
                 if max == 0 || max < min_guaranteed {
-                    return Err(ctx(format!("max = {max} must be at least 1 and at least min_guaranteed ({min_guaranteed})")));
+                    return Err(ctx(format!(
+                        "max = {max} must be at least 1 and at least min_guaranteed ({min_guaranteed})"
+                    )));
                 }
                 if model.hardware.iter().any(|h| h.is_empty() || h[..h.len() - 1].contains('*')) {
                     return Err(ctx("hardware kinds are names, or a prefix followed by one '*'".into()));

@@ -315,7 +315,28 @@ pub fn worker_routes(agent: Arc<Agent>, default_deadline: Duration) -> Router {
     Router::new()
         .route("/v2/admin/preempt", post(preempt))
         .route("/v2/admin/worker", get(worker))
+        .route("/v2/admin/sync", post(sync_poke))
         .with_state((agent, default_deadline))
+}
+
+/// `POST /v2/admin/sync {"digest": "..."}`: a router says this worker's assignment changed (so it
+/// need not wait for its next heartbeat's answer).
+async fn sync_poke(State((agent, _)): State<(Arc<Agent>, Duration)>, body: axum::body::Bytes) -> Response {
+    let digest = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("digest").and_then(|d| d.as_str()).map(str::to_string))
+        .filter(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()));
+    let Some(digest) = digest else {
+        return ApiError(Error::invalid("expected {\"digest\": \"<64 hex characters>\"}")).into_response();
+    };
+    match agent.poke_sync(&digest) {
+        true => StatusCode::ACCEPTED.into_response(),
+        false => ApiError(Error::new(
+            flotilla_core::ErrorKind::FailedPrecondition,
+            "this worker syncs from no router (joined a NATS registry only)",
+        ))
+        .into_response(),
+    }
 }
 
 /// `POST /v2/admin/preempt {"deadline_ms": N}`: a preemption notice.

@@ -47,7 +47,9 @@ pub fn place(
         let pick = |class: CapacityClass, want: usize, load: &mut HashMap<&str, usize>| -> Vec<String> {
             let mut pool: Vec<&Candidate> = eligible.iter().copied().filter(|c| c.class == class).collect();
             // Kept replicas first, then the least loaded; ids break ties (deterministic).
-            pool.sort_by_key(|c| (!before.contains(c.id.as_str()), load.get(c.id.as_str()).copied().unwrap_or(0), c.id.clone()));
+            pool.sort_by_key(|c| {
+                (!before.contains(c.id.as_str()), load.get(c.id.as_str()).copied().unwrap_or(0), c.id.clone())
+            });
             let chosen: Vec<String> = pool.into_iter().take(want).map(|c| c.id.clone()).collect();
             for id in &chosen {
                 if let Some(n) = load.get_mut(id.as_str()) {
@@ -56,10 +58,35 @@ pub fn place(
             }
             chosen
         };
-        let guaranteed = pick(CapacityClass::Guaranteed, spec.min_guaranteed, &mut load);
+        let mut guaranteed = pick(CapacityClass::Guaranteed, spec.min_guaranteed, &mut load);
         let room = spec.max.saturating_sub(guaranteed.len());
         let opportunistic = pick(CapacityClass::Opportunistic, room, &mut load);
+        // Room left after every opportunistic worker: more guaranteed workers carry the rest.
+        let room = spec.max.saturating_sub(guaranteed.len() + opportunistic.len());
+        if room > 0 {
+            let taken: BTreeSet<String> = guaranteed.iter().cloned().collect();
+            let mut pool: Vec<&Candidate> = eligible
+                .iter()
+                .copied()
+                .filter(|c| c.class == CapacityClass::Guaranteed && !taken.contains(&c.id))
+                .collect();
+            pool.sort_by_key(|c| {
+                (!before.contains(c.id.as_str()), load.get(c.id.as_str()).copied().unwrap_or(0), c.id.clone())
+            });
+            for c in pool.into_iter().take(room) {
+                if let Some(n) = load.get_mut(c.id.as_str()) {
+                    *n += 1;
+                }
+                guaranteed.push(c.id.clone());
+            }
+        }
         let mut reason = Vec::new();
+        if guaranteed.len() > spec.min_guaranteed {
+            reason.push(format!(
+                "{} guaranteed beyond the floor (no opportunistic room left)",
+                guaranteed.len() - spec.min_guaranteed
+            ));
+        }
         if guaranteed.len() < spec.min_guaranteed {
             reason.push(format!(
                 "guaranteed floor {} unmet: {} eligible guaranteed workers",
@@ -70,7 +97,11 @@ pub fn place(
             reason.push(format!("guaranteed floor {} met", spec.min_guaranteed));
         }
         let eligible_opp = eligible.iter().filter(|c| c.class == CapacityClass::Opportunistic).count();
-        reason.push(format!("{} of {eligible_opp} eligible opportunistic workers (max {})", opportunistic.len(), if spec.max == usize::MAX { "unbounded".to_string() } else { spec.max.to_string() }));
+        reason.push(format!(
+            "{} of {eligible_opp} eligible opportunistic workers (max {})",
+            opportunistic.len(),
+            if spec.max == usize::MAX { "unbounded".to_string() } else { spec.max.to_string() }
+        ));
         if !spec.hardware.is_empty() {
             reason.push(format!("hardware {:?}", spec.hardware));
         }
@@ -79,10 +110,22 @@ pub fn place(
         workers.sort();
         out.insert(
             name.clone(),
-            Placed { workers, guaranteed: guaranteed.len(), opportunistic: opportunistic.len(), reason: reason.join("; ") },
+            Placed {
+                workers,
+                guaranteed: guaranteed.len(),
+                opportunistic: opportunistic.len(),
+                reason: reason.join("; "),
+            },
         );
     }
     out
+}
+
+/// What a re-placement changed: models whose set of workers changed (with the new placement),
+/// and workers whose assignment digest changed (with the new digest).
+pub struct Changes {
+    pub models: Vec<(String, Placed)>,
+    pub workers: Vec<(String, String)>,
 }
 
 /// The router's artifacts, placement and per-worker assignments.
@@ -133,13 +176,14 @@ impl Placement {
     }
 
     /// Places the models on `candidates` and rebuilds every worker's assignment; returns the
-    /// models whose placement changed, with the new one.
+    /// models whose placement changed, with the new one, and the workers whose assignment
+    /// digest changed, with the new digest.
     pub fn replace(
         &self,
         specs: &BTreeMap<String, PlacementSpec>,
         candidates: &[Candidate],
         known_workers: &[String],
-    ) -> Vec<(String, Placed)> {
+    ) -> Changes {
         let previous = self.placed.read().clone();
         let placed = place(specs, candidates, &previous);
         let changed: Vec<(String, Placed)> = placed
@@ -156,12 +200,21 @@ impl Placement {
                 per_worker.entry(w.clone()).or_default().insert(model.clone(), m.leaf.clone());
             }
         }
-        *self.assignments.write() = per_worker
+        let assignments: HashMap<String, Assignment> = per_worker
             .into_iter()
             .map(|(w, models)| (w, Assignment { digest: sync::assignment_digest(&models), models }))
             .collect();
+        let moved: Vec<(String, String)> = {
+            let old = self.assignments.read();
+            assignments
+                .iter()
+                .filter(|(w, a)| old.get(*w).map(|o| o.digest != a.digest).unwrap_or(!a.models.is_empty()))
+                .map(|(w, a)| (w.clone(), a.digest.clone()))
+                .collect()
+        };
+        *self.assignments.write() = assignments;
         *self.placed.write() = placed;
-        changed
+        Changes { models: changed, workers: moved }
     }
 
     /// Whether the desired state serves any model from an artifact (else workers are not told
@@ -229,10 +282,14 @@ mod tests {
         // Every opportunistic worker preempted: the floors stay.
         let only_g: Vec<Candidate> = ws.iter().filter(|c| c.class == Guaranteed).cloned().collect();
         let q = place(&models, &only_g, &p);
-        assert_eq!(q["a"].workers, vec!["g0"]);
+        assert_eq!(q["a"].workers, vec!["g0", "g1"], "guaranteed workers carry what opportunistic ones did");
         assert_eq!(q["b"].workers, vec!["g0", "g1"]);
         // They come back: used again.
-        assert_eq!(place(&models, &ws, &q)["a"].workers, vec!["g0", "s0", "s2"]);
+        assert_eq!(
+            place(&models, &ws, &q)["a"].workers,
+            vec!["g0", "s0", "s2"],
+            "opportunistic before guaranteed beyond the floor"
+        );
         // No guaranteed worker: the floor is unmet and says so.
         let none = place(&models, &ws[2..], &BTreeMap::new());
         assert!(none["b"].reason.contains("unmet"), "{}", none["b"].reason);

@@ -101,7 +101,7 @@ pub fn scan(
     dir: &Path,
     known: &mut BTreeMap<PathBuf, (u64, std::time::SystemTime, String)>,
 ) -> Result<Manifest, SyncError> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), SyncError> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), SyncError> {
         for entry in std::fs::read_dir(dir).map_err(io(dir.display()))? {
             let entry = entry.map_err(io(dir.display()))?;
             let name = entry.file_name();
@@ -110,7 +110,7 @@ pub fn scan(
             }
             let kind = entry.file_type().map_err(io(entry.path().display()))?;
             if kind.is_dir() {
-                walk(root, &entry.path(), out)?;
+                walk(&entry.path(), out)?;
             } else if kind.is_file() {
                 out.push(entry.path());
             }
@@ -121,7 +121,7 @@ pub fn scan(
         return Err(SyncError::Invalid(format!("model '{model}': {} is empty", dir.display())));
     }
     let mut paths = Vec::new();
-    walk(dir, dir, &mut paths)?;
+    walk(dir, &mut paths)?;
     let mut files = Vec::new();
     for p in paths {
         let meta = std::fs::metadata(&p).map_err(io(p.display()))?;
@@ -175,7 +175,11 @@ pub struct Syncer {
 impl Syncer {
     /// A syncer over the service's repository, with what a previous run applied (folders that
     /// are gone are forgotten, so they are fetched again).
-    pub fn new(worker: &str, service: std::sync::Arc<flotilla_core::Service>, http: reqwest::Client) -> std::sync::Arc<Self> {
+    pub fn new(
+        worker: &str,
+        service: std::sync::Arc<flotilla_core::Service>,
+        http: reqwest::Client,
+    ) -> std::sync::Arc<Self> {
         let root = service.repository.root().to_path_buf();
         let saved: BTreeMap<String, String> = std::fs::read(root.join(SYNC_DIR).join("applied.json"))
             .ok()
@@ -213,7 +217,11 @@ impl Syncer {
 
     /// Loads the models a previous run applied, then syncs whenever the desired digest differs
     /// from the applied one (and fully every [`FULL_RESYNC`]), until `stop`.
-    pub fn spawn(self: &std::sync::Arc<Self>, on_change: impl Fn() + Send + Sync + 'static, mut stop: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    pub fn spawn(
+        self: &std::sync::Arc<Self>,
+        on_change: impl Fn() + Send + Sync + 'static,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
             let kept: Vec<String> = me.applied.lock().keys().cloned().collect();
@@ -318,7 +326,9 @@ impl Syncer {
         let manifest: Manifest = serde_json::from_slice(&self.get(&url).await?)
             .map_err(|e| SyncError::Invalid(format!("manifest of '{model}': {e}")))?;
         if manifest.leaf != leaf || leaf_digest(model, &manifest.files) != manifest.leaf {
-            return Err(SyncError::Invalid(format!("the manifest of '{model}' does not match its digest (the artifact changed meanwhile)")));
+            return Err(SyncError::Invalid(format!(
+                "the manifest of '{model}' does not match its digest (the artifact changed meanwhile)"
+            )));
         }
         if have {
             // Full resync: the folder on disk must still hash to the leaf.
