@@ -6,6 +6,9 @@
 # writes bench/results/fleet.{md,json}. About 40 minutes.
 # Usage: bench/fleet/run.sh [--smoke] [--compress N] [--only SECTIONS]
 #   (--smoke: a few minutes, table in bench/.work-fleet/; --only overhead,slowed: rerun sections into the results)
+#        bench/fleet/run.sh --control [--smoke]
+#   (the control plane instead: digest sync of 100 models to 6 workers, a rollout under load, a
+#    faulty canary, an A/B split; ~5 minutes; bench/results/fleet-control.{md,json})
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -25,4 +28,8 @@ ensure_venv $venv bench/fleet/requirements.txt
 log "cargo build --release (flotilla)"
 cargo build --release --locked -q -p flotilla --bin flotilla
 
+if [ "${1:-}" = "--control" ]; then
+  shift
+  exec $venv/bin/python bench/fleet/control.py "$@"
+fi
 exec $venv/bin/python bench/fleet/bench.py "$@"

@@ -483,3 +483,38 @@ def test_placement_keeps_the_guaranteed_floor_when_every_opportunistic_worker_is
     wait_for(lambda: f.router.fleet()["placement"]["models"]["m000"]["workers"] == ["g0", "o3"], timeout=30, what="o3 placed")
     wait_for(lambda: f.in_sync(["o3"]), timeout=30, what="o3 synced")
     assert [e for e in f.router.events("placed") if e["worker"] == "model:m000"]
+
+
+def test_readme_placement_example(tmp_path):
+    """The README's placement block, pasted into a shell: both workers get `simple` from the router."""
+    from test_fleet import readme_block, simple_body
+    from conftest import BIN, ROOT
+    import os
+    import shutil
+    import signal
+    import subprocess
+    work = tmp_path / "checkout"
+    work.mkdir()
+    shutil.copytree(ROOT / "examples", work / "examples")
+    script = readme_block("placement-example").replace("target/release/flotilla", BIN).replace("/tmp/", f"{tmp_path}/")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOTILLA_")}
+    proc = subprocess.Popen(["bash", "-c", script + "\nwait"], cwd=work, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        def synced():
+            try:
+                ws = requests.get("http://127.0.0.1:8000/v2/fleet", timeout=1).json()["workers"]
+            except requests.RequestException:
+                return False
+            return len(ws) == 2 and all(w["applied_digest"] == w["desired_digest"] and w["models"] for w in ws)
+        wait_for(synced, timeout=120, what="the README placement fleet in sync")
+        r = requests.post("http://127.0.0.1:8000/v2/models/simple/infer", json=simple_body(), timeout=10)
+        assert r.status_code == 200, r.text
+        for w in ("w1", "w2"):
+            assert (tmp_path / "placed" / w / "simple" / "1" / "model.onnx").is_file()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)

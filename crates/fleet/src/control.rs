@@ -52,8 +52,6 @@ pub struct Control {
     pub placement: crate::placement::Placement,
     /// Placement specs of the state in force.
     placements: RwLock<std::collections::BTreeMap<String, crate::desired::PlacementSpec>>,
-    /// Ticks since the artifacts were last rescanned.
-    since_scan: std::sync::atomic::AtomicU32,
 }
 
 impl Control {
@@ -177,17 +175,16 @@ impl Fleet {
         self.members.all().into_iter().filter(|m| m.available() && m.record().offer(model, "").is_some()).collect()
     }
 
-    /// Rescans the artifacts (every second) and re-places the models served from them on the
+    /// Rescans the artifacts and re-places the models served from them on the
     /// workers in rotation; logs each change with its reason.
     fn place(&self) {
         let specs = self.control.placements.read().clone();
         if specs.is_empty() && !self.control.placement.active() {
             return;
         }
-        if self.control.since_scan.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= 4 {
-            self.control.since_scan.store(0, std::sync::atomic::Ordering::Relaxed);
-            self.control.placement.rescan(&specs);
-        }
+        // Every tick: a file whose size and modification time did not change is not read again
+        // (a hundred models is a few hundred stat calls).
+        self.control.placement.rescan(&specs);
         let members = self.members.all();
         let candidates: Vec<crate::placement::Candidate> = members
             .iter()
