@@ -71,7 +71,7 @@ def sync_section(changes):
         worker(rt, f"w{i}", cls, repo)
         ids.append(f"w{i}")
     fb.wait_fleet(rt, ids)
-    while not in_sync(rt)[1]:
+    while not (in_sync(rt)[1] and all(len(w["models"]) == 100 for w in fb.get(rt.url + "/v2/fleet")["workers"])):
         time.sleep(0.05)
     initial_s = time.time() - started
     fb.log(f"sync: 6 workers x 100 models applied in {initial_s:.1f} s")

@@ -186,9 +186,12 @@ impl Fleet {
         // (a hundred models is a few hundred stat calls).
         self.control.placement.rescan(&specs);
         let members = self.members.all();
+        // Members that are not draining: a worker briefly out of rotation (a slow probe, a burst
+        // of failures) keeps its models; one that died leaves the view at its TTL and a preempted
+        // one is draining at once — then its replicas move.
         let candidates: Vec<crate::placement::Candidate> = members
             .iter()
-            .filter(|m| m.ejected().is_none() && !m.draining())
+            .filter(|m| !m.draining())
             .map(|m| {
                 let r = m.record();
                 crate::placement::Candidate { id: r.id.clone(), class: r.capacity_class, hardware: r.hardware.clone() }
