@@ -189,6 +189,8 @@ def test_canary_ramps_to_promotion_on_a_healthy_candidate(control):
     metrics = requests.get(f"http://127.0.0.1:{f.router.metrics_port}/metrics", timeout=10).text
     assert f'flotilla_fleet_canary_state{{model="{MODEL}"}} 2' in metrics
     assert f'flotilla_fleet_arm_requests_total{{arm="canary",model="{MODEL}",outcome="ok",version="2"}}' in metrics
+    assert 'flotilla_fleet_served_total{class="guaranteed",hardware="cpu-' in metrics
+    assert 'flotilla_fleet_workers_by_hardware{class="guaranteed",hardware="cpu-' in metrics
 
 
 class Hook(http.server.BaseHTTPRequestHandler):

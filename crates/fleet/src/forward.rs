@@ -239,6 +239,8 @@ impl Fleet {
                     self.members.events.push(&pick.member.id, "first_answer", format!("model {model}"));
                 }
                 self.metrics.attempts.with_label_values(&[&pick.member.id, model, "ok"]).inc();
+                let r = pick.member.record();
+                self.metrics.served.with_label_values(&[model, r.capacity_class.as_str(), &r.hardware]).inc();
             }
             Err(f) => {
                 self.metrics.attempts.with_label_values(&[&pick.member.id, model, f.error.kind.as_str()]).inc();

@@ -217,9 +217,11 @@ impl Members {
     /// Recomputes the members gauge.
     pub fn update_gauges(&self) {
         self.metrics.workers.reset();
+        self.metrics.workers_by_hardware.reset();
         for m in self.map.read().values() {
             let r = m.record();
             self.metrics.workers.with_label_values(&[r.capacity_class.as_str(), m.state_label()]).inc();
+            self.metrics.workers_by_hardware.with_label_values(&[r.capacity_class.as_str(), &r.hardware]).inc();
             for o in &r.models {
                 if let Some(c) = o.capacity_rps {
                     self.metrics.capacity.with_label_values(&[&r.id, &o.name]).set(c);

@@ -46,6 +46,11 @@ pub struct FleetMetrics {
     pub desired_valid: IntGaugeVec,
     /// Version loads and unloads the router asked of workers, by outcome.
     pub version_syncs: IntCounterVec,
+    /// Requests answered, by model, capacity class and hardware kind of the worker that answered
+    /// (the share served on opportunistic capacity is its `class="opportunistic"` part).
+    pub served: IntCounterVec,
+    /// Members by capacity class and hardware kind.
+    pub workers_by_hardware: IntGaugeVec,
     /// Placement changes by model.
     pub placement_changes: IntCounterVec,
     /// Bytes the router served for the sync, by kind (`digest`, `assignment`, `manifest`, `blob`).
@@ -159,6 +164,16 @@ impl FleetMetrics {
                 "Model version loads the router asked of workers to match the desired state, by outcome.",
                 &["outcome"],
             ),
+            served: counter(
+                "flotilla_fleet_served_total",
+                "Requests answered by workers, by model, capacity class and hardware kind of the worker.",
+                &["model", "class", "hardware"],
+            ),
+            workers_by_hardware: gauge(
+                "flotilla_fleet_workers_by_hardware",
+                "Workers the router knows, by capacity class and hardware kind.",
+                &["class", "hardware"],
+            ),
             placement_changes: counter(
                 "flotilla_fleet_placement_changes_total",
                 "Changes of the set of workers a model served from an artifact is placed on.",
@@ -192,6 +207,8 @@ impl FleetMetrics {
             Box::new(m.desired_reloads.clone()),
             Box::new(m.desired_valid.clone()),
             Box::new(m.version_syncs.clone()),
+            Box::new(m.served.clone()),
+            Box::new(m.workers_by_hardware.clone()),
             Box::new(m.placement_changes.clone()),
             Box::new(m.sync_bytes.clone()),
         ];
