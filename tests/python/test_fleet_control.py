@@ -5,6 +5,7 @@ stickiness by header over HTTP and gRPC, a shadow that never changes the caller'
 malformed file that leaves the last good state in force.
 """
 import http.server
+import signal
 import json
 import random
 import threading
@@ -520,3 +521,51 @@ def test_readme_placement_example(tmp_path):
             proc.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_two_routers_on_the_nats_registry_agree_and_only_the_lease_holder_places(tmp_path):
+    from test_fleet import Nats
+    artifact_models(tmp_path, 2)
+    toml = tmp_path / "fleet.toml"
+    toml.write_text(placed_toml(["m000", "m001"]))
+    nats = Nats()
+    url = f"nats://127.0.0.1:{nats.port}"
+    routers = [Router("--registry", url, "--worker-ttl-ms", "1500", "--desired-state", str(toml)) for _ in range(2)]
+    workers = []
+    try:
+        join = ",".join([url] + [r.url for r in routers])
+        for i in range(2):
+            repo = tmp_path / f"repo-n{i}"
+            repo.mkdir()
+            workers.append(Server(repo, "--join", join, "--worker-id", f"n{i}", "--feature-repo", "none",
+                                  "--heartbeat-ms", "300", "--model-control-mode", "explicit", env=DELAY))
+
+        def leaders():
+            return [r.fleet()["control"]["leader"] for r in routers]
+
+        wait_for(lambda: sorted(leaders()) == [False, True], timeout=30, what=f"one lease holder: {leaders()}")
+        lead, follow = (routers[0], routers[1]) if leaders()[0] else (routers[1], routers[0])
+
+        def synced(r):
+            ws = r.fleet()["workers"]
+            return len(ws) == 2 and all(w["applied_digest"] == w["desired_digest"] and len(w["models"]) == 2 for w in ws)
+
+        wait_for(lambda: synced(lead), timeout=60, what="workers synced from the lease holder")
+        # Both routers serve the placed models; only the holder placed them.
+        for r in routers:
+            assert infer_ok(r.url, "m000") and infer_ok(r.url, "m001")
+        assert lead.events("placed") and not follow.events("placed")
+        assert all(w["desired_digest"] is None for w in follow.fleet()["workers"])
+        # The holder goes: the other takes the lease and places the same models.
+        digests = {w["id"]: w["applied_digest"] for w in lead.fleet()["workers"]}
+        lead.stop(signal.SIGKILL)
+        wait_for(lambda: follow.fleet()["control"]["leader"], timeout=30, what="the lease moved")
+        wait_for(lambda: synced(follow), timeout=30, what="in sync with the new holder")
+        assert {w["id"]: w["applied_digest"] for w in follow.fleet()["workers"]} == digests, "same placement, no churn"
+        assert infer_ok(follow.url, "m001")
+    finally:
+        for w in workers:
+            w.stop(signal.SIGKILL)
+        for r in routers:
+            r.stop()
+        nats.stop()

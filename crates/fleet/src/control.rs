@@ -123,9 +123,12 @@ impl Fleet {
                 if let Some(p) = &path {
                     fleet.reload(p, &mut last_text);
                 }
-                fleet.place();
                 fleet.tick_policies();
-                fleet.sync_versions();
+                // One router at a time places models and loads versions (the control lease).
+                if fleet.leads() {
+                    fleet.place();
+                    fleet.sync_versions();
+                }
             }
         })
     }

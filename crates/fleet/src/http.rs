@@ -79,7 +79,7 @@ async fn register(State(s): State<RouterState>, Path(id): Path<String>, body: ax
             });
             // Digest-based sync: the answer names only the digest the worker should have.
             let placement = &s.fleet.control.placement;
-            if placement.active() {
+            if placement.active() && s.fleet.leads() {
                 let digest = placement.assignment(&id).digest;
                 s.fleet.metrics.sync_bytes.with_label_values(&["digest"]).inc_by(digest.len() as u64);
                 answer["desired_digest"] = json!(digest);
@@ -135,7 +135,7 @@ async fn view(State(s): State<RouterState>) -> Json<Value> {
                 "drift": r.drift,
                 "last_seen_ms_ago": m.seen().elapsed().as_millis() as u64,
                 "applied_digest": r.applied_digest,
-                "desired_digest": f.control.placement.active().then(|| f.control.placement.assignment(&r.id).digest),
+                "desired_digest": (f.control.placement.active() && f.leads()).then(|| f.control.placement.assignment(&r.id).digest),
             })
         })
         .collect();
@@ -146,6 +146,7 @@ async fn view(State(s): State<RouterState>) -> Json<Value> {
         "retry_budget": {"percent": f.settings.retry_percent * 100.0, "min_per_sec": f.settings.retry_min_per_sec},
         "hedging": {"models": f.settings.hedge_models, "percent": f.settings.hedge_percent * 100.0},
         "desired_state": f.control.status(),
+        "control": {"router": f.router_id, "leader": f.leads(), "lease": *f.lease.read()},
         "traffic": f.control.all().iter().map(|t| t.view()).collect::<Vec<_>>(),
         "placement": {
             "models": f.control.placement.placed(),

@@ -212,3 +212,105 @@ fn apply(members: &Members, key: &str, op: Operation, value: &[u8]) {
         Operation::Delete | Operation::Purge => members.remove(id, "left", "deleted from the registry"),
     }
 }
+
+/// Key of the control lease: one router at a time places models and drives version loads.
+pub const LEASE_KEY: &str = "control.leader";
+
+/// Who holds the control lease, until when (Unix ms, the holder's clock).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Lease {
+    pub holder: String,
+    pub expires_ms: u64,
+}
+
+impl Kv {
+    /// Takes or renews the control lease for `me` for `ttl`, by compare-and-set on the key's
+    /// revision; returns the holder after the attempt.
+    pub async fn acquire(&self, me: &str, ttl: Duration) -> Result<Lease, String> {
+        let store = self.store().await?;
+        let now = crate::events::now_ms() as u64;
+        let mine = Lease { holder: me.to_string(), expires_ms: now + ttl.as_millis() as u64 };
+        let body: bytes::Bytes = serde_json::to_vec(&mine).map_err(|e| e.to_string())?.into();
+        let wait = |what: &str| format!("NATS lease {what}: no answer within 2 s");
+        let entry = tokio::time::timeout(Duration::from_secs(2), store.entry(LEASE_KEY))
+            .await
+            .map_err(|_| wait("read"))?
+            .map_err(|e| format!("NATS lease read: {e}"))?;
+        let current = entry
+            .as_ref()
+            .filter(|e| e.operation == Operation::Put)
+            .and_then(|e| serde_json::from_slice::<Lease>(&e.value).ok().map(|l| (l, e.revision)));
+        let attempt = match &current {
+            // Someone else holds a live lease.
+            Some((lease, _)) if lease.holder != me && lease.expires_ms > now => return Ok(lease.clone()),
+            Some((_, revision)) => {
+                tokio::time::timeout(Duration::from_secs(2), store.update(LEASE_KEY, body, *revision))
+                    .await
+                    .map_err(|_| wait("update"))?
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            None => match entry {
+                Some(e) => tokio::time::timeout(Duration::from_secs(2), store.update(LEASE_KEY, body, e.revision))
+                    .await
+                    .map_err(|_| wait("update"))?
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                None => tokio::time::timeout(Duration::from_secs(2), store.create(LEASE_KEY, body))
+                    .await
+                    .map_err(|_| wait("create"))?
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            },
+        };
+        match attempt {
+            Ok(()) => Ok(mine),
+            // Lost a race: whoever won holds it now.
+            Err(_) => {
+                let e = tokio::time::timeout(Duration::from_secs(2), store.get(LEASE_KEY))
+                    .await
+                    .map_err(|_| wait("read"))?
+                    .map_err(|e| format!("NATS lease read: {e}"))?;
+                e.and_then(|v| serde_json::from_slice::<Lease>(&v).ok())
+                    .ok_or_else(|| "the lease changed hands but cannot be read".to_string())
+            }
+        }
+    }
+}
+
+/// Keeps trying to hold the control lease for `me`; `leader` says whether this router holds it.
+/// While the registry is unreachable a holder keeps leading until its lease would have run out.
+pub fn spawn_lease(
+    kv: Arc<Kv>,
+    me: String,
+    leader: Arc<std::sync::atomic::AtomicBool>,
+    holder: Arc<parking_lot::RwLock<Option<Lease>>>,
+    events: Arc<crate::events::Events>,
+) -> tokio::task::JoinHandle<()> {
+    const TTL: Duration = Duration::from_secs(3);
+    tokio::spawn(async move {
+        let mut was = false;
+        loop {
+            let now = crate::events::now_ms() as u64;
+            let lead = match kv.acquire(&me, TTL).await {
+                Ok(lease) => {
+                    let mine = lease.holder == me;
+                    *holder.write() = Some(lease);
+                    mine
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "control lease not renewed");
+                    kv.reset().await;
+                    holder.read().as_ref().is_some_and(|l| l.holder == me && l.expires_ms > now)
+                }
+            };
+            leader.store(lead, std::sync::atomic::Ordering::Release);
+            if lead != was {
+                let what = if lead { "acquired the control lease" } else { "does not hold the control lease" };
+                events.push(&format!("router:{me}"), "control_lease", what);
+                was = lead;
+            }
+            tokio::time::sleep(TTL / 3).await;
+        }
+    })
+}

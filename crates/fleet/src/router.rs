@@ -104,6 +104,13 @@ pub struct Fleet {
     pub control: crate::control::Control,
     /// This router, for work it spawns (shadow requests, version loads).
     pub(crate) me: std::sync::Weak<Fleet>,
+    /// This router's name in the control lease.
+    pub router_id: String,
+    /// Whether this router places models and drives version loads: always with the embedded
+    /// registry; with NATS, while it holds the control lease.
+    pub leader: Arc<std::sync::atomic::AtomicBool>,
+    /// The lease as last read (NATS registry).
+    pub lease: Arc<RwLock<Option<crate::nats::Lease>>>,
 }
 
 impl Fleet {
@@ -138,8 +145,21 @@ impl Fleet {
                     .unwrap_or_else(|_| reqwest::Client::new()),
                 control: crate::control::Control::default(),
                 me: fleet.clone(),
+                router_id: format!(
+                    "{}-{}-{:04x}",
+                    std::env::var("HOSTNAME").unwrap_or_else(|_| "router".into()),
+                    std::process::id(),
+                    fastrand::u16(..)
+                ),
+                leader: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+                lease: Arc::new(RwLock::new(None)),
             }
         })
+    }
+
+    /// Whether this router places models and drives version loads now.
+    pub fn leads(&self) -> bool {
+        self.leader.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn events(&self) -> &Events {

@@ -68,6 +68,17 @@ pub async fn route(
     let expiry = fleet.spawn_expiry();
     let control = fleet.spawn_control(Some(config.desired_state.clone()));
     let watch = registry.clone().map(|kv| flotilla_fleet::nats::spawn_watch(kv, fleet.members.clone()));
+    // With a shared registry one router at a time places models (the control lease).
+    let lease = registry.clone().map(|kv| {
+        fleet.leader.store(false, std::sync::atomic::Ordering::Release);
+        flotilla_fleet::nats::spawn_lease(
+            kv,
+            fleet.router_id.clone(),
+            fleet.leader.clone(),
+            fleet.lease.clone(),
+            fleet.members.events.clone(),
+        )
+    });
 
     let extra = flotilla_fleet::http::router_routes(fleet.clone(), registry, config.max_request_bytes);
     let http_router = flotilla_http::router(
@@ -96,6 +107,9 @@ pub async fn route(
     control.abort();
     if let Some(w) = watch {
         w.abort();
+    }
+    if let Some(l) = lease {
+        l.abort();
     }
     tracing::info!("stopped");
     Ok(())
