@@ -114,14 +114,14 @@ impl Fleet {
             self.control.status.write().file = Some(p.display().to_string());
         }
         tokio::spawn(async move {
-            let mut last_text: Option<String> = None;
+            let mut last: Option<Result<String, String>> = None;
             let mut tick = tokio::time::interval(TICK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 let Some(fleet) = fleet.upgrade() else { return };
                 if let Some(p) = &path {
-                    fleet.reload(p, &mut last_text);
+                    fleet.reload(p, &mut last);
                 }
                 fleet.tick_policies();
                 // One router at a time places models and loads versions (the control lease).
@@ -134,23 +134,21 @@ impl Fleet {
     }
 
     /// Reads the file; applies it when it changed and is valid, else keeps the last good state.
-    fn reload(&self, path: &PathBuf, last_text: &mut Option<String>) {
+    fn reload(&self, path: &PathBuf, last: &mut Option<Result<String, String>>) {
         let file = path.display().to_string();
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
+        let read = match std::fs::read_to_string(path) {
             // No file: nothing declared (a router without a desired state routes by version only).
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && last_text.is_none() => return,
-            Err(e) => format!("\u{0}unreadable: {e}"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && last.is_none() => return,
+            r => r.map_err(|e| e.to_string()),
         };
-        if last_text.as_deref() == Some(text.as_str()) {
+        if last.as_ref() == Some(&read) {
             return;
         }
-        let parsed = if let Some(why) = text.strip_prefix("\u{0}unreadable: ") {
-            Err(DesiredError { file: file.clone(), line: 0, reason: format!("cannot read it: {why}") })
-        } else {
-            desired::parse(&file, &text)
+        let parsed = match &read {
+            Ok(text) => desired::parse(&file, text),
+            Err(why) => Err(DesiredError { file: file.clone(), line: 0, reason: format!("cannot read it: {why}") }),
         };
-        *last_text = Some(text);
+        *last = Some(read);
         match parsed {
             Ok(state) => {
                 let n = state.models.len();

@@ -8,6 +8,7 @@
 //! `idempotent: false` parameter says otherwise).
 
 use crate::balance::{self, Choice, Snapshot};
+use crate::desired::ShadowSpec;
 use crate::member::{EjectReason, Lane, Member, Outstanding};
 use crate::router::Fleet;
 use crate::traffic::{ModelTraffic, ShadowSample};
@@ -311,8 +312,8 @@ impl Fleet {
         };
         self.metrics.arm_requests.with_label_values(&[&model, &route.arm, version, outcome]).inc();
         self.metrics.arm_duration.with_label_values(&[&model, &route.arm]).observe(took.as_secs_f64());
-        if let (Some((version, copy)), Ok(primary)) = (mirror, &result) {
-            self.mirror(traffic, copy, version, primary.clone());
+        if let (Some((spec, copy)), Ok(primary)) = (mirror, &result) {
+            self.mirror(traffic, spec, copy, primary.clone());
         }
         result
     }
@@ -320,8 +321,7 @@ impl Fleet {
     /// Sends a copy of a request to the shadow version, off the caller's path (a task, within
     /// the policy's in-flight limit: skipped, never queued, when busy), and records how its
     /// answer differs from the primary's.
-    fn mirror(&self, traffic: Arc<ModelTraffic>, mut copy: InferRequest, version: String, primary: InferResponse) {
-        let Some(crate::desired::Policy::Shadow(spec)) = traffic.spec().policy else { return };
+    fn mirror(&self, traffic: Arc<ModelTraffic>, spec: ShadowSpec, mut copy: InferRequest, primary: InferResponse) {
         let model = copy.model.clone();
         if !traffic.shadow_slot(&spec) {
             self.metrics.shadow.with_label_values(&[&model, "skipped_busy"]).inc();
@@ -331,7 +331,7 @@ impl Fleet {
             traffic.shadow_release();
             return;
         };
-        copy.version = version;
+        copy.version = spec.version.clone();
         tokio::spawn(async move {
             let id = copy.id.clone();
             let answer = match fleet.pick(&model, &copy.version, &[]) {

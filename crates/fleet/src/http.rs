@@ -80,7 +80,7 @@ async fn register(State(s): State<RouterState>, Path(id): Path<String>, body: ax
             // Digest-based sync: the answer names only the digest the worker should have.
             let placement = &s.fleet.control.placement;
             if placement.active() && s.fleet.leads() {
-                let digest = placement.assignment(&id).digest;
+                let digest = placement.desired_digest(&id);
                 s.fleet.metrics.sync_bytes.with_label_values(&["digest"]).inc_by(digest.len() as u64);
                 answer["desired_digest"] = json!(digest);
             }
@@ -135,7 +135,7 @@ async fn view(State(s): State<RouterState>) -> Json<Value> {
                 "drift": r.drift,
                 "last_seen_ms_ago": m.seen().elapsed().as_millis() as u64,
                 "applied_digest": r.applied_digest,
-                "desired_digest": (f.control.placement.active() && f.leads()).then(|| f.control.placement.assignment(&r.id).digest),
+                "desired_digest": (f.control.placement.active() && f.leads()).then(|| f.control.placement.desired_digest(&r.id)),
             })
         })
         .collect();

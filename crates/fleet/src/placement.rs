@@ -223,6 +223,15 @@ impl Placement {
         !self.manifests.read().is_empty() || !self.placed.read().is_empty()
     }
 
+    /// The digest `worker` should have applied (what heartbeat answers carry), without copying
+    /// its assignment.
+    pub fn desired_digest(&self, worker: &str) -> String {
+        match self.assignments.read().get(worker) {
+            Some(a) => a.digest.clone(),
+            None => sync::assignment_digest(&BTreeMap::new()),
+        }
+    }
+
     pub fn assignment(&self, worker: &str) -> Assignment {
         self.assignments.read().get(worker).cloned().unwrap_or_else(|| Assignment {
             digest: sync::assignment_digest(&BTreeMap::new()),

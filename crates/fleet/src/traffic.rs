@@ -23,8 +23,8 @@ pub struct Route {
     pub version: String,
     /// `stable`, `canary`, an A/B arm's name, or `pinned` (the request named its version).
     pub arm: String,
-    /// A version to mirror this request to (shadow), its answer discarded.
-    pub shadow: Option<String>,
+    /// The shadow to mirror this request to, its answer discarded.
+    pub shadow: Option<ShadowSpec>,
 }
 
 /// Latencies and errors of one arm over a window.
@@ -338,7 +338,7 @@ impl ModelTraffic {
             (Some(Policy::Ab(ab)), _) => ab_route(ab, request),
             (Some(Policy::Shadow(s)), _) => {
                 let mirror = fastrand::f64() * 100.0 < s.percent;
-                Route { shadow: mirror.then(|| s.version.clone()), ..stable }
+                Route { shadow: mirror.then(|| s.clone()), ..stable }
             }
             _ => stable,
         }
@@ -800,8 +800,8 @@ mod tests {
     fn shadow_mirrors_within_its_slots_and_compares() {
         let t = ModelTraffic::new("m", spec("[models.m.shadow]\nversion = 2\nmax_in_flight = 1"));
         let r = t.route(&request(&[]));
-        assert_eq!((r.version.as_str(), r.shadow.as_deref()), ("", Some("2")));
-        let Some(Policy::Shadow(s)) = t.spec().policy else { panic!() };
+        let s = r.shadow.clone().expect("mirrored");
+        assert_eq!((r.version.as_str(), s.version.as_str()), ("", "2"));
         assert!(t.shadow_slot(&s) && !t.shadow_slot(&s), "a second mirror is skipped, never queued");
         let out = |v: f32| flotilla_core::InferResponse {
             outputs: vec![flotilla_core::Tensor::new(
