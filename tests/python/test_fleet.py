@@ -5,6 +5,7 @@ router; SIGTERM and kill -9 of workers under a client loop; retries, idempotency
 overload, the NATS JetStream KV registry with two routers and a NATS restart.
 """
 import concurrent.futures
+import contextlib
 import json
 import os
 import pathlib
@@ -118,19 +119,31 @@ class Loop:
         for t in self.threads:
             t.start()
 
+    def next_body(self):
+        return self.body
+
+    def answered(self, r):
+        """Called under the lock for each 200."""
+        self.ok += 1
+
+    def failed(self, status, text):
+        """Called under the lock for each failure (status -1: no answer)."""
+        self.failures.append((status, text))
+
     def run(self):
         s = requests.Session()
         while not self.stop_flag.is_set():
+            r = None
             try:
-                r = s.post(self.url, json=self.body, timeout=30)
+                r = s.post(self.url, json=self.next_body(), timeout=30)
                 status, text = r.status_code, r.text
             except requests.RequestException as e:
                 status, text = -1, str(e)
             with self.lock:
                 if status == 200:
-                    self.ok += 1
+                    self.answered(r)
                 else:
-                    self.failures.append((status, text))
+                    self.failed(status, text)
 
     def finish(self):
         self.stop_flag.set()
@@ -643,19 +656,34 @@ def readme_block(marker):
     return m.group(1)
 
 
-def test_readme_fleet_example(tmp_path):
-    """The README's fleet block, pasted into a shell in a copy of the repository folder."""
+@contextlib.contextmanager
+def readme_shell(marker, tmp_path, wait=True):
+    """The README's block after `<!-- marker -->`, pasted into bash in a copy of the repository's
+    examples (its `/tmp/` paths moved under `tmp_path`, no FLOTILLA_ variables); yields the shell
+    process and its folder, and stops its whole process group after. `wait`: the shell waits for
+    what the block started in the background."""
     work = tmp_path / "checkout"
     work.mkdir()
     shutil.copytree(ROOT / "examples", work / "examples")
-    script = readme_block("fleet-example").replace("target/release/flotilla", BIN)
-    env = dict(os.environ)
-    for k in list(env):
-        if k.startswith("FLOTILLA_"):
-            env.pop(k)
-    proc = subprocess.Popen(["bash", "-c", script + "\nwait"], cwd=work, env=env,
+    script = readme_block(marker).replace("target/release/flotilla", BIN).replace("/tmp/", f"{tmp_path}/")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOTILLA_")}
+    proc = subprocess.Popen(["bash", "-c", script + ("\nwait" if wait else "")], cwd=work, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
+        yield proc, work
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(60)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_readme_fleet_example(tmp_path):
+    """The README's fleet block, pasted into a shell in a copy of the repository folder."""
+    with readme_shell("fleet-example", tmp_path) as (proc, work):
         wait_for(lambda: requests.get("http://127.0.0.1:8000/v2/fleet", timeout=1).json()["workers"].__len__() == 3
                  if _up("http://127.0.0.1:8000/v2/health/live") else False, timeout=120, what="the README fleet")
         r = requests.post("http://127.0.0.1:8000/v2/models/simple/infer", json=simple_body(), timeout=10)
@@ -665,12 +693,6 @@ def test_readme_fleet_example(tmp_path):
         # each worker its own embedded store under .flotilla/workers/<id>/
         stores = sorted(str(p.relative_to(work)) for p in work.rglob("online.redb"))
         assert len(stores) == 3 and all(s.startswith(".flotilla/workers/") for s in stores), stores
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _up(url):

@@ -8,6 +8,7 @@ import http.server
 import signal
 import json
 import random
+import re
 import threading
 import time
 
@@ -17,6 +18,7 @@ import requests
 import tritonclient.grpc as grpcclient
 
 from conftest import Router, Server, free_port, wait_for
+from test_fleet import Loop, readme_shell, simple_body
 
 DELAY = {"FLOTILLA_TEST_BACKENDS": "delay"}
 MODEL = "tv"
@@ -99,43 +101,31 @@ def body(x=None):
     return {"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [x, 0, 0, 0]}]}
 
 
-class VersionLoop:
-    """Client threads sending unversioned requests back to back; counts answers by version."""
+class VersionLoop(Loop):
+    """Client threads sending unversioned requests back to back; counts answers by version and
+    keeps each failure's time."""
 
     def __init__(self, url, threads=4, x=None):
-        self.url = f"{url}/v2/models/{MODEL}/infer"
         self.x = x
-        self.stop_flag = threading.Event()
-        self.lock = threading.Lock()
         self.by_version = {}
-        self.failures = []
-        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(threads)]
-        for t in self.threads:
-            t.start()
+        super().__init__(url, model=MODEL, threads=threads)
 
-    def run(self):
-        s = requests.Session()
-        while not self.stop_flag.is_set():
-            try:
-                r = s.post(self.url, json=body(self.x), timeout=30)
-                status, text = r.status_code, r.text
-            except requests.RequestException as e:
-                status, text = -1, str(e)
-            with self.lock:
-                if status == 200:
-                    v = r.json()["model_version"]
-                    self.by_version[v] = self.by_version.get(v, 0) + 1
-                else:
-                    self.failures.append((time.time(), status, text))
+    def next_body(self):
+        return body(self.x)
+
+    def answered(self, r):
+        v = r.json()["model_version"]
+        self.by_version[v] = self.by_version.get(v, 0) + 1
+
+    def failed(self, status, text):
+        self.failures.append((time.time(), status, text))
 
     def count(self):
         with self.lock:
             return sum(self.by_version.values())
 
     def finish(self):
-        self.stop_flag.set()
-        for t in self.threads:
-            t.join(60)
+        super().finish()
         return dict(self.by_version), list(self.failures)
 
 
@@ -303,27 +293,8 @@ def test_a_malformed_desired_state_is_refused_with_its_line_and_the_last_good_st
 
 def test_readme_canary_example(tmp_path):
     """The README's canary walk-through, pasted into a shell (its /tmp paths moved under tmp_path)."""
-    from test_fleet import readme_block
-    from conftest import BIN, ROOT
-    import os
-    import re
-    import shutil
-    import signal
-    import subprocess
-    work = tmp_path / "checkout"
-    work.mkdir()
-    shutil.copytree(ROOT / "examples", work / "examples")
-    script = readme_block("canary-example").replace("target/release/flotilla", BIN).replace("/tmp/", f"{tmp_path}/")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOTILLA_")}
-    proc = subprocess.Popen(["bash", "-c", script], cwd=work, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
+    with readme_shell("canary-example", tmp_path, wait=False) as (proc, _):
         out, _ = proc.communicate(timeout=240)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     counts = {v: int(n) for n, v in re.findall(r'^\s*(\d+) "model_version":"(\d+)"', out, re.M)}
     assert counts.get("1", 0) > 0 and counts.get("2", 0) > 0 and sum(counts.values()) == 600, out[-3000:]
     assert '"state":"promoted"' in out, out[-3000:]
@@ -490,37 +461,19 @@ def test_placement_keeps_the_guaranteed_floor_when_every_opportunistic_worker_is
 
 def test_readme_placement_example(tmp_path):
     """The README's placement block, pasted into a shell: both workers get `simple` from the router."""
-    from test_fleet import readme_block, simple_body
-    from conftest import BIN, ROOT
-    import os
-    import shutil
-    import signal
-    import subprocess
-    work = tmp_path / "checkout"
-    work.mkdir()
-    shutil.copytree(ROOT / "examples", work / "examples")
-    script = readme_block("placement-example").replace("target/release/flotilla", BIN).replace("/tmp/", f"{tmp_path}/")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOTILLA_")}
-    proc = subprocess.Popen(["bash", "-c", script + "\nwait"], cwd=work, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        def synced():
-            try:
-                ws = requests.get("http://127.0.0.1:8000/v2/fleet", timeout=1).json()["workers"]
-            except requests.RequestException:
-                return False
-            return len(ws) == 2 and all(w["applied_digest"] == w["desired_digest"] and w["models"] for w in ws)
+    def synced():
+        try:
+            ws = requests.get("http://127.0.0.1:8000/v2/fleet", timeout=1).json()["workers"]
+        except requests.RequestException:
+            return False
+        return len(ws) == 2 and all(w["applied_digest"] == w["desired_digest"] and w["models"] for w in ws)
+
+    with readme_shell("placement-example", tmp_path):
         wait_for(synced, timeout=120, what="the README placement fleet in sync")
         r = requests.post("http://127.0.0.1:8000/v2/models/simple/infer", json=simple_body(), timeout=10)
         assert r.status_code == 200, r.text
         for w in ("w1", "w2"):
             assert (tmp_path / "placed" / w / "simple" / "1" / "model.onnx").is_file()
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_two_routers_on_the_nats_registry_agree_and_only_the_lease_holder_places(tmp_path):
