@@ -183,10 +183,6 @@ async def open_loop(url, rate, seconds, rec, x=None, events=None):
     await client.close()
 
 
-def pctl(values, q):
-    return float(np.percentile(values, q)) if len(values) else float("nan")
-
-
 def events(rt, kind):
     return [e for e in fb.get(rt.url + "/v2/fleet/events")["events"] if e["kind"] == kind]
 
@@ -219,8 +215,8 @@ def rollout_section(rate, seconds):
     fb.Proc.stop_all()
     return {
         "rate": rate, "seconds": seconds, "sent": len(rec), "failed": len(failed), "failures": failed[:5],
-        "by_version": by_version, "steady_p99_ms": pctl(steady, 99), "rollout_p99_ms": pctl(during, 99),
-        "steady_p50_ms": pctl(steady, 50), "rollout_p50_ms": pctl(during, 50),
+        "by_version": by_version, "steady_p99_ms": fb.pct(steady, 99), "rollout_p99_ms": fb.pct(during, 99),
+        "steady_p50_ms": fb.pct(steady, 50), "rollout_p50_ms": fb.pct(during, 50),
         "write_to_shift_ms": (shifted[0]["at_ms"] - t_write["t"] * 1000) if shifted and t_write else None,
         "write_to_finished_ms": (finished[0]["at_ms"] - t_write["t"] * 1000) if finished and t_write else None,
         "versions_after": versions_after,
@@ -306,7 +302,7 @@ def report(r):
                   f"| steady state, sync bytes per worker per heartbeat | {per:.0f} B (digest in the record {s['digest_bytes_in_record']} + in the answer {s['digest_bytes_per_answer']:.0f}) | ≤ 128 B of digest | {v(per <= 128)} |",
                   f"| steady state, assignments / manifests / blobs moved in {s['steady_window_s']:.0f} s | {s['steady_bytes']['assignment']:.0f} / {s['steady_bytes']['manifest']:.0f} / {s['steady_bytes']['blob']:.0f} B | 0 | {v(s['steady_bytes']['manifest'] == 0 and s['steady_bytes']['blob'] == 0)} |",
                   f"| one model changed ({len(ch)} times): only its file moved | {'yes' if s['only_changed_model_moved'] else 'no'} (blob bytes = 6 × the file) | only that model | {v(s['only_changed_model_moved'])} |",
-                  f"| write → every worker applied, p50 / p99 / max | {pctl(ch, 50):.0f} / {pctl(ch, 99):.0f} / {max(ch):.0f} ms | p99 ≤ 500 ms | {v(pctl(ch, 99) <= 500)} |",
+                  f"| write → every worker applied, p50 / p99 / max | {fb.pct(ch, 50):.0f} / {fb.pct(ch, 99):.0f} / {max(ch):.0f} ms | p99 ≤ 500 ms | {v(fb.pct(ch, 99) <= 500)} |",
                   "", "The router rescans artifact folders every 250 ms tick (unchanged files are not read again) and pokes the workers whose assignment digest changed; a worker fetches the assignment, the changed model's manifest and the blobs its cache lacks, verifies each hash, stages the folder, swaps it in and loads it.\n"]
     ro = r.get("rollout")
     if ro:
