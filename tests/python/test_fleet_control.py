@@ -477,13 +477,16 @@ def test_readme_placement_example(tmp_path):
 
 
 def test_two_routers_on_the_nats_registry_agree_and_only_the_lease_holder_places(tmp_path):
+    """The desired state lives in the registry: one router has the file, the other none; an
+    edit of the file reaches both, and only the lease holder places."""
     from test_fleet import Nats
     artifact_models(tmp_path, 2)
     toml = tmp_path / "fleet.toml"
-    toml.write_text(placed_toml(["m000", "m001"]))
+    toml.write_text(placed_toml(["m000"]))
     nats = Nats()
     url = f"nats://127.0.0.1:{nats.port}"
-    routers = [Router("--registry", url, "--worker-ttl-ms", "1500", "--desired-state", str(toml)) for _ in range(2)]
+    routers = [Router("--registry", url, "--worker-ttl-ms", "1500", "--desired-state", str(f))
+               for f in (toml, tmp_path / "absent.toml")]
     workers = []
     try:
         join = ",".join([url] + [r.url for r in routers])
@@ -499,11 +502,25 @@ def test_two_routers_on_the_nats_registry_agree_and_only_the_lease_holder_places
         wait_for(lambda: sorted(leaders()) == [False, True], timeout=30, what=f"one lease holder: {leaders()}")
         lead, follow = (routers[0], routers[1]) if leaders()[0] else (routers[1], routers[0])
 
-        def synced(r):
+        def synced(r, n):
             ws = r.fleet()["workers"]
-            return len(ws) == 2 and all(w["applied_digest"] == w["desired_digest"] and len(w["models"]) == 2 for w in ws)
+            return len(ws) == 2 and all(w["applied_digest"] == w["desired_digest"] and len(w["models"]) == n for w in ws)
 
-        wait_for(lambda: synced(lead), timeout=60, what="workers synced from the lease holder")
+        wait_for(lambda: synced(lead, 1), timeout=60, what="workers synced from the lease holder")
+        # The router without a file has the state from the registry; an edit reaches both.
+        for r in routers:
+            d = r.fleet()["desired_state"]
+            assert d["source"] == "nats" and d["models"] == 1 and str(toml) in d["published_by"], d
+        time.sleep(0.05)
+        toml.write_text(placed_toml(["m000", "m001"]))
+        wait_for(lambda: all(r.fleet()["desired_state"]["models"] == 2 for r in routers), timeout=15,
+                 what="the edit in force on both routers")
+        wait_for(lambda: synced(lead, 2), timeout=60, what="workers synced to the edit")
+        # A bad edit is refused where it is made; the registry keeps the last good state.
+        toml.write_text("[models.m000]\nartifact = 7\n")
+        wait_for(lambda: routers[0].fleet()["desired_state"]["error"], timeout=15, what="the bad edit refused")
+        assert "fleet.toml:2" in routers[0].fleet()["desired_state"]["error"]
+        assert all(r.fleet()["desired_state"]["models"] == 2 for r in routers)
         # Both routers serve the placed models; only the holder placed them.
         for r in routers:
             assert infer_ok(r.url, "m000") and infer_ok(r.url, "m001")
@@ -513,7 +530,7 @@ def test_two_routers_on_the_nats_registry_agree_and_only_the_lease_holder_places
         digests = {w["id"]: w["applied_digest"] for w in lead.fleet()["workers"]}
         lead.stop(signal.SIGKILL)
         wait_for(lambda: follow.fleet()["control"]["leader"], timeout=30, what="the lease moved")
-        wait_for(lambda: synced(follow), timeout=30, what="in sync with the new holder")
+        wait_for(lambda: synced(follow, 2), timeout=30, what="in sync with the new holder")
         assert {w["id"]: w["applied_digest"] for w in follow.fleet()["workers"]} == digests, "same placement, no churn"
         assert infer_ok(follow.url, "m001")
     finally:

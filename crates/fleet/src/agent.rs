@@ -75,6 +75,8 @@ pub struct Agent {
     failing: Mutex<Vec<String>>,
     /// Models served from the routers' artifacts (digest-based sync); None without a router.
     pub syncer: Option<Arc<crate::sync::Syncer>>,
+    /// The leases of the single-consumer sources this worker streams.
+    pub leases: Arc<crate::leases::SourceLeases>,
 }
 
 impl Agent {
@@ -92,6 +94,7 @@ impl Agent {
         });
         Arc::new(Self {
             syncer,
+            leases: crate::leases::SourceLeases::new(&settings.id, &settings.join, &settings.bucket),
             started_ms: now_ms() as u64,
             seq: AtomicU64::new(0),
             drain: Mutex::new(Drain { state: WorkerState::Serving, deadline: None, drained_after: None }),
@@ -294,6 +297,10 @@ impl Agent {
         };
         let handed_back = if first { self.service.preempt(notice + deadline) } else { 0 };
         if first {
+            // Another worker takes up the sources this one streams.
+            self.leases.leave();
+        }
+        if first {
             tracing::warn!(deadline_ms = deadline.as_millis() as u64, handed_back, "preemption notice: draining");
             // Tell the routers now, not at the next heartbeat.
             let record = self.record();
@@ -348,6 +355,8 @@ impl Agent {
 
     /// Deregisters from every router and registry (on the way out).
     pub async fn leave(&self) {
+        self.leases.leave();
+        self.leases.left(Duration::from_secs(2)).await;
         let id = &self.settings.id;
         let deletes = self.routers.iter().map(|r| {
             let url = format!("{r}/v2/fleet/workers/{id}");

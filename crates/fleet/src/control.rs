@@ -27,11 +27,48 @@ pub const TICK: Duration = Duration::from_millis(250);
 /// After a failed version load on a worker, the next try waits this long.
 const SYNC_BACKOFF: Duration = Duration::from_secs(10);
 
+/// The KV key of the desired state when several routers share a NATS registry.
+pub const DESIRED_KEY: &str = "desired.state";
+
+/// The desired state as the NATS registry keeps it: the text of the newest valid edit, where
+/// it came from, and when it was made (the file's modification time, Unix ms).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct SharedDesired {
+    pub text: String,
+    pub file: String,
+    pub router: String,
+    pub edited_ms: u64,
+}
+
+/// How often the lease holder puts the registry's copy again.
+const SHARED_REFRESH: Duration = Duration::from_secs(60);
+
+/// A router's view of the shared desired state.
+struct SharedWatch {
+    /// The file as last read, and its text when valid.
+    read: Option<Result<String, String>>,
+    valid: Option<SharedDesired>,
+    /// The copy in force.
+    applied: Option<SharedDesired>,
+    refreshed: Instant,
+}
+
+impl Default for SharedWatch {
+    fn default() -> Self {
+        Self { read: None, valid: None, applied: None, refreshed: Instant::now() }
+    }
+}
+
 /// What `GET /v2/fleet` shows of the desired state.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DesiredStatus {
     /// The watched file, if any.
     pub file: Option<String>,
+    /// Where the state in force comes from: `file`, or `nats` (the registry's copy, which every
+    /// router applies; a router publishes its file there when the file holds the newest edit).
+    pub source: Option<String>,
+    /// With NATS: the router and file the state in force was published from.
+    pub published_by: Option<String>,
     /// Models declared in the state in force.
     pub models: usize,
     /// Unix ms when the state in force was applied.
@@ -107,21 +144,31 @@ impl Control {
 // === impl Fleet (control loop) ===
 
 impl Fleet {
-    /// Watches `path` (when given) and ticks the traffic policies until the router stops.
-    pub fn spawn_control(self: &Arc<Self>, path: Option<PathBuf>) -> tokio::task::JoinHandle<()> {
+    /// Watches `path` (when given) and ticks the traffic policies until the router stops. With
+    /// a NATS `registry`, the state in force is the registry's copy (see [`SharedDesired`]).
+    pub fn spawn_control(
+        self: &Arc<Self>,
+        path: Option<PathBuf>,
+        registry: Option<Arc<crate::nats::Kv>>,
+    ) -> tokio::task::JoinHandle<()> {
         let fleet = Arc::downgrade(self);
-        if let Some(p) = &path {
-            self.control.status.write().file = Some(p.display().to_string());
+        {
+            let mut status = self.control.status.write();
+            status.file = path.as_ref().map(|p| p.display().to_string());
+            status.source = Some(if registry.is_some() { "nats" } else { "file" }.into());
         }
         tokio::spawn(async move {
             let mut last: Option<Result<String, String>> = None;
+            let mut shared = SharedWatch::default();
             let mut tick = tokio::time::interval(TICK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 let Some(fleet) = fleet.upgrade() else { return };
-                if let Some(p) = &path {
-                    fleet.reload(p, &mut last);
+                match (&path, &registry) {
+                    (p, Some(kv)) => fleet.reload_shared(p.as_deref(), kv, &mut shared).await,
+                    (Some(p), None) => fleet.reload(p, &mut last),
+                    (None, None) => {}
                 }
                 fleet.tick_policies();
                 // One router at a time places models and loads versions (the control lease).
@@ -131,6 +178,93 @@ impl Fleet {
                 }
             }
         })
+    }
+
+    /// With a NATS registry: publishes the file when it is valid and the newest edit (newer
+    /// than the registry's copy, or the registry has none), then applies the registry's copy
+    /// when it changed. The lease holder puts the copy again now and then (the bucket forgets
+    /// entries nobody refreshed for five minutes). While NATS is unreachable the state in force
+    /// stays.
+    async fn reload_shared(&self, path: Option<&std::path::Path>, kv: &crate::nats::Kv, w: &mut SharedWatch) {
+        let current = match kv.get_json::<SharedDesired>(DESIRED_KEY).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "desired state not read from the registry");
+                return;
+            }
+        };
+        if let Some(p) = path {
+            let file = p.display().to_string();
+            let read = std::fs::read_to_string(p).map_err(|e| e.to_string());
+            if (read.is_ok() || p.exists()) && w.read.as_ref() != Some(&read) {
+                w.read = Some(read.clone());
+                w.valid = None;
+                let edited_ms = std::fs::metadata(p)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                let parsed = match &read {
+                    Ok(text) => desired::parse(&file, text).map(|_| text.clone()),
+                    Err(why) => {
+                        Err(DesiredError { file: file.clone(), line: 0, reason: format!("cannot read it: {why}") })
+                    }
+                };
+                match parsed {
+                    Ok(text) => {
+                        w.valid =
+                            Some(SharedDesired { text, file: file.clone(), router: self.router_id.clone(), edited_ms })
+                    }
+                    Err(e) => self.refused(&e, &file),
+                }
+            }
+        }
+        let publish = w
+            .valid
+            .as_ref()
+            .filter(|mine| current.as_ref().is_none_or(|c| c.text != mine.text && mine.edited_ms > c.edited_ms));
+        let refresh = current.as_ref().filter(|_| self.leads() && w.refreshed.elapsed() >= SHARED_REFRESH);
+        if let Some(value) = publish.or(refresh) {
+            match kv.put_json(DESIRED_KEY, value).await {
+                Ok(()) if publish.is_some() => self.members.events.push(
+                    "router",
+                    "desired_state_published",
+                    format!("{}: published to the registry", value.file),
+                ),
+                Ok(()) => {}
+                Err(e) => tracing::warn!(error = %e, "desired state not written to the registry"),
+            }
+            w.refreshed = Instant::now();
+        }
+        let current = match publish {
+            Some(p) => Some(p.clone()),
+            None => current,
+        };
+        let Some(c) = current.filter(|c| w.applied.as_ref() != Some(c)) else { return };
+        let name = format!("nats:{DESIRED_KEY} (from {} on {})", c.file, c.router);
+        // Relative artifact paths resolve against the publishing router's folder: routers that
+        // share a registry see the artifacts at the same paths.
+        match desired::parse(&c.file, &c.text) {
+            Ok(state) => {
+                let n = state.models.len();
+                self.control.apply(state);
+                self.control.status.write().published_by = Some(format!("{} ({})", c.router, c.file));
+                self.metrics.desired_reloads.with_label_values(&["applied"]).inc();
+                self.metrics.desired_valid.with_label_values(&["nats"]).set(1);
+                self.members.events.push("router", "desired_state", format!("{name}: applied ({n} models)"));
+            }
+            Err(e) => self.refused(&e, "nats"),
+        }
+        w.applied = Some(c);
+    }
+
+    fn refused(&self, e: &DesiredError, file: &str) {
+        self.control.refuse(e);
+        self.metrics.desired_reloads.with_label_values(&["refused"]).inc();
+        self.metrics.desired_valid.with_label_values(&[file]).set(0);
+        tracing::error!(error = %e, "desired state refused; keeping the last good state");
+        self.members.events.push("router", "desired_state_refused", format!("{e}; keeping the last good state"));
     }
 
     /// Reads the file; applies it when it changed and is valid, else keeps the last good state.
@@ -157,17 +291,7 @@ impl Fleet {
                 self.metrics.desired_valid.with_label_values(&[&file]).set(1);
                 self.members.events.push("router", "desired_state", format!("{file}: applied ({n} models)"));
             }
-            Err(e) => {
-                self.control.refuse(&e);
-                self.metrics.desired_reloads.with_label_values(&["refused"]).inc();
-                self.metrics.desired_valid.with_label_values(&[&file]).set(0);
-                tracing::error!(error = %e, "desired state refused; keeping the last good state");
-                self.members.events.push(
-                    "router",
-                    "desired_state_refused",
-                    format!("{e}; keeping the last good state"),
-                );
-            }
+            Err(e) => self.refused(&e, &file),
         }
     }
 

@@ -2,9 +2,11 @@
 //!
 //! Router: `PUT|DELETE /v2/fleet/workers/{id}` (the embedded registry: a worker registers and
 //! refreshes its record, or leaves), `GET /v2/fleet` (the view: workers, their state, load and
-//! capacity, budgets), `GET /v2/fleet/events`, and pass-through of the endpoints that belong to
-//! one worker (Feast's `/get-online-features` and `/push` to a worker with a feature store,
-//! `/v2/models/{m}/drift[/window]` to a worker serving the model).
+//! capacity, budgets, which worker consumes each single-consumer source), `GET /v2/fleet/events`,
+//! `PUT|DELETE /v2/fleet/leases/{source}` (source leases, embedded registry), the fleet's drift
+//! view (`/v2/models/{m}/drift[/window]`, see [`crate::drift`]) and pass-through of the
+//! endpoints that belong to one worker (Feast's `/get-online-features` and `/push` to a worker
+//! with a feature store).
 //!
 //! Worker: `POST /v2/admin/preempt` (the hook a spot-notice watcher calls) and
 //! `GET /v2/admin/worker` (the record it advertises).
@@ -15,7 +17,7 @@ use crate::nats::Kv;
 use crate::record::WorkerRecord;
 use crate::router::Fleet;
 use axum::body::Body;
-use axum::extract::{Path, Query, RawQuery, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -46,10 +48,11 @@ pub fn router_routes(fleet: Arc<Fleet>, registry: Option<Arc<Kv>>, max_request_b
         .route("/v2/fleet/blobs/{sha256}", get(blob))
         .route("/v2/fleet/traffic/{model}/shadow", get(shadow_samples))
         .route("/v2/fleet/workers/{id}", put(register).delete(deregister))
+        .route("/v2/fleet/leases/{source}", put(take_lease).delete(release_lease))
         .route("/get-online-features", post(proxy_features))
         .route("/push", post(proxy_features))
-        .route("/v2/models/{model}/drift", get(proxy_drift))
-        .route("/v2/models/{model}/drift/window", get(proxy_drift))
+        .route("/v2/models/{model}/drift", get(fleet_drift))
+        .route("/v2/models/{model}/drift/window", get(fleet_drift_window))
         .with_state(RouterState { fleet, registry, max_request_bytes })
 }
 
@@ -98,8 +101,51 @@ async fn deregister(State(s): State<RouterState>, Path(id): Path<String>) -> Res
     StatusCode::OK.into_response()
 }
 
+#[derive(serde::Deserialize)]
+struct LeaseAsk {
+    holder: String,
+    ttl_ms: u64,
+}
+
+/// A worker takes or renews the lease of a source with one consumer (embedded registry): the
+/// answer names the holder after the attempt.
+async fn take_lease(State(s): State<RouterState>, Path(source): Path<String>, body: axum::body::Bytes) -> Response {
+    let ask: LeaseAsk = match serde_json::from_slice(&body) {
+        Ok(a) => a,
+        Err(e) => return ApiError(Error::invalid(format!("lease request is not valid JSON: {e}"))).into_response(),
+    };
+    if ask.holder.is_empty() || !(1..=60_000).contains(&ask.ttl_ms) {
+        return ApiError(Error::invalid("a lease needs a holder and a ttl_ms of 1 to 60000")).into_response();
+    }
+    let lease = s.fleet.leases.acquire(&source, &ask.holder, Duration::from_millis(ask.ttl_ms));
+    Json(json!(lease)).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct Holder {
+    holder: String,
+}
+
+async fn release_lease(State(s): State<RouterState>, Path(source): Path<String>, Query(q): Query<Holder>) -> Response {
+    let released = s.fleet.leases.release(&source, &q.holder);
+    Json(json!({"released": released})).into_response()
+}
+
+/// Which worker consumes each source with one consumer: the router's table, or the NATS registry's.
+async fn sources(s: &RouterState) -> Value {
+    let leases = match &s.registry {
+        Some(kv) => kv.leases("leases.").await.unwrap_or_default(),
+        None => s.fleet.leases.live(),
+    };
+    json!(leases
+        .into_iter()
+        .map(|(source, l)| json!({"source": source, "consumer": l.holder, "expires_ms": l.expires_ms}))
+        .collect::<Vec<_>>())
+}
+
 /// The fleet as the router sees it.
 async fn view(State(s): State<RouterState>) -> Json<Value> {
+    let sources = sources(&s).await;
     let f = &s.fleet;
     let workers: Vec<Value> = f
         .members
@@ -152,6 +198,7 @@ async fn view(State(s): State<RouterState>) -> Json<Value> {
             "models": f.control.placement.placed(),
             "artifact_errors": f.control.placement.errors(),
         },
+        "sources": sources,
         "workers": workers,
     }))
 }
@@ -239,29 +286,40 @@ async fn proxy_features(
     pass_through(&s, &m.record().http, method, uri.path(), None, headers, body).await
 }
 
-async fn proxy_drift(
-    State(s): State<RouterState>,
-    Path(model): Path<String>,
-    RawQuery(query): RawQuery,
-    method: Method,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
-) -> Response {
-    let members = s.fleet.members.all();
-    let target = members
-        .into_iter()
-        .filter(|m| m.available() && m.record().drift && m.record().offer(&model, "").is_some())
-        .min_by_key(|m| m.outstanding.load(Ordering::Relaxed));
-    let Some(m) = target else {
-        let why = match s.fleet.members.all().iter().any(|m| m.record().offer(&model, "").is_some()) {
-            true => {
-                Error::unavailable(format!("no worker that serves model '{model}' and monitors drift is in rotation"))
-            }
-            false => Error::not_found(format!("Request for unknown model: '{model}' is not found")),
-        };
-        return ApiError(why).into_response();
-    };
-    pass_through(&s, &m.record().http, method, uri.path(), query, headers, Body::empty()).await
+/// The fleet's drift view of `model` (collected afresh): windows merged from every worker
+/// that monitors it, scored once for the fleet.
+async fn fleet_drift(State(s): State<RouterState>, Path(model): Path<String>) -> Response {
+    match drift_view(&s, &model).await {
+        Ok(()) => s.fleet.drift.report(&model).await.map(Json).ok_or_else(|| no_drift(&s, &model)).into_response(),
+        Err(e) => ApiError(e).into_response(),
+    }
+}
+
+/// The workers' open windows of `model`, merged (the workers' `/drift/window` format).
+async fn fleet_drift_window(State(s): State<RouterState>, Path(model): Path<String>) -> Response {
+    match drift_view(&s, &model).await {
+        Ok(()) => {
+            s.fleet.drift.open_windows(&model).await.map(Json).ok_or_else(|| no_drift(&s, &model)).into_response()
+        }
+        Err(e) => ApiError(e).into_response(),
+    }
+}
+
+async fn drift_view(s: &RouterState, model: &str) -> Result<(), Error> {
+    match s.fleet.drift.collect(&s.fleet, model).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(Error::internal(format!("the workers' drift windows of '{model}' do not merge: {e}"))),
+    }
+}
+
+/// Why there is no drift view: an unknown model, or no worker monitors it.
+fn no_drift(s: &RouterState, model: &str) -> ApiError {
+    ApiError(match s.fleet.members.all().iter().any(|m| m.record().offer(model, "").is_some()) {
+        true => Error::unavailable(format!(
+            "no worker that serves model '{model}' monitors its drift (a drift_profile.json in its folder)"
+        )),
+        false => Error::not_found(format!("Request for unknown model: '{model}' is not found")),
+    })
 }
 
 /// Sends the request on to `base` as it came (body, type and encodings) and its answer back.

@@ -14,6 +14,8 @@
 //!   worker's admin endpoints (preempt).
 //! - [`feast`]: Feast's gRPC serving API on the router, forwarded to a worker with a feature store.
 //! - [`nats`]: membership in NATS JetStream KV, for several routers.
+//! - [`leases`]: one consumer at a time for a source with one (a PostgreSQL replication
+//!   slot) among workers that share an online store.
 //! - [`agent`]: the worker's side: registration, heartbeats, preemption drain; [`capacity`]:
 //!   the capacity it measures per model.
 //! - [`desired`]: the desired state (`fleet.toml`) and its checks; [`traffic`]: per-model
@@ -21,6 +23,8 @@
 //!   [`control`]: the loop that watches the file, advances the policies and has workers load
 //!   the versions they need; [`placement`]: which workers serve the models the router serves
 //!   from artifacts; [`sync`]: digest-based sync of those models to workers (both sides).
+//! - [`drift`]: the fleet's drift view, merged from the windows the workers closed, with one
+//!   alert state (and webhook) per change for the whole fleet.
 //! - [`events`], [`metrics`]: what happened, for operators and the benchmark.
 #![forbid(unsafe_code)]
 
@@ -29,10 +33,12 @@ pub mod balance;
 pub mod capacity;
 pub mod control;
 pub mod desired;
+pub mod drift;
 pub mod events;
 pub mod feast;
 pub mod forward;
 pub mod http;
+pub mod leases;
 pub mod load;
 pub mod member;
 pub mod members;

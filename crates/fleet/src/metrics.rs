@@ -55,6 +55,10 @@ pub struct FleetMetrics {
     pub placement_changes: IntCounterVec,
     /// Bytes the router served for the sync, by kind (`digest`, `assignment`, `manifest`, `blob`).
     pub sync_bytes: IntCounterVec,
+    /// The fleet's drift alert state per model, version and column (0 ok, 1 moderate, 2 significant).
+    pub drift_alert: IntGaugeVec,
+    /// Fleet drift windows closed (each merges the windows its workers closed), by model and version.
+    pub drift_windows: IntCounterVec,
 }
 
 impl FleetMetrics {
@@ -184,6 +188,16 @@ impl FleetMetrics {
                 "Bytes the router served for the digest-based sync, by kind: digest (heartbeat answers), assignment, manifest, blob.",
                 &["kind"],
             ),
+            drift_alert: gauge(
+                "flotilla_fleet_drift_alert",
+                "The fleet's drift alert state after hysteresis, per model, version and column: 0 ok, 1 moderate, 2 significant",
+                &["model", "version", "feature"],
+            ),
+            drift_windows: counter(
+                "flotilla_fleet_drift_windows_total",
+                "Fleet drift windows closed (each merges the windows the workers closed since the last)",
+                &["model", "version"],
+            ),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.attempts.clone()),
@@ -211,6 +225,8 @@ impl FleetMetrics {
             Box::new(m.workers_by_hardware.clone()),
             Box::new(m.placement_changes.clone()),
             Box::new(m.sync_bytes.clone()),
+            Box::new(m.drift_alert.clone()),
+            Box::new(m.drift_windows.clone()),
         ];
         for c in collectors {
             registry.register(c).expect("fleet metric names are unique");

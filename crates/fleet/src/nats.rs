@@ -224,15 +224,89 @@ pub struct Lease {
 }
 
 impl Kv {
-    /// Takes or renews the control lease for `me` for `ttl`, by compare-and-set on the key's
-    /// revision; returns the holder after the attempt.
+    /// Takes or renews the control lease for `me` for `ttl`; returns the holder after the attempt.
     pub async fn acquire(&self, me: &str, ttl: Duration) -> Result<Lease, String> {
+        self.acquire_key(LEASE_KEY, me, ttl).await
+    }
+
+    /// The JSON value under `key` (None when there is none).
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, String> {
+        let store = self.store().await?;
+        let v = tokio::time::timeout(Duration::from_secs(2), store.get(key))
+            .await
+            .map_err(|_| format!("NATS read of {key}: no answer within 2 s"))?
+            .map_err(|e| format!("NATS read of {key}: {e}"))?;
+        match v {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| format!("NATS {key}: {e}")),
+        }
+    }
+
+    /// Puts `value` as JSON under `key`.
+    pub async fn put_json<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<(), String> {
+        let store = self.store().await?;
+        let body: bytes::Bytes = serde_json::to_vec(value).map_err(|e| e.to_string())?.into();
+        tokio::time::timeout(Duration::from_secs(2), store.put(key, body))
+            .await
+            .map_err(|_| format!("NATS write of {key}: no answer within 2 s"))?
+            .map(|_| ())
+            .map_err(|e| format!("NATS write of {key}: {e}"))
+    }
+
+    /// Hands the lease under `key` back when `me` holds it (an expired lease under its revision).
+    pub async fn release_key(&self, key: &str, me: &str) -> Result<(), String> {
+        let store = self.store().await?;
+        let entry = tokio::time::timeout(Duration::from_secs(2), store.entry(key))
+            .await
+            .map_err(|_| "NATS lease read: no answer within 2 s".to_string())?
+            .map_err(|e| format!("NATS lease read: {e}"))?;
+        let Some(e) = entry.filter(|e| e.operation == Operation::Put) else { return Ok(()) };
+        match serde_json::from_slice::<Lease>(&e.value) {
+            Ok(l) if l.holder == me => {
+                let gone: bytes::Bytes = serde_json::to_vec(&Lease { holder: String::new(), expires_ms: 0 })
+                    .map_err(|e| e.to_string())?
+                    .into();
+                tokio::time::timeout(Duration::from_secs(2), store.update(key, gone, e.revision))
+                    .await
+                    .map_err(|_| "NATS lease update: no answer within 2 s".to_string())?
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The live leases under `prefix` (`leases.`), by key without the prefix.
+    pub async fn leases(&self, prefix: &str) -> Result<std::collections::BTreeMap<String, Lease>, String> {
+        let store = self.store().await?;
+        let mut keys = tokio::time::timeout(Duration::from_secs(2), store.keys())
+            .await
+            .map_err(|_| "NATS keys: no answer within 2 s".to_string())?
+            .map_err(|e| e.to_string())?;
+        let now = crate::events::now_ms() as u64;
+        let mut out = std::collections::BTreeMap::new();
+        while let Ok(Some(Ok(key))) = tokio::time::timeout(Duration::from_secs(2), keys.next()).await {
+            let Some(name) = key.strip_prefix(prefix) else { continue };
+            if let Ok(Ok(Some(v))) = tokio::time::timeout(Duration::from_secs(2), store.get(&key)).await {
+                if let Ok(l) = serde_json::from_slice::<Lease>(&v) {
+                    if l.expires_ms > now && !l.holder.is_empty() {
+                        out.insert(name.to_string(), l);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Takes or renews the lease under `key` for `me` for `ttl`, by compare-and-set on the
+    /// key's revision; returns the holder after the attempt.
+    pub async fn acquire_key(&self, key: &str, me: &str, ttl: Duration) -> Result<Lease, String> {
         let store = self.store().await?;
         let now = crate::events::now_ms() as u64;
         let mine = Lease { holder: me.to_string(), expires_ms: now + ttl.as_millis() as u64 };
         let body: bytes::Bytes = serde_json::to_vec(&mine).map_err(|e| e.to_string())?.into();
         let wait = |what: &str| format!("NATS lease {what}: no answer within 2 s");
-        let entry = tokio::time::timeout(Duration::from_secs(2), store.entry(LEASE_KEY))
+        let entry = tokio::time::timeout(Duration::from_secs(2), store.entry(key))
             .await
             .map_err(|_| wait("read"))?
             .map_err(|e| format!("NATS lease read: {e}"))?;
@@ -243,20 +317,18 @@ impl Kv {
         let attempt = match &current {
             // Someone else holds a live lease.
             Some((lease, _)) if lease.holder != me && lease.expires_ms > now => return Ok(lease.clone()),
-            Some((_, revision)) => {
-                tokio::time::timeout(Duration::from_secs(2), store.update(LEASE_KEY, body, *revision))
-                    .await
-                    .map_err(|_| wait("update"))?
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
+            Some((_, revision)) => tokio::time::timeout(Duration::from_secs(2), store.update(key, body, *revision))
+                .await
+                .map_err(|_| wait("update"))?
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
             None => match entry {
-                Some(e) => tokio::time::timeout(Duration::from_secs(2), store.update(LEASE_KEY, body, e.revision))
+                Some(e) => tokio::time::timeout(Duration::from_secs(2), store.update(key, body, e.revision))
                     .await
                     .map_err(|_| wait("update"))?
                     .map(|_| ())
                     .map_err(|e| e.to_string()),
-                None => tokio::time::timeout(Duration::from_secs(2), store.create(LEASE_KEY, body))
+                None => tokio::time::timeout(Duration::from_secs(2), store.create(key, body))
                     .await
                     .map_err(|_| wait("create"))?
                     .map(|_| ())
@@ -267,7 +339,7 @@ impl Kv {
             Ok(()) => Ok(mine),
             // Lost a race: whoever won holds it now.
             Err(_) => {
-                let e = tokio::time::timeout(Duration::from_secs(2), store.get(LEASE_KEY))
+                let e = tokio::time::timeout(Duration::from_secs(2), store.get(key))
                     .await
                     .map_err(|_| wait("read"))?
                     .map_err(|e| format!("NATS lease read: {e}"))?;

@@ -111,6 +111,10 @@ pub struct Fleet {
     pub leader: Arc<std::sync::atomic::AtomicBool>,
     /// The lease as last read (NATS registry).
     pub lease: Arc<RwLock<Option<crate::nats::Lease>>>,
+    /// The fleet's drift view, merged from the workers' windows.
+    pub drift: crate::drift::FleetDrift,
+    /// Source leases (embedded registry): which worker consumes each single-consumer source.
+    pub leases: crate::leases::LeaseTable,
 }
 
 impl Fleet {
@@ -153,6 +157,8 @@ impl Fleet {
                 ),
                 leader: Arc::new(std::sync::atomic::AtomicBool::new(true)),
                 lease: Arc::new(RwLock::new(None)),
+                drift: crate::drift::FleetDrift::default(),
+                leases: crate::leases::LeaseTable::default(),
             }
         })
     }

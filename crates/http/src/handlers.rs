@@ -158,13 +158,20 @@ pub async fn model_drift<A: Api>(State(s): State<AppState<A>>, Path(model): Path
     drift_monitor(&s, &model).await?.report(&model).map(Json).ok_or_else(|| no_profile(&model).into())
 }
 
-/// The open windows' mergeable summaries per version (sketches, counts, moments): what a fleet
-/// view merges across workers.
+/// The open and recently closed windows' mergeable summaries per version (sketches, counts,
+/// moments): what a fleet view merges across workers; `?profile=true` adds the profile and
+/// `drift.toml` to score them with.
 pub async fn model_drift_window<A: Api>(
     State(s): State<AppState<A>>,
     Path(model): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Result<Json<Value>> {
-    drift_monitor(&s, &model).await?.open_windows(&model).map(Json).ok_or_else(|| no_profile(&model).into())
+    let with_profile = query.is_some_and(|q| q.split('&').any(|kv| kv == "profile=true" || kv == "profile=1"));
+    drift_monitor(&s, &model)
+        .await?
+        .open_windows(&model, with_profile)
+        .map(Json)
+        .ok_or_else(|| no_profile(&model).into())
 }
 
 async fn drift_monitor<'a, A: Api>(s: &'a AppState<A>, model: &str) -> Result<&'a flotilla_drift::monitor::Monitor> {

@@ -44,7 +44,7 @@ pub async fn run(command: FeaturesCommand, shutdown: impl Future<Output = ()>) -
                 bail!("no feature view in {} declares a stream", store.feature_repo.display());
             }
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            let mut tasks = flotilla_features::streams::spawn_all(fs.clone(), stop_rx, None);
+            let mut tasks = flotilla_features::streams::spawn_all(fs.clone(), stop_rx, None, None);
             shutdown.await;
             tracing::info!("stopping stream consumers");
             let _ = stop_tx.send(true);

@@ -136,6 +136,9 @@ pub async fn build_service(config: &ServeConfig) -> anyhow::Result<Built> {
     let drift = config
         .drift_monitoring
         .then(|| Monitor::new(config.model_repository.clone(), drift_state, &metrics.registry, Folding::IdleThread));
+    if let Some(m) = drift.as_ref().filter(|_| config.joins()) {
+        m.leave_webhooks_to_fleet();
+    }
     let enrichment = features.as_ref().map(|f| Arc::new(Enrichment::new(f.clone(), config.model_repository.clone())));
     let mode = match config.model_control_mode {
         ControlModeArg::None => ControlMode::None,
@@ -193,6 +196,15 @@ pub struct Built {
     pub drift: Option<Arc<Monitor>>,
 }
 
+/// A worker's source leases, as the stream consumers ask for them.
+struct FleetLeases(Arc<flotilla_fleet::leases::SourceLeases>);
+
+impl flotilla_features::streams::Exclusive for FleetLeases {
+    fn hold(&self, source: &str) -> watch::Receiver<bool> {
+        self.0.hold(source)
+    }
+}
+
 /// Runs the server until `shutdown` completes, then drains: readiness turns
 /// false, listeners stop accepting, in-flight requests finish (up to
 /// `--exit-timeout-secs`). A fleet worker (`--join`) first drains as on a preemption notice:
@@ -246,7 +258,12 @@ pub async fn run(
     }
 
     if let Some(store) = features.clone().filter(|_| config.consume_streams) {
-        let consumers = flotilla_features::streams::spawn_all(store, stop_tx.subscribe(), consumer.as_deref());
+        // Workers sharing one online store take turns on a single-consumer source (a
+        // replication slot) by a lease in the fleet's registry.
+        let exclusive = (config.joins() && consumer.is_none())
+            .then(|| Arc::new(FleetLeases(agent.leases.clone())) as Arc<dyn flotilla_features::streams::Exclusive>);
+        let consumers =
+            flotilla_features::streams::spawn_all(store, stop_tx.subscribe(), consumer.as_deref(), exclusive);
         let mut stop = stop_tx.subscribe();
         tasks.spawn(async move {
             // Consumers end on shutdown (or give up on a source they cannot read): wait for shutdown.

@@ -66,7 +66,8 @@ pub async fn route(
         "listening"
     );
     let expiry = fleet.spawn_expiry();
-    let control = fleet.spawn_control(Some(config.desired_state.clone()));
+    let control = fleet.spawn_control(Some(config.desired_state.clone()), registry.clone());
+    let drift = flotilla_fleet::drift::FleetDrift::spawn(fleet.clone());
     let watch = registry.clone().map(|kv| flotilla_fleet::nats::spawn_watch(kv, fleet.members.clone()));
     // With a shared registry one router at a time places models (the control lease).
     let lease = registry.clone().map(|kv| {
@@ -105,6 +106,7 @@ pub async fn route(
     drain_tasks(tasks, Duration::from_secs(config.exit_timeout_secs)).await;
     expiry.abort();
     control.abort();
+    drift.abort();
     if let Some(w) = watch {
         w.abort();
     }

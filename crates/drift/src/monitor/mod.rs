@@ -69,6 +69,8 @@ pub struct ModelState {
     pub name: String,
     pub profile: Profile,
     pub config: DriftConfig,
+    /// `drift.toml` as written (empty: the defaults), for the fleet view to score alike.
+    pub config_source: String,
     pca_columns: Vec<Option<usize>>,
     versions: Mutex<BTreeMap<String, VersionState>>,
     /// When the windows were last written to the state folder.
@@ -81,6 +83,8 @@ struct VersionState {
     window: Window,
     opened: Instant,
     history: VecDeque<WindowReport>,
+    /// The last closed windows, whole (newest last), for the fleet view.
+    closed: VecDeque<ClosedWindow>,
     /// Per column (features, outputs, then `multivariate`): the alert state and the level
     /// that has been seen `streak` windows in a row.
     alerts: BTreeMap<String, AlertState>,
@@ -89,12 +93,43 @@ struct VersionState {
     unreported_rows: u64,
 }
 
+/// A column's alert state with hysteresis: a new level takes over once it has been seen in
+/// `consecutive` windows in a row (a worker's windows, or the router's fleet windows).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-struct AlertState {
-    state: Level,
+pub struct AlertState {
+    pub state: Level,
     candidate: Level,
     streak: u32,
 }
+
+impl AlertState {
+    /// Takes the level of the window just closed; returns the previous state when the state changed.
+    pub fn step(&mut self, level: Level, consecutive: u32) -> Option<Level> {
+        if level == self.candidate {
+            self.streak += 1;
+        } else {
+            self.candidate = level;
+            self.streak = 1;
+        }
+        if self.candidate != self.state && self.streak >= consecutive {
+            let previous = self.state;
+            self.state = self.candidate;
+            return Some(previous);
+        }
+        None
+    }
+}
+
+/// A closed window, whole, kept a while for the fleet view (which merges the windows the
+/// workers closed; each row is counted once, when its window closes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClosedWindow {
+    pub closed_ms: i64,
+    pub window: Window,
+}
+
+/// Closed windows kept whole per version for the fleet view to collect.
+const CLOSED_KEPT: usize = 16;
 
 /// An alert state change, as posted to the webhook.
 #[derive(Debug, Clone, Serialize)]
@@ -176,6 +211,8 @@ pub struct Monitor {
     /// Sampling under the CPU budget: one request in `keep_one_in` is observed (1: all).
     keep_one_in: AtomicU32,
     seq: AtomicU64,
+    /// Set on a fleet worker: the router posts the alerts.
+    webhooks_elsewhere: std::sync::atomic::AtomicBool,
 }
 
 impl Monitor {
@@ -201,6 +238,7 @@ impl Monitor {
             runtime: std::sync::OnceLock::new(),
             keep_one_in: AtomicU32::new(1),
             seq: AtomicU64::new(0),
+            webhooks_elsewhere: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -452,45 +490,24 @@ impl Monitor {
                 self.metrics.score.with_label_values(&[&l[0], &l[1], &l[2], &l[3]]).set(value);
             }
         }
-        let mut levels: Vec<(String, Level, BTreeMap<String, f64>)> = report
-            .features
-            .iter()
-            .chain(&report.outputs)
-            .map(|c| {
-                let breached = c.scores.named().into_iter().filter(|(n, _)| c.breaches.iter().any(|b| b == n));
-                (c.name.clone(), c.level, breached.map(|(n, x)| (n.to_string(), x)).collect())
-            })
-            .collect();
         if let Some(mv) = &report.multivariate {
             let l = labels("multivariate", "pca_error_ratio");
             self.metrics.score.with_label_values(&[&l[0], &l[1], &l[2], &l[3]]).set(mv.pca_error_ratio);
-            levels.push((
-                "multivariate".into(),
-                mv.level,
-                BTreeMap::from([("pca_error_ratio".into(), mv.pca_error_ratio)]),
-            ));
         }
-        for (feature, level, metrics) in levels {
+        for (feature, level, metrics) in window::column_levels(&report) {
             let a = v.alerts.entry(feature.clone()).or_default();
-            if level == a.candidate {
-                a.streak += 1;
-            } else {
-                a.candidate = level;
-                a.streak = 1;
-            }
-            if a.candidate != a.state && a.streak >= m.config.consecutive {
+            if let Some(previous) = a.step(level, m.config.consecutive) {
                 let event = AlertEvent {
                     model: m.name.clone(),
                     version: version.to_string(),
                     feature: feature.clone(),
-                    previous: a.state,
-                    state: a.candidate,
+                    previous,
+                    state: a.state,
                     window: report.index,
                     closed: report.closed.clone(),
                     metrics,
                 };
-                a.state = a.candidate;
-                tracing::warn!(model = %m.name, version, feature, state = a.state.as_str(), previous = event.previous.as_str(), "drift alert state changed");
+                tracing::warn!(model = %m.name, version, feature, state = a.state.as_str(), previous = previous.as_str(), "drift alert state changed");
                 self.send_webhook(m, event);
             }
             self.metrics.alert.with_label_values(&[m.name.as_str(), version, feature.as_str()]).set(a.state.gauge());
@@ -500,13 +517,28 @@ impl Monitor {
         while v.history.len() > m.config.history {
             v.history.pop_front();
         }
-        v.window = Window::new(&m.profile, v.next_index, now_ms());
+        let closed_ms = now_ms();
+        let window = std::mem::replace(&mut v.window, Window::new(&m.profile, v.next_index, closed_ms));
+        v.closed.push_back(ClosedWindow { closed_ms, window });
+        while v.closed.len() > CLOSED_KEPT {
+            v.closed.pop_front();
+        }
         v.next_index += 1;
         v.opened = now;
     }
 
+    /// A fleet worker leaves alert webhooks to the router, which posts once per change of the
+    /// fleet's state instead of once per worker.
+    pub fn leave_webhooks_to_fleet(&self) {
+        self.webhooks_elsewhere.store(true, Ordering::Relaxed);
+    }
+
     fn send_webhook(&self, m: &ModelState, event: AlertEvent) {
         let Some(url) = m.config.webhook.clone() else { return };
+        if self.webhooks_elsewhere.load(Ordering::Relaxed) {
+            tracing::debug!(model = %m.name, "drift webhook left to the fleet router");
+            return;
+        }
         let Some(runtime) = self.runtime.get().cloned().or_else(|| tokio::runtime::Handle::try_current().ok()) else {
             tracing::warn!(model = %m.name, "drift webhook not sent: no runtime");
             return;
@@ -527,17 +559,25 @@ impl Monitor {
         });
     }
 
-    /// The open window of each version, whole (sketches, counts, moments: `Window`'s JSON), for
-    /// a fleet view that merges the windows of several workers with [`Window::merge`].
-    pub fn open_windows(&self, name: &str) -> Option<serde_json::Value> {
+    /// The open window of each version, whole (sketches, counts, moments: `Window`'s JSON), and
+    /// the last closed windows, for a fleet view that merges the windows of several workers
+    /// with [`Window::merge`]; with `with_profile`, the profile and `drift.toml` to score them.
+    pub fn open_windows(&self, name: &str, with_profile: bool) -> Option<serde_json::Value> {
         let m = self.model(name)?;
         let versions = m.versions.lock();
         let windows: BTreeMap<&String, &Window> = versions.iter().map(|(v, s)| (v, &s.window)).collect();
-        Some(serde_json::json!({
+        let closed: BTreeMap<&String, &VecDeque<ClosedWindow>> = versions.iter().map(|(v, s)| (v, &s.closed)).collect();
+        let mut doc = serde_json::json!({
             "model": m.name,
             "profile_created": m.profile.created,
             "versions": windows,
-        }))
+            "closed": closed,
+        });
+        if with_profile {
+            doc["profile"] = serde_json::to_value(&m.profile).unwrap_or_default();
+            doc["config"] = m.config_source.clone().into();
+        }
+        Some(doc)
     }
 
     /// The `/v2/models/{m}/drift` document (None when the model has no profile).
@@ -628,6 +668,7 @@ impl VersionState {
             window: s.window,
             opened: Instant::now(),
             history: s.history,
+            closed: VecDeque::new(),
             alerts: s.alerts,
             next_index: s.next_index,
             unreported_rows: 0,
@@ -639,6 +680,7 @@ impl VersionState {
             window: Window::new(profile, 0, now_ms()),
             opened: now,
             history: VecDeque::new(),
+            closed: VecDeque::new(),
             alerts: BTreeMap::new(),
             next_index: 1,
             unreported_rows: 0,
@@ -659,9 +701,10 @@ fn load_model(
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
     let profile = Profile::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let config = match std::fs::read_to_string(folder.join(config::FILE_NAME)) {
-        Ok(t) => DriftConfig::parse(&t).map_err(|e| format!("{}: {e}", folder.display()))?,
-        Err(_) => DriftConfig::default(),
+    let config_source = std::fs::read_to_string(folder.join(config::FILE_NAME)).unwrap_or_default();
+    let config = match config_source.is_empty() {
+        false => DriftConfig::parse(&config_source).map_err(|e| format!("{}: {e}", folder.display()))?,
+        true => DriftConfig::default(),
     };
     let pca_columns = profile
         .multivariate
@@ -679,6 +722,7 @@ fn load_model(
         name: name.to_string(),
         profile,
         config,
+        config_source,
         pca_columns,
         versions: Mutex::new(BTreeMap::new()),
         snapshotted: Mutex::new(None),
@@ -686,7 +730,8 @@ fn load_model(
     }))
 }
 
-fn reference_summary(c: &profile::Column) -> serde_json::Value {
+/// A reference column summarised for `/drift` documents.
+pub fn reference_summary(c: &profile::Column) -> serde_json::Value {
     match &c.kind {
         profile::ColumnKind::Numeric(r) => {
             let s = &r.summary;

@@ -6,6 +6,7 @@ use crate::monitor::config::DriftConfig;
 use crate::profile::{Column, ColumnKind, Profile};
 use crate::summary::{CategoricalSummary, Moments, NumericSummary};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// A column's summary in a window.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -266,6 +267,28 @@ impl Window {
             multivariate,
         }
     }
+}
+
+/// Each column's level in `report` (features, outputs, then `multivariate`) with the metrics
+/// at or above their thresholds: what moves the alert states.
+pub fn column_levels(report: &WindowReport) -> Vec<(String, Level, BTreeMap<String, f64>)> {
+    let mut levels: Vec<(String, Level, BTreeMap<String, f64>)> = report
+        .features
+        .iter()
+        .chain(&report.outputs)
+        .map(|c| {
+            let breached = c.scores.named().into_iter().filter(|(n, _)| c.breaches.iter().any(|b| b == n));
+            (c.name.clone(), c.level, breached.map(|(n, x)| (n.to_string(), x)).collect())
+        })
+        .collect();
+    if let Some(mv) = &report.multivariate {
+        levels.push((
+            "multivariate".into(),
+            mv.level,
+            BTreeMap::from([("pca_error_ratio".into(), mv.pca_error_ratio)]),
+        ));
+    }
+    levels
 }
 
 /// The level of one metric value; changes are judged by size (a missing rate may fall too).

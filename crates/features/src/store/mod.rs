@@ -2,12 +2,15 @@
 //!
 //! - [`embedded::Embedded`] (default): records in a redb file, mirrored in memory for reads.
 //! - [`redis::RedisStore`]: records in Redis hashes, one pipelined round trip per read.
+//! - [`redis_cluster::RedisClusterStore`]: the same on a Redis Cluster, an entity's views in one
+//!   slot, one pipelined round trip per node a read involves.
 //!
 //! Both apply writes last-write-wins on event time (then created time), whatever the order
 //! in which rows arrive.
 
 pub mod embedded;
 pub mod redis;
+pub mod redis_cluster;
 
 use crate::definitions::{FeatureView, Registry};
 use crate::error::{FeatureError, Result};
@@ -45,6 +48,9 @@ pub enum StoreLocation {
     Embedded(PathBuf),
     /// `redis://host:port[/db]`.
     Redis(String),
+    /// `redis+cluster://host:port,host:port,...`: seed nodes of a Redis Cluster (as
+    /// `redis://[user:password@]host:port` URLs).
+    RedisCluster(Vec<String>),
 }
 
 impl std::str::FromStr for StoreLocation {
@@ -52,6 +58,24 @@ impl std::str::FromStr for StoreLocation {
     fn from_str(s: &str) -> Result<Self, String> {
         if s.starts_with("redis://") || s.starts_with("rediss://") {
             return Ok(Self::Redis(s.to_string()));
+        }
+        if let Some(rest) = s.strip_prefix("redis+cluster://") {
+            let (auth, hosts) = match rest.rsplit_once('@') {
+                Some((auth, hosts)) => (format!("{auth}@"), hosts),
+                None => (String::new(), rest),
+            };
+            let seeds: Vec<String> = hosts
+                .split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(|h| format!("redis://{auth}{}", h.trim_end_matches('/')))
+                .collect();
+            if seeds.is_empty() || hosts.split(',').any(|h| !h.trim().contains(':')) {
+                return Err(
+                    "--online-store: give redis+cluster://HOST:PORT[,HOST:PORT...] (the cluster's seed nodes)".into()
+                );
+            }
+            return Ok(Self::RedisCluster(seeds));
         }
         let path = s.strip_prefix("embedded:").unwrap_or(s);
         if path.is_empty() {
@@ -73,6 +97,15 @@ impl std::fmt::Display for StoreLocation {
                 }
                 None => f.write_str(url),
             },
+            Self::RedisCluster(seeds) => {
+                let hosts: Vec<&str> = seeds
+                    .iter()
+                    .map(|u| u.trim_start_matches("redis://"))
+                    .map(|h| h.rsplit_once('@').map_or(h, |(_, host)| host))
+                    .collect();
+                let auth = if seeds.iter().any(|u| u.contains('@')) { "***@" } else { "" };
+                write!(f, "redis+cluster://{auth}{}", hosts.join(","))
+            }
         }
     }
 }
@@ -82,6 +115,7 @@ impl std::fmt::Display for StoreLocation {
 pub enum OnlineStore {
     Embedded(Arc<embedded::Embedded>),
     Redis(Arc<redis::RedisStore>),
+    RedisCluster(Arc<redis_cluster::RedisClusterStore>),
 }
 
 // === impl OnlineStore ===
@@ -99,6 +133,9 @@ impl OnlineStore {
             StoreLocation::Redis(url) => {
                 Self::Redis(Arc::new(redis::RedisStore::connect(url, redis::RedisOptions::default()).await?))
             }
+            StoreLocation::RedisCluster(seeds) => Self::RedisCluster(Arc::new(
+                redis_cluster::RedisClusterStore::connect(seeds, redis::RedisOptions::default()).await?,
+            )),
         })
     }
 
@@ -116,6 +153,7 @@ impl OnlineStore {
                 blocking(s, move |s| s.write(&view, rows, checkpoint.as_ref())).await
             }
             Self::Redis(s) => s.write(view, rows, checkpoint).await,
+            Self::RedisCluster(s) => s.write(view, rows, checkpoint).await,
         }
     }
 
@@ -133,6 +171,7 @@ impl OnlineStore {
                 blocking(s, move |s| s.apply(&view, changes, checkpoint.as_ref())).await
             }
             Self::Redis(s) => s.apply(view, changes, checkpoint).await,
+            Self::RedisCluster(s) => s.apply(view, changes, checkpoint).await,
         }
     }
 
@@ -141,6 +180,7 @@ impl OnlineStore {
         match self {
             Self::Embedded(s) => Ok(wants.iter().map(|(view, key)| s.get(*view, key)).collect()),
             Self::Redis(s) => s.read(registry, wants).await,
+            Self::RedisCluster(s) => s.read(registry, wants).await,
         }
     }
 
@@ -149,6 +189,7 @@ impl OnlineStore {
         match self {
             Self::Embedded(s) => s.checkpoint(source),
             Self::Redis(s) => s.checkpoint(source).await,
+            Self::RedisCluster(s) => s.checkpoint(source).await,
         }
     }
 
@@ -160,6 +201,7 @@ impl OnlineStore {
                 blocking(s, move |s| s.truncate(&view, checkpoint.as_ref())).await
             }
             Self::Redis(s) => s.truncate(view, checkpoint).await,
+            Self::RedisCluster(s) => s.truncate(view, checkpoint).await,
         }
     }
 
@@ -168,6 +210,7 @@ impl OnlineStore {
         let all = match self {
             Self::Embedded(s) => s.checkpoints()?,
             Self::Redis(s) => s.checkpoints().await?,
+            Self::RedisCluster(s) => s.checkpoints().await?,
         };
         Ok(all.into_iter().filter(|(source, _)| source.starts_with(prefix)).collect())
     }
@@ -180,6 +223,7 @@ impl OnlineStore {
                 blocking(s, move |s| s.forget_checkpoint(&source)).await
             }
             Self::Redis(s) => s.forget_checkpoint(source).await,
+            Self::RedisCluster(s) => s.forget_checkpoint(source).await,
         }
     }
 
@@ -187,6 +231,7 @@ impl OnlineStore {
         match self {
             Self::Embedded(_) => "embedded",
             Self::Redis(_) => "redis",
+            Self::RedisCluster(_) => "redis-cluster",
         }
     }
 }
@@ -211,5 +256,13 @@ mod tests {
         let r: StoreLocation = "redis://:secret@127.0.0.1:6379/2".parse().unwrap();
         assert_eq!(r.to_string(), "redis://***@127.0.0.1:6379/2");
         assert!("embedded:".parse::<StoreLocation>().is_err());
+        let c: StoreLocation = "redis+cluster://:pw@10.0.0.1:7000,10.0.0.2:7000".parse().unwrap();
+        assert_eq!(
+            c,
+            StoreLocation::RedisCluster(vec!["redis://:pw@10.0.0.1:7000".into(), "redis://:pw@10.0.0.2:7000".into()])
+        );
+        assert_eq!(c.to_string(), "redis+cluster://***@10.0.0.1:7000,10.0.0.2:7000");
+        assert!("redis+cluster://".parse::<StoreLocation>().is_err());
+        assert!("redis+cluster://hostwithoutport".parse::<StoreLocation>().is_err());
     }
 }

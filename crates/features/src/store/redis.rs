@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-const WRITE_SCRIPT: &str = r#"
+/// Last write wins on (event time, created time), compared on the server.
+pub(super) const WRITE_SCRIPT: &str = r#"
 local cur = redis.call('HMGET', KEYS[1], 't', 'c')
 if cur[1] then
   local t, c = tonumber(cur[1]), tonumber(cur[2] or '0')

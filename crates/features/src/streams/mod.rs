@@ -169,8 +169,52 @@ pub(crate) fn observe(store: &FeatureStore, label: &str, decoded: &Decoded) {
     }
 }
 
-/// Starts one consumer per view that declares a stream; they stop when `stop` turns true.
-pub fn spawn_all(store: Arc<FeatureStore>, stop: watch::Receiver<bool>, consumer: Option<&str>) -> JoinSet<()> {
+/// Who may consume a source that has exactly one consumer (a PostgreSQL replication slot). In
+/// a fleet whose workers share one online store, that is the worker holding the source's lease
+/// in the registry; another takes over when it goes (the position is stored with the rows, so
+/// nothing is lost or applied twice).
+pub trait Exclusive: Send + Sync + 'static {
+    /// True while this process may consume `source` (kept trying for until the process ends).
+    fn hold(&self, source: &str) -> watch::Receiver<bool>;
+}
+
+/// Waits until `held` (when there is a lease) and returns a stop signal that turns true on
+/// `stop` or when the lease is lost, with the task that watches both. None: `stop` came first.
+async fn while_held(
+    stop: &watch::Receiver<bool>,
+    held: Option<&watch::Receiver<bool>>,
+    label: &str,
+) -> Option<(watch::Receiver<bool>, Option<tokio::task::JoinHandle<()>>)> {
+    let Some(held) = held else { return Some((stop.clone(), None)) };
+    let (mut stopped, mut h) = (stop.clone(), held.clone());
+    if !*h.borrow() {
+        tracing::info!(source = label, "waiting for this source's lease (another worker consumes it)");
+    }
+    tokio::select! {
+        r = h.wait_for(|held| *held) => { r.ok()?; }
+        _ = stopped.wait_for(|s| *s) => return None,
+    }
+    tracing::info!(source = label, "holding this source's lease: consuming");
+    let (tx, rx) = watch::channel(false);
+    let (mut stopped, mut h) = (stop.clone(), held.clone());
+    let watcher = tokio::spawn(async move {
+        tokio::select! {
+            _ = stopped.wait_for(|s| *s) => {}
+            _ = h.wait_for(|held| !*held) => {}
+        }
+        let _ = tx.send(true);
+    });
+    Some((rx, Some(watcher)))
+}
+
+/// Starts one consumer per view that declares a stream; they stop when `stop` turns true. With
+/// `exclusive`, a PostgreSQL source is consumed only while this process holds its lease.
+pub fn spawn_all(
+    store: Arc<FeatureStore>,
+    stop: watch::Receiver<bool>,
+    consumer: Option<&str>,
+    exclusive: Option<Arc<dyn Exclusive>>,
+) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
     let mut specs = Vec::new();
     for view in store.registry.views.iter().filter(|v| v.online) {
@@ -202,18 +246,32 @@ pub fn spawn_all(store: Arc<FeatureStore>, stop: watch::Receiver<bool>, consumer
     tasks.spawn(async move { postgres::drop_undeclared(&cleanup, &slots).await });
     for (index, spec) in specs {
         let (store, stop) = (store.clone(), stop.clone());
+        let held = match (&spec.source, &exclusive) {
+            (StreamSource::Postgres { slot, .. }, Some(e)) => Some(e.hold(slot)),
+            _ => None,
+        };
         tasks.spawn(async move {
             let label = spec.label();
             let mut backoff = Duration::from_millis(200);
             loop {
+                let Some((run_stop, watcher)) = while_held(&stop, held.as_ref(), &label).await else { return };
                 let result = match &spec.source {
-                    StreamSource::Nats { .. } => nats::run(&store, index, &spec, stop.clone()).await,
-                    StreamSource::Redis { .. } => redis::run(&store, index, &spec, stop.clone()).await,
-                    StreamSource::Kafka { .. } => kafka::run(&store, index, &spec, stop.clone()).await,
-                    StreamSource::Rabbitmq { .. } => rabbitmq::run(&store, index, &spec, stop.clone()).await,
-                    StreamSource::Postgres { .. } => postgres::run(&store, index, &spec, stop.clone()).await,
+                    StreamSource::Nats { .. } => nats::run(&store, index, &spec, run_stop).await,
+                    StreamSource::Redis { .. } => redis::run(&store, index, &spec, run_stop).await,
+                    StreamSource::Kafka { .. } => kafka::run(&store, index, &spec, run_stop).await,
+                    StreamSource::Rabbitmq { .. } => rabbitmq::run(&store, index, &spec, run_stop).await,
+                    StreamSource::Postgres { .. } => postgres::run(&store, index, &spec, run_stop).await,
                 };
+                if let Some(w) = watcher {
+                    w.abort();
+                }
                 match result {
+                    // The lease went (preemption, or the registry gave it to another worker):
+                    // wait to hold it again.
+                    Ok(()) if !*stop.borrow() && held.is_some() => {
+                        tracing::info!(source = %label, "lease lost: stopped consuming");
+                        continue;
+                    }
                     Ok(()) => return,
                     Err(e) => {
                         store.metrics.stream_errors.with_label_values(&[label.as_str()]).inc();
