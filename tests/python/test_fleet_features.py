@@ -70,7 +70,7 @@ def test_cdc_lease_moves_to_another_worker_when_its_holder_is_killed(table):
         router.wait_workers(["ca", "cb"])
         holder = wait_for(lambda: consumer(router, table.slot), what="a worker holding the slot's lease")
         other = "cb" if holder == "ca" else "ca"
-        wait_for(lambda: "consuming" in workers[holder].log(), what="the holder streaming")
+        wait_for(lambda: "consuming" in workers[holder].log(), what="the holder streaming:\n" + workers[holder].log()[-3000:])
         assert "consuming" not in workers[other].log(), "only the lease holder streams the slot"
         assert "waiting for this source's lease" in workers[other].log()
         writer.start()
@@ -93,7 +93,7 @@ def test_cdc_lease_moves_to_another_worker_when_its_holder_is_killed(table):
         want = w.committed_changes
         s = workers[other]
         wait_for(lambda: changes_applied(s, table) >= want, timeout=120,
-                 what=f"{want} changes applied (at {changes_applied(s, table)})")
+                 what=f"{want} changes applied (at {changes_applied(s, table)}):\n" + s.log()[-4000:])
         time.sleep(0.5)
         assert changes_applied(s, table) == want, "a change was applied twice"
         assert metric(s, "flotilla_feature_cdc_snapshot_rows_total", source=table.label) == 0, "no second snapshot"

@@ -5,6 +5,8 @@ views share a slot, the keys spread over the three masters), and a master is kil
 and writes: its replica takes over, and no acknowledged write is lost."""
 import datetime
 import json
+import random
+import socket
 import shutil
 import signal
 import subprocess
@@ -17,7 +19,7 @@ import pytest
 import redis as redis_client
 import tritonclient.http as httpclient
 
-from conftest import EXAMPLES, Server, free_port, wait_for
+from conftest import EXAMPLES, Server, wait_for
 from test_features import (FEATURES, REDIS_DB, column, online, post, push_fresh_cards, reference_input,
                            txn_repo)
 
@@ -28,11 +30,28 @@ pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None or shutil.w
 BASE = datetime.datetime(2026, 11, 2, tzinfo=datetime.timezone.utc)
 
 
+def cluster_ports(n):
+    """`n` ports below 55536 whose cluster bus ports (10000 higher) are free too."""
+    ports = []
+    while len(ports) < n:
+        p = random.randrange(20000, 45000)
+        if p in ports:
+            continue
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", p))
+                b.bind(("127.0.0.1", p + 10000))
+        except OSError:
+            continue
+        ports.append(p)
+    return ports
+
+
 class Cluster:
     """Six redis-server processes in cluster mode (three masters, a replica each)."""
 
     def __init__(self, tmp):
-        self.ports = [free_port() for _ in range(6)]
+        self.ports = cluster_ports(6)
         self.procs = {}
         self.tmp = tmp
         for p in self.ports:
@@ -44,6 +63,8 @@ class Cluster:
              "--cluster-replicas", "1", "--cluster-yes"], capture_output=True, text=True, timeout=60)
         assert create.returncode == 0, create.stdout + create.stderr
         wait_for(self.healthy, timeout=60, what="the cluster to be ok on every node")
+        # a replica can take over only once it has synced with its master
+        wait_for(self.replicas_synced, timeout=60, what="every replica synced with its master")
 
     def start(self, port):
         d = self.tmp / f"node-{port}"
@@ -51,7 +72,7 @@ class Cluster:
         self.procs[port] = subprocess.Popen(
             ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
              "--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", "1000",
-             "--save", "", "--appendonly", "no", "--dir", str(d), "--daemonize", "no", "--logfile", "redis.log"],
+             "--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0", "--dir", str(d), "--daemonize", "no", "--logfile", str(d / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def client(self, port):
@@ -69,6 +90,14 @@ class Cluster:
                        for p in (ports or self.live()))
         except redis_client.RedisError:
             return False
+
+    def replicas_synced(self):
+        try:
+            infos = [self.client(p).info("replication") for p in self.live()]
+        except redis_client.RedisError:
+            return False
+        replicas = [i for i in infos if i["role"] == "slave"]
+        return len(replicas) == 3 and all(i.get("master_link_status") == "up" for i in replicas)
 
     def live(self):
         return [p for p, proc in self.procs.items() if proc.poll() is None]

@@ -58,7 +58,7 @@ struct ModelView {
 
 #[derive(Default)]
 struct VersionView {
-    /// Per worker: the index of the newest closed window taken.
+    /// Per worker: one past the index of the newest closed window taken.
     taken: HashMap<String, u64>,
     /// Windows taken since the last fleet window closed, merged, and who gave them.
     pending: Option<(Window, BTreeSet<String>, Instant)>,
@@ -260,11 +260,10 @@ impl FleetDrift {
 impl VersionView {
     /// Takes the windows `worker` closed since the last collection.
     fn take(&mut self, worker: &str, closed: &[ClosedWindow], now: Instant) -> Result<(), String> {
-        let newest = closed.iter().map(|c| c.window.index).max().unwrap_or(0);
-        let last = self.taken.get(worker).copied();
-        // A worker that restarted without its state numbers its windows afresh.
-        let last = last.filter(|l| *l <= newest);
-        for c in closed.iter().filter(|c| last.is_none_or(|l| c.window.index > l)) {
+        let Some(newest) = closed.iter().map(|c| c.window.index).max() else { return Ok(()) };
+        // A worker that restarted without its state numbers its windows afresh: take them all.
+        let next = self.taken.get(worker).copied().filter(|n| *n <= newest + 1).unwrap_or(0);
+        for c in closed.iter().filter(|c| c.window.index >= next) {
             match &mut self.pending {
                 Some((merged, from, _)) => {
                     merged.merge(&c.window)?;
@@ -273,7 +272,7 @@ impl VersionView {
                 None => self.pending = Some((c.window.clone(), BTreeSet::from([worker.to_string()]), now)),
             }
         }
-        self.taken.insert(worker.to_string(), newest.max(last.unwrap_or(0)));
+        self.taken.insert(worker.to_string(), newest + 1);
         Ok(())
     }
 

@@ -194,7 +194,7 @@ async fn while_held(
         r = h.wait_for(|held| *held) => { r.ok()?; }
         _ = stopped.wait_for(|s| *s) => return None,
     }
-    tracing::info!(source = label, "holding this source's lease: consuming");
+    tracing::info!(source = label, "holding this source's lease: streaming it");
     let (tx, rx) = watch::channel(false);
     let (mut stopped, mut h) = (stop.clone(), held.clone());
     let watcher = tokio::spawn(async move {
