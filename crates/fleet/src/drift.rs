@@ -371,3 +371,37 @@ fn announce(fleet: &Fleet, webhook: Option<String>, event: AlertEvent) {
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_drift::profile::Data;
+
+    fn closed(profile: &Profile, index: u64, rows: u64) -> ClosedWindow {
+        let mut window = Window::new(profile, index, 0);
+        window.rows = rows;
+        ClosedWindow { closed_ms: 0, window }
+    }
+
+    #[test]
+    fn each_closed_window_is_taken_once_and_a_restart_starts_afresh() {
+        let data = [("x".to_string(), Data::Numeric((0..100).map(f64::from).collect()))];
+        let profile = Profile::build("m", "test", "now", (Vec::new(), &data), (Vec::new(), &[]));
+        let mut v = VersionView { next_index: 1, ..Default::default() };
+        let now = Instant::now();
+        v.take("a", &[], now).unwrap();
+        assert!(v.pending.is_none());
+        v.take("a", &[closed(&profile, 0, 10)], now).unwrap();
+        v.take("b", &[closed(&profile, 0, 5), closed(&profile, 1, 7)], now).unwrap();
+        // the same windows again, and one new one from a
+        v.take("a", &[closed(&profile, 0, 10), closed(&profile, 1, 3)], now).unwrap();
+        v.take("b", &[closed(&profile, 0, 5), closed(&profile, 1, 7)], now).unwrap();
+        let (w, from, _) = v.pending.as_ref().unwrap();
+        assert_eq!(w.rows, 10 + 5 + 7 + 3);
+        assert_eq!(from.iter().collect::<Vec<_>>(), ["a", "b"]);
+        // b restarted without its state: its windows are numbered from 0 again
+        v.pending = None;
+        v.take("b", &[closed(&profile, 0, 4)], now).unwrap();
+        assert_eq!(v.pending.as_ref().unwrap().0.rows, 4);
+    }
+}

@@ -210,3 +210,31 @@ impl SourceLeases {
         let _ = tokio::time::timeout(limit, running.wait_for(|n| *n == 0)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_holder_until_it_lets_go_or_expires() {
+        let t = LeaseTable::default();
+        assert_eq!(t.acquire("slot_a", "w1", TTL).holder, "w1");
+        assert_eq!(t.acquire("slot_a", "w2", TTL).holder, "w1", "held by another");
+        assert_eq!(t.acquire("slot_a", "w1", TTL).holder, "w1", "renewed");
+        assert_eq!(t.acquire("slot_b", "w2", TTL).holder, "w2", "sources are leased apart");
+        assert!(!t.release("slot_a", "w2"), "only the holder hands it back");
+        assert!(t.release("slot_a", "w1"));
+        assert_eq!(t.acquire("slot_a", "w2", TTL).holder, "w2");
+        // an expired lease goes to whoever asks
+        assert_eq!(t.acquire("slot_c", "w1", Duration::ZERO).holder, "w1");
+        assert!(!t.live().contains_key("slot_c"));
+        assert_eq!(t.acquire("slot_c", "w2", TTL).holder, "w2");
+        assert_eq!(t.live().keys().cloned().collect::<Vec<_>>(), ["slot_a", "slot_b", "slot_c"]);
+    }
+
+    #[tokio::test]
+    async fn without_a_registry_a_worker_always_holds() {
+        let leases = SourceLeases::new("w1", &[], "bucket");
+        assert!(*leases.hold("slot").borrow());
+    }
+}
