@@ -577,7 +577,9 @@ def test_feast_and_drift_endpoints_go_to_a_worker_that_has_them(tmp_path):
         direct = requests.get(w.url + "/v2/models/fraud_xgb/drift")
         routed = requests.get(r.url + "/v2/models/fraud_xgb/drift")
         assert direct.status_code == routed.status_code == 200
-        assert routed.json().keys() == direct.json().keys()
+        # the router answers with the fleet's view: the worker's document, plus its scope and workers
+        assert routed.json().keys() == direct.json().keys() | {"scope", "workers"}
+        assert routed.json()["scope"] == "fleet" and routed.json()["workers"] == ["fw"]
         assert requests.get(r.url + "/v2/models/nope/drift").status_code == 404
     finally:
         if w:
