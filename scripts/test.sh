@@ -32,7 +32,7 @@ fi
 
 # --- Python venv for the black-box suite ---
 stamp=.venv/.requirements.sha
-want=$(sha256sum tests/requirements.txt | cut -d' ' -f1)
+want=$(cat tests/requirements.txt examples/requirements.txt | sha256sum | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "creating .venv with the test dependencies"
   python3 -m venv .venv
