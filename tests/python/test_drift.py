@@ -171,7 +171,8 @@ def test_a_bad_profile_turns_monitoring_off_for_that_model_only(repo_copy):
         t = httpclient.InferInput("input__0", [1, 8], "FP32")
         t.set_data_from_numpy(np.ones((1, 8), np.float32))
         assert client.infer("fraud_xgb", [t]).as_numpy("output__0").shape == (1, 1)
-        assert "version Some(7) is not supported" in s.log()
+        # the log line comes through the server's stderr pipe, not with the answer
+        wait_for(lambda: "version Some(7) is not supported" in s.log(), timeout=10, what="the profile's error logged")
         assert drift(s).status_code == 404
     finally:
         assert s.stop() == 0, s.log()

@@ -72,7 +72,8 @@ def test_cdc_lease_moves_to_another_worker_when_its_holder_is_killed(table):
         other = "cb" if holder == "ca" else "ca"
         wait_for(lambda: "consuming" in workers[holder].log(), what="the holder streaming:\n" + workers[holder].log()[-3000:])
         assert "consuming" not in workers[other].log(), "only the lease holder streams the slot"
-        assert "waiting for this source's lease" in workers[other].log()
+        wait_for(lambda: "waiting for this source's lease" in workers[other].log(), timeout=10,
+                 what="the other worker waiting for the lease")
         writer.start()
         time.sleep(1.5)
         workers[holder].proc.send_signal(signal.SIGKILL)

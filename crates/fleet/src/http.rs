@@ -131,13 +131,13 @@ async fn release_lease(State(s): State<RouterState>, Path(source): Path<String>,
     Json(json!({"released": released})).into_response()
 }
 
-/// Which worker consumes each source with one consumer: the router's table, or the NATS registry's.
-async fn sources(s: &RouterState) -> Value {
-    let leases = match &s.registry {
-        Some(kv) => kv.leases("leases.").await.unwrap_or_default(),
-        None => s.fleet.leases.live(),
-    };
-    json!(leases
+/// Which worker consumes each source with one consumer: the router's table (with NATS, its
+/// copy of the registry's leases, so that the view never waits on NATS).
+fn sources(s: &RouterState) -> Value {
+    json!(s
+        .fleet
+        .leases
+        .live()
         .into_iter()
         .map(|(source, l)| json!({"source": source, "consumer": l.holder, "expires_ms": l.expires_ms}))
         .collect::<Vec<_>>())
@@ -145,7 +145,7 @@ async fn sources(s: &RouterState) -> Value {
 
 /// The fleet as the router sees it.
 async fn view(State(s): State<RouterState>) -> Json<Value> {
-    let sources = sources(&s).await;
+    let sources = sources(&s);
     let f = &s.fleet;
     let workers: Vec<Value> = f
         .members

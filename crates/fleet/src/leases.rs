@@ -58,11 +58,30 @@ impl LeaseTable {
         }
     }
 
+    /// Replaces the table with the registry's leases (NATS registry: the router mirrors the
+    /// bucket so that its fleet view never waits on NATS).
+    pub fn mirror(&self, leases: BTreeMap<String, Lease>) {
+        *self.leases.lock() = leases;
+    }
+
     /// The live leases.
     pub fn live(&self) -> BTreeMap<String, Lease> {
         let now = now_ms() as u64;
         self.leases.lock().iter().filter(|(_, l)| l.expires_ms > now).map(|(k, l)| (k.clone(), l.clone())).collect()
     }
+}
+
+/// Keeps the router's lease table a copy of the NATS bucket's leases, read every second; while
+/// NATS is away the last copy stays (and its leases run out in the view as they would in NATS).
+pub fn spawn_mirror(kv: Arc<Kv>, fleet: Arc<crate::router::Fleet>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            if let Ok(Ok(leases)) = tokio::time::timeout(Duration::from_secs(3), kv.leases("leases.")).await {
+                fleet.leases.mirror(leases);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
 }
 
 /// Where a worker's source leases are held.

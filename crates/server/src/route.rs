@@ -69,6 +69,7 @@ pub async fn route(
     let control = fleet.spawn_control(Some(config.desired_state.clone()), registry.clone());
     let drift = flotilla_fleet::drift::FleetDrift::spawn(fleet.clone());
     let watch = registry.clone().map(|kv| flotilla_fleet::nats::spawn_watch(kv, fleet.members.clone()));
+    let mirror = registry.clone().map(|kv| flotilla_fleet::leases::spawn_mirror(kv, fleet.clone()));
     // With a shared registry one router at a time places models (the control lease).
     let lease = registry.clone().map(|kv| {
         fleet.leader.store(false, std::sync::atomic::Ordering::Release);
@@ -110,8 +111,8 @@ pub async fn route(
     if let Some(w) = watch {
         w.abort();
     }
-    if let Some(l) = lease {
-        l.abort();
+    for task in [lease, mirror].into_iter().flatten() {
+        task.abort();
     }
     tracing::info!("stopped");
     Ok(())
