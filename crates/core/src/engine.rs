@@ -57,6 +57,11 @@ impl Default for AutocompleteOptions {
 pub trait Backend: Send + Sync + 'static {
     /// Short name, used as the config `backend` when completing a configuration.
     fn name(&self) -> &'static str;
+    /// What runs the models, for logs (default: `name`; tract answers to the `onnxruntime`
+    /// backend name but runs on tract).
+    fn runtime(&self) -> &'static str {
+        self.name()
+    }
     /// The config `platform` this backend reports (e.g. `onnxruntime_onnx`).
     fn platform(&self) -> &'static str;
     /// Whether this backend serves a model whose configuration names `platform`/`backend`.

@@ -151,7 +151,7 @@ impl Backend for TextBackend {
             pooling = ?options.pooling,
             normalize = options.normalize,
             encoder_output = %plan.output,
-            onnx = self.onnx.name(),
+            encoder_runtime = self.onnx.runtime(),
             "text model"
         );
         Ok(Arc::new(TextEngine {

@@ -39,6 +39,10 @@ impl Backend for TractBackend {
         "onnxruntime"
     }
 
+    fn runtime(&self) -> &'static str {
+        "tract"
+    }
+
     fn platform(&self) -> &'static str {
         "onnxruntime_onnx"
     }
