@@ -17,6 +17,7 @@
 //!   parameters, deadlines, idempotency).
 //! - [`classification`]: the classification extension.
 //! - [`stats`], [`metrics`]: Triton-shaped statistics and Prometheus metrics.
+//! - [`trace`]: request spans and W3C trace context (`traceparent`) in and out, for OTLP.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -37,6 +38,7 @@ pub mod stats;
 pub mod tensor;
 #[cfg(feature = "test-support")]
 pub mod testing;
+pub mod trace;
 
 pub use api::{Api, Readiness};
 pub use datatype::DataType;

@@ -18,6 +18,7 @@ use flotilla_proto::inference::ModelConfig;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// Protocol extensions Flotilla implements, as reported in server metadata.
 pub const EXTENSIONS: &[&str] = &[
@@ -261,7 +262,9 @@ impl Service {
     }
 
     /// Runs one inference request end to end.
-    #[tracing::instrument(name = "infer", skip_all, fields(model = %request.model, version = %request.version, id = %request.id))]
+    /// Its span (`infer`, under [`crate::trace::TARGET`]) is a trace's server stage: the
+    /// enrichment, queue and execution stages are its children.
+    #[tracing::instrument(target = "flotilla::trace", level = "debug", name = "infer", skip_all, fields(model = %request.model, version = %request.version, id = %request.id))]
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
         let started = Instant::now();
         let _in_service = InService::enter(&self.in_flight);
@@ -304,7 +307,8 @@ impl Service {
         started: Instant,
     ) -> Result<InferResponse> {
         if let Some(enricher) = &self.enricher {
-            enricher.enrich(mv, &mut request).await?;
+            let span = tracing::debug_span!(target: crate::trace::TARGET, "enrich");
+            enricher.enrich(mv, &mut request).instrument(span).await?;
         }
         let config = &mv.config;
         let observer = self.observer.as_ref().filter(|o| o.wants(mv));
@@ -325,6 +329,7 @@ impl Service {
         }
         let admission = admission(&request.parameters, started)?;
         let done = mv.scheduler.run(inputs, admission).await;
+        trace_scheduled(&done);
         if done.instance_replaced && done.records_batch {
             m.instance_restarts.inc();
         }
@@ -417,6 +422,22 @@ impl Service {
             out.push(t);
         }
         Ok(out)
+    }
+}
+
+/// The request's queue wait (admission included) and its batch's execution, as trace stages.
+fn trace_scheduled(done: &crate::scheduler::Completed) {
+    use opentelemetry::KeyValue;
+    let ran = done.batch_rows > 0;
+    let queued_until = if ran { done.phases.start } else { done.finished };
+    let outcome = match &done.outputs {
+        Ok(_) => "ok",
+        Err(e) => e.kind.as_str(),
+    };
+    crate::trace::past_stage("queue", done.enqueued, queued_until, vec![KeyValue::new("outcome", outcome)]);
+    if ran {
+        let attributes = vec![KeyValue::new("batch_rows", done.batch_rows as i64), KeyValue::new("outcome", outcome)];
+        crate::trace::past_stage("execute", done.phases.start, done.finished, attributes);
     }
 }
 

@@ -13,12 +13,13 @@ use crate::member::{EjectReason, Lane, Member, Outstanding};
 use crate::router::Fleet;
 use crate::traffic::{ModelTraffic, ShadowSample};
 use flotilla_core::error::KIND_HEADER;
-use flotilla_core::protocol;
+use flotilla_core::{protocol, stage};
 use flotilla_core::{Error, ErrorKind, InferRequest, InferResponse, Result};
 use flotilla_proto::inference::{InferParameter, ModelInferRequest};
 use std::sync::Arc;
 use std::time::Instant;
 use tower::retry::budget::Budget;
+use tracing::Instrument;
 
 /// What a failed attempt tells the router.
 #[derive(Debug)]
@@ -185,6 +186,26 @@ impl Fleet {
     }
 
     /// Sends one attempt and records what it says about the worker.
+    /// [`Fleet::attempt`] in its trace span (`attempt` or `hedge`, the worker and the attempt's
+    /// number: 0 first, then retries), whose context the worker receives as `traceparent`.
+    async fn traced_attempt(
+        &self,
+        what: &'static str,
+        attempt: usize,
+        pick: &Pick,
+        model: &str,
+        proto: ModelInferRequest,
+        deadline: Option<Instant>,
+    ) -> std::result::Result<InferResponse, Failure> {
+        let span = stage!("attempt", otel.name = what, otel.kind = "client", worker = %pick.member.id, attempt,
+            otel.status_code = tracing::field::Empty, otel.status_description = tracing::field::Empty);
+        let result = self.attempt(pick, model, proto, deadline).instrument(span.clone()).await;
+        if let Err(f) = &result {
+            flotilla_core::trace::failed(&span, &f.error);
+        }
+        result
+    }
+
     async fn attempt(
         &self,
         pick: &Pick,
@@ -204,8 +225,14 @@ impl Fleet {
         let started = Instant::now();
         let mut client = pick.member.client.clone();
         let gone = pick.member.gone();
+        let mut request = tonic::Request::new(proto);
+        for (key, value) in flotilla_core::trace::outgoing() {
+            if let Ok(value) = value.parse() {
+                request.metadata_mut().insert(key, value);
+            }
+        }
         let answer = tokio::select! {
-            a = tokio::time::timeout(limit, client.model_infer(proto)) => a,
+            a = tokio::time::timeout(limit, client.model_infer(request)) => a,
             _ = gone => {
                 return Err(Failure {
                     error: Error::unavailable(format!("worker '{}' stopped answering", pick.member.id)),
@@ -385,7 +412,7 @@ impl Fleet {
         let mut tried: Vec<String> = Vec::new();
         let mut last: Option<Error> = None;
         for attempt in 0..self.settings.max_attempts.max(1) {
-            let pick = match self.pick(&model, &version, &tried) {
+            let pick = match stage!("pick", attempt).in_scope(|| self.pick(&model, &version, &tried)) {
                 Ok(p) => p,
                 // Nobody left to try: the last worker's answer says most.
                 Err(e) if e.kind == ErrorKind::Unavailable => return Err(last.unwrap_or(e)),
@@ -401,7 +428,7 @@ impl Fleet {
                 self.hedged(pick, &model, &version, proto, deadline, &mut tried).await
             } else {
                 tried.push(pick.member.id.clone());
-                self.attempt(&pick, &model, proto, deadline).await
+                self.traced_attempt("attempt", attempt, &pick, &model, proto, deadline).await
             };
             let failure = match outcome {
                 Ok(response) => {
@@ -433,9 +460,9 @@ impl Fleet {
     ) -> std::result::Result<InferResponse, Failure> {
         tried.push(pick.member.id.clone());
         let Some(delay) = self.latency(model).p95(self.settings.hedge_min_samples) else {
-            return self.attempt(&pick, model, proto, deadline).await;
+            return self.traced_attempt("attempt", 0, &pick, model, proto, deadline).await;
         };
-        let first = self.attempt(&pick, model, proto.clone(), deadline);
+        let first = self.traced_attempt("attempt", 0, &pick, model, proto.clone(), deadline);
         tokio::pin!(first);
         tokio::select! {
             r = &mut first => return r,
@@ -447,7 +474,7 @@ impl Fleet {
         };
         tried.push(second_pick.member.id.clone());
         self.metrics.hedges.with_label_values(&[model]).inc();
-        let second = self.attempt(&second_pick, model, proto, deadline);
+        let second = self.traced_attempt("hedge", 0, &second_pick, model, proto, deadline);
         tokio::pin!(second);
         tokio::select! {
             r = &mut first => match r {

@@ -1,7 +1,7 @@
 //! The `GRPCInferenceService` implementation.
 
 use crate::convert::{self, request_from_proto, response_to_proto};
-use flotilla_core::protocol;
+use flotilla_core::{protocol, stage, trace};
 use flotilla_core::{Api, Error};
 use flotilla_proto::inference as pb;
 use flotilla_proto::inference::grpc_inference_service_server::GrpcInferenceService;
@@ -9,6 +9,7 @@ use futures::{Stream, StreamExt};
 use std::pin::Pin;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 /// The gRPC face of the service core (a worker's, or the fleet router's).
 pub struct InferenceService<A> {
@@ -24,6 +25,23 @@ impl<A> Clone for InferenceService<A> {
 impl<A: Api> InferenceService<A> {
     pub fn new(service: Arc<A>) -> Self {
         Self { service }
+    }
+
+    /// One inference request, inside its trace span.
+    async fn infer_traced(&self, r: Request<pb::ModelInferRequest>) -> Result<pb::ModelInferResponse, Error> {
+        let deadline = grpc_timeout_micros(r.metadata());
+        let headers = forwarded(&*self.service, r.metadata());
+        let mut request = stage!("decode").in_scope(|| request_from_proto(r.into_inner()))?;
+        if let Some(us) = deadline {
+            protocol::apply_deadline(&mut request.parameters, us);
+        }
+        protocol::forward_headers(
+            &mut request.parameters,
+            headers.iter().map(|(k, v)| (k.as_str(), Some(v.as_str()))),
+            |_| true,
+        );
+        let response = self.service.infer(request).await?;
+        Ok(stage!("encode").in_scope(|| response_to_proto(response)))
     }
 }
 
@@ -73,19 +91,15 @@ impl<A: Api> GrpcInferenceService for InferenceService<A> {
     }
 
     async fn model_infer(&self, r: Request<pb::ModelInferRequest>) -> Reply<pb::ModelInferResponse> {
-        let deadline = grpc_timeout_micros(r.metadata());
-        let headers = forwarded(&*self.service, r.metadata());
-        let mut request = request_from_proto(r.into_inner()).map_err(status)?;
-        if let Some(us) = deadline {
-            protocol::apply_deadline(&mut request.parameters, us);
+        let m = r.metadata();
+        let span = trace::request_span("grpc", &r.get_ref().model_name, &r.get_ref().model_version, |k| {
+            m.get(k).and_then(|v| v.to_str().ok())
+        });
+        let result = self.infer_traced(r).instrument(span.clone()).await;
+        if let Err(e) = &result {
+            trace::failed(&span, e);
         }
-        protocol::forward_headers(
-            &mut request.parameters,
-            headers.iter().map(|(k, v)| (k.as_str(), Some(v.as_str()))),
-            |_| true,
-        );
-        let response = self.service.infer(request).await.map_err(status)?;
-        Ok(Response::new(response_to_proto(response)))
+        result.map(Response::new).map_err(status)
     }
 
     type ModelStreamInferStream = Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;

@@ -9,10 +9,11 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use flotilla_core::config::to_json;
-use flotilla_core::protocol;
 use flotilla_core::stats::{CountNs, StatsSnapshot};
+use flotilla_core::{protocol, stage, trace};
 use flotilla_core::{Api, Error};
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 type Result<T> = std::result::Result<T, ApiError>;
 
@@ -209,7 +210,23 @@ pub async fn infer_v<A: Api>(
     infer_inner(s, m, v, headers, body).await.unwrap_or_else(|e| e.into_response())
 }
 
+/// One inference request, in its trace span (the caller's `traceparent` is its parent).
 async fn infer_inner<A: Api>(
+    s: AppState<A>,
+    model: String,
+    version: String,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let span = trace::request_span("http", &model, &version, |k| headers.get(k).and_then(|v| v.to_str().ok()));
+    let result = infer_traced(s, model, version, headers, body).instrument(span.clone()).await;
+    if let Err(e) = &result {
+        trace::failed(&span, &e.0);
+    }
+    result
+}
+
+async fn infer_traced<A: Api>(
     s: AppState<A>,
     model: String,
     version: String,
@@ -224,13 +241,13 @@ async fn infer_inner<A: Api>(
             Error::invalid(format!("Inference-Header-Content-Length {v:?} is not a non-negative integer"))
         })?),
     };
-    let mut decoded = decode_request(&model, &version, bytes, header_len)?;
+    let mut decoded = stage!("decode").in_scope(|| decode_request(&model, &version, bytes, header_len))?;
     let forwarded = headers.iter().map(|(k, v)| (k.as_str(), v.to_str().ok()));
     protocol::forward_headers(&mut decoded.request.parameters, forwarded, |name| s.service.forwards_header(name));
     let (binary_outputs, default_binary) = (decoded.binary_outputs, decoded.default_binary);
     let response = s.service.infer(decoded.request).await?;
-    let (payload, json_len) =
-        encode_response(&response, |name| binary_outputs.get(name).copied().unwrap_or(default_binary))?;
+    let (payload, json_len) = stage!("encode")
+        .in_scope(|| encode_response(&response, |name| binary_outputs.get(name).copied().unwrap_or(default_binary)))?;
     let mut out_headers = HeaderMap::new();
     if let Some(n) = json_len {
         out_headers.insert("inference-header-content-length", HeaderValue::from(n));

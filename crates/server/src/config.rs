@@ -228,6 +228,23 @@ pub struct LogArgs {
     /// Log filter: a level (error, warn, info, debug, trace) or tracing directives such as `flotilla=debug`.
     #[arg(long, env = "FLOTILLA_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// Export request traces (OpenTelemetry, OTLP over HTTP/protobuf) to this collector, e.g.
+    /// http://127.0.0.1:4318 (`/v1/traces` is added when the path is empty). Off by default.
+    /// Clients' W3C `traceparent` headers become the parents of the request spans; a router
+    /// passes its context on to the worker it picks.
+    #[arg(long, env = "FLOTILLA_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// The `service.name` of the exported spans (default: `flotilla` for serve, `flotilla-router`
+    /// for route; `OTEL_SERVICE_NAME` works too).
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    pub otlp_service_name: Option<String>,
+
+    /// The share of traces started here (not continued from a sampled `traceparent`) that are
+    /// exported, 0 to 1.
+    #[arg(long, env = "FLOTILLA_OTLP_SAMPLE_RATIO", default_value_t = 1.0)]
+    pub otlp_sample_ratio: f64,
 }
 
 /// Settings of `flotilla serve`.

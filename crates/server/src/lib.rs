@@ -12,13 +12,15 @@
 //! - `flotilla-features`: the feature store (online store, ingestion, enrichment, training sets).
 //! - `flotilla-drift`: drift monitoring (reference profiles, windows, drift scores, alerts).
 //! - `flotilla-proto`: protocol and model-config messages (built with protox).
-//! - this crate: the CLI ([`config`]) and [`run`], which wires everything and drains on shutdown.
+//! - this crate: the CLI ([`config`]) and [`run`], which wires everything and drains on shutdown;
+//!   [`telemetry`]: logs, and request traces over OTLP.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod features_cli;
 pub mod profile_cli;
 pub mod route;
+pub mod telemetry;
 pub mod test_backend;
 pub mod worker;
 

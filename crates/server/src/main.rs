@@ -1,21 +1,8 @@
-//! `flotilla`: parse flags, start tracing, bind, serve, drain on SIGTERM/SIGINT.
+//! `flotilla`: parse flags, start logs and traces, bind, serve, drain on SIGTERM/SIGINT.
 
-use anyhow::Context;
 use clap::Parser;
-use flotilla::config::{Cli, Command, LogFormat};
-use flotilla::{run, Listeners};
-use tracing_subscriber::EnvFilter;
-
-fn init_tracing(level: &str, format: LogFormat) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(level)
-        .with_context(|| format!("--log-level {level:?} is not a level or filter directive"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-    Ok(())
-}
+use flotilla::config::{Cli, Command};
+use flotilla::{run, telemetry, Listeners};
 
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when the
 /// future is first polled, so a signal that arrives while the server is still starting is not
@@ -48,29 +35,33 @@ async fn wait(signal: Option<tokio::signal::unix::Signal>) {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {
+    // Logs and the OTLP exporter are set up before the runtime starts, and flushed after it ends.
+    let telemetry = match &cli.command {
+        Command::Serve(config) => telemetry::init(&config.log, "flotilla")?,
+        Command::Route(config) => telemetry::init(&config.log, "flotilla-router")?,
+        Command::Features(_) => telemetry::init_cli("info"),
+        Command::Profile(_) => telemetry::init_cli("warn"),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = runtime.block_on(command(cli.command));
+    drop(runtime);
+    telemetry.shutdown();
+    result
+}
+
+async fn command(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve(config) => {
-            init_tracing(&config.log.log_level, config.log.log_format)?;
             let listeners = Listeners::bind(&config).await?;
             run(config, listeners, shutdown_signal()).await
         }
         Command::Route(config) => {
-            init_tracing(&config.log.log_level, config.log.log_format)?;
             let listeners = Listeners::bind_on(&config.listen).await?;
             flotilla::route::route(config, listeners, shutdown_signal()).await
         }
-        Command::Features(command) => {
-            let filter = EnvFilter::try_from_env("FLOTILLA_LOG_LEVEL").unwrap_or_else(|_| EnvFilter::new("info"));
-            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-            flotilla::features_cli::run(command, shutdown_signal()).await
-        }
-        Command::Profile(args) => {
-            let filter = EnvFilter::try_from_env("FLOTILLA_LOG_LEVEL").unwrap_or_else(|_| EnvFilter::new("warn"));
-            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-            flotilla::profile_cli::run(args).await
-        }
+        Command::Features(command) => flotilla::features_cli::run(command, shutdown_signal()).await,
+        Command::Profile(args) => flotilla::profile_cli::run(args).await,
     }
 }
