@@ -214,3 +214,20 @@ def test_bad_otlp_settings_are_refused_at_start():
                             "--metrics-port", "0", *args], capture_output=True, text=True, timeout=60,
                            env={**os.environ, "FLOTILLA_FEATURE_REPO": "none"})
         assert p.returncode != 0 and message in p.stderr, (args, p.stderr)
+
+
+def test_text_logs_to_a_file_carry_no_colour_codes(tmp_path):
+    """`--log-format text` into a file (or a pipe): plain text, no ANSI escapes."""
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        p = subprocess.Popen([BIN, "serve", "--model-repository", str(EXAMPLES), "--host", "127.0.0.1",
+                              "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--feature-repo", "none",
+                              "--log-format", "text"], stdout=out, stderr=out)
+        try:
+            wait_for(lambda: "listening" in log.read_text(), timeout=60, what="the server listening")
+        finally:
+            p.terminate()
+            assert p.wait(60) == 0
+    text = log.read_text()
+    assert "INFO" in text and "listening" in text, text
+    assert "\x1b[" not in text, text[:2000]
