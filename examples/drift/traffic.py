@@ -1,6 +1,8 @@
 """Drift monitoring, end to end: sends fraud_xgb normal traffic (rows of its training data), then
-shifted traffic (amounts x5, distances +100 km, new countries), receives the alert webhook and prints the alerts
-and the latest window of GET /v2/models/fraud_xgb/drift.
+shifted traffic (amounts x5, distances +100 km, new countries), receives the alert webhooks and prints them
+and the latest window of GET /v2/models/fraud_xgb/drift. It first fills the open window so that its own
+windows hold only its rows, and waits for the monitor to close them, so what it prints does not depend
+on earlier traffic or timing (windows are numbered from its first).
 
 Start the server with a drift.toml that points the webhook here (see the README), then:
     .venv/bin/python examples/drift/traffic.py [--url http://127.0.0.1:8000] [--webhook-port 9099]
@@ -22,12 +24,13 @@ FEATURES = ["amount", "hour", "merchant_category", "country", "card_age_days", "
 TRAIN = pathlib.Path(__file__).resolve().parent / "fraud_train.parquet"
 
 
+WEBHOOKS = []  # the alert webhooks received, in arrival order
+
+
 def receive_webhooks(port):
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
-            event = json.loads(self.rfile.read(int(self.headers["content-length"])))
-            print(f"webhook: {event['model']} v{event['version']} {event['feature']}: "
-                  f"{event['previous']} -> {event['state']} (window {event['window']}, {event['metrics']})")
+            WEBHOOKS.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
             self.send_response(200)
             self.end_headers()
 
@@ -48,12 +51,53 @@ def send(url, rows):
         client.infer("fraud_xgb", [t])
 
 
-def show(url):
-    doc = requests.get(f"{url}/v2/models/fraud_xgb/drift", timeout=10).json()
-    v = doc["versions"][0]
-    print("alerts:", json.dumps(v["alerts"]))
+def drift(url):
+    return requests.get(f"{url}/v2/models/fraud_xgb/drift", timeout=10).json()
+
+
+def current(url):
+    """(index, rows) of the open window of fraud_xgb's version 1: (0, 0) before its first request."""
+    versions = drift(url)["versions"]
+    return (versions[0]["current_window"]["index"], versions[0]["current_window"]["rows"]) if versions else (0, 0)
+
+
+def wait_until(what, predicate, timeout=60):
+    """Polls the server until `predicate()` holds (the monitor folds rows in the background)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"gave up waiting for {what} after {timeout} s")
+        time.sleep(0.1)
+
+
+def align(url, pool, rng, size):
+    """Fills the open window with normal rows until it closes, so this run's windows hold only its own
+    rows (a window also closes by time; then it tries again). Returns the index of the first window
+    this run's traffic opens."""
+    for _ in range(5):
+        index, rows = current(url)
+        if rows == 0:
+            return index
+        send(url, pool[rng.choice(len(pool), size - rows)])
+        try:
+            wait_until("the open window to close", lambda: current(url)[0] > index, timeout=10)
+        except SystemExit:
+            continue
+    return current(url)[0]
+
+
+def traffic(url, rows, first, windows):
+    """Sends `rows` and waits until the monitor has closed `windows` windows after `first`."""
+    send(url, rows)
+    wait_until(f"window {first + windows - 1} to close", lambda: current(url) == (first + windows, 0))
+
+
+def show(url, first):
+    """The alert states and the latest closed window, windows numbered from this run's first."""
+    v = drift(url)["versions"][0]
+    print("alerts:", json.dumps(v["alerts"], sort_keys=True))
     w = v["windows"][0]
-    print(f"window {w['index']} ({w['rows']} rows):")
+    print(f"window {w['index'] - first + 1} ({w['rows']} rows):")
     for f in w["features"] + w["outputs"]:
         s = f["scores"]
         head = f"  {f['name']:>16} {f['level']:>11}  psi {s.get('psi', 0):6.3f}  js {s.get('jensen_shannon', 0):5.3f}"
@@ -65,6 +109,15 @@ def show(url):
         print(f"  {'multivariate':>16} {w['multivariate']['level']:>11}  pca error ratio {w['multivariate']['pca_error_ratio']:.2f}")
 
 
+def print_webhooks(first):
+    """The webhooks received so far, by window and feature (they arrive concurrently)."""
+    for event in sorted(WEBHOOKS, key=lambda e: (e["window"], e["feature"])):
+        metrics = {k: round(v, 3) for k, v in sorted(event["metrics"].items())}
+        print(f"webhook: {event['model']} v{event['version']} {event['feature']}: "
+              f"{event['previous']} -> {event['state']} (window {event['window'] - first + 1}, {metrics})")
+    WEBHOOKS.clear()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--url", default="http://127.0.0.1:8000")
@@ -73,19 +126,27 @@ def main():
     receive_webhooks(args.webhook_port)
     table = pq.read_table(TRAIN, columns=FEATURES)
     rows = np.column_stack([table.column(f).to_numpy(zero_copy_only=False) for f in FEATURES]).astype(np.float32)
+    size = drift(args.url)["settings"]["window_rows"]
     rng = np.random.default_rng(1)
-    print("normal traffic: 2,000 rows")
-    send(args.url, rows[rng.choice(len(rows), 2000)])
-    time.sleep(0.5)
-    show(args.url)
+    first = align(args.url, rows, np.random.default_rng(2), size)
+
+    print(f"normal traffic: 2,000 rows (windows of {size} rows)")
+    traffic(args.url, rows[rng.choice(len(rows), 2000)], first, 2000 // size)
+    show(args.url, first)
     print("\nshifted traffic: 2,000 rows, amount x5, distance_km +100, a third from new countries")
     shifted = rows[rng.choice(len(rows), 2000)].copy()
     shifted[:, 0] *= 5
     shifted[:, 7] += 100
     shifted[::3, 3] = 40 + rng.integers(0, 5, len(shifted[::3]))  # country codes training never saw
-    send(args.url, shifted)
-    time.sleep(1.0)
-    show(args.url)
+    traffic(args.url, shifted, first, 4000 // size)
+    # one webhook per alert state change; wait until every column not "ok" has had its own
+    def announced():
+        states = drift(args.url)["versions"][0]["alerts"]
+        told = {(e["feature"], e["state"]) for e in WEBHOOKS}
+        return all(s == "ok" or (f, s) in told for f, s in states.items())
+    wait_until("the alert webhooks", announced)
+    print_webhooks(first)
+    show(args.url, first)
 
 
 if __name__ == "__main__":
