@@ -39,6 +39,8 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -r tests/requirements.txt
   echo "$want" > "$stamp"
+  # tests/requirements.txt includes the examples' pins: scripts/examples-setup.sh has nothing left to do
+  sha256sum examples/requirements.txt | cut -d' ' -f1 > .venv/.examples.sha
 fi
 
 # --- Rust: build once (dev profile), unit + integration tests ---
