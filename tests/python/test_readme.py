@@ -12,6 +12,8 @@ Annotations are HTML comments (invisible on GitHub) on the line(s) before a fenc
                                              (`results.1.statuses`, list indices as numbers), `N:`
                                              in front picks the N-th document (default: the last);
                                              VALUE is JSON (`200`, `"ok"`, `[1,2]`), else a string
+    <!-- readme-test: until-stopped -->      a command that runs until Ctrl-C: it must still run after
+                                             `after=SECONDS` (default 3), then exit 0 on SIGINT
     <!-- readme-test: skip reason="..." -->  not run here; the reason shows in pytest's summary
     options: server=running (default) | stopped | any — the "Try it" server (`flotilla serve` from
              "Two commands") is started or stopped before the block so it is in that state;
@@ -60,7 +62,7 @@ from conftest import BIN, ROOT, free_port
 
 README = ROOT / "README.md"
 CODE = {"sh", "bash", "python"}
-MODES = {"status", "exact", "json", "skip"}
+MODES = {"status", "exact", "json", "until-stopped", "skip"}
 README_PORTS = {"8000": "FLOTILLA_HTTP_PORT", "8001": "FLOTILLA_GRPC_PORT", "8002": "FLOTILLA_METRICS_PORT"}
 WEBHOOK_PORT = "9099"
 # curl fails on an HTTP error (a block that asks for -f/--fail itself keeps it: the two exclude each other)
@@ -136,7 +138,7 @@ def test_every_block_is_annotated():
     assert not missing, f"blocks without <!-- readme-test: ... -->: {missing}"
     for b in RUN:
         assert b.mode in MODES, f"README.md:{b.line}: unknown readme-test mode {b.mode!r}"
-        assert set(b.options) <= {"server", "timeout", "reason"}, f"README.md:{b.line}: {b.options}"
+        assert set(b.options) <= {"server", "timeout", "reason", "after"}, f"README.md:{b.line}: {b.options}"
         assert b.options.get("server", "running") in ("running", "stopped", "any"), f"README.md:{b.line}"
         assert b.mode != "skip" or b.options.get("reason"), f"README.md:{b.line}: a skip needs reason=\"...\""
 
@@ -220,6 +222,13 @@ class Session:
         proc = subprocess.Popen(cmd, cwd=self.work, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, start_new_session=True)
         try:
+            if block.mode == "until-stopped":
+                try:
+                    out, err = proc.communicate(timeout=float(block.options.get("after", 3)))
+                    raise AssertionError(f"README.md:{block.line}: exited {proc.returncode} before Ctrl-C\n"
+                                         f"--- stdout\n{out}\n--- stderr\n{err[-4000:]}")
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends the terminal's foreground group
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
