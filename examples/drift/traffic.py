@@ -109,8 +109,18 @@ def show(url, first):
         print(f"  {'multivariate':>16} {w['multivariate']['level']:>11}  pca error ratio {w['multivariate']['pca_error_ratio']:.2f}")
 
 
-def print_webhooks(first):
-    """The webhooks received so far, by window and feature (they arrive concurrently)."""
+def alerts(url):
+    versions = drift(url)["versions"]
+    return versions[0]["alerts"] if versions else {}
+
+
+def print_webhooks(url, first, before):
+    """Waits for one webhook per alert state that changed since `before` (they arrive concurrently,
+    each after the window that moved it), then prints them by window and feature."""
+    def announced():
+        told = {(e["feature"], e["state"]) for e in WEBHOOKS}
+        return all((f, s) in told for f, s in alerts(url).items() if s != before.get(f, "ok"))
+    wait_until("the alert webhooks", announced)
     for event in sorted(WEBHOOKS, key=lambda e: (e["window"], e["feature"])):
         metrics = {k: round(v, 3) for k, v in sorted(event["metrics"].items())}
         print(f"webhook: {event['model']} v{event['version']} {event['feature']}: "
@@ -131,21 +141,18 @@ def main():
     first = align(args.url, rows, np.random.default_rng(2), size)
 
     print(f"normal traffic: 2,000 rows (windows of {size} rows)")
+    before = alerts(args.url)
     traffic(args.url, rows[rng.choice(len(rows), 2000)], first, 2000 // size)
+    print_webhooks(args.url, first, before)  # none, unless an earlier run left alerts raised
     show(args.url, first)
     print("\nshifted traffic: 2,000 rows, amount x5, distance_km +100, a third from new countries")
     shifted = rows[rng.choice(len(rows), 2000)].copy()
     shifted[:, 0] *= 5
     shifted[:, 7] += 100
     shifted[::3, 3] = 40 + rng.integers(0, 5, len(shifted[::3]))  # country codes training never saw
+    before = alerts(args.url)
     traffic(args.url, shifted, first, 4000 // size)
-    # one webhook per alert state change; wait until every column not "ok" has had its own
-    def announced():
-        states = drift(args.url)["versions"][0]["alerts"]
-        told = {(e["feature"], e["state"]) for e in WEBHOOKS}
-        return all(s == "ok" or (f, s) in told for f, s in states.items())
-    wait_until("the alert webhooks", announced)
-    print_webhooks(first)
+    print_webhooks(args.url, first, before)
     show(args.url, first)
 
 
