@@ -14,6 +14,9 @@ Annotations are HTML comments (invisible on GitHub) on the line(s) before a fenc
                                              VALUE is JSON (`200`, `"ok"`, `[1,2]`), else a string
     <!-- readme-test: until-stopped -->      a command that runs until Ctrl-C: it must still run after
                                              `after=SECONDS` (default 3), then exit 0 on SIGINT
+    <!-- readme-test: file path=PATH -->     (a toml block) not run: it must say what the file PATH of
+                                             the repository says (compared parsed, so comments and
+                                             line breaks may differ)
     <!-- readme-test: skip reason="..." -->  not run here; the reason shows in pytest's summary
     options: server=running (default) | stopped | any — the "Try it" server (`flotilla serve` from
              "Two commands") is started or stopped before the block so it is in that state;
@@ -54,6 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 
 import pytest
 import requests
@@ -62,7 +66,7 @@ from conftest import BIN, ROOT, free_port
 
 README = ROOT / "README.md"
 CODE = {"sh", "bash", "python"}
-MODES = {"status", "exact", "json", "until-stopped", "skip"}
+MODES = {"status", "exact", "json", "until-stopped", "file", "skip"}
 README_PORTS = {"8000": "FLOTILLA_HTTP_PORT", "8001": "FLOTILLA_GRPC_PORT", "8002": "FLOTILLA_METRICS_PORT"}
 WEBHOOK_PORT = "9099"
 # curl fails on an HTTP error (a block that asks for -f/--fail itself keeps it: the two exclude each other)
@@ -129,7 +133,7 @@ def parse(text):
 
 
 BLOCKS = parse(README.read_text())
-RUN = [b for b in BLOCKS if b.lang in CODE]
+RUN = [b for b in BLOCKS if b.lang in CODE or b.annotated]
 
 
 def test_every_block_is_annotated():
@@ -138,7 +142,8 @@ def test_every_block_is_annotated():
     assert not missing, f"blocks without <!-- readme-test: ... -->: {missing}"
     for b in RUN:
         assert b.mode in MODES, f"README.md:{b.line}: unknown readme-test mode {b.mode!r}"
-        assert set(b.options) <= {"server", "timeout", "reason", "after"}, f"README.md:{b.line}: {b.options}"
+        assert set(b.options) <= {"server", "timeout", "reason", "after", "path"}, f"README.md:{b.line}: {b.options}"
+        assert b.mode != "file" or (b.lang == "toml" and b.options.get("path")), f"README.md:{b.line}: file needs toml, path="
         assert b.options.get("server", "running") in ("running", "stopped", "any"), f"README.md:{b.line}"
         assert b.mode != "skip" or b.options.get("reason"), f"README.md:{b.line}: a skip needs reason=\"...\""
 
@@ -329,6 +334,11 @@ def check_json(check, docs):
 def test_readme_block(block, session):
     if block.mode == "skip":
         pytest.skip(f"README.md:{block.line}: {block.options['reason']}")
+    if block.mode == "file":
+        path = block.options["path"]
+        assert tomllib.loads(block.text) == tomllib.loads((ROOT / path).read_text()), \
+            f"README.md:{block.line} no longer says what {path} says"
+        return
     want = block.options.get("server", "running")
     if want == "running" and not session.running():
         session.start()
