@@ -18,8 +18,9 @@ Annotations are HTML comments (invisible on GitHub) on the line(s) before a fenc
                                              the repository says (compared parsed, so comments and
                                              line breaks may differ)
     <!-- readme-test: skip reason="..." -->  not run here; the reason shows in pytest's summary
-    options: server=running (default) | stopped | any — the "Try it" server (`flotilla serve` from
-             "Two commands") is started or stopped before the block so it is in that state;
+    options: server=running (default) | stopped | restarted | any — the "Try it" server (`flotilla
+             serve` from "Two commands") is started or stopped before the block so it is in that
+             state (restarted: stopped, then started);
              timeout=SECONDS (default 120)
 
 Every `sh`, `bash` and `python` block must carry one (test_every_block_is_annotated), so a new
@@ -28,7 +29,7 @@ by test_fleet.py) stay where they are.
 
 How a block runs: bash (`-e -o pipefail`) or the test venv's Python, in a copy of the repository's
 `examples/` folder, where `target/release/flotilla` is a link to $FLOTILLA_BIN (a debug build),
-`.venv` and `scripts/` are links to the checkout's, and `cargo run --release --` is replaced by
+`.venv` and `.cache` are links to the checkout's, `scripts/` is a copy, and `cargo run --release --` is replaced by
 `target/release/flotilla`. `curl` is `curl --fail-with-body`, so an HTTP error fails the block.
 
 Ports: the README's 8000/8001/8002 (HTTP, gRPC, metrics) and 9099 (the drift webhook) are replaced,
@@ -144,7 +145,7 @@ def test_every_block_is_annotated():
         assert b.mode in MODES, f"README.md:{b.line}: unknown readme-test mode {b.mode!r}"
         assert set(b.options) <= {"server", "timeout", "reason", "after", "path"}, f"README.md:{b.line}: {b.options}"
         assert b.mode != "file" or (b.lang == "toml" and b.options.get("path")), f"README.md:{b.line}: file needs toml, path="
-        assert b.options.get("server", "running") in ("running", "stopped", "any"), f"README.md:{b.line}"
+        assert b.options.get("server", "running") in ("running", "stopped", "restarted", "any"), f"README.md:{b.line}"
         assert b.mode != "skip" or b.options.get("reason"), f"README.md:{b.line}: a skip needs reason=\"...\""
 
 
@@ -157,12 +158,15 @@ class Session:
         self.tmp = pathlib.Path(tmp)
         self.work = self.tmp / "checkout"
         self.work.mkdir()
+        fetched = ROOT / "examples" / "repository" / "minilm"  # a checkout's own fetch: the README makes it
         shutil.copytree(ROOT / "examples", self.work / "examples",
-                        ignore=shutil.ignore_patterns("minilm", "__pycache__"))
+                        ignore=lambda d, names: [n for n in names if n == "__pycache__" or pathlib.Path(d, n) == fetched])
+        shutil.copytree(ROOT / "scripts", self.work / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
         (self.work / "target" / "release").mkdir(parents=True)
         (self.work / "target" / "release" / "flotilla").symlink_to(BIN)
         (self.work / ".venv").symlink_to(ROOT / ".venv")
-        (self.work / "scripts").symlink_to(ROOT / "scripts")
+        (ROOT / ".cache").mkdir(exist_ok=True)  # downloads (scripts/fetch_minilm.py) shared with test_text.py
+        (self.work / ".cache").symlink_to(ROOT / ".cache")
         self.ports = {p: str(free_port()) for p in (*README_PORTS, WEBHOOK_PORT)}
         drift = self.work / "examples" / "repository" / "fraud_xgb" / "drift.toml"
         drift.write_text(self.substitute(drift.read_text()))
@@ -340,10 +344,10 @@ def test_readme_block(block, session):
             f"README.md:{block.line} no longer says what {path} says"
         return
     want = block.options.get("server", "running")
-    if want == "running" and not session.running():
-        session.start()
-    elif want == "stopped":
+    if want in ("stopped", "restarted"):
         session.stop()
+    if want in ("running", "restarted") and not session.running():
+        session.start()
     code, out, err = session.run(block, float(block.options.get("timeout", 120)))
     if os.environ.get("FLOTILLA_README_DUMP"):  # a folder: each block's stdout, to refresh the README's outputs
         dump = pathlib.Path(os.environ["FLOTILLA_README_DUMP"])
@@ -360,7 +364,7 @@ def test_readme_block(block, session):
             raise AssertionError(f"output is not JSON documents ({e})\n{shown}")
         errors = [e for e in (check_json(c, docs) for c in block.checks) if e]
         assert not errors, "\n".join(errors) + "\n" + shown
-    if want == "running":
+    if want in ("running", "restarted"):
         assert session.running(), "the Try-it server exited during the block:\n" + session.log_tail()
 
 
