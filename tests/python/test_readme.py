@@ -28,9 +28,11 @@ example is run or skipped on purpose. Other markers on the same block (`<!-- fle
 by test_fleet.py) stay where they are.
 
 How a block runs: bash (`-e -o pipefail`) or the test venv's Python, in a copy of the repository's
-`examples/` folder, where `target/release/flotilla` is a link to $FLOTILLA_BIN (a debug build),
-`.venv` and `.cache` are links to the checkout's, `scripts/` is a copy, and `cargo run --release --` is replaced by
-`target/release/flotilla`. `curl` is `curl --fail-with-body`, so an HTTP error fails the block.
+`examples/` and `scripts/` folders, where `target/release/flotilla` is a link to $FLOTILLA_BIN (a
+debug build), `.venv` and `.cache` are links to the checkout's, and `cargo run --release --` is
+replaced by `target/release/flotilla`. `curl` is `curl --fail-with-body` (unless the block asks for
+`-f` itself), so an HTTP error fails the block. What the CDC walkthrough creates in the local
+PostgreSQL (role flotilla, database shop, its slot) is dropped before and after.
 
 Ports: the README's 8000/8001/8002 (HTTP, gRPC, metrics) and 9099 (the drift webhook) are replaced,
 in every block and in the copied drift.toml, by free ports, and FLOTILLA_HTTP_PORT/GRPC_PORT/
@@ -55,7 +57,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import tomllib
