@@ -133,9 +133,8 @@ async fn release_lease(State(s): State<RouterState>, Path(source): Path<String>,
 
 /// Which worker consumes each source with one consumer: the router's table (with NATS, its
 /// copy of the registry's leases, so that the view never waits on NATS).
-fn sources(s: &RouterState) -> Value {
-    json!(s
-        .fleet
+fn sources(fleet: &Fleet) -> Value {
+    json!(fleet
         .leases
         .live()
         .into_iter()
@@ -145,8 +144,12 @@ fn sources(s: &RouterState) -> Value {
 
 /// The fleet as the router sees it.
 async fn view(State(s): State<RouterState>) -> Json<Value> {
-    let sources = sources(&s);
-    let f = &s.fleet;
+    Json(fleet_view(&s.fleet))
+}
+
+/// The `GET /v2/fleet` document (also the dashboard's Fleet page).
+pub fn fleet_view(f: &Fleet) -> Value {
+    let sources = sources(f);
     let workers: Vec<Value> = f
         .members
         .all()
@@ -185,7 +188,7 @@ async fn view(State(s): State<RouterState>) -> Json<Value> {
             })
         })
         .collect();
-    Json(json!({
+    json!({
         "policy": f.settings.policy.as_str(),
         "registry_frozen": f.members.frozen(),
         "ttl_ms": f.members.ttl.as_millis() as u64,
@@ -200,7 +203,7 @@ async fn view(State(s): State<RouterState>) -> Json<Value> {
         },
         "sources": sources,
         "workers": workers,
-    }))
+    })
 }
 
 /// What a worker should serve from the router's artifacts: model → leaf digest, and the digest.
