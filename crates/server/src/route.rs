@@ -82,7 +82,8 @@ pub async fn route(
         )
     });
 
-    let extra = flotilla_fleet::http::router_routes(fleet.clone(), registry, config.max_request_bytes);
+    let extra = flotilla_fleet::http::router_routes(fleet.clone(), registry, config.max_request_bytes)
+        .merge(flotilla_graphql::routes(flotilla_graphql::Sources::router(fleet.clone()), config.max_request_bytes));
     let http_router = flotilla_http::router(
         fleet.clone(),
         flotilla_http::HttpOptions { max_request_bytes: config.max_request_bytes, features: None, drift: None },
@@ -93,7 +94,9 @@ pub async fn route(
     let routes =
         grpc_parts.routes.add_service(flotilla_fleet::feast::forwarding(fleet.clone(), config.max_request_bytes));
     let (stop_tx, _) = watch::channel(false);
-    let mut tasks = spawn_listeners(listeners, http_router, routes, fleet.metrics().clone(), &stop_tx);
+    let mut board = crate::dashboard::Dashboard::new(fleet.metrics().registry.clone());
+    board.fleet = Some(fleet.clone());
+    let mut tasks = spawn_listeners(listeners, http_router, routes, fleet.metrics().clone(), board, &stop_tx);
 
     tokio::select! {
         _ = shutdown => tracing::info!("shutdown requested; draining"),
