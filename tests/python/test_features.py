@@ -293,6 +293,11 @@ def test_inference_with_only_the_entity_key_over_http_and_grpc(example_server):
     metrics = requests.get(f"http://127.0.0.1:{example_server.metrics_port}/metrics", timeout=5).text
     assert 'flotilla_feature_enrich_duration_seconds_count{model="fraud_xgb"}' in metrics
     assert 'flotilla_feature_values_served_total{status="NOT_FOUND",view="card_profile"}' in metrics
+    # freshness: the pushed rows' event times (5 s and 60 s ago) are the newest each view holds
+    pushed = time.time() - 5
+    newest = metric(example_server, "flotilla_feature_view_newest_event_timestamp_seconds", view="card_txn_1h")
+    assert abs(newest - pushed) < 2, (newest, pushed)
+    assert metric(example_server, "flotilla_feature_view_newest_event_timestamp_seconds", view="card_profile") < newest
 
 
 def test_enrichment_errors_are_clear(example_server):

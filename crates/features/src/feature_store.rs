@@ -143,7 +143,11 @@ impl FeatureStore {
         source: &str,
         checkpoint: Option<Checkpoint>,
     ) -> Result<WriteOutcome> {
+        let newest = rows.iter().map(|(_, r)| r.event_ts).max();
         let outcome = self.store.write(view, rows, checkpoint).await?;
+        if outcome.applied > 0 {
+            self.saw_event(view, newest);
+        }
         let m = &self.metrics.rows_written;
         m.with_label_values(&[view.name.as_str(), source, "applied"]).inc_by(outcome.applied as u64);
         m.with_label_values(&[view.name.as_str(), source, "stale"]).inc_by(outcome.stale as u64);
@@ -159,12 +163,26 @@ impl FeatureStore {
         source: &str,
         checkpoint: Option<Checkpoint>,
     ) -> Result<WriteOutcome> {
+        let newest = changes.iter().filter_map(|(_, r)| r.as_ref().map(|r| r.event_ts)).max();
         let outcome = self.store.apply(view, changes, checkpoint).await?;
+        if outcome.applied > 0 {
+            self.saw_event(view, newest);
+        }
         let m = &self.metrics.rows_written;
         m.with_label_values(&[view.name.as_str(), source, "applied"]).inc_by(outcome.applied as u64);
         m.with_label_values(&[view.name.as_str(), source, "superseded"]).inc_by(outcome.stale as u64);
         m.with_label_values(&[view.name.as_str(), source, "deleted"]).inc_by(outcome.deleted as u64);
         Ok(outcome)
+    }
+
+    /// Moves the view's newest-event gauge forward to `event_us` (µs since the epoch).
+    fn saw_event(&self, view: &FeatureView, event_us: Option<i64>) {
+        let Some(us) = event_us else { return };
+        let gauge = self.metrics.view_newest_event.with_label_values(&[view.name.as_str()]);
+        let seconds = us as f64 / 1e6;
+        if seconds > gauge.get() {
+            gauge.set(seconds);
+        }
     }
 
     /// Removes every row of `view` (a truncated source table), with `checkpoint`.

@@ -38,6 +38,9 @@ pub struct FeatureMetrics {
     pub cdc_slot_lag_warning: IntGaugeVec,
     /// Column values that could not be read (stored as missing), by source.
     pub cdc_bad_values: IntCounterVec,
+    /// The newest event time this process wrote to each view, unix seconds (freshness:
+    /// `time() - flotilla_feature_view_newest_event_timestamp_seconds`).
+    pub view_newest_event: GaugeVec,
 }
 
 impl FeatureMetrics {
@@ -123,9 +126,15 @@ impl FeatureMetrics {
                 "Column values that could not be read as their feature type (stored as missing), by source.",
                 &["source"],
             ),
+            view_newest_event: float_gauge(
+                "flotilla_feature_view_newest_event_timestamp_seconds",
+                "The newest event time written to the view by this process, unix seconds (freshness: time() minus this).",
+                &["view"],
+            ),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.values_served.clone()),
+            Box::new(m.view_newest_event.clone()),
             Box::new(m.read_duration.clone()),
             Box::new(m.enrich_duration.clone()),
             Box::new(m.rows_written.clone()),
