@@ -102,7 +102,9 @@ fn count_ns(c: CountNs) -> Value {
     json!({"count": c.count, "ns": c.ns})
 }
 
-fn stats_json(rows: Vec<flotilla_core::service::VersionStats>) -> Json<Value> {
+/// The statistics document (Triton's `{"model_stats": [...]}`) of `rows`; the GraphQL API
+/// answers the same document.
+pub fn stats_json(rows: Vec<flotilla_core::service::VersionStats>) -> Value {
     let models: Vec<Value> = rows
         .into_iter()
         .map(|r| {
@@ -136,22 +138,22 @@ fn stats_json(rows: Vec<flotilla_core::service::VersionStats>) -> Json<Value> {
             })
         })
         .collect();
-    Json(json!({ "model_stats": models }))
+    json!({ "model_stats": models })
 }
 
 pub async fn stats_all<A: Api>(State(s): State<AppState<A>>) -> Result<Json<Value>> {
-    Ok(stats_json(s.service.statistics("", "").await?))
+    Ok(Json(stats_json(s.service.statistics("", "").await?)))
 }
 
 pub async fn model_stats<A: Api>(State(s): State<AppState<A>>, Path(model): Path<String>) -> Result<Json<Value>> {
-    Ok(stats_json(s.service.statistics(&model, "").await?))
+    Ok(Json(stats_json(s.service.statistics(&model, "").await?)))
 }
 
 pub async fn model_stats_v<A: Api>(
     State(s): State<AppState<A>>,
     Path((m, v)): Path<(String, String)>,
 ) -> Result<Json<Value>> {
-    Ok(stats_json(s.service.statistics(&m, &v).await?))
+    Ok(Json(stats_json(s.service.statistics(&m, &v).await?)))
 }
 
 /// Drift monitoring of a model: reference summary, settings, alert states, recent windows.

@@ -13,6 +13,8 @@ pub mod features;
 mod handlers;
 pub mod json;
 
+pub use handlers::stats_json;
+
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
