@@ -152,6 +152,9 @@ async fn post_graphql(State(s): State<GraphqlState>, headers: HeaderMap, body: B
             StatusCode::BAD_REQUEST,
             "the body is not a GraphQL request: its \"query\" is missing or empty".into(),
         ),
+        Ok(request) if request.query.trim().is_empty() => {
+            refused(StatusCode::BAD_REQUEST, "the body has no \"query\" (a GraphQL document)".into())
+        }
         Ok(request) => execute(&s, request).await,
         Err(e) => refused(
             StatusCode::BAD_REQUEST,
