@@ -86,7 +86,7 @@ function plot(container, id, title, unit, names, data, opts) {
   const u = new uPlot({
     width: chartWidth(fig), height: opts.height || 220, series,
     scales: { x: { time: opts.time !== false } },
-    axes: [{}, { size: 70, values: (u, vals) => vals.map(v => fmt(v, unit)) }],
+    axes: [{}, { size: 96, values: (u, vals) => vals.map(v => fmt(v, unit)) }],
     legend: { live: true },
   }, data, target);
   window.__plots[id] = u;
