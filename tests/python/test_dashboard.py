@@ -183,6 +183,7 @@ def test_features_page_plots_the_stream(browser, tmp_path):
         assert page.series_max("features.messages", f"{src}:ok") > 0
         assert page.series_max("features.dead_letters", src) > 0
         assert page.series_max("features.rows_written", "txn") > 0
+        assert page.series_max("features.freshness", "txn") > 86400, "the view's newest event is weeks old"
         assert page.series_max("features.read_latency", next(
             n for n in page.plot("features.read_latency")["labels"] if n.endswith(" p99"))) > 0
         page.finish("features")

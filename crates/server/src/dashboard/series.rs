@@ -28,6 +28,8 @@ pub enum Derive {
     Quantiles,
     /// Mean of a histogram's observations since the last sample.
     Mean,
+    /// Seconds from a gauge holding an epoch time to the sample (a view's freshness).
+    Age,
 }
 
 /// One chart: the metric family, how to derive it, which labels name a series (the others are
@@ -188,6 +190,15 @@ pub const FEATURES: &[Spec] = &[
         exclude: None,
     },
     Spec {
+        chart: "freshness",
+        title: "View freshness (age of the newest event)",
+        unit: "s",
+        family: "flotilla_feature_view_newest_event_timestamp_seconds",
+        derive: Derive::Age,
+        by: &["view"],
+        exclude: None,
+    },
+    Spec {
         chart: "rows_written",
         title: "Rows written per second, by view (freshness of the online store)",
         unit: "rows/s",
@@ -314,7 +325,7 @@ impl Sampler {
                 let key = (*page, spec.chart);
                 let readings = read(&families, spec);
                 let previous = ring.last.get(&key);
-                let values = derive(spec, &readings, previous.map(|(t, r)| (now - t, r)));
+                let values = derive(spec, now, &readings, previous.map(|(t, r)| (now - t, r)));
                 let chart = ring.charts.entry(key).or_default();
                 for (name, value) in values {
                     chart.series.entry(name).or_insert_with(|| std::iter::repeat_n(None, n).collect()).push_back(value);
@@ -364,14 +375,15 @@ impl Sampler {
     }
 }
 
-/// A chart's values at this sample, per series; `previous` is the time since the last sample
-/// and its readings (rates and histogram deltas need one).
-fn derive(spec: &Spec, now: &Readings, previous: Option<(f64, &Readings)>) -> Vec<(String, Option<f64>)> {
+/// A chart's values at this sample (taken at epoch seconds `at`), per series; `previous` is the
+/// time since the last sample and its readings (rates and histogram deltas need one).
+fn derive(spec: &Spec, at: f64, now: &Readings, previous: Option<(f64, &Readings)>) -> Vec<(String, Option<f64>)> {
     let mut out = Vec::new();
     for (name, r) in now {
         let before = previous.and_then(|(dt, p)| p.get(name).map(|b| (dt, b)));
         match spec.derive {
             Derive::Gauge => out.push((name.clone(), Some(r.value))),
+            Derive::Age => out.push((name.clone(), (r.value > 0.0).then(|| (at - r.value).max(0.0)))),
             Derive::Rate => {
                 let rate = match before {
                     Some((dt, b)) if dt > 0.0 => Some(((r.value - b.value).max(0.0)) / dt),
