@@ -667,7 +667,8 @@ def readme_shell(marker, tmp_path, wait=True):
     work = tmp_path / "checkout"
     work.mkdir()
     shutil.copytree(ROOT / "examples", work / "examples")
-    script = readme_block(marker).replace("target/release/flotilla", BIN).replace("/tmp/", f"{tmp_path}/")
+    # README paths under /tmp/ move under tmp_path first, so a binary that lives under /tmp stays put
+    script = readme_block(marker).replace("/tmp/", f"{tmp_path}/").replace("target/release/flotilla", BIN)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOTILLA_")}
     proc = subprocess.Popen(["bash", "-c", script + ("\nwait" if wait else "")], cwd=work, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
