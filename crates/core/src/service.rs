@@ -434,9 +434,10 @@ fn trace_scheduled(done: &crate::scheduler::Completed) {
         Ok(_) => "ok",
         Err(e) => e.kind.as_str(),
     };
-    crate::trace::past_stage("queue", done.enqueued, queued_until, vec![KeyValue::new("outcome", outcome)]);
+    crate::trace::past_stage("queue", done.enqueued, queued_until, || vec![KeyValue::new("outcome", outcome)]);
     if ran {
-        let attributes = vec![KeyValue::new("batch_rows", done.batch_rows as i64), KeyValue::new("outcome", outcome)];
+        let rows = done.batch_rows as i64;
+        let attributes = || vec![KeyValue::new("batch_rows", rows), KeyValue::new("outcome", outcome)];
         crate::trace::past_stage("execute", done.phases.start, done.finished, attributes);
     }
 }

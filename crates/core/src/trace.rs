@@ -66,6 +66,9 @@ macro_rules! stage {
 
 /// Marks `span` (a request or an attempt) failed with `error`.
 pub fn failed(span: &tracing::Span, error: &crate::Error) {
+    if span.is_disabled() {
+        return;
+    }
     span.record("otel.status_code", "error");
     span.record("otel.status_description", format!("{}: {}", error.kind.as_str(), error.message));
 }
@@ -87,8 +90,9 @@ pub fn outgoing() -> Vec<(&'static str, String)> {
 }
 
 /// Records a stage that already happened (`start`..`end`, measured elsewhere: the scheduler's
-/// queue and execution) as a child of the current span, with `attributes`.
-pub fn past_stage(name: &'static str, start: Instant, end: Instant, attributes: Vec<KeyValue>) {
+/// queue and execution) as a child of the current span, with `attributes` (built only when
+/// the stage is exported, so a request without a trace allocates nothing).
+pub fn past_stage(name: &'static str, start: Instant, end: Instant, attributes: impl FnOnce() -> Vec<KeyValue>) {
     let current = tracing::Span::current();
     if current.is_disabled() {
         return;
@@ -103,7 +107,7 @@ pub fn past_stage(name: &'static str, start: Instant, end: Instant, attributes: 
     let mut span = tracer
         .span_builder(name)
         .with_start_time(at(start))
-        .with_attributes(attributes)
+        .with_attributes(attributes())
         .start_with_context(&tracer, &parent);
     span.end_with_timestamp(at(end.max(start)));
 }
