@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 import tritonclient.http as httpclient
-import tritonclient.http as httpclient
 
 from conftest import BIN, EXAMPLES, ROOT, Router, Server, wait_for
+from test_features import txn_repo
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = ROOT / "tests" / "output" / "dashboard"
@@ -138,21 +138,6 @@ def test_drift_page_plots_the_drifted_window(browser, server):
 
 REDIS_DB = 14  # a database of its own on the local Redis, flushed here
 
-FEATURE_REPO = """
-[[entity]]
-name = "card"
-join_key = "card_id"
-value_type = "int64"
-
-[[feature_view]]
-name = "txn"
-entities = ["card"]
-ttl = "0"
-push_source = "txn_push"
-stream = {{ type = "redis", url = "redis://127.0.0.1:6379/{db}", stream = "{key}", group = "g" }}
-features = [{{ name = "amount", dtype = "float32" }}]
-"""
-
 
 def test_features_page_plots_the_stream(browser, tmp_path):
     """A Redis stream of old events (a lag in seconds of weeks) with one dead letter; online reads."""
@@ -163,9 +148,8 @@ def test_features_page_plots_the_stream(browser, tmp_path):
     except redis.exceptions.ConnectionError:
         pytest.skip("needs Redis on 127.0.0.1:6379")
     r.flushdb()
-    repo = tmp_path / "features"
-    repo.mkdir()
-    (repo / "repo.toml").write_text(FEATURE_REPO.format(db=REDIS_DB, key="dash_txn"))
+    repo = txn_repo(tmp_path, f'stream = {{ type = "redis", url = "redis://127.0.0.1:6379/{REDIS_DB}", '
+                              'stream = "dash_txn", group = "g" }')
     r.xgroup_create("dash_txn", "g", id="0", mkstream=True)
     env = {"FLOTILLA_ONLINE_STORE": f"embedded:{tmp_path}/online.redb", "FLOTILLA_CONSUME_STREAMS": "true"}
     s = Server(EXAMPLES, "--feature-repo", str(repo), env=env)
