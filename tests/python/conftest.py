@@ -35,6 +35,10 @@ def wait_for(predicate, timeout=60, what="condition", every=0.2):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+class PortTaken(RuntimeError):
+    """The process could not bind a port the test picked (another process took it meanwhile)."""
+
+
 class Process:
     """A running `flotilla` subcommand; ports come from its own `listening` log line."""
 
@@ -67,9 +71,15 @@ class Process:
                     listening.set()
 
         threading.Thread(target=pump, daemon=True).start()
-        if not listening.wait(120):
+        deadline = time.time() + 120
+        while not listening.wait(0.1) and time.time() < deadline and self.proc.poll() is None:
+            pass
+        if not listening.is_set():
             self.stop()
-            raise RuntimeError(f"{what} did not start:\n" + "".join(self.lines))
+            time.sleep(0.1)  # the pump's last lines
+            log = "".join(self.lines)
+            error = PortTaken if "Address already in use" in log else RuntimeError
+            raise error(f"{what} did not start:\n" + log)
         self.http = f"127.0.0.1:{self.http_port}"
         self.grpc = f"127.0.0.1:{self.grpc_port}"
         self.url = f"http://{self.http}"
@@ -98,11 +108,24 @@ class Process:
         return self.proc.returncode
 
 
+def start_on_free_port(start, tries=5):
+    """Runs `start`, again with a fresh port when the one `free_port` gave was taken before the process bound it."""
+    for attempt in range(tries):
+        try:
+            return start()
+        except PortTaken:
+            if attempt == tries - 1:
+                raise
+
+
 class Server(Process):
     """A running `flotilla serve` on free ports."""
 
     def __init__(self, repository, *args, metrics=True, env=None, cwd=None):
         """`env` adds to (None values remove from) the inherited environment; `cwd` is the server's folder."""
+        start_on_free_port(lambda: self._start(repository, args, metrics, env, cwd))
+
+    def _start(self, repository, args, metrics, env, cwd):
         self.metrics_port = free_port() if metrics else 0
         cmd = [
             BIN, "serve",
@@ -131,6 +154,9 @@ class Router(Process):
     """A running `flotilla route` on free ports."""
 
     def __init__(self, *args, metrics=True, env=None):
+        start_on_free_port(lambda: self._start(args, metrics, env))
+
+    def _start(self, args, metrics, env):
         self.metrics_port = free_port() if metrics else 0
         cmd = [
             BIN, "route",

@@ -17,7 +17,7 @@ import pytest
 import requests
 import tritonclient.grpc as grpcclient
 
-from conftest import Router, Server, free_port, wait_for
+from conftest import Router, Server, wait_for
 from test_fleet import Loop, readme_shell, simple_body
 
 DELAY = {"FLOTILLA_TEST_BACKENDS": "delay"}
@@ -198,8 +198,8 @@ class Hook(http.server.BaseHTTPRequestHandler):
 
 
 def test_a_faulty_canary_is_rolled_back_with_a_reason_and_a_webhook(control):
-    port = free_port()
-    hook = http.server.ThreadingHTTPServer(("127.0.0.1", port), Hook)
+    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    port = hook.server_address[1]
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     Hook.received.clear()
     f = control(f'[models.{MODEL}]\nversion = 1\n')
