@@ -51,7 +51,7 @@ class Page:
 
     def plot(self, pid, timeout=30):
         """The plot's series labels and data, once it exists."""
-        js = """id => { const u = window.__plots[id]; return u ? {labels: u.series.map(s => s.label), data: u.data} : null; }"""
+        js = """id => { const u = window.__plots[id]; return u ? {labels: u.series.map(s => s.label), data: u.data, x_labels: u.xLabels} : null; }"""
         return wait_for(lambda: self.page.evaluate(js, pid), timeout=timeout, what=f"plot {pid}")
 
     def series_max(self, pid, label, timeout=30):
@@ -118,9 +118,19 @@ def test_serving_page_plots_the_traffic(browser, server):
     assert {"fraud_xgb:1 p50", "fraud_xgb:1 p95", "fraud_xgb:1 p99"} <= set(latency["labels"])
     assert page.series_max("serving.latency", "fraud_xgb:1 p99") > 0
     assert page.series_max("serving.batch_size", "fraud_xgb:1") > 0
+    # the batch-size distribution: the 50-row requests fall in the 33–64 bucket
+    def distribution():
+        d = page.plot("serving.batch_size_distribution")
+        if "fraud_xgb:1" not in d["labels"]:
+            return None
+        counts = d["data"][d["labels"].index("fraud_xgb:1")]
+        return dict(zip(d["x_labels"], counts))
+    bins = wait_for(distribution, what="batch-size distribution")
+    assert bins.get("33–64", 0) >= 16, bins
     # keyboard: the first tab stop is the skip link, then the page links
     page.page.keyboard.press("Tab")
     assert page.page.evaluate("document.activeElement.textContent") == "Skip to the charts"
+    page.page.evaluate("document.activeElement.blur()")  # the screenshot without the focused skip link
     page.finish("serving")
 
 
@@ -133,6 +143,14 @@ def test_drift_page_plots_the_drifted_window(browser, server):
     page.page.get_by_role("button", name="Show reference and current window of amount").click()
     detail = page.page.get_by_role("region", name="Detail of amount")
     assert "reference vs last window" in detail.inner_text()
+    # its histograms: the reference's decile bins hold about 10 % each; the shifted window
+    # (amounts × 5) piles into the top bin
+    hist = page.plot("drift.hist.fraud_xgb.amount")
+    assert hist["labels"][1:] == ["Reference", "Last window"], hist["labels"]
+    reference, window = hist["data"][1], hist["data"][2]
+    assert abs(sum(reference) - 100) < 0.01 and abs(sum(window) - 100) < 0.01
+    assert 5 < reference[-1] < 15 and window[-1] > 30, (reference, window)
+    assert "Histogram as a table" in detail.inner_text()
     page.finish("drift")
 
 
@@ -190,8 +208,13 @@ def test_fleet_page_shows_workers_and_their_load(browser, tmp_path):
         ]}
         for _ in range(20):
             assert requests.post(router.url + "/v2/models/simple/infer", json=body, timeout=10).ok
+        # a preemption notice: the worker drains, and the timeline shows it
+        assert requests.post(worker.url + "/v2/admin/preempt", json={"deadline_ms": 100}, timeout=10).ok
+        wait_for(lambda: router.events(kind="drained", worker="w0"), what="w0 drained")
         page = Page(browser, f"http://127.0.0.1:{router.metrics_port}/dashboard/fleet?token=t0k")
         page.plot("fleet.outstanding")
+        timeline = page.plot("fleet.timeline")
+        assert {"joined", "preemption notice", "drained"} <= set(timeline["labels"]), timeline["labels"]
         text = page.page.inner_text("main")
         assert "w0" in text and "opportunistic" in text, text
         page.finish("fleet")

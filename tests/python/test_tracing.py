@@ -4,9 +4,11 @@ process (protobuf decoded with the official opentelemetry-proto messages). A cli
 execute, encode) are its descendants; through a router, the router's pick and attempt spans
 and the worker's spans are one trace, the worker's request span a child of the attempt.
 """
+import concurrent.futures
 import http.server
 import os
 import secrets
+import signal
 import threading
 
 import numpy as np
@@ -18,6 +20,7 @@ import tritonclient.http as httpclient
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from conftest import BIN, EXAMPLES, ROOT, Router, Server, wait_for
+from test_fleet import DELAY, delay_model
 
 FEATURES = ROOT / "examples" / "features"
 # export within ~100 ms instead of the batch exporter's default 5 s
@@ -172,6 +175,11 @@ def test_a_request_is_one_trace_under_the_clients_parent_over_http_and_grpc(rece
         assert s.stop() == 0, s.log()
 
 
+SIMPLE = {"inputs": [
+    {"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "data": list(range(16))},
+    {"name": "INPUT1", "shape": [1, 16], "datatype": "INT32", "data": [1] * 16}]}
+
+
 def test_a_request_through_the_router_is_one_trace_across_the_fleet(receiver):
     router = Router("--worker-ttl-ms", "2000", "--otlp-endpoint", receiver.url, env=FAST)
     worker = None
@@ -201,6 +209,80 @@ def test_a_request_through_the_router_is_one_trace_across_the_fleet(receiver):
     finally:
         if worker:
             worker.stop()
+        router.stop()
+
+
+def test_a_retried_request_shows_both_attempts_and_the_worker_that_answered(receiver, tmp_path):
+    """The router's first choice (the opportunistic worker, elastic-first) was killed a moment
+    ago and the router does not know yet (slow probes, long TTL): the trace shows the failed
+    attempt on it, a second pick, and the attempt on the other worker, which continues the trace."""
+    router = Router("--worker-ttl-ms", "60000", "--probe-interval-ms", "60000", "--otlp-endpoint", receiver.url,
+                    env=FAST)
+    workers = {}
+    try:
+        for wid, cls in [("first", "opportunistic"), ("second", "guaranteed")]:
+            workers[wid] = Server(EXAMPLES, "--join", router.url, "--worker-id", wid, "--feature-repo", "none",
+                                  "--heartbeat-ms", "200", "--capacity-class", cls, "--otlp-endpoint", receiver.url,
+                                  env=FAST)
+        router.wait_workers(list(workers))
+        workers["first"].stop(signal.SIGKILL)
+        trace_id, parent_id, header = traceparent()
+        r = requests.post(router.url + "/v2/models/simple/infer", json=SIMPLE, headers={"traceparent": header},
+                          timeout=30)
+        assert r.status_code == 200, r.text
+        spans = wait_spans(receiver, trace_id, {"http infer simple", "pick", "attempt", "grpc infer simple"},
+                           "the retried request's trace")
+        (root,) = by_name(spans, "http infer simple", "flotilla-router")
+        attempts = sorted(by_name(spans, "attempt", "flotilla-router"), key=lambda s: s.start_time_unix_nano)
+        assert [attribute(a, "worker") for a in attempts] == ["first", "second"], attempts
+        assert [str(attribute(a, "attempt")) for a in attempts] == ["0", "1"]
+        assert attempts[0].status.code == attempts[0].status.STATUS_CODE_ERROR, attempts[0].status
+        assert attempts[1].status.code != attempts[1].status.STATUS_CODE_ERROR
+        assert all(a.parent_span_id == root.span_id for a in attempts)
+        assert len(by_name(spans, "pick", "flotilla-router")) == 2
+        (worker_root,) = by_name(spans, "grpc infer simple", "flotilla")
+        assert worker_root.parent_span_id == attempts[1].span_id, "the worker that answered continues the retry"
+    finally:
+        for w in workers.values():
+            w.stop()
+        router.stop()
+
+
+def test_a_hedged_request_shows_the_hedge_beside_the_first_attempt(receiver, tmp_path):
+    """A slow and a fast worker, the model hedged: once the router knows the model's p95 it sends
+    a second copy when the first has not answered by then. That request's trace holds the
+    `attempt` and the `hedge` under the router's request span, each on its own worker."""
+    fast, slow = tmp_path / "fast", tmp_path / "slow"
+    delay_model(fast, "hedged", 5, 4)
+    delay_model(slow, "hedged", 400, 4)
+    router = Router("--hedge", "hedged", "--otlp-endpoint", receiver.url, env=FAST)
+    workers = []
+    try:
+        workers = [Server(repo, "--join", router.url, "--worker-id", wid, "--feature-repo", "none",
+                          "--heartbeat-ms", "200", env=DELAY)
+                   for wid, repo in [("fast", fast), ("slow", slow)]]
+        router.wait_workers(["fast", "slow"])
+        body = {"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+
+        def hedged_trace():
+            with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                codes = list(pool.map(lambda _: requests.post(router.url + "/v2/models/hedged/infer", json=body,
+                                                              timeout=30).status_code, range(40)))
+            assert codes == [200] * 40
+            with receiver.lock:
+                hedges = [s for svc, s in receiver.spans if s.name == "hedge"]
+            return hedges[0] if hedges else None
+        hedge = wait_for(hedged_trace, timeout=120, every=0, what="a hedged request")
+        spans = wait_spans(receiver, hedge.trace_id.hex(), {"http infer hedged", "attempt", "hedge"}, "the hedged trace")
+        (root,) = by_name(spans, "http infer hedged", "flotilla-router")
+        (attempt,) = by_name(spans, "attempt", "flotilla-router")
+        assert attempt.parent_span_id == root.span_id and hedge.parent_span_id == root.span_id
+        assert hedge.kind == hedge.SPAN_KIND_CLIENT
+        assert {attribute(attempt, "worker"), attribute(hedge, "worker")} == {"fast", "slow"}
+        assert attempt.start_time_unix_nano < hedge.start_time_unix_nano
+    finally:
+        for w in workers:
+            w.stop()
         router.stop()
 
 

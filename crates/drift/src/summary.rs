@@ -171,6 +171,14 @@ impl CategoricalSummary {
         self.counts.values().sum::<u64>() + self.other + self.missing
     }
 
+    /// The `n` most frequent categories with their counts, most frequent first (ties by name).
+    pub fn top(&self, n: usize) -> Vec<(&str, u64)> {
+        let mut all: Vec<(&str, u64)> = self.counts.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        all.truncate(n);
+        all
+    }
+
     pub fn missing_rate(&self) -> f64 {
         ratio(self.missing, self.total())
     }

@@ -352,6 +352,7 @@ fn announce(fleet: &Fleet, webhook: Option<String>, event: AlertEvent) {
     );
     let Some(url) = webhook.filter(|_| fleet.leads()) else { return };
     let http = fleet.http.clone();
+    let failures = fleet.metrics.drift_webhook_failures.with_label_values(&[event.model.as_str()]);
     tokio::spawn(async move {
         let mut body = serde_json::to_value(&event).unwrap_or_default();
         body["scope"] = "fleet".into();
@@ -365,6 +366,7 @@ fn announce(fleet: &Fleet, webhook: Option<String>, event: AlertEvent) {
             tokio::time::sleep(backoff).await;
             backoff *= 2;
         }
+        failures.inc();
     });
 }
 

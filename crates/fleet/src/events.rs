@@ -22,10 +22,11 @@ pub struct Event {
     pub value_ms: Option<f64>,
 }
 
-/// A bounded log of events, newest last.
+/// A bounded log of events, newest last, counted by kind when it has a counter.
 #[derive(Debug, Default)]
 pub struct Events {
     log: Mutex<VecDeque<Event>>,
+    counter: Option<prometheus::IntCounterVec>,
 }
 
 /// Unix time now in milliseconds.
@@ -34,6 +35,11 @@ pub fn now_ms() -> f64 {
 }
 
 impl Events {
+    /// A log that also counts its events by kind in `counter` (labels: `kind`).
+    pub fn counted(counter: prometheus::IntCounterVec) -> Events {
+        Events { log: Mutex::default(), counter: Some(counter) }
+    }
+
     pub fn push(&self, worker: &str, kind: &'static str, detail: impl Into<String>) {
         self.push_measured(worker, kind, detail, None);
     }
@@ -42,6 +48,9 @@ impl Events {
     pub fn push_measured(&self, worker: &str, kind: &'static str, detail: impl Into<String>, value_ms: Option<f64>) {
         let detail = detail.into();
         tracing::info!(worker, event = kind, %detail, "fleet");
+        if let Some(c) = &self.counter {
+            c.with_label_values(&[kind]).inc();
+        }
         let mut log = self.log.lock();
         if log.len() == KEEP {
             log.pop_front();

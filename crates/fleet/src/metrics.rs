@@ -59,6 +59,10 @@ pub struct FleetMetrics {
     pub drift_alert: IntGaugeVec,
     /// Fleet drift windows closed (each merges the windows its workers closed), by model and version.
     pub drift_windows: IntCounterVec,
+    /// Fleet events by kind (`draining` is a preemption notice; see [`crate::events::Event`]).
+    pub events: IntCounterVec,
+    /// Fleet drift webhooks given up after their retries, by model.
+    pub drift_webhook_failures: IntCounterVec,
 }
 
 impl FleetMetrics {
@@ -198,6 +202,16 @@ impl FleetMetrics {
                 "Fleet drift windows closed (each merges the windows the workers closed since the last)",
                 &["model", "version"],
             ),
+            events: counter(
+                "flotilla_fleet_events_total",
+                "Fleet events by kind: joined, draining (a preemption notice), drained, serving, left, expired, ejected, returned, ...",
+                &["kind"],
+            ),
+            drift_webhook_failures: counter(
+                "flotilla_fleet_drift_webhook_failures_total",
+                "Fleet drift alert webhooks given up after retries",
+                &["model"],
+            ),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.attempts.clone()),
@@ -227,6 +241,8 @@ impl FleetMetrics {
             Box::new(m.sync_bytes.clone()),
             Box::new(m.drift_alert.clone()),
             Box::new(m.drift_windows.clone()),
+            Box::new(m.events.clone()),
+            Box::new(m.drift_webhook_failures.clone()),
         ];
         for c in collectors {
             registry.register(c).expect("fleet metric names are unique");

@@ -122,7 +122,7 @@ impl Fleet {
     pub fn new(settings: Settings, options: ServiceOptions, ttl: Duration) -> Arc<Self> {
         let core_metrics = Metrics::new();
         let metrics = FleetMetrics::new(&core_metrics.registry);
-        let events = Arc::new(Events::default());
+        let events = Arc::new(Events::counted(metrics.events.clone()));
         Arc::new_cyclic(|fleet: &std::sync::Weak<Fleet>| {
             let weak = fleet.clone();
             let members = Members::new(ttl, events, metrics.clone(), move |member| {

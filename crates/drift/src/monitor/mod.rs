@@ -738,13 +738,19 @@ pub fn reference_summary(c: &profile::Column) -> serde_json::Value {
             serde_json::json!({
                 "name": c.name, "kind": "numeric", "count": s.moments.count, "missing_rate": s.missing_rate(),
                 "mean": s.moments.mean, "std": s.moments.std(), "min": s.min, "max": s.max,
-                "bin_edges": r.bin_edges,
+                "bin_edges": r.bin_edges, "bins": s.bins,
             })
         }
-        profile::ColumnKind::Categorical(s) => serde_json::json!({
-            "name": c.name, "kind": "categorical", "missing_rate": s.missing_rate(),
-            "categories": s.counts.len(), "top": s.counts.iter().max_by_key(|(_, n)| **n).map(|(k, _)| k),
-        }),
+        profile::ColumnKind::Categorical(s) => {
+            let top = s.top(window::SHOWN_CATEGORIES);
+            let shown: u64 = top.iter().map(|(_, n)| n).sum();
+            serde_json::json!({
+                "name": c.name, "kind": "categorical", "missing_rate": s.missing_rate(),
+                "categories": s.counts.len(), "top": top.first().map(|(k, _)| k),
+                "counts": top.iter().copied().collect::<BTreeMap<_, _>>(),
+                "other_categories": s.total() - s.missing - shown,
+            })
+        }
     }
 }
 

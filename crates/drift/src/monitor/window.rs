@@ -68,25 +68,47 @@ impl Acc {
         }
     }
 
-    fn brief(&self) -> Brief {
-        match self {
-            Acc::Numeric(w) => Brief {
+    /// The window's values in brief, with its histogram on the reference's bins (numeric) or
+    /// over the categories most frequent in the reference or the window (categorical).
+    fn brief(&self, reference: &Column) -> Brief {
+        match (self, &reference.kind) {
+            (Acc::Numeric(w), _) => Brief {
                 count: w.moments.count,
                 missing: w.missing,
                 mean: (w.moments.count > 0).then_some(w.moments.mean),
                 std: (w.moments.count > 0).then(|| w.moments.std()),
                 min: w.min,
                 max: w.max,
+                bins: w.bins.clone(),
+                ..Brief::default()
             },
-            Acc::Categorical(w) => {
-                Brief { count: w.total() - w.missing, missing: w.missing, mean: None, std: None, min: None, max: None }
+            (Acc::Categorical(w), kind) => {
+                let mut shown: BTreeMap<String, u64> =
+                    w.top(SHOWN_CATEGORIES).into_iter().map(|(k, n)| (k.to_string(), n)).collect();
+                if let ColumnKind::Categorical(r) = kind {
+                    for (k, _) in r.top(SHOWN_CATEGORIES) {
+                        shown.insert(k.to_string(), w.counts.get(k).copied().unwrap_or(0));
+                    }
+                }
+                let other = w.total() - w.missing - shown.values().sum::<u64>();
+                Brief {
+                    count: w.total() - w.missing,
+                    missing: w.missing,
+                    categories: shown,
+                    other_categories: other,
+                    ..Brief::default()
+                }
             }
         }
     }
 }
 
+/// Categories a window's histogram names (the most frequent in the window, and in the
+/// reference); the rest are counted together.
+pub const SHOWN_CATEGORIES: usize = 20;
+
 /// A column's values in a window, in brief.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Brief {
     pub count: u64,
     pub missing: u64,
@@ -98,6 +120,20 @@ pub struct Brief {
     pub min: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max: Option<f64>,
+    /// Numeric: values per reference bin (the profile's `bin_edges`, `len + 1` bins).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bins: Vec<u64>,
+    /// Categorical: values per category shown ([`SHOWN_CATEGORIES`] most frequent here and in
+    /// the reference) ...
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub categories: BTreeMap<String, u64>,
+    /// ... and values of the categories not shown.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub other_categories: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// How far a metric, a column or the model is from its reference.
@@ -245,7 +281,7 @@ impl Window {
                 }
                 level = level.max(l);
             }
-            ColumnReport { name: col.name.clone(), scores, level, breaches, window: acc.brief() }
+            ColumnReport { name: col.name.clone(), scores, level, breaches, window: acc.brief(col) }
         };
         let multivariate = profile.multivariate.as_ref().filter(|_| self.pca.count > 0).map(|m| {
             let reference = m.pca.error_mean;

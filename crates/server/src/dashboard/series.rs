@@ -30,6 +30,9 @@ pub enum Derive {
     Mean,
     /// Seconds from a gauge holding an epoch time to the sample (a view's freshness).
     Age,
+    /// A histogram's observations per bucket over the ring's span (10 minutes, or since the
+    /// process started when it is younger): a distribution, not a series over time.
+    Distribution,
 }
 
 /// One chart: the metric family, how to derive it, which labels name a series (the others are
@@ -99,6 +102,15 @@ pub const SERVING: &[Spec] = &[
         unit: "rows",
         family: "flotilla_inference_batch_size",
         derive: Derive::Mean,
+        by: MV,
+        exclude: None,
+    },
+    Spec {
+        chart: "batch_size_distribution",
+        title: "Batch-size distribution (engine executions per batch size, last 10 minutes)",
+        unit: "executions",
+        family: "flotilla_inference_batch_size",
+        derive: Derive::Distribution,
         by: MV,
         exclude: None,
     },
@@ -286,6 +298,8 @@ struct Chart {
 
 struct Ring {
     times: VecDeque<f64>,
+    /// Distribution charts: their readings at each sample in the ring, oldest first.
+    readings: HashMap<(&'static str, &'static str), VecDeque<Readings>>,
     /// The previous sample's readings per (page, chart), for deltas.
     last: HashMap<(&'static str, &'static str), (f64, Readings)>,
     charts: HashMap<(&'static str, &'static str), Chart>,
@@ -304,7 +318,12 @@ impl Sampler {
     pub fn new(registry: prometheus::Registry) -> Sampler {
         Sampler {
             registry,
-            ring: Mutex::new(Ring { times: VecDeque::new(), last: HashMap::new(), charts: HashMap::new() }),
+            ring: Mutex::new(Ring {
+                times: VecDeque::new(),
+                readings: HashMap::new(),
+                last: HashMap::new(),
+                charts: HashMap::new(),
+            }),
         }
     }
 
@@ -324,6 +343,14 @@ impl Sampler {
             for spec in specs.iter() {
                 let key = (*page, spec.chart);
                 let readings = read(&families, spec);
+                if let Derive::Distribution = spec.derive {
+                    let kept = ring.readings.entry(key).or_default();
+                    kept.push_back(readings);
+                    if kept.len() > KEEP {
+                        kept.pop_front();
+                    }
+                    continue;
+                }
                 let previous = ring.last.get(&key);
                 let values = derive(spec, now, &readings, previous.map(|(t, r)| (now - t, r)));
                 let chart = ring.charts.entry(key).or_default();
@@ -367,12 +394,62 @@ impl Sampler {
         let charts: Vec<Value> = specs
             .iter()
             .map(|s| {
+                if let Derive::Distribution = s.derive {
+                    let kept = ring.readings.get(&(page, s.chart));
+                    let (bins, series) = distribution(kept.map(|k| (k.front(), k.back(), k.len() >= KEEP)));
+                    return json!({"id": s.chart, "title": s.title, "unit": s.unit, "kind": "distribution",
+                                  "bins": bins, "series": series});
+                }
                 let series = ring.charts.get(&(page, s.chart)).map(|c| &c.series);
                 json!({"id": s.chart, "title": s.title, "unit": s.unit, "series": series.cloned().unwrap_or_default()})
             })
             .collect();
         Some(json!({"page": page, "every_seconds": EVERY.as_secs_f64(), "t": ring.times, "charts": charts}))
     }
+}
+
+/// Bucket labels and each series' observations per bucket between the oldest and newest
+/// readings kept (from zero while the ring is not yet full: everything since the start). Buckets
+/// after the last one anybody reached are left out. Integer bounds read as integer ranges
+/// (`3–4`), the others as `(a, b]`.
+fn distribution(kept: Option<(Option<&Readings>, Option<&Readings>, bool)>) -> (Vec<String>, BTreeMap<String, Vec<f64>>) {
+    let Some((Some(oldest), Some(newest), full)) = kept else { return (Vec::new(), BTreeMap::new()) };
+    let mut series = BTreeMap::new();
+    let mut bounds: Vec<f64> = Vec::new();
+    for (name, r) in newest {
+        let before = oldest.get(name).filter(|_| full);
+        let mut previous = 0.0;
+        let mut counts = Vec::with_capacity(r.buckets.len());
+        for (i, (le, cumulative)) in r.buckets.iter().enumerate() {
+            let then = before.and_then(|b| b.buckets.get(i)).map(|b| b.1).unwrap_or(0.0);
+            let c = (cumulative - then).max(0.0);
+            counts.push((c - previous).max(0.0));
+            previous = c;
+            if bounds.len() <= i {
+                bounds.push(*le);
+            }
+        }
+        if counts.iter().any(|c| *c > 0.0) {
+            series.insert(name.clone(), counts);
+        }
+    }
+    let used = series.values().filter_map(|c| c.iter().rposition(|x| *x > 0.0)).max().map_or(0, |i| i + 1);
+    for counts in series.values_mut() {
+        counts.truncate(used);
+    }
+    let label = |i: usize| {
+        let le = bounds[i];
+        let lo = if i == 0 { None } else { Some(bounds[i - 1]) };
+        let int = |x: f64| x.fract() == 0.0 && x.abs() < 1e15;
+        match lo {
+            _ if le.is_infinite() => format!("> {}", lo.unwrap_or(0.0)),
+            None => format!("≤ {le}"),
+            Some(lo) if int(lo) && int(le) && le == lo + 1.0 => format!("{le}"),
+            Some(lo) if int(lo) && int(le) => format!("{}–{le}", lo + 1.0),
+            Some(lo) => format!("({lo}, {le}]"),
+        }
+    };
+    ((0..used).map(label).collect(), series)
 }
 
 /// A chart's values at this sample (taken at epoch seconds `at`), per series; `previous` is the
@@ -400,6 +477,7 @@ fn derive(spec: &Spec, at: f64, now: &Readings, previous: Option<(f64, &Readings
                 };
                 out.push((name.clone(), (count > 0.0).then(|| sum / count)));
             }
+            Derive::Distribution => {}
             Derive::Quantiles => {
                 let empty = Vec::new();
                 let b = before.map(|(_, b)| &b.buckets).unwrap_or(&empty);
@@ -448,6 +526,16 @@ mod tests {
         let p99 = last("latency", "m:1 p99").and_then(|v| v.as_f64()).unwrap_or_default();
         assert!(p99 > 0.0 && p99 <= 0.01, "{p99}");
         assert_eq!(page["t"].as_array().map(Vec::len), Some(2));
+        // batch sizes 1, 3, 3 and 100: one execution of 1, two in 3–4, one in 65–128
+        for rows in [1.0, 3.0, 3.0, 100.0] {
+            metrics.batch_size.with_label_values(&["m", "1"]).observe(rows);
+        }
+        sampler.sample();
+        let page = sampler.page("serving").unwrap_or_default();
+        let d = page["charts"].as_array().into_iter().flatten().find(|c| c["kind"] == "distribution").cloned();
+        let d = d.unwrap_or_default();
+        assert_eq!(d["bins"], json!(["≤ 1", "2", "3–4", "5–8", "9–16", "17–32", "33–64", "65–128"]));
+        assert_eq!(d["series"]["m:1"], json!([1.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 1.0]));
         assert!(sampler.page("nope").is_none());
     }
 }
