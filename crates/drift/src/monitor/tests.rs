@@ -4,7 +4,7 @@
 use super::config::DriftConfig;
 use super::window::{Cell, Level, Window};
 use super::{Folding, Monitor};
-use crate::profile::{Data, Profile, TensorColumns};
+use crate::profile::{ColumnKind, Data, Profile, TensorColumns};
 use flotilla_core::{DataType, Tensor};
 use std::time::Duration;
 
@@ -405,4 +405,50 @@ async fn windows_and_alert_states_survive_a_restart() {
         Folding::BlockingPool,
     );
     assert_eq!(report(&fresh)["versions"].as_array().expect("versions").len(), 0);
+}
+
+/// A window's report carries its histogram on the reference's bins: numeric counts per decile
+/// bin (shifted data piles into the top one), categorical counts per category shown, the
+/// categories beyond the most frequent ones counted together.
+#[test]
+fn window_reports_carry_histograms_on_the_reference_bins() {
+    let p = profile(20_000);
+    let config = DriftConfig::default();
+    let mut g = Normal(7);
+    let mut w = Window::new(&p, 0, 0);
+    let mut scratch = Vec::new();
+    for _ in 0..1000 {
+        let x = g.next() + 3.0;
+        w.add_row(&p, &[Some(0), Some(1)], &[Cell::Number(x), Cell::Number(0.0)], &[Cell::Number(x)], &mut scratch);
+    }
+    let r = w.report(&p, &config, 0);
+    let x = &r.features[0].window;
+    let ColumnKind::Numeric(reference) = &p.features[0].kind else { panic!("x is numeric") };
+    assert_eq!(x.bins.len(), reference.bin_edges.len() + 1);
+    assert_eq!(x.bins.iter().sum::<u64>(), 1000);
+    assert!(x.bins[x.bins.len() - 1] > 800, "{:?}", x.bins);
+    let json = serde_json::to_value(&r).unwrap_or_default();
+    assert_eq!(json["features"][0]["window"]["bins"].as_array().map(Vec::len), Some(x.bins.len()));
+
+    // categorical: 30 categories in the reference, 25 + 2 new ones in the window
+    let names: Vec<Option<String>> = (0..3000).map(|i| Some(format!("c{:02}", i % 30))).collect();
+    let p = Profile::build(
+        "m",
+        "generated",
+        "2026-11-24T00:00:00Z",
+        (vec![TensorColumns { tensor: "t".into(), columns: vec!["c".into()] }], &[("c".into(), Data::Categorical(names))]),
+        (vec![], &[]),
+    );
+    let mut w = Window::new(&p, 0, 0);
+    for i in 0..270 {
+        let name = if i < 250 { format!("c{:02}", i % 25) } else { format!("new{}", i % 2) };
+        w.add_row(&p, &[], &[Cell::Text(Some(&name))], &[], &mut scratch);
+    }
+    let c = &w.report(&p, &config, 0).features[0].window;
+    assert_eq!(c.count, 270);
+    assert_eq!(c.categories.values().sum::<u64>() + c.other_categories, 270);
+    assert!(c.categories.len() <= 2 * super::window::SHOWN_CATEGORIES);
+    // the reference's 20 most frequent (c00..c19, ties by name) are all shown
+    assert!((0..20).all(|i| c.categories.contains_key(&format!("c{i:02}"))), "{:?}", c.categories);
+    assert_eq!(c.categories.get("c00"), Some(&10));
 }
