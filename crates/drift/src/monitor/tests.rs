@@ -436,7 +436,10 @@ fn window_reports_carry_histograms_on_the_reference_bins() {
         "m",
         "generated",
         "2026-11-24T00:00:00Z",
-        (vec![TensorColumns { tensor: "t".into(), columns: vec!["c".into()] }], &[("c".into(), Data::Categorical(names))]),
+        (
+            vec![TensorColumns { tensor: "t".into(), columns: vec!["c".into()] }],
+            &[("c".into(), Data::Categorical(names))],
+        ),
         (vec![], &[]),
     );
     let mut w = Window::new(&p, 0, 0);

@@ -412,7 +412,9 @@ impl Sampler {
 /// readings kept (from zero while the ring is not yet full: everything since the start). Buckets
 /// after the last one anybody reached are left out. Integer bounds read as integer ranges
 /// (`3–4`), the others as `(a, b]`.
-fn distribution(kept: Option<(Option<&Readings>, Option<&Readings>, bool)>) -> (Vec<String>, BTreeMap<String, Vec<f64>>) {
+fn distribution(
+    kept: Option<(Option<&Readings>, Option<&Readings>, bool)>,
+) -> (Vec<String>, BTreeMap<String, Vec<f64>>) {
     let Some((Some(oldest), Some(newest), full)) = kept else { return (Vec::new(), BTreeMap::new()) };
     let mut series = BTreeMap::new();
     let mut bounds: Vec<f64> = Vec::new();
