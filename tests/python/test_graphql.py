@@ -198,11 +198,37 @@ def test_fleet_workers_and_placement_through_a_router(tmp_path):
         index = rest(router, "/v2/repository/index", method="post", json={})
         assert [(m["name"], [v["state"] for v in m["versions"]]) for m in data["models"]] == [
             (e["name"], [e["state"]]) for e in index]
-        assert "no feature store" in refused(router, "{ featureViews { name } }")
+        # feature fields alone go to a worker with a feature store: none here
+        assert "no worker with a feature store is in rotation" in refused(router, "{ featureViews { name } }")
         assert "simple" in refused(router, '{ drift(model: "simple") { scope } }')
     finally:
         for w in workers:
             assert w.stop() == 0, w.log()
+        assert router.stop() == 0, router.log()
+
+
+def test_feature_fields_through_a_router_are_answered_by_a_worker_with_the_store(tmp_path):
+    """A router has no feature store: a query of feature fields alone runs on the worker that has
+    one (as Feast's endpoints do); mixed with other fields, those fields say how to ask."""
+    router = Router("--worker-ttl-ms", "2000")
+    worker = Server(EXAMPLES, "--join", router.url, "--worker-id", "fw", "--feature-repo", str(FEATURES),
+                    "--heartbeat-ms", "200", env={"FLOTILLA_ONLINE_STORE": f"embedded:{tmp_path}/online.redb"})
+    try:
+        router.wait_workers(["fw"])
+        cards = [11, 22]
+        push_fresh_cards(worker, cards)
+        views = "{ featureViews { name joinKeys features { name dtype } } }"
+        assert query(router, views) == query(worker, views)
+        online = """query($e: JSON!) { __typename
+            onlineFeatures(features: ["card_txn_1h:last_amount"], entities: $e) { featureNames columns { values statuses } }
+        }"""
+        through_router = query(router, online, {"e": {"card_id": cards}})
+        assert through_router == query(worker, online, {"e": {"card_id": cards}})
+        assert through_router["onlineFeatures"]["columns"][1]["statuses"] == ["PRESENT", "PRESENT"]
+        assert "on their own" in refused(router, "{ fleet { policy } featureViews { name } }")
+        assert "bad" in refused(router, "{ featureView(name: \"bad\") { name } }")
+    finally:
+        assert worker.stop() == 0, worker.log()
         assert router.stop() == 0, router.log()
 
 

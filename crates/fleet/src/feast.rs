@@ -7,7 +7,6 @@ use flotilla_proto::feast::serving::serving_service_server::{ServingService, Ser
 use flotilla_proto::feast::serving::{
     GetFeastServingInfoRequest, GetFeastServingInfoResponse, GetOnlineFeaturesRequest, GetOnlineFeaturesResponse,
 };
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -27,11 +26,7 @@ impl Forwarding {
     async fn client(&self) -> Result<ServingServiceClient<tonic::transport::Channel>, Status> {
         let target = self
             .fleet
-            .members
-            .all()
-            .into_iter()
-            .filter(|m| m.available() && m.record().features)
-            .min_by_key(|m| m.outstanding.load(Ordering::Relaxed))
+            .feature_worker()
             .ok_or_else(|| Status::unavailable("no worker with a feature store is in rotation"))?;
         Ok(ServingServiceClient::new(target.channel.clone()).max_decoding_message_size(usize::MAX))
     }

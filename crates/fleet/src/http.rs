@@ -276,14 +276,7 @@ async fn proxy_features(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let target = s
-        .fleet
-        .members
-        .all()
-        .into_iter()
-        .filter(|m| m.available() && m.record().features)
-        .min_by_key(|m| m.outstanding.load(Ordering::Relaxed));
-    let Some(m) = target else {
+    let Some(m) = s.fleet.feature_worker() else {
         return ApiError(Error::unavailable("no worker with a feature store is in rotation")).into_response();
     };
     pass_through(&s, &m.record().http, method, uri.path(), None, headers, body).await

@@ -172,6 +172,16 @@ impl Fleet {
         &self.members.events
     }
 
+    /// The worker in rotation with a feature store and the fewest requests outstanding: where
+    /// the router sends feature reads (Feast's REST and gRPC, GraphQL's feature fields).
+    pub fn feature_worker(&self) -> Option<Arc<crate::member::Member>> {
+        self.members
+            .all()
+            .into_iter()
+            .filter(|m| m.available() && m.record().features)
+            .min_by_key(|m| m.outstanding.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Recent latencies of `model` (the hedging delay).
     pub(crate) fn latency(&self, model: &str) -> Arc<LatencyWindow> {
         if let Some(w) = self.latencies.read().get(model) {

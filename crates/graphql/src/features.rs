@@ -10,11 +10,83 @@ use prometheus::core::Collector;
 use serde_json::Value;
 use std::sync::Arc;
 
-const NO_STORE: &str =
-    "this process has no feature store (serve --feature-repo; a router forwards Feast's endpoints to a worker)";
+const NO_STORE: &str = "this process has no feature store (serve --feature-repo)";
+const MIXED_ON_ROUTER: &str = "a router has no feature store of its own: query the feature fields \
+     (featureViews, featureView, onlineFeatures) on their own, and the router sends the query to a worker that has one";
 
 fn store(s: &Sources) -> Result<&Arc<FeatureStore>> {
-    s.features.as_ref().ok_or_else(|| fail(ReadError::Off(NO_STORE)))
+    let why = if s.fleet.is_some() { MIXED_ON_ROUTER } else { NO_STORE };
+    s.features.as_ref().ok_or_else(|| fail(ReadError::Off(why)))
+}
+
+/// The root fields that read the feature store.
+const FEATURE_FIELDS: &[&str] = &["featureViews", "featureView", "onlineFeatures"];
+
+/// Whether the operation `request` runs selects feature fields and nothing else at its root
+/// (`__typename` aside): such a query can run whole on a worker. A document that does not parse
+/// is not: the schema answers it with the parse error.
+pub(crate) fn only_feature_fields(request: &async_graphql::Request) -> bool {
+    use async_graphql::parser::types::{DocumentOperations, Selection};
+    let Ok(document) = async_graphql::parser::parse_query(&request.query) else { return false };
+    let operation = match (&document.operations, request.operation_name.as_deref()) {
+        (DocumentOperations::Single(op), _) => op,
+        (DocumentOperations::Multiple(ops), Some(name)) => match ops.iter().find(|(n, _)| n.as_str() == name) {
+            Some((_, op)) => op,
+            None => return false,
+        },
+        (DocumentOperations::Multiple(_), None) => return false,
+    };
+    let mut features = 0;
+    for item in &operation.node.selection_set.node.items {
+        match &item.node {
+            Selection::Field(f) if FEATURE_FIELDS.contains(&f.node.name.node.as_str()) => features += 1,
+            Selection::Field(f) if f.node.name.node.as_str() == "__typename" => {}
+            _ => return false,
+        }
+    }
+    features > 0
+}
+
+/// Runs `request` on the `/graphql` of the worker in rotation that has a feature store (the
+/// one Feast's endpoints go to) and answers what it answers.
+pub(crate) async fn forward(
+    fleet: &flotilla_fleet::router::Fleet,
+    request: &async_graphql::Request,
+) -> axum::response::Response {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    let answer = |status: StatusCode, message: String| {
+        (
+            status,
+            axum::Json(
+                serde_json::json!({ "errors": [{ "message": message, "extensions": {"code": "unavailable"} }] }),
+            ),
+        )
+            .into_response()
+    };
+    let Some(worker) = fleet.feature_worker() else {
+        return answer(StatusCode::SERVICE_UNAVAILABLE, "no worker with a feature store is in rotation".into());
+    };
+    let body = serde_json::json!({
+        "query": request.query,
+        "operationName": request.operation_name,
+        "variables": request.variables,
+    });
+    let url = format!("{}/graphql", worker.record().http);
+    let sent = fleet.http.post(url).json(&body).timeout(std::time::Duration::from_secs(30)).send().await;
+    match sent {
+        Ok(r) => {
+            let status = r.status();
+            match r.bytes().await {
+                Ok(bytes) => (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+                Err(e) => answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("worker '{}': the answer broke off: {e}", worker.id),
+                ),
+            }
+        }
+        Err(e) => answer(StatusCode::SERVICE_UNAVAILABLE, format!("worker '{}' did not answer: {e}", worker.id)),
+    }
 }
 
 #[derive(SimpleObject)]

@@ -119,12 +119,16 @@ pub fn schema(sources: Sources) -> FlotillaSchema {
 struct GraphqlState {
     schema: FlotillaSchema,
     max_request_bytes: usize,
+    /// A router without a feature store: queries of feature fields only go to a worker's
+    /// `/graphql` ([`features::forward`]).
+    feature_fleet: Option<Arc<flotilla_fleet::router::Fleet>>,
 }
 
 /// `/graphql`: POST a JSON `{"query", "variables", "operationName"}`, or GET with the same
 /// as query parameters; a plain GET (no `query`) is the GraphiQL page.
 pub fn routes(sources: Sources, max_request_bytes: usize) -> Router {
-    let state = GraphqlState { schema: schema(sources), max_request_bytes };
+    let feature_fleet = if sources.features.is_none() { sources.fleet.clone() } else { None };
+    let state = GraphqlState { schema: schema(sources), max_request_bytes, feature_fleet };
     Router::new().route("/graphql", get(get_graphql).post(post_graphql)).with_state(state)
 }
 
@@ -136,6 +140,11 @@ fn refused(status: StatusCode, message: String) -> Response {
 async fn execute(s: &GraphqlState, request: async_graphql::Request) -> Response {
     // Auth scopes: when the auth issue lands, the caller's scopes are checked here (the same
     // read scope as the REST GET endpoints), before the schema runs.
+    if let Some(fleet) = &s.feature_fleet {
+        if features::only_feature_fields(&request) {
+            return features::forward(fleet, &request).await;
+        }
+    }
     Json(s.schema.execute(request).await).into_response()
 }
 
@@ -152,9 +161,6 @@ async fn post_graphql(State(s): State<GraphqlState>, headers: HeaderMap, body: B
             StatusCode::BAD_REQUEST,
             "the body is not a GraphQL request: its \"query\" is missing or empty".into(),
         ),
-        Ok(request) if request.query.trim().is_empty() => {
-            refused(StatusCode::BAD_REQUEST, "the body has no \"query\" (a GraphQL document)".into())
-        }
         Ok(request) => execute(&s, request).await,
         Err(e) => refused(
             StatusCode::BAD_REQUEST,
