@@ -17,6 +17,7 @@
 //!   parameters, deadlines, idempotency).
 //! - [`classification`]: the classification extension.
 //! - [`stats`], [`metrics`]: Triton-shaped statistics and Prometheus metrics.
+//! - [`secret`]: secrets that never print, and connection URLs without their password.
 //! - [`trace`]: request spans and W3C trace context (`traceparent`) in and out, for OTLP.
 #![forbid(unsafe_code)]
 
@@ -33,6 +34,7 @@ pub mod protocol;
 pub mod repository;
 pub mod request;
 pub mod scheduler;
+pub mod secret;
 pub mod service;
 pub mod stats;
 pub mod tensor;

@@ -31,7 +31,7 @@ pub(super) async fn run(
     let StreamSource::Rabbitmq { url, queue } = &spec.source else {
         return Err("not a RabbitMQ source".into());
     };
-    let shown = redact(url);
+    let shown = flotilla_core::secret::redact_url(url);
     let uri: AMQPUri = url.parse().map_err(|e: String| format!("RabbitMQ url {shown}: {}", e.replace(url, &shown)))?;
     let connection = Connection::connect_uri(uri, ConnectionProperties::default())
         .await
@@ -144,29 +144,4 @@ async fn ensure_queue(connection: &Connection, name: &str) -> Result<u32, String
 
 fn is_not_found(e: &lapin::Error) -> bool {
     matches!(e.kind(), ErrorKind::ProtocolError(p) if *p.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
-}
-
-/// The url with its password masked, for logs and errors: `amqp://guest:***@127.0.0.1:5672/%2f`.
-fn redact(url: &str) -> String {
-    let start = url.find("://").map_or(0, |i| i + 3);
-    let end = url[start..].find(['/', '?', '#']).map_or(url.len(), |i| start + i);
-    let Some(at) = url[start..end].rfind('@').map(|i| start + i) else { return url.to_string() };
-    match url[start..at].find(':') {
-        Some(colon) => format!("{}:***{}", &url[..start + colon], &url[at..]),
-        None => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn urls_are_shown_without_their_password() {
-        assert_eq!(redact("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
-        assert_eq!(redact("amqp://svc:p%40ss@rabbit/vh?heartbeat=10"), "amqp://svc:***@rabbit/vh?heartbeat=10");
-        assert_eq!(redact("amqp://a:b@c@host"), "amqp://a:***@host");
-        assert_eq!(redact("amqp://guest@host:5672"), "amqp://guest@host:5672");
-        assert_eq!(redact("amqp://127.0.0.1:5672/%2f"), "amqp://127.0.0.1:5672/%2f");
-    }
 }

@@ -4,6 +4,7 @@
 //! travel in text form. TLS is not spoken (`sslmode=require` is refused when the URL is read).
 
 use bytes::{Buf, Bytes, BytesMut};
+use flotilla_core::secret::Secret;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::frontend;
 use std::time::Duration;
@@ -17,12 +18,13 @@ const READ_CHUNK: usize = 256 * 1024;
 const MAX_MESSAGE: usize = 1 << 30;
 
 /// Where and as whom to connect, read from a `postgresql://user:password@host:port/dbname` URL.
+/// The password is a [`Secret`]: `Debug` shows `***`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnInfo {
     pub host: String,
     pub port: u16,
     pub user: String,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     pub dbname: String,
 }
 
@@ -68,7 +70,7 @@ impl ConnInfo {
         }
         let host = if host.is_empty() { "127.0.0.1".to_string() } else { decode(&host)? };
         let user = if user.is_empty() { std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into()) } else { user };
-        let password = password.or_else(|| std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty()));
+        let password = password.or_else(|| std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty())).map(Secret::new);
         let dbname = if dbname.is_empty() { user.clone() } else { decode(dbname)? };
         Ok(Self { host, port, user, password, dbname })
     }
@@ -210,11 +212,11 @@ impl Conn {
             match kind {
                 0 => return Ok(()),
                 3 => {
-                    let password = info.password.as_deref().ok_or_else(need_password)?;
+                    let password = info.password.as_ref().map(Secret::expose).ok_or_else(need_password)?;
                     frontend::password_message(password.as_bytes(), &mut self.write).map_err(io)?;
                 }
                 5 => {
-                    let password = info.password.as_deref().ok_or_else(need_password)?;
+                    let password = info.password.as_ref().map(Secret::expose).ok_or_else(need_password)?;
                     let salt: [u8; 4] =
                         body.get(..4).and_then(|s| s.try_into().ok()).ok_or_else(|| protocol("short MD5 salt"))?;
                     let hash =
@@ -222,7 +224,7 @@ impl Conn {
                     frontend::password_message(hash.as_bytes(), &mut self.write).map_err(io)?;
                 }
                 10 => {
-                    let password = info.password.as_deref().ok_or_else(need_password)?;
+                    let password = info.password.as_ref().map(Secret::expose).ok_or_else(need_password)?;
                     let offers = String::from_utf8_lossy(&body).to_string();
                     if !offers.split('\0').any(|m| m == SCRAM_SHA_256) {
                         return Err(protocol(format!("no supported SASL mechanism in {offers:?}")));
@@ -483,11 +485,12 @@ mod tests {
     fn urls_parse_with_defaults_escapes_and_sockets() {
         let c = ConnInfo::parse("postgresql://app:p%40ss@db.local:6543/features").unwrap();
         assert_eq!(
-            (c.user.as_str(), c.password.as_deref(), c.host.as_str(), c.port),
+            (c.user.as_str(), c.password.as_ref().map(Secret::expose), c.host.as_str(), c.port),
             ("app", Some("p@ss"), "db.local", 6543)
         );
         assert_eq!(c.dbname, "features");
         assert_eq!(c.redacted(), "postgresql://app@db.local:6543/features");
+        assert!(!format!("{c:?}").contains("p@ss"), "{c:?}");
         let s = ConnInfo::parse("postgres://postgres@/test?host=%2Fvar%2Frun%2Fpostgresql").unwrap();
         assert_eq!((s.host.as_str(), s.port), ("/var/run/postgresql", 5432));
         assert!(ConnInfo::parse("mysql://x").unwrap_err().contains("postgresql://"));
