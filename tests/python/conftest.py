@@ -82,12 +82,17 @@ class Process:
             raise error(f"{what} did not start:\n" + log)
         self.http = f"127.0.0.1:{self.http_port}"
         self.grpc = f"127.0.0.1:{self.grpc_port}"
-        self.url = f"http://{self.http}"
+        # Over TLS (--tls-cert) the URL is https; the liveness wait does not check the
+        # certificate (the TLS tests do).
+        tls = "--tls-cert" in cmd or "FLOTILLA_TLS_CERT" in (env or {})
+        self.url = f"{'https' if tls else 'http'}://{self.http}"
         deadline = time.time() + 60
         while time.time() < deadline:
             try:
-                requests.get(self.url + "/v2/health/live", timeout=1)
+                requests.get(self.url + "/v2/health/live", timeout=1, verify=False)
                 break
+            except requests.exceptions.SSLError:
+                break  # mutual TLS: it answers, and wants a client certificate
             except requests.ConnectionError:
                 time.sleep(0.05)
 

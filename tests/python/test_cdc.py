@@ -11,6 +11,7 @@ import uuid
 
 import psycopg
 import pytest
+import requests
 
 from conftest import EXAMPLES, Server, wait_for
 from test_features import cli, column, metric, online
@@ -407,5 +408,11 @@ def test_cdc_schema_errors_are_clear(table, ddl, message):
         wait_for(lambda: message in s.log(), what=f"the error '{message}'", timeout=30)
         assert "consuming" not in s.log()
         assert not table.slot_exists(), "no slot is made for a table that cannot stream"
+        # refused, not retried: the consumer stops once and says so; the server serves on
+        assert "its consumer stopped" in s.log(), s.log()[-2000:]
+        time.sleep(1.5)
+        assert s.log().count(message) == 1, s.log()[-3000:]
+        assert "retrying" not in s.log()
+        assert requests.get(s.url + "/v2/health/live", timeout=5).status_code == 200
     finally:
         assert s.stop() == 0, s.log()

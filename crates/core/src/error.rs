@@ -27,10 +27,14 @@ pub enum ErrorKind {
     /// The server is draining (preempted or shutting down) and did not run the request:
     /// another replica can (503 / UNAVAILABLE; a fleet router retries it elsewhere).
     Draining,
+    /// No credentials, or credentials the server does not know (401 / UNAUTHENTICATED).
+    Unauthenticated,
+    /// Known credentials without the scope the operation needs (403 / PERMISSION_DENIED).
+    PermissionDenied,
 }
 
 /// Every kind, in table order (for tests and for parsing names).
-pub const ALL_KINDS: [ErrorKind; 10] = [
+pub const ALL_KINDS: [ErrorKind; 12] = [
     ErrorKind::InvalidArgument,
     ErrorKind::NotFound,
     ErrorKind::Unavailable,
@@ -41,6 +45,8 @@ pub const ALL_KINDS: [ErrorKind; 10] = [
     ErrorKind::Unimplemented,
     ErrorKind::Internal,
     ErrorKind::Draining,
+    ErrorKind::Unauthenticated,
+    ErrorKind::PermissionDenied,
 ];
 
 /// Header (HTTP) and metadata key (gRPC) that carries [`ErrorKind::as_str`] on error answers, so
@@ -64,6 +70,8 @@ impl ErrorKind {
             ErrorKind::Unimplemented => "unimplemented",
             ErrorKind::Internal => "internal",
             ErrorKind::Draining => "draining",
+            ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::PermissionDenied => "permission_denied",
         }
     }
 
@@ -84,13 +92,9 @@ impl ErrorKind {
             Code::DeadlineExceeded => ErrorKind::DeadlineExceeded,
             Code::FailedPrecondition => ErrorKind::FailedPrecondition,
             Code::Unimplemented => ErrorKind::Unimplemented,
-            Code::Ok
-            | Code::Unknown
-            | Code::AlreadyExists
-            | Code::PermissionDenied
-            | Code::Unauthenticated
-            | Code::DataLoss
-            | Code::Internal => ErrorKind::Internal,
+            Code::Unauthenticated => ErrorKind::Unauthenticated,
+            Code::PermissionDenied => ErrorKind::PermissionDenied,
+            Code::Ok | Code::Unknown | Code::AlreadyExists | Code::DataLoss | Code::Internal => ErrorKind::Internal,
         }
     }
 }
@@ -143,6 +147,12 @@ impl Error {
     pub fn exhausted(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::ResourceExhausted, message)
     }
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unauthenticated, message)
+    }
+    pub fn denied(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::PermissionDenied, message)
+    }
 
     /// HTTP status code for this error (see [`status_table`]).
     pub fn http_status(&self) -> u16 {
@@ -170,6 +180,8 @@ pub const fn status_table(kind: ErrorKind) -> (u16, tonic::Code) {
         ErrorKind::Unimplemented => (501, Code::Unimplemented),
         ErrorKind::Internal => (500, Code::Internal),
         ErrorKind::Draining => (503, Code::Unavailable),
+        ErrorKind::Unauthenticated => (401, Code::Unauthenticated),
+        ErrorKind::PermissionDenied => (403, Code::PermissionDenied),
     }
 }
 
@@ -185,6 +197,8 @@ mod tests {
             ErrorKind::PayloadTooLarge,
             ErrorKind::ResourceExhausted,
             ErrorKind::FailedPrecondition,
+            ErrorKind::Unauthenticated,
+            ErrorKind::PermissionDenied,
         ];
         for k in kinds {
             assert!(status_table(k).0 < 500, "{k:?}");

@@ -38,6 +38,8 @@ pub struct AgentSettings {
     pub latency_target: Duration,
     pub features: bool,
     pub drift: bool,
+    /// How the worker authenticates to its routers.
+    pub link: crate::link::Link,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -86,24 +88,18 @@ impl Agent {
         let kvs = kvs.iter().map(|u| Arc::new(Kv::new(u, &settings.bucket))).collect();
         let routers: Vec<String> = routers.iter().map(|u| u.trim_end_matches('/').to_string()).collect();
         let syncer = (!routers.is_empty()).then(|| {
-            let http = reqwest::Client::builder()
-                .timeout(Duration::from_secs(120))
-                .build()
-                .unwrap_or_else(|_| reqwest::Client::new());
+            let http = settings.link.http(Duration::from_secs(120));
             crate::sync::Syncer::new(&settings.id, service.clone(), http)
         });
         Arc::new(Self {
             syncer,
-            leases: crate::leases::SourceLeases::new(&settings.id, &settings.join, &settings.bucket),
+            leases: crate::leases::SourceLeases::new(&settings.id, &settings.join, &settings.bucket, &settings.link),
             started_ms: now_ms() as u64,
             seq: AtomicU64::new(0),
             drain: Mutex::new(Drain { state: WorkerState::Serving, deadline: None, drained_after: None }),
             estimator: Mutex::new(Estimator::new(cpu_allowance())),
             wake: Notify::new(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_millis(1000))
-                .build()
-                .unwrap_or_else(|_| reqwest::Client::new()),
+            http: settings.link.http(Duration::from_millis(1000)),
             kvs,
             routers,
             drained: watch::channel(false).0,

@@ -23,7 +23,7 @@ pub fn forwarding(fleet: Arc<Fleet>, max_message_bytes: usize) -> ServingService
 }
 
 impl Forwarding {
-    async fn client(&self) -> Result<ServingServiceClient<tonic::transport::Channel>, Status> {
+    async fn client(&self) -> Result<ServingServiceClient<crate::link::Authorized>, Status> {
         let target = self
             .fleet
             .feature_worker()

@@ -75,7 +75,9 @@ pub(crate) fn classify(worker: &str, status: tonic::Status) -> Failure {
             | ErrorKind::PayloadTooLarge
             | ErrorKind::DeadlineExceeded
             | ErrorKind::FailedPrecondition
-            | ErrorKind::Unimplemented => (false, false, Signal::Fine),
+            | ErrorKind::Unimplemented
+            | ErrorKind::Unauthenticated
+            | ErrorKind::PermissionDenied => (false, false, Signal::Fine),
         };
         return Failure { error, maybe_ran, retryable, signal };
     }

@@ -143,17 +143,14 @@ pub struct SourceLeases {
 impl SourceLeases {
     /// Leases held in the first router's table, or in the NATS registry when the worker joined
     /// one (`join` as `--join` gives it).
-    pub fn new(me: &str, join: &[String], bucket: &str) -> Arc<Self> {
+    pub fn new(me: &str, join: &[String], bucket: &str, link: &crate::link::Link) -> Arc<Self> {
         let nats = join.iter().find(|u| u.starts_with("nats://"));
         let router = join.iter().find(|u| u.starts_with("http://") || u.starts_with("https://"));
         let registry = match (nats, router) {
             (Some(n), _) => Some(Registry::Nats(Arc::new(Kv::new(n, bucket)))),
             (None, Some(r)) => Some(Registry::Router {
                 url: r.trim_end_matches('/').to_string(),
-                http: reqwest::Client::builder()
-                    .timeout(Duration::from_millis(1000))
-                    .build()
-                    .unwrap_or_else(|_| reqwest::Client::new()),
+                http: link.http(Duration::from_millis(1000)),
             }),
             (None, None) => None,
         };
@@ -253,7 +250,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_a_registry_a_worker_always_holds() {
-        let leases = SourceLeases::new("w1", &[], "bucket");
+        let leases = SourceLeases::new("w1", &[], "bucket", &Default::default());
         assert!(*leases.hold("slot").borrow());
     }
 }

@@ -25,6 +25,7 @@
 //!   from artifacts; [`sync`]: digest-based sync of those models to workers (both sides).
 //! - [`drift`]: the fleet's drift view, merged from the windows the workers closed, with one
 //!   alert state (and webhook) per change for the whole fleet.
+//! - [`link`]: the clients members reach each other with (the fleet token on every call).
 //! - [`events`], [`metrics`]: what happened, for operators and the benchmark.
 #![forbid(unsafe_code)]
 
@@ -39,6 +40,7 @@ pub mod feast;
 pub mod forward;
 pub mod http;
 pub mod leases;
+pub mod link;
 pub mod load;
 pub mod member;
 pub mod members;

@@ -1,6 +1,7 @@
 //! One worker as the router knows it: its latest record, a gRPC channel to it, its health
 //! (draining, ejected, failures in a row) and, per model, the load signals the balancer reads.
 
+use crate::link::{Authorized, Link};
 use crate::load::{Ewma, PeakEwma, Rate};
 use crate::record::{WorkerRecord, WorkerState};
 use arc_swap::ArcSwap;
@@ -10,7 +11,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
 /// Load signals of one worker for one model.
 #[derive(Debug)]
@@ -77,9 +77,9 @@ pub struct Member {
     pub id: String,
     record: ArcSwap<WorkerRecord>,
     seen: Mutex<Instant>,
-    pub client: GrpcInferenceServiceClient<Channel>,
+    pub client: GrpcInferenceServiceClient<Authorized>,
     /// The channel `client` uses (other services of the worker ride on it too).
-    pub channel: Channel,
+    pub channel: Authorized,
     health: Mutex<Health>,
     lanes: RwLock<HashMap<String, Arc<Lane>>>,
     /// Requests outstanding on it (every model).
@@ -99,14 +99,14 @@ pub struct Member {
 
 impl Member {
     /// A member for `record` over a lazily connected channel (no I/O here).
-    pub fn new(record: WorkerRecord, initial_latency: Duration) -> Result<Self, String> {
+    pub fn new(record: WorkerRecord, initial_latency: Duration, link: &Link) -> Result<Self, String> {
         let endpoint = tonic::transport::Endpoint::from_shared(record.grpc.clone())
             .map_err(|e| format!("worker '{}': grpc address {:?}: {e}", record.id, record.grpc))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
-        let channel = endpoint.connect_lazy();
+        let channel = link.grpc(endpoint.connect_lazy());
         let client = GrpcInferenceServiceClient::new(channel.clone())
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);

@@ -3,6 +3,7 @@
 //! registration — unless the registry itself is unreachable, when the last-known view holds.
 
 use crate::events::Events;
+use crate::link::Link;
 use crate::member::Member;
 use crate::metrics::FleetMetrics;
 use crate::record::{validate, WorkerRecord, WorkerState};
@@ -37,6 +38,8 @@ pub struct Members {
     /// The capacity per engine instance workers measured, by model and hardware kind, kept after
     /// they leave: what a new worker stands in at until it has measured its own.
     measured: RwLock<HashMap<(String, String), f64>>,
+    /// How the router reaches its workers (the fleet token).
+    link: Link,
 }
 
 impl Members {
@@ -45,8 +48,10 @@ impl Members {
         events: Arc<Events>,
         metrics: FleetMetrics,
         on_join: impl Fn(Arc<Member>) + Send + Sync + 'static,
+        link: Link,
     ) -> Self {
         Self {
+            link,
             map: RwLock::new(BTreeMap::new()),
             ttl,
             frozen: AtomicBool::new(false),
@@ -131,7 +136,7 @@ impl Members {
             record.grpc,
             record.models.len()
         );
-        let member = Arc::new(Member::new(record, self.usual_latency())?);
+        let member = Arc::new(Member::new(record, self.usual_latency(), &self.link)?);
         if let Some(old) = self.map.write().insert(id.clone(), member.clone()) {
             old.removed.store(true, Ordering::Release);
         }
@@ -267,7 +272,8 @@ mod tests {
     #[tokio::test]
     async fn joins_refreshes_expiry_and_stand_in_capacity() {
         let metrics = FleetMetrics::new(&prometheus::Registry::new());
-        let members = Members::new(Duration::from_millis(50), Arc::new(Events::default()), metrics, |_| {});
+        let members =
+            Members::new(Duration::from_millis(50), Arc::new(Events::default()), metrics, |_| {}, Link::default());
         assert_eq!(members.stand_in("m", "a", 2), None);
         assert_eq!(members.apply(record("w1", "a", Some(100.0), 4)), Ok(Applied::Joined));
         assert_eq!(members.apply(record("w1", "a", Some(100.0), 4)), Ok(Applied::Ignored), "same seq");

@@ -57,6 +57,8 @@ pub struct Settings {
     pub min_limit: usize,
     /// Time to wait for the answers of metadata, statistics, index, load and unload calls.
     pub control_timeout: Duration,
+    /// How the router authenticates to its workers.
+    pub link: crate::link::Link,
 }
 
 impl Default for Settings {
@@ -78,6 +80,7 @@ impl Default for Settings {
             default_limit: 64,
             min_limit: 4,
             control_timeout: Duration::from_secs(30),
+            link: crate::link::Link::default(),
         }
     }
 }
@@ -123,13 +126,20 @@ impl Fleet {
         let core_metrics = Metrics::new();
         let metrics = FleetMetrics::new(&core_metrics.registry);
         let events = Arc::new(Events::counted(metrics.events.clone()));
+        let http = settings.link.http(Duration::from_secs(30));
         Arc::new_cyclic(|fleet: &std::sync::Weak<Fleet>| {
             let weak = fleet.clone();
-            let members = Members::new(ttl, events, metrics.clone(), move |member| {
-                if let Some(fleet) = weak.upgrade() {
-                    fleet.spawn_probe(member);
-                }
-            });
+            let members = Members::new(
+                ttl,
+                events,
+                metrics.clone(),
+                move |member| {
+                    if let Some(fleet) = weak.upgrade() {
+                        fleet.spawn_probe(member);
+                    }
+                },
+                settings.link.clone(),
+            );
             Fleet {
                 members: Arc::new(members),
                 retry_budget: TpsBudget::new(
@@ -143,10 +153,7 @@ impl Fleet {
                 core_metrics,
                 metrics,
                 latencies: RwLock::new(HashMap::new()),
-                http: reqwest::Client::builder()
-                    .timeout(Duration::from_secs(30))
-                    .build()
-                    .unwrap_or_else(|_| reqwest::Client::new()),
+                http,
                 control: crate::control::Control::default(),
                 me: fleet.clone(),
                 router_id: format!(

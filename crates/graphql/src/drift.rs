@@ -62,7 +62,7 @@ pub(crate) async fn model_drift(s: &Sources, model: &str) -> Result<ModelDrift> 
             if let Some(e) = r.reason.filter(|_| !r.ready) {
                 return Err(fail(e));
             }
-            (monitor.report(model), "worker")
+            (Some(monitor.report(model).ok_or_else(|| fail(monitor.why_none(model)))?), "worker")
         }
         DriftSource::Fleet(fleet) => {
             if let Err(e) = fleet.drift.collect(fleet, model).await {

@@ -24,12 +24,12 @@ pub mod fleet;
 pub mod models;
 
 use async_graphql::{EmptyMutation, EmptySubscription, ErrorExtensions, Schema};
-use axum::body::Body;
-use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{RawQuery, Request, State};
+use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use flotilla_core::auth::{Identity, Scope};
 use flotilla_core::Api;
 use std::sync::Arc;
 
@@ -137,18 +137,28 @@ fn refused(status: StatusCode, message: String) -> Response {
     (status, Json(serde_json::json!({ "errors": [{ "message": message }] }))).into_response()
 }
 
-async fn execute(s: &GraphqlState, request: async_graphql::Request) -> Response {
-    // Auth scopes: when the auth issue lands, the caller's scopes are checked here (the same
-    // read scope as the REST GET endpoints), before the schema runs.
+/// The caller whose token the HTTP layer checked (`None` when tokens are off); each root field
+/// checks the scope it needs.
+#[derive(Clone)]
+pub(crate) struct Caller(pub Option<Identity>);
+
+async fn execute(s: &GraphqlState, request: async_graphql::Request, caller: Option<Identity>) -> Response {
     if let Some(fleet) = &s.feature_fleet {
         if features::only_feature_fields(&request) {
+            // The worker sees the router's fleet token: the caller's scope is checked here.
+            if let Some(Err(e)) = caller.as_ref().map(|c| c.require(Scope::FeaturesRead)) {
+                let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::FORBIDDEN);
+                return refused(status, e.message);
+            }
             return features::forward(fleet, &request).await;
         }
     }
-    Json(s.schema.execute(request).await).into_response()
+    Json(s.schema.execute(request.data(Caller(caller))).await).into_response()
 }
 
-async fn post_graphql(State(s): State<GraphqlState>, headers: HeaderMap, body: Body) -> Response {
+async fn post_graphql(State(s): State<GraphqlState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let (headers, caller) = (parts.headers, parts.extensions.get::<Identity>().cloned());
     let bytes = match flotilla_http::body::read(&headers, body, s.max_request_bytes).await {
         Ok(b) => b,
         Err(e) => {
@@ -161,7 +171,7 @@ async fn post_graphql(State(s): State<GraphqlState>, headers: HeaderMap, body: B
             StatusCode::BAD_REQUEST,
             "the body is not a GraphQL request: its \"query\" is missing or empty".into(),
         ),
-        Ok(request) => execute(&s, request).await,
+        Ok(request) => execute(&s, request, caller).await,
         Err(e) => refused(
             StatusCode::BAD_REQUEST,
             format!("the body is not a GraphQL request (JSON with a \"query\" string): {e}"),
@@ -169,7 +179,12 @@ async fn post_graphql(State(s): State<GraphqlState>, headers: HeaderMap, body: B
     }
 }
 
-async fn get_graphql(State(s): State<GraphqlState>, RawQuery(query): RawQuery) -> Response {
+async fn get_graphql(
+    State(s): State<GraphqlState>,
+    RawQuery(query): RawQuery,
+    caller: Option<axum::Extension<Identity>>,
+) -> Response {
+    let caller = caller.map(|axum::Extension(identity)| identity);
     let Some(query) = query.filter(|q| q.split('&').any(|kv| kv.starts_with("query="))) else {
         return ([(header::CACHE_CONTROL, "no-store")], Html(GRAPHIQL)).into_response();
     };
@@ -177,7 +192,7 @@ async fn get_graphql(State(s): State<GraphqlState>, RawQuery(query): RawQuery) -
         return refused(StatusCode::PAYLOAD_TOO_LARGE, "the query string is larger than the request limit".into());
     }
     match async_graphql::http::parse_query_string(&query) {
-        Ok(request) => execute(&s, request).await,
+        Ok(request) => execute(&s, request, caller).await,
         Err(e) => refused(StatusCode::BAD_REQUEST, format!("the query string is not a GraphQL request: {e}")),
     }
 }

@@ -4,6 +4,7 @@
 use crate::{drift, fail, features, fleet, Result, Sources};
 use async_graphql::{Context, Json, Object, SimpleObject};
 use flotilla_core::api::Readiness;
+use flotilla_core::auth::Scope;
 use flotilla_core::repository::IndexEntry;
 use flotilla_core::service::VersionStats;
 use flotilla_core::Api;
@@ -57,6 +58,15 @@ pub(crate) fn sources<'c>(ctx: &Context<'c>) -> Result<&'c Sources> {
     ctx.data::<Sources>()
 }
 
+/// [`sources`] for a caller holding `scope` (when tokens are checked): what each root field
+/// asks first, as the REST endpoint it mirrors does (`fleet` needs any token, the HTTP layer's check).
+fn allowed<'c>(ctx: &Context<'c>, scope: Scope) -> Result<&'c Sources> {
+    if let Some(crate::Caller(Some(identity))) = ctx.data_opt::<crate::Caller>() {
+        identity.require(scope).map_err(fail)?;
+    }
+    sources(ctx)
+}
+
 /// The root of every query (there is no mutation and no subscription).
 pub struct Query;
 
@@ -64,13 +74,13 @@ pub struct Query;
 impl Query {
     /// Server name, version and health.
     async fn server(&self, ctx: &Context<'_>) -> Result<Server> {
-        let m = &sources(ctx)?.models;
+        let m = &allowed(ctx, Scope::Infer)?.models;
         Ok(Server { name: m.server_name(), version: m.server_version(), live: m.live(), ready: m.ready() })
     }
 
     /// The models of the repository (a router: of its workers), by name.
     async fn models(&self, ctx: &Context<'_>, #[graphql(default)] ready_only: bool) -> Result<Vec<Model>> {
-        let index = sources(ctx)?.models.index().await.map_err(fail)?;
+        let index = allowed(ctx, Scope::Infer)?.models.index().await.map_err(fail)?;
         let mut models: Vec<Model> = Vec::new();
         for entry in index.into_iter().filter(|e| !ready_only || e.state == "READY") {
             match models.iter_mut().find(|m| m.name == entry.name) {
@@ -83,7 +93,7 @@ impl Query {
 
     /// One model by name (an error names an unknown one).
     async fn model(&self, ctx: &Context<'_>, name: String) -> Result<Model> {
-        let index = sources(ctx)?.models.index().await.map_err(fail)?;
+        let index = allowed(ctx, Scope::Infer)?.models.index().await.map_err(fail)?;
         let entries: Vec<IndexEntry> = index.into_iter().filter(|e| e.name == name).collect();
         if entries.is_empty() {
             let e = flotilla_core::Error::not_found(format!("Request for unknown model: '{name}' is not found"));
@@ -94,11 +104,11 @@ impl Query {
 
     /// The feature store's views (a worker with `--feature-repo`).
     async fn feature_views(&self, ctx: &Context<'_>) -> Result<Vec<features::FeatureView>> {
-        features::views(sources(ctx)?)
+        features::views(allowed(ctx, Scope::FeaturesRead)?)
     }
 
     async fn feature_view(&self, ctx: &Context<'_>, name: String) -> Result<features::FeatureView> {
-        features::view(sources(ctx)?, &name)
+        features::view(allowed(ctx, Scope::FeaturesRead)?, &name)
     }
 
     /// Online feature values for entity rows, as `/get-online-features` reads them: `features`
@@ -111,12 +121,13 @@ impl Query {
         entities: Json<Value>,
         #[graphql(default)] full_feature_names: bool,
     ) -> Result<features::OnlineFeatures> {
-        features::online(sources(ctx)?, features, feature_service, entities.0, full_feature_names).await
+        features::online(allowed(ctx, Scope::FeaturesRead)?, features, feature_service, entities.0, full_feature_names)
+            .await
     }
 
     /// Drift state of a model: this worker's windows, or on a router the fleet's.
     async fn drift(&self, ctx: &Context<'_>, model: String) -> Result<drift::ModelDrift> {
-        drift::model_drift(sources(ctx)?, &model).await
+        drift::model_drift(allowed(ctx, Scope::Infer)?, &model).await
     }
 
     /// The fleet as the router sees it (only on `flotilla route`).

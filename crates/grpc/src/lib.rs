@@ -1,13 +1,16 @@
 //! KServe v2 / Triton gRPC adapter: `inference.GRPCInferenceService` over
 //! [`flotilla_core::Api`] (a worker's service or the fleet router), plus `grpc.health.v1.Health`, server reflection and Feast's
 //! `feast.serving.ServingService` over the feature store. Decode, call the service, encode; no business logic here.
+//! [`AuthLayer`] checks bearer tokens and [`MetricsLayer`] counts every call.
 #![forbid(unsafe_code)]
 
+mod auth;
 pub mod convert;
 pub mod features;
 mod layer;
 mod service;
 
+pub use auth::AuthLayer;
 pub use layer::MetricsLayer;
 pub use service::{status, InferenceService};
 

@@ -158,7 +158,7 @@ pub async fn model_stats_v<A: Api>(
 
 /// Drift monitoring of a model: reference summary, settings, alert states, recent windows.
 pub async fn model_drift<A: Api>(State(s): State<AppState<A>>, Path(model): Path<String>) -> Result<Json<Value>> {
-    drift_monitor(&s, &model).await?.report(&model).map(Json).ok_or_else(|| no_profile(&model).into())
+    drift_monitor(&s, &model).await?.report(&model).map(Json).ok_or_else(|| no_profile(&s, &model).into())
 }
 
 /// The open and recently closed windows' mergeable summaries per version (sketches, counts,
@@ -174,7 +174,14 @@ pub async fn model_drift_window<A: Api>(
         .await?
         .open_windows(&model, with_profile)
         .map(Json)
-        .ok_or_else(|| no_profile(&model).into())
+        .ok_or_else(|| no_profile(&s, &model).into())
+}
+
+fn no_profile<A>(s: &AppState<A>, model: &str) -> Error {
+    match s.options.drift.as_deref() {
+        Some(monitor) => monitor.why_none(model),
+        None => Error::not_found("drift monitoring is off (serve --drift-monitoring true turns it on)"),
+    }
 }
 
 async fn drift_monitor<'a, A: Api>(s: &'a AppState<A>, model: &str) -> Result<&'a flotilla_drift::monitor::Monitor> {
@@ -186,12 +193,6 @@ async fn drift_monitor<'a, A: Api>(s: &'a AppState<A>, model: &str) -> Result<&'
         .drift
         .as_deref()
         .ok_or_else(|| Error::not_found("drift monitoring is off (serve --drift-monitoring true turns it on)").into())
-}
-
-fn no_profile(model: &str) -> Error {
-    Error::not_found(format!(
-        "model '{model}' has no drift profile: build one with `flotilla profile --model {model} --data <training data>`"
-    ))
 }
 
 pub async fn infer<A: Api>(

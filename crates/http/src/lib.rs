@@ -5,9 +5,11 @@
 //! - [`router`] builds the axum router with every endpoint and the shared
 //!   metrics middleware.
 //! - `json`: the JSON + binary tensor codec; `body`: size limits and compression.
+//! - [`auth`]: the bearer-token check in front of every route (when `--auth-tokens` is set).
 //! - [`features`]: Feast's feature-server endpoints (`/get-online-features`, `/push`).
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod body;
 pub mod features;
 mod handlers;
@@ -33,6 +35,8 @@ pub struct HttpOptions {
     pub features: Option<Arc<flotilla_features::FeatureStore>>,
     /// Drift monitoring behind `GET /v2/models/{m}/drift`, when it is on.
     pub drift: Option<Arc<flotilla_drift::monitor::Monitor>>,
+    /// Bearer tokens every route but the health probes needs (`--auth-tokens`); `None`: open.
+    pub auth: Option<Arc<flotilla_core::auth::Auth>>,
 }
 
 pub(crate) struct AppState<A> {
@@ -77,6 +81,7 @@ pub fn router<A: Api>(service: Arc<A>, options: HttpOptions, extra: Router) -> R
     use handlers::*;
     let features = options.features.clone().map(|f| features::router(f, options.max_request_bytes));
     let drift = options.drift.is_some();
+    let auth = options.auth.clone();
     let state = AppState { service, options };
     let mut router = Router::new()
         .route("/v2", get(server_metadata::<A>))
@@ -112,7 +117,8 @@ pub fn router<A: Api>(service: Arc<A>, options: HttpOptions, extra: Router) -> R
     if let Some(f) = features {
         router = router.merge(f);
     }
-    router.fallback(not_found).layer(axum::middleware::from_fn_with_state(state, record::<A>))
+    // The token check runs inside the metrics middleware, so refusals are counted too.
+    auth::guard(router.fallback(not_found), auth).layer(axum::middleware::from_fn_with_state(state, record::<A>))
 }
 
 /// Shared middleware: counts responses by endpoint and status and times them.

@@ -218,6 +218,33 @@ pub struct ListenArgs {
     pub metrics_port: u16,
 }
 
+/// Who may call a server and how its listeners encrypt (README, "Security").
+#[derive(Debug, Clone, Default, Args)]
+pub struct SecurityArgs {
+    /// Turns authentication on: a TOML file of named bearer tokens and their scopes (`infer`,
+    /// `features:read`, `features:write`, `admin`); re-read when it changes. Off by default.
+    #[arg(long, env = "FLOTILLA_AUTH_TOKENS")]
+    pub auth_tokens: Option<PathBuf>,
+
+    /// The bearer token this process sends to the other members of its fleet (a worker to its
+    /// routers, a router to its workers) when they check tokens; give it from the environment.
+    #[arg(long, env = "FLOTILLA_FLEET_TOKEN", hide_env_values = true)]
+    pub fleet_token: Option<String>,
+
+    /// PEM certificate chain: HTTP and gRPC are served over TLS (the metrics port too).
+    /// Certificate and key are re-read when they change.
+    #[arg(long, env = "FLOTILLA_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "FLOTILLA_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s): clients must present a certificate it signed (mutual TLS).
+    #[arg(long, env = "FLOTILLA_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
 /// How a server logs.
 #[derive(Debug, Clone, Args)]
 pub struct LogArgs {
@@ -256,6 +283,9 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub listen: ListenArgs,
+
+    #[command(flatten)]
+    pub security: SecurityArgs,
 
     /// Which models are loaded, and whether the repository API may load and unload.
     #[arg(long, env = "FLOTILLA_MODEL_CONTROL_MODE", value_enum, default_value_t = ControlModeArg::None)]
@@ -403,6 +433,9 @@ pub enum PolicyArg {
 pub struct RouteConfig {
     #[command(flatten)]
     pub listen: ListenArgs,
+
+    #[command(flatten)]
+    pub security: SecurityArgs,
 
     /// Fleet membership: `embedded` (workers register with this router) or a NATS JetStream KV
     /// registry `nats://HOST:PORT` shared by several routers.

@@ -14,7 +14,8 @@
 //! - `flotilla-proto`: protocol and model-config messages (built with protox).
 //! - this crate: the CLI ([`config`]) and [`run`], which wires everything and drains on shutdown;
 //!   [`telemetry`]: logs, and request traces over OTLP; [`dashboard`]: the live web pages at
-//!   `/dashboard` on the metrics port.
+//!   `/dashboard` on the metrics port; [`security`]: tokens, the fleet token and TLS ([`tls`])
+//!   from the flags.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -22,8 +23,10 @@ pub mod dashboard;
 pub mod features_cli;
 pub mod profile_cli;
 pub mod route;
+pub mod security;
 pub mod telemetry;
 pub mod test_backend;
+pub mod tls;
 pub mod worker;
 
 use anyhow::Context;
@@ -161,8 +164,13 @@ pub async fn build_service(config: &ServeConfig) -> anyhow::Result<Built> {
     let ready = metrics.model_ready.clone();
     let hook_enrichment = enrichment.clone();
     let hook_drift = drift.clone();
-    let repository = Repository::new(config.model_repository.clone(), mode, settings).with_change_hook(
-        move |model, versions, up| {
+    let check_drift = drift.clone();
+    let repository = Repository::new(config.model_repository.clone(), mode, settings)
+        .with_load_check(move |model, config| {
+            let refused = check_drift.as_ref()?.check_fit(model, config).err()?;
+            Some(format!("drift monitoring off: {refused}"))
+        })
+        .with_change_hook(move |model, versions, up| {
             for v in versions {
                 ready.with_label_values(&[model, v]).set(i64::from(up));
             }
@@ -172,8 +180,7 @@ pub async fn build_service(config: &ServeConfig) -> anyhow::Result<Built> {
             if let Some(d) = &hook_drift {
                 d.model_changed(model);
             }
-        },
-    );
+        });
     repository
         .load_initial(&config.load_model)
         .await
@@ -218,7 +225,9 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let security = security::Security::from_args(&config.security)?;
     let worker::Prepared { agent: mut agent_settings, consumer } = worker::prepare(&mut config, &listeners)?;
+    agent_settings.link = security.link.clone();
     let Built { service, features, drift } = build_service(&config).await?;
     agent_settings.features = features.is_some();
     agent_settings.drift = drift.is_some();
@@ -246,6 +255,7 @@ pub async fn run(
             max_request_bytes: config.max_request_bytes,
             features: features.clone(),
             drift: drift.clone(),
+            auth: security.auth.clone(),
         },
         extra,
     );
@@ -256,8 +266,15 @@ pub async fn run(
     let mut board = dashboard::Dashboard::new(service.metrics.registry.clone());
     board.drift = drift.clone();
     board.features = features.is_some();
-    let mut tasks =
-        spawn_listeners(listeners, http_router, grpc_parts.routes, service.metrics.clone(), board, &stop_tx);
+    let mut tasks = spawn_listeners(
+        listeners,
+        http_router,
+        grpc_parts.routes,
+        service.metrics.clone(),
+        board,
+        &security,
+        &stop_tx,
+    )?;
 
     if let Some(monitor) = drift.clone() {
         let (stop, budget) = (stop_tx.subscribe(), config.drift_cpu_budget);
@@ -335,8 +352,9 @@ pub fn spawn_listeners(
     grpc_routes: tonic::service::Routes,
     metrics: Metrics,
     dashboard: dashboard::Dashboard,
+    security: &security::Security,
     stop: &watch::Sender<bool>,
-) -> tokio::task::JoinSet<anyhow::Result<()>> {
+) -> anyhow::Result<tokio::task::JoinSet<anyhow::Result<()>>> {
     let stopped = || {
         let mut rx = stop.subscribe();
         async move {
@@ -344,20 +362,27 @@ pub fn spawn_listeners(
         }
     };
     let mut tasks = tokio::task::JoinSet::new();
-    // No Nagle delay on small responses (headers and body may leave in separate writes).
-    let http_listener = listeners.http.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let http = axum::serve(http_listener, http_router).with_graceful_shutdown(stopped());
-    tasks.spawn(async move { http.await.context("HTTP server") });
+    security.spawn_reload(&mut tasks, stop);
+    serve_http(&mut tasks, listeners.http, http_router, security, stopped(), "HTTP server")?;
 
-    // Server::tcp_nodelay only applies to sockets tonic binds itself; set it on ours.
-    let incoming = tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
-    let grpc = tonic::transport::Server::builder()
+    // The token check sits inside the metrics layer, so refusals are counted.
+    let grpc_server = tonic::transport::Server::builder()
         .layer(flotilla_grpc::MetricsLayer::new(metrics.clone()))
-        .add_routes(grpc_routes)
-        .serve_with_incoming_shutdown(incoming, stopped());
-    tasks.spawn(async move { grpc.await.context("gRPC server") });
+        .layer(flotilla_grpc::AuthLayer::new(security.auth.clone()))
+        .add_routes(grpc_routes);
+    match &security.tls {
+        Some(tls) => {
+            let incoming = tls::TlsListener::new(listeners.grpc, tls.clone(), "grpc")?.into_stream();
+            let grpc = grpc_server.serve_with_incoming_shutdown(incoming, stopped());
+            tasks.spawn(async move { grpc.await.context("gRPC server") });
+        }
+        None => {
+            // Server::tcp_nodelay only applies to sockets tonic binds itself; set it on ours.
+            let incoming = tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
+            let grpc = grpc_server.serve_with_incoming_shutdown(incoming, stopped());
+            tasks.spawn(async move { grpc.await.context("gRPC server") });
+        }
+    }
 
     if let Some(listener) = listeners.metrics {
         let sampler = dashboard.sampler.clone();
@@ -375,10 +400,37 @@ pub fn spawn_listeners(
                 }),
             )
             .merge(dashboard.routes());
-        let server = axum::serve(listener, router).with_graceful_shutdown(stopped());
-        tasks.spawn(async move { server.await.context("metrics server") });
+        let router = flotilla_http::auth::guard(router, security.auth.clone());
+        serve_http(&mut tasks, listener, router, security, stopped(), "metrics server")?;
     }
-    tasks
+    Ok(tasks)
+}
+
+/// Serves `router` on `listener`, over TLS when `security` says so, until `stop` completes.
+fn serve_http(
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+    listener: TcpListener,
+    router: axum::Router,
+    security: &security::Security,
+    stop: impl Future<Output = ()> + Send + 'static,
+    name: &'static str,
+) -> anyhow::Result<()> {
+    match &security.tls {
+        Some(tls) => {
+            let listener = tls::TlsListener::new(listener, tls.clone(), name)?;
+            let server = axum::serve(listener, router).with_graceful_shutdown(stop);
+            tasks.spawn(async move { server.await.context(name) });
+        }
+        None => {
+            // No Nagle delay on small responses (headers and body may leave in separate writes).
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            let server = axum::serve(listener, router).with_graceful_shutdown(stop);
+            tasks.spawn(async move { server.await.context(name) });
+        }
+    }
+    Ok(())
 }
 
 /// Waits for the server tasks to end, at most `limit`.

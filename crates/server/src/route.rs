@@ -49,8 +49,11 @@ pub async fn route(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let security = crate::security::Security::from_args(&config.security)?;
+    let mut settings = settings(&config)?;
+    settings.link = security.link.clone();
     let options = ServiceOptions { server_name: config.server_name.clone(), ..ServiceOptions::default() };
-    let fleet = Fleet::new(settings(&config)?, options, Duration::from_millis(config.worker_ttl_ms.max(1)));
+    let fleet = Fleet::new(settings, options, Duration::from_millis(config.worker_ttl_ms.max(1)));
     let registry = match config.registry.as_str() {
         "embedded" => None,
         url if url.starts_with("nats://") => Some(Arc::new(Kv::new(url, &config.registry_bucket))),
@@ -86,7 +89,12 @@ pub async fn route(
         .merge(flotilla_graphql::routes(flotilla_graphql::Sources::router(fleet.clone()), config.max_request_bytes));
     let http_router = flotilla_http::router(
         fleet.clone(),
-        flotilla_http::HttpOptions { max_request_bytes: config.max_request_bytes, features: None, drift: None },
+        flotilla_http::HttpOptions {
+            max_request_bytes: config.max_request_bytes,
+            features: None,
+            drift: None,
+            auth: security.auth.clone(),
+        },
         extra,
     );
     let grpc_parts =
@@ -96,7 +104,8 @@ pub async fn route(
     let (stop_tx, _) = watch::channel(false);
     let mut board = crate::dashboard::Dashboard::new(fleet.metrics().registry.clone());
     board.fleet = Some(fleet.clone());
-    let mut tasks = spawn_listeners(listeners, http_router, routes, fleet.metrics().clone(), board, &stop_tx);
+    let mut tasks =
+        spawn_listeners(listeners, http_router, routes, fleet.metrics().clone(), board, &security, &stop_tx)?;
 
     tokio::select! {
         _ = shutdown => tracing::info!("shutdown requested; draining"),

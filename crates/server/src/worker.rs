@@ -114,6 +114,7 @@ pub fn prepare(config: &mut ServeConfig, listeners: &Listeners) -> anyhow::Resul
         latency_target: Duration::from_secs_f64(f.latency_target_ms / 1000.0),
         features: false,
         drift: false,
+        link: Default::default(),
     };
     Ok(Prepared { agent, consumer })
 }

@@ -78,7 +78,7 @@ async fn start() -> (tempfile::TempDir, Arc<Service>, String) {
     let repository = Repository::new(dir.path().to_path_buf(), ControlMode::None, settings);
     repository.load_initial(&[]).await.unwrap();
     let service = Arc::new(Service::new(Arc::new(repository), Metrics::new(), ServiceOptions::default()));
-    let options = flotilla_http::HttpOptions { max_request_bytes: 1 << 20, features: None, drift: None };
+    let options = flotilla_http::HttpOptions { max_request_bytes: 1 << 20, features: None, drift: None, auth: None };
     let app = flotilla_http::router(service.clone(), options, axum::Router::new());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

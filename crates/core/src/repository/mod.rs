@@ -57,10 +57,17 @@ struct Status {
     override_config: Option<ModelConfig>,
     /// Fingerprint of the model folder at the last load attempt (poll mode reloads when it changes).
     print: Option<u64>,
+    /// What the load checks found wrong beside the model (a drift profile that does not fit):
+    /// the model serves, and the index's reason says it.
+    notes: Vec<String>,
 }
 
 /// Called with (model, versions, ready) when versions come and go.
 type ChangeHook = Box<dyn Fn(&str, &[String], bool) + Send + Sync>;
+
+/// Called with (model, its configuration) after each successful load; a message is a problem
+/// with a file beside the model that its plug-in refused.
+type LoadCheck = Box<dyn Fn(&str, &ModelConfig) -> Option<String> + Send + Sync>;
 
 /// The model repository.
 pub struct Repository {
@@ -72,6 +79,7 @@ pub struct Repository {
     /// Loads and unloads happen one at a time.
     load_lock: tokio::sync::Mutex<()>,
     on_change: parking_lot::RwLock<Vec<ChangeHook>>,
+    checks: parking_lot::RwLock<Vec<LoadCheck>>,
 }
 
 // === impl Repository ===
@@ -86,7 +94,16 @@ impl Repository {
             status: Mutex::new(BTreeMap::new()),
             load_lock: tokio::sync::Mutex::new(()),
             on_change: parking_lot::RwLock::new(Vec::new()),
+            checks: parking_lot::RwLock::new(Vec::new()),
         }
+    }
+
+    /// Calls `f(model, config)` after each successful load; what it returns shows as the
+    /// reason of the model's READY rows in the index (used by drift monitoring to refuse a
+    /// profile that does not fit the model).
+    pub fn with_load_check(self, f: impl Fn(&str, &ModelConfig) -> Option<String> + Send + Sync + 'static) -> Self {
+        self.checks.write().push(Box::new(f));
+        self
     }
 
     /// Calls `f(model, versions, ready)` whenever versions come and go (used for metrics).
@@ -235,6 +252,10 @@ impl Repository {
                     );
                     self.models.store(Arc::new(map));
                     self.changed(name, &now, true);
+                    let config = self.models.load().get(name).map(|m| m.config.clone());
+                    if let Some(config) = config {
+                        status.notes = self.checks.read().iter().filter_map(|check| check(name, &config)).collect();
+                    }
                     Ok(())
                 }
             }
@@ -339,8 +360,9 @@ impl Repository {
             let mut rows = Vec::new();
             if let Some(model) = models.get(name) {
                 for v in model.versions.keys() {
-                    let reason = st.failed_versions.get(v).cloned().unwrap_or_default();
-                    rows.push(entry(name, &v.to_string(), "READY", &reason));
+                    let mut reasons: Vec<&str> = st.failed_versions.get(v).map(String::as_str).into_iter().collect();
+                    reasons.extend(st.notes.iter().map(String::as_str));
+                    rows.push(entry(name, &v.to_string(), "READY", &reasons.join("; ")));
                 }
             }
             for (v, reason) in &st.failed_versions {

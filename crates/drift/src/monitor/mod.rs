@@ -201,6 +201,9 @@ pub struct Monitor {
     /// Where each model's windows are snapshotted (`<dir>/<model>.json`), so they survive a restart.
     state_dir: Option<PathBuf>,
     models: RwLock<HashMap<String, Option<Arc<ModelState>>>>,
+    /// Models whose profile was refused (unreadable, or not fitting the model's tensors), with
+    /// the reason `/drift` and the repository index give.
+    refused: RwLock<HashMap<String, String>>,
     tx: mpsc::Sender<Observation>,
     rx: Mutex<Option<mpsc::Receiver<Observation>>>,
     metrics: Metrics,
@@ -230,6 +233,7 @@ impl Monitor {
             repository,
             state_dir,
             models: RwLock::new(HashMap::new()),
+            refused: RwLock::new(HashMap::new()),
             tx,
             rx: Mutex::new(Some(rx)),
             metrics: Metrics::new(registry),
@@ -254,12 +258,51 @@ impl Monitor {
                 Arc::new(s)
             }),
             Err(e) => {
-                tracing::error!(model = name, error = %e, "drift monitoring off for this model");
+                tracing::error!(model = name, error = %e, "drift profile refused; drift monitoring off for this model");
+                self.refused.write().insert(name.to_string(), e);
                 None
             }
         };
         self.models.write().insert(name.to_string(), state.clone());
         state
+    }
+
+    /// Checks, when `model` loads, that its profile fits the tensors of `config` (a model
+    /// retrained with other inputs beside an old profile): a profile that does not is refused,
+    /// with the reason in the log, `/drift` and the repository index, and the model is not
+    /// monitored. `Err` carries the reason (also for a profile that cannot be read).
+    pub fn check_fit(&self, model: &str, config: &flotilla_core::ModelConfig) -> Result<(), String> {
+        let Some(state) = self.model(model) else {
+            return self.refusal(model).map_or(Ok(()), Err);
+        };
+        let fit = fits(&state.profile.inputs, &config.input, "input", |i| (&i.name, &i.dims))
+            .and_then(|()| fits(&state.profile.output_tensors, &config.output, "output", |o| (&o.name, &o.dims)));
+        if let Err(e) = fit {
+            let reason = format!("{}: {e}", self.repository.join(model).join(profile::FILE_NAME).display());
+            tracing::error!(model, error = %reason, "drift profile refused; drift monitoring off for this model");
+            self.models.write().insert(model.to_string(), None);
+            self.refused.write().insert(model.to_string(), reason.clone());
+            return Err(reason);
+        }
+        Ok(())
+    }
+
+    /// Why `model` has no drift document: its profile was refused (FAILED_PRECONDITION with the
+    /// reason), or it has none (NOT_FOUND, with how to build one).
+    pub fn why_none(&self, model: &str) -> flotilla_core::Error {
+        match self.refusal(model) {
+            Some(reason) => {
+                flotilla_core::Error::precondition(format!("drift monitoring of model '{model}' is off: {reason}"))
+            }
+            None => flotilla_core::Error::not_found(format!(
+                "model '{model}' has no drift profile: build one with `flotilla profile --model {model} --data <training data>`"
+            )),
+        }
+    }
+
+    /// Why `model`'s profile was refused, when it was.
+    pub fn refusal(&self, model: &str) -> Option<String> {
+        self.refused.read().get(model).cloned()
     }
 
     /// Whether the next request to `model` is observed: the model has a profile, and the CPU
@@ -628,6 +671,7 @@ impl Observer for Monitor {
 
     fn model_changed(&self, model: &str) {
         self.models.write().remove(model);
+        self.refused.write().remove(model);
     }
 }
 
@@ -728,6 +772,37 @@ fn load_model(
         snapshotted: Mutex::new(None),
         sampled_out,
     }))
+}
+
+/// Whether the profile's tensor columns fit the model's declared tensors: each tensor exists,
+/// and where its shape is fully declared it holds as many values per row as the profile has
+/// columns (a shape with a variable dimension is taken on trust).
+fn fits<T>(
+    specs: &[profile::TensorColumns],
+    declared: &[T],
+    what: &str,
+    name_dims: impl Fn(&T) -> (&String, &Vec<i64>),
+) -> Result<(), String> {
+    for spec in specs {
+        let Some(dims) = declared.iter().map(&name_dims).find(|(n, _)| **n == spec.tensor).map(|(_, d)| d) else {
+            let names: Vec<&str> = declared.iter().map(|t| name_dims(t).0.as_str()).collect();
+            return Err(format!(
+                "the profile reads {what} tensor '{}', which the model does not have (its {what}s: {}); rebuild it with `flotilla profile`",
+                spec.tensor,
+                names.join(", ")
+            ));
+        };
+        let width: i64 = dims.iter().product();
+        if dims.iter().all(|d| *d >= 0) && width != spec.columns.len() as i64 {
+            return Err(format!(
+                "the profile has {} columns for {what} '{}', but the model's '{}' holds {width} values per row (dims {dims:?}); rebuild it with `flotilla profile`",
+                spec.columns.len(),
+                spec.tensor,
+                spec.tensor
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A reference column summarised for `/drift` documents.

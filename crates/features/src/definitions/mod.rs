@@ -6,7 +6,7 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-pub use stream::{StreamSource, StreamSpec};
+pub use stream::{StreamSource, StreamSpec, DEFAULT_NATS_ACK_WAIT};
 
 use crate::duration::parse_micros;
 use crate::error::{FeatureError, Result};

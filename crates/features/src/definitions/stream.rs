@@ -1,12 +1,19 @@
 //! A feature view's `stream = { type = ..., ... }` declaration.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How long NATS waits for the acknowledgement of a fetched message before it delivers it
+/// again: the bound on how stale a key can be after its consumer is killed (plus a restart).
+pub const DEFAULT_NATS_ACK_WAIT: Duration = Duration::from_secs(10);
 
 /// Where a view's stream rows come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamSource {
     /// NATS JetStream: a durable pull consumer on `subject` (the stream holding it is created when absent).
-    Nats { url: String, subject: String, stream: String, durable: String },
+    /// Messages a consumer fetched and did not acknowledge (it died) are delivered again after
+    /// `ack_wait` (setting `ack_wait`, default [`DEFAULT_NATS_ACK_WAIT`]).
+    Nats { url: String, subject: String, stream: String, durable: String, ack_wait: std::time::Duration },
     /// Redis Streams: XREADGROUP on `stream` in consumer group `group`.
     Redis { url: String, stream: String, group: String },
     /// Kafka: a consumer group on `topic`.
@@ -57,8 +64,21 @@ impl StreamSpec {
                         .unwrap_or_else(|| format!("FLOTILLA_{}", view.to_uppercase().replace('-', "_"))),
                     durable: get("durable")?.unwrap_or_else(|| format!("flotilla-{view}")),
                     subject,
+                    ack_wait: match get("ack_wait")? {
+                        None => DEFAULT_NATS_ACK_WAIT,
+                        Some(text) => {
+                            let micros = crate::duration::parse_micros(&text)
+                                .map_err(|e| format!("feature view '{view}': stream ack_wait: {e}"))?;
+                            if !(1_000_000..=3_600_000_000).contains(&micros) {
+                                return Err(format!(
+                                    "feature view '{view}': stream ack_wait must be from 1s to 1h, not '{text}'"
+                                ));
+                            }
+                            Duration::from_micros(micros as u64)
+                        }
+                    },
                 };
-                (source, &["url", "subject", "stream", "durable"], dead)
+                (source, &["url", "subject", "stream", "durable", "ack_wait"], dead)
             }
             "redis" => {
                 let stream = need("stream")?;

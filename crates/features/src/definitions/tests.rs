@@ -215,3 +215,24 @@ fn a_worker_with_its_own_store_consumes_under_its_own_identity() {
     let rabbit = parse("type = \"rabbitmq\"\nqueue = \"q\"");
     assert!(rabbit.shared_by_consumers() && rabbit.for_consumer("w1") == rabbit);
 }
+
+#[test]
+fn a_nats_stream_declares_its_ack_wait() {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+    let parse = |text: &str| {
+        let table: BTreeMap<String, toml::Value> = toml::from_str(text).unwrap();
+        StreamSpec::parse("card_txn", &table)
+    };
+    let wait = |text: &str| match parse(text).unwrap().source {
+        StreamSource::Nats { ack_wait, .. } => ack_wait,
+        other => panic!("not nats: {other:?}"),
+    };
+    assert_eq!(wait("type = \"nats\"\nsubject = \"s\""), stream::DEFAULT_NATS_ACK_WAIT);
+    assert_eq!(wait("type = \"nats\"\nsubject = \"s\"\nack_wait = \"2s\""), Duration::from_secs(2));
+    assert_eq!(wait("type = \"nats\"\nsubject = \"s\"\nack_wait = \"1m30s\""), Duration::from_secs(90));
+    for bad in ["\"500ms\"", "\"2h\"", "\"soon\"", "5"] {
+        let e = parse(&format!("type = \"nats\"\nsubject = \"s\"\nack_wait = {bad}")).unwrap_err();
+        assert!(e.contains("ack_wait"), "{bad}: {e}");
+    }
+}

@@ -22,6 +22,26 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+/// Why a consumer stopped reading its source.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    /// The source cannot be read now (a broker or database down, a connection lost): the
+    /// consumer connects again after a backoff.
+    #[error("{0}")]
+    Retry(String),
+    /// The source can never be read as declared (a table without a primary key or replica
+    /// identity, `wal_level` other than logical, a column of the wrong type, a publication
+    /// without the table): the consumer stops, says what to change, and the server serves on.
+    #[error("{0}")]
+    Stop(String),
+}
+
+impl From<String> for ConsumerError {
+    fn from(e: String) -> Self {
+        ConsumerError::Retry(e)
+    }
+}
+
 /// What one message asks of the online store.
 pub(crate) enum Item {
     /// A JSON row: written last-write-wins on event time.
@@ -256,10 +276,12 @@ pub fn spawn_all(
             loop {
                 let Some((run_stop, watcher)) = while_held(&stop, held.as_ref(), &label).await else { return };
                 let result = match &spec.source {
-                    StreamSource::Nats { .. } => nats::run(&store, index, &spec, run_stop).await,
-                    StreamSource::Redis { .. } => redis::run(&store, index, &spec, run_stop).await,
-                    StreamSource::Kafka { .. } => kafka::run(&store, index, &spec, run_stop).await,
-                    StreamSource::Rabbitmq { .. } => rabbitmq::run(&store, index, &spec, run_stop).await,
+                    StreamSource::Nats { .. } => nats::run(&store, index, &spec, run_stop).await.map_err(Into::into),
+                    StreamSource::Redis { .. } => redis::run(&store, index, &spec, run_stop).await.map_err(Into::into),
+                    StreamSource::Kafka { .. } => kafka::run(&store, index, &spec, run_stop).await.map_err(Into::into),
+                    StreamSource::Rabbitmq { .. } => {
+                        rabbitmq::run(&store, index, &spec, run_stop).await.map_err(Into::into)
+                    }
                     StreamSource::Postgres { .. } => postgres::run(&store, index, &spec, run_stop).await,
                 };
                 if let Some(w) = watcher {
@@ -273,7 +295,12 @@ pub fn spawn_all(
                         continue;
                     }
                     Ok(()) => return,
-                    Err(e) => {
+                    Err(ConsumerError::Stop(e)) => {
+                        store.metrics.stream_errors.with_label_values(&[label.as_str()]).inc();
+                        tracing::error!(source = %label, error = %e, "stream source cannot be read as declared; its consumer stopped (fix it and restart)");
+                        return;
+                    }
+                    Err(ConsumerError::Retry(e)) => {
                         store.metrics.stream_errors.with_label_values(&[label.as_str()]).inc();
                         tracing::warn!(source = %label, error = %e, retry_in = ?backoff, "stream consumer failed; retrying");
                     }

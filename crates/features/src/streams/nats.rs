@@ -18,7 +18,7 @@ pub(super) async fn run(
     spec: &StreamSpec,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let StreamSource::Nats { url, subject, stream: stream_name, durable } = &spec.source else {
+    let StreamSource::Nats { url, subject, stream: stream_name, durable, ack_wait } = &spec.source else {
         return Err("not a NATS source".into());
     };
     let view = &store.registry.views[view_index];
@@ -27,18 +27,16 @@ pub(super) async fn run(
     let js = jetstream::new(client);
     let stream = ensure_stream(&js, stream_name, subject).await?;
     ensure_stream(&js, &format!("{stream_name}_DEAD_LETTER"), &spec.dead_letter).await?;
+    // Created, or updated to these settings when it exists (a changed ack_wait takes effect).
     let consumer: jetstream::consumer::Consumer<pull::Config> = stream
-        .get_or_create_consumer(
-            durable,
-            pull::Config {
-                durable_name: Some(durable.clone()),
-                filter_subject: subject.clone(),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending: (spec.batch * 4) as i64,
-                ..Default::default()
-            },
-        )
+        .create_consumer(pull::Config {
+            durable_name: Some(durable.clone()),
+            filter_subject: subject.clone(),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: *ack_wait,
+            max_ack_pending: (spec.batch * 4) as i64,
+            ..Default::default()
+        })
         .await
         .map_err(|e| format!("consumer '{durable}' on {subject}: {e}"))?;
     // Logged once the durable consumer exists (tests and operators wait for this line).

@@ -27,6 +27,7 @@ use crate::definitions::{FeatureView, StreamSource, StreamSpec};
 use crate::feature_store::{now_us, FeatureStore};
 use crate::record::{encode_key, EntityKey, Record};
 use crate::store::{Change, Checkpoint};
+use crate::streams::ConsumerError;
 use crate::value::ValueType;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -97,16 +98,17 @@ pub(super) async fn run(
     view_index: usize,
     spec: &StreamSpec,
     stop: watch::Receiver<bool>,
-) -> Result<(), String> {
+) -> Result<(), ConsumerError> {
     let StreamSource::Postgres { url, table, slot, publication, max_lag_bytes } = &spec.source else {
-        return Err("not a PostgreSQL source".into());
+        return Err(ConsumerError::Stop("not a PostgreSQL source".into()));
     };
     let view = &store.registry.views[view_index];
     let source = Source {
         store,
         view,
         label: spec.label(),
-        info: ConnInfo::parse(url).map_err(|e| format!("feature view '{}': stream url: {e}", view.name))?,
+        info: ConnInfo::parse(url)
+            .map_err(|e| ConsumerError::Stop(format!("feature view '{}': stream url: {e}", view.name)))?,
         table: table.clone(),
         slot: slot.clone(),
         publication: publication.clone(),
@@ -117,7 +119,7 @@ pub(super) async fn run(
 }
 
 impl Source<'_> {
-    async fn run(&self, stop: watch::Receiver<bool>) -> Result<(), String> {
+    async fn run(&self, stop: watch::Receiver<bool>) -> Result<(), ConsumerError> {
         let mut sql = Conn::connect(&self.info, false).await?;
         setup::check_server(&mut sql, self.view).await?;
         let table = setup::describe(&mut sql, self.view, &self.table).await?;
@@ -125,10 +127,10 @@ impl Source<'_> {
         let stored = self.stored().await?;
         let plugin = setup::slot_plugin(&mut sql, &self.slot).await?;
         if let Some(p) = plugin.as_deref().filter(|p| *p != "pgoutput") {
-            return Err(format!(
+            return Err(ConsumerError::Stop(format!(
                 "feature view '{}': slot '{}' uses plugin {p}, not pgoutput",
                 self.view.name, self.slot
-            ));
+            )));
         }
         let position = match (stored, plugin.is_some()) {
             (Some(p), true) if p.slot == self.slot => p,
@@ -158,7 +160,7 @@ impl Source<'_> {
             self.max_lag_bytes,
         ));
         let _monitor = AbortOnDrop(monitor);
-        self.stream(table, position, stop).await
+        Ok(self.stream(table, position, stop).await?)
     }
 
     async fn stored(&self) -> Result<Option<Position>, String> {

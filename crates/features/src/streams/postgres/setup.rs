@@ -4,6 +4,7 @@
 use super::types;
 use super::wire::{ident, literal, Conn, ConnInfo, Step};
 use crate::definitions::FeatureView;
+use crate::streams::ConsumerError;
 
 /// The source table as the catalog describes it.
 pub struct Table {
@@ -25,12 +26,17 @@ fn err(view: &FeatureView, what: impl std::fmt::Display) -> String {
     format!("feature view '{}': {what}", view.name)
 }
 
+/// A source that can never be read as declared: the consumer stops and says what to change.
+fn stop(view: &FeatureView, what: impl std::fmt::Display) -> ConsumerError {
+    ConsumerError::Stop(err(view, what))
+}
+
 /// Checks that the server can do logical replication.
-pub async fn check_server(sql: &mut Conn, view: &FeatureView) -> Result<(), String> {
+pub async fn check_server(sql: &mut Conn, view: &FeatureView) -> Result<(), ConsumerError> {
     let (_, rows) = sql.query("SHOW wal_level").await?;
     let level = rows.first().and_then(|r| r.first().cloned().flatten()).unwrap_or_default();
     if level != "logical" {
-        return Err(err(
+        return Err(stop(
             view,
             format!(
                 "PostgreSQL runs with wal_level = {level}; change data capture needs wal_level = logical \
@@ -44,19 +50,19 @@ pub async fn check_server(sql: &mut Conn, view: &FeatureView) -> Result<(), Stri
 /// Reads the table's catalog entry and checks that its columns can feed the view: every join
 /// key and feature is a column of a readable type, and deletes will name the entity (the join
 /// keys are in the replica identity, or the identity is FULL).
-pub async fn describe(sql: &mut Conn, view: &FeatureView, table: &str) -> Result<Table, String> {
+pub async fn describe(sql: &mut Conn, view: &FeatureView, table: &str) -> Result<Table, ConsumerError> {
     let q = format!(
         "SELECT c.oid, n.nspname, c.relname, c.relreplident, c.relkind FROM pg_class c \
          JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = {}::regclass",
         literal(table)
     );
     let (_, rows) = sql.query(&q).await.map_err(|e| err(view, format!("table '{table}': {e}")))?;
-    let row = rows.into_iter().next().ok_or_else(|| err(view, format!("table '{table}' not found")))?;
+    let row = rows.into_iter().next().ok_or_else(|| stop(view, format!("table '{table}' not found")))?;
     let text = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
-    let oid: u32 = text(0).parse().map_err(|_| err(view, "catalog returned a bad OID"))?;
+    let oid: u32 = text(0).parse().map_err(|_| stop(view, "catalog returned a bad OID"))?;
     let (namespace, name, identity, kind) = (text(1), text(2), text(3), text(4));
     if kind != "r" && kind != "p" {
-        return Err(err(view, format!("'{table}' is not a table (relkind {kind}); logical replication reads tables")));
+        return Err(stop(view, format!("'{table}' is not a table (relkind {kind}); logical replication reads tables")));
     }
     let q = format!(
         "SELECT a.attname, a.atttypid, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
@@ -80,21 +86,22 @@ pub async fn describe(sql: &mut Conn, view: &FeatureView, table: &str) -> Result
         .chain(view.features.iter().map(|f| (f.name.as_str(), f.dtype)));
     for (name, ty) in wanted {
         let (_, oid, type_name) = column(name).ok_or_else(|| {
-            err(view, format!("table {} has no column '{name}' (columns: {})", t.sql_name(), names()))
+            stop(view, format!("table {} has no column '{name}' (columns: {})", t.sql_name(), names()))
         })?;
-        types::check(name, type_name, *oid, name, ty).map_err(|e| err(view, format!("table {}: {e}", t.sql_name())))?;
+        types::check(name, type_name, *oid, name, ty)
+            .map_err(|e| stop(view, format!("table {}: {e}", t.sql_name())))?;
     }
     check_identity(sql, view, &t, &identity).await?;
     Ok(t)
 }
 
-async fn check_identity(sql: &mut Conn, view: &FeatureView, t: &Table, identity: &str) -> Result<(), String> {
+async fn check_identity(sql: &mut Conn, view: &FeatureView, t: &Table, identity: &str) -> Result<(), ConsumerError> {
     let keys: Vec<&str> = view.join_keys.iter().map(|(n, _)| n.as_str()).collect();
     let alter = format!("ALTER TABLE {} REPLICA IDENTITY FULL", t.sql_name());
     match identity {
         "f" => return Ok(()),
         "n" => {
-            return Err(err(
+            return Err(stop(
                 view,
                 format!(
                     "table {} has REPLICA IDENTITY NOTHING, so deletes cannot name the entity; run {alter}",
@@ -113,7 +120,7 @@ async fn check_identity(sql: &mut Conn, view: &FeatureView, t: &Table, identity:
     let (_, rows) = sql.query(&q).await?;
     let identity_columns: Vec<String> = rows.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
     if identity_columns.is_empty() {
-        return Err(err(
+        return Err(stop(
             view,
             format!(
                 "table {} has no primary key, so PostgreSQL cannot replicate its updates and deletes; add one or run {alter}",
@@ -122,7 +129,7 @@ async fn check_identity(sql: &mut Conn, view: &FeatureView, t: &Table, identity:
         ));
     }
     if let Some(k) = keys.iter().find(|k| !identity_columns.iter().any(|c| c == *k)) {
-        return Err(err(
+        return Err(stop(
             view,
             format!(
                 "join key '{k}' is not in table {}'s replica identity ({}), so deletes would not name the entity; \
@@ -147,7 +154,7 @@ pub async fn ensure_publication(
     view: &FeatureView,
     publication: &str,
     t: &Table,
-) -> Result<bool, String> {
+) -> Result<bool, ConsumerError> {
     let (_, rows) = sql
         .query(&format!(
             "SELECT coalesce(obj_description(oid, 'pg_publication'), '') FROM pg_publication WHERE pubname = {}",
@@ -172,7 +179,7 @@ pub async fn ensure_publication(
     let (_, rows) = sql.query(&q).await?;
     if rows.is_empty() {
         if !ours {
-            return Err(err(view, format!("publication '{publication}' does not publish {}", t.sql_name())));
+            return Err(stop(view, format!("publication '{publication}' does not publish {}", t.sql_name())));
         }
         sql.query(&format!("ALTER PUBLICATION {} ADD TABLE {}", ident(publication), t.sql_name()))
             .await

@@ -122,6 +122,18 @@ impl From<PgError> for String {
     }
 }
 
+/// A refused login (SQLSTATE class 28: a wrong password or user) will not mend by retrying; a
+/// broken connection or any other server error may.
+impl From<PgError> for crate::streams::ConsumerError {
+    fn from(e: PgError) -> Self {
+        if e.code.starts_with("28") {
+            Self::Stop(e.to_string())
+        } else {
+            Self::Retry(e.to_string())
+        }
+    }
+}
+
 fn io(e: impl std::fmt::Display) -> PgError {
     PgError { code: String::new(), message: format!("PostgreSQL connection: {e}") }
 }

@@ -1,0 +1,78 @@
+//! The security settings of a server or router, from its flags: the token file (authentication
+//! and scopes, [`flotilla_core::auth`]), the fleet token its links carry
+//! ([`flotilla_fleet::link`]) and TLS on its listeners ([`crate::tls`]); and the task that
+//! re-reads the token and certificate files when they change.
+
+use crate::config::SecurityArgs;
+use crate::tls::{Tls, TlsFiles};
+use anyhow::Context;
+use flotilla_core::auth::Auth;
+use flotilla_core::secret::Secret;
+use flotilla_fleet::link::Link;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often the token and certificate files are checked for changes.
+const RELOAD_EVERY: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Default)]
+pub struct Security {
+    /// Tokens and scopes; `None`: every endpoint is open (the default, for local use).
+    pub auth: Option<Arc<Auth>>,
+    /// TLS on every listener; `None`: plain TCP.
+    pub tls: Option<Arc<Tls>>,
+    /// How this process authenticates to the rest of its fleet.
+    pub link: Link,
+}
+
+impl Security {
+    /// Reads the files the flags name; a file that does not load stops the start with its reason.
+    pub fn from_args(args: &SecurityArgs) -> anyhow::Result<Security> {
+        let auth = match &args.auth_tokens {
+            Some(path) => {
+                let auth = Auth::load(path).context("--auth-tokens")?;
+                tracing::info!(path = %path.display(), tokens = auth.len(), "authentication on: bearer tokens required");
+                Some(Arc::new(auth))
+            }
+            None => None,
+        };
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => {
+                let files = TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: args.tls_client_ca.clone() };
+                let tls = Tls::load(files).context("--tls-cert/--tls-key/--tls-client-ca")?;
+                tracing::info!(cert = %cert.display(), mutual = tls.mutual(), "TLS on");
+                Some(tls)
+            }
+            (None, None) => None,
+            _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+        };
+        if let Some(token) = &args.fleet_token {
+            anyhow::ensure!(
+                token.len() >= flotilla_core::auth::MIN_TOKEN_LEN,
+                "--fleet-token: a token is at least {} characters",
+                flotilla_core::auth::MIN_TOKEN_LEN
+            );
+        }
+        let link = Link::new(args.fleet_token.clone().map(Secret::new));
+        Ok(Security { auth, tls, link })
+    }
+
+    /// Re-reads the token and TLS files when they change, until `stop` turns true.
+    pub fn spawn_reload(&self, tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>, stop: &watch::Sender<bool>) {
+        if let Some(auth) = self.auth.clone() {
+            let stop = stop.subscribe();
+            tasks.spawn(async move {
+                auth.watch(RELOAD_EVERY, stop).await;
+                Ok(())
+            });
+        }
+        if let Some(tls) = self.tls.clone() {
+            let stop = stop.subscribe();
+            tasks.spawn(async move {
+                tls.watch(RELOAD_EVERY, stop).await;
+                Ok(())
+            });
+        }
+    }
+}
