@@ -3,6 +3,7 @@ server under normal and shifted traffic from tritonclient: /v2/models/{m}/drift,
 gauges and the alert webhook (a real HTTP receiver)."""
 import http.server
 import json
+import signal
 import subprocess
 import threading
 
@@ -173,7 +174,42 @@ def test_a_bad_profile_turns_monitoring_off_for_that_model_only(repo_copy):
         assert client.infer("fraud_xgb", [t]).as_numpy("output__0").shape == (1, 1)
         # the log line comes through the server's stderr pipe, not with the answer
         wait_for(lambda: "version Some(7) is not supported" in s.log(), timeout=10, what="the profile's error logged")
-        assert drift(s).status_code == 404
+        r = drift(s)
+        assert r.status_code == 400 and "version Some(7) is not supported" in r.json()["error"], r.text
+    finally:
+        assert s.stop() == 0, s.log()
+
+
+@pytest.mark.parametrize("change, message", [
+    # the model retrained on other inputs, the old 3-column profile left beside it
+    (lambda p: p.update(inputs=[{**p["inputs"][0], "columns": p["inputs"][0]["columns"][:3]}],
+                        features=p["features"][:3], multivariate=None),
+     "the profile has 3 columns for input 'input__0', but the model's 'input__0' holds 8 values per row"),
+    (lambda p: p["inputs"][0].update(tensor="features"),
+     "the profile reads input tensor 'features', which the model does not have (its inputs: input__0)"),
+    (lambda p: p["output_tensors"][0].update(tensor="score"),
+     "the profile reads output tensor 'score', which the model does not have"),
+])
+def test_a_profile_that_does_not_fit_the_model_is_refused_at_load(repo_copy, change, message):
+    path = repo_copy / "fraud_xgb" / "drift_profile.json"
+    profile_doc = json.loads(path.read_text())
+    change(profile_doc)
+    path.write_text(json.dumps(profile_doc))
+    s = Server(repo_copy, "--feature-repo", "none")
+    try:
+        # refused at load, before any request: the log, /drift and the repository index say why
+        assert "drift profile refused" in s.log() and message in s.log(), s.log()[-2000:]
+        r = drift(s)
+        assert r.status_code == 400 and message in r.json()["error"], r.text
+        assert r.headers["flotilla-error-kind"] == "failed_precondition"
+        index = requests.post(s.url + "/v2/repository/index", json={}, timeout=10).json()
+        row = next(m for m in index if m["name"] == "fraud_xgb")
+        assert row["state"] == "READY" and "drift monitoring off" in row["reason"] and message in row["reason"], row
+        # the model itself serves
+        client = httpclient.InferenceServerClient(s.http)
+        t = httpclient.InferInput("input__0", [1, 8], "FP32")
+        t.set_data_from_numpy(np.ones((1, 8), np.float32))
+        assert client.infer("fraud_xgb", [t]).as_numpy("output__0").shape == (1, 1)
     finally:
         assert s.stop() == 0, s.log()
 
@@ -194,5 +230,30 @@ def test_windows_survive_a_restart(repo_copy, tmp_path):
         v = drift(s).json()["versions"][0]
         assert len(v["windows"]) == 1 and v["windows"][0]["rows"] == 500
         assert v["current_window"] == {**v["current_window"], "index": 1, "rows": 100}
+    finally:
+        assert s.stop() == 0, s.log()
+
+
+def test_kill_9_loses_at_most_the_open_window(repo_copy, tmp_path):
+    """Every closed window is on disk when it closes: after kill -9 the windows closed before it,
+    their reports and alert states come back; only the rows of the open window are gone."""
+    (repo_copy / "fraud_xgb" / "drift.toml").write_text("[window]\nrows = 100\nseconds = 0\n")
+    env = {"FLOTILLA_DRIFT_STATE_DIR": str(tmp_path / "drift")}
+    s = Server(repo_copy, "--feature-repo", "none", env=env)
+    try:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{s.http_port}")
+        for _ in range(3):  # three windows close one after another, well within any 10 s
+            send(client, np.ones((100, 8), np.float32))
+        send(client, np.ones((40, 8), np.float32))
+        wait_for(lambda: version_1(s).get("current_window", {}).get("rows") == 40, what="the rows folded")
+        closed = [w["index"] for w in version_1(s)["windows"]]
+        assert len(closed) == 3, closed
+    finally:
+        s.stop(sig=signal.SIGKILL)
+    s = Server(repo_copy, "--feature-repo", "none", env=env)
+    try:
+        v = drift(s).json()["versions"][0]
+        assert sorted(w["index"] for w in v["windows"]) == sorted(closed)
+        assert v["current_window"]["index"] == max(closed) + 1
     finally:
         assert s.stop() == 0, s.log()

@@ -342,7 +342,7 @@ fn check_unique_names(store: &FeatureStore, features: &[FeatureRef]) -> Result<(
         let name = &store.registry.feature(*f).name;
         if let Some(g) = features[..i].iter().find(|g| &store.registry.feature(**g).name == name) {
             return Err(FeatureError::invalid(format!(
-                "feature name '{name}' is requested from both '{}' and '{}'; set \"full_feature_names\": true",
+                "feature name '{name}' is requested from both '{}' and '{}'; set \"full_feature_names\": true (on the CLI: features get --full-feature-names)",
                 store.registry.ref_name(*g),
                 store.registry.ref_name(*f)
             )));

@@ -152,6 +152,10 @@ pub enum FeaturesCommand {
         /// Entity keys as JSON, e.g. '{"card_id": [1, 2]}'.
         #[arg(long)]
         entities: String,
+        /// Name each feature `view__feature` (Feast's full_feature_names), e.g. when two views
+        /// have a feature of the same name.
+        #[arg(long)]
+        full_feature_names: bool,
     },
     /// Build a point-in-time correct training set (Parquet) for entity rows (keys + event time).
     TrainingSet {

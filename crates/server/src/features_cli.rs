@@ -51,14 +51,15 @@ pub async fn run(command: FeaturesCommand, shutdown: impl Future<Output = ()>) -
             while tasks.join_next().await.is_some() {}
         }
         FeaturesCommand::Cdc { command } => cdc(command).await?,
-        FeaturesCommand::Get { store, features, feature_service, entities } => {
+        FeaturesCommand::Get { store, features, feature_service, entities, full_feature_names } => {
             let fs = open(&store).await?;
             let entities: serde_json::Value =
                 serde_json::from_str(&entities).context("--entities must be JSON like '{\"card_id\": [1, 2]}'")?;
-            let body = match feature_service {
+            let mut body = match feature_service {
                 Some(s) => serde_json::json!({ "feature_service": s, "entities": entities }),
                 None => serde_json::json!({ "features": features, "entities": entities }),
             };
+            body["full_feature_names"] = full_feature_names.into();
             let request = fs.parse_online_request(&body)?;
             let response = fs.get_online_features(&request).await?;
             println!("{}", serde_json::to_string_pretty(&response.to_json())?);

@@ -31,8 +31,6 @@ use worker::Worker;
 
 /// Requests waiting for the aggregator; beyond this they are skipped (and counted).
 pub const CHANNEL_CAPACITY: usize = 4096;
-/// Windows are written to the state folder at a window close at most this often (and at shutdown).
-const SNAPSHOT_EVERY: Duration = Duration::from_secs(10);
 /// How often the aggregator takes what the serving path queued.
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
 /// How often the sampling rate is set again from the time the worker spent.
@@ -73,8 +71,6 @@ pub struct ModelState {
     pub config_source: String,
     pca_columns: Vec<Option<usize>>,
     versions: Mutex<BTreeMap<String, VersionState>>,
-    /// When the windows were last written to the state folder.
-    snapshotted: Mutex<Option<Instant>>,
     /// Requests left out by the CPU budget's sampling.
     sampled_out: prometheus::IntCounter,
 }
@@ -397,15 +393,6 @@ impl Monitor {
         }
     }
 
-    /// A snapshot when the last one is older than [`SNAPSHOT_EVERY`].
-    fn snapshot_now_and_then(&self, m: &ModelState, versions: &BTreeMap<String, VersionState>, now: Instant) {
-        let mut last = m.snapshotted.lock();
-        if last.is_none_or(|t| now.saturating_duration_since(t) >= SNAPSHOT_EVERY) {
-            *last = Some(now);
-            self.snapshot(m, versions);
-        }
-    }
-
     /// `<state_dir>/<model>.json`, written to a temporary file and renamed (never half written).
     fn snapshot(&self, m: &ModelState, versions: &BTreeMap<String, VersionState>) {
         let Some(dir) = &self.state_dir else { return };
@@ -486,7 +473,7 @@ impl Monitor {
         // counted into the metric once per drain (flush_counts), not per request
         v.unreported_rows += batch as u64;
         if closed {
-            self.snapshot_now_and_then(m, &versions, now);
+            self.snapshot(m, &versions);
         }
     }
 
@@ -516,7 +503,7 @@ impl Monitor {
                 }
             }
             if closed {
-                self.snapshot_now_and_then(&m, &versions, now);
+                self.snapshot(&m, &versions);
             }
         }
     }
@@ -769,7 +756,6 @@ fn load_model(
         config_source,
         pca_columns,
         versions: Mutex::new(BTreeMap::new()),
-        snapshotted: Mutex::new(None),
         sampled_out,
     }))
 }
