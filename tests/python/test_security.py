@@ -373,3 +373,16 @@ def test_bad_tls_settings_stop_the_start(pki, args, reason):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert reason in out.stderr, out.stderr
+
+
+def test_a_fleet_worker_refuses_tls_it_cannot_give(pki):
+    import subprocess
+    cert, key = pki["server"]
+    for args, reason in [
+        (["--join", "http://127.0.0.1:9", "--tls-cert", str(cert), "--tls-key", str(key)], "--tls-cert with --join"),
+        (["--join", "https://127.0.0.1:9"], "do not speak TLS yet"),
+    ]:
+        out = subprocess.run([BIN, "serve", "--model-repository", str(EXAMPLES), "--feature-repo", "none",
+                              "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", *args],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode != 0 and reason in out.stderr, out.stderr

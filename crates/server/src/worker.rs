@@ -95,9 +95,15 @@ pub fn prepare(config: &mut ServeConfig, listeners: &Listeners) -> anyhow::Resul
         anyhow::bail!("--latency-target-ms must be a positive number of milliseconds");
     }
     for target in &f.join {
-        if !(target.starts_with("http://") || target.starts_with("https://") || target.starts_with("nats://")) {
+        if target.starts_with("https://") {
+            anyhow::bail!("--join {target:?}: links between fleet members do not speak TLS yet; join a router over its private network (http://) or through a NATS registry (nats://)");
+        }
+        if !(target.starts_with("http://") || target.starts_with("nats://")) {
             anyhow::bail!("--join {target:?}: expected a router's HTTP address (http://host:8000) or a NATS registry (nats://host:4222)");
         }
+    }
+    if !f.join.is_empty() && config.security.tls_cert.is_some() {
+        anyhow::bail!("--tls-cert with --join: routers reach their workers over plain HTTP/2, so a fleet worker cannot serve TLS yet; terminate TLS at the router");
     }
     let agent = AgentSettings {
         join: f.join.clone(),
