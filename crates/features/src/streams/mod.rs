@@ -43,7 +43,7 @@ impl From<String> for ConsumerError {
 }
 
 /// What one message asks of the online store.
-pub(crate) enum Item {
+pub enum Item {
     /// A JSON row: written last-write-wins on event time.
     Row(EntityKey, Record),
     /// A change event (Debezium): applied in stream order, deletes included.
@@ -54,7 +54,7 @@ pub(crate) enum Item {
 
 /// Messages decoded, the ones that could not be (with their reasons), and the ones with
 /// nothing to write (tombstones, logical-decoding messages).
-pub(crate) struct Decoded {
+pub struct Decoded {
     pub items: Vec<Item>,
     /// (message position in the batch, reason)
     pub bad: Vec<(usize, String)>,
@@ -63,7 +63,8 @@ pub(crate) struct Decoded {
 
 /// Decodes messages: JSON rows (one object per message) or Debezium change events. An empty
 /// message is a tombstone (Debezium writes one after each delete, for log compaction) and is skipped.
-pub(crate) fn decode(store: &FeatureStore, view: &FeatureView, payloads: &[&[u8]]) -> Decoded {
+/// (Public for the fuzz targets of `crates/fuzz`.)
+pub fn decode(store: &FeatureStore, view: &FeatureView, payloads: &[&[u8]]) -> Decoded {
     let mut out = Decoded { items: Vec::with_capacity(payloads.len()), bad: Vec::new(), skipped: 0 };
     for (i, p) in payloads.iter().enumerate() {
         if p.is_empty() {

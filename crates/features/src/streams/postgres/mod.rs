@@ -15,7 +15,7 @@
 //!
 //! Event time is the transaction's commit time (the snapshot's time for copied rows).
 
-mod pgoutput;
+pub mod pgoutput;
 mod setup;
 mod types;
 pub(crate) mod wire;

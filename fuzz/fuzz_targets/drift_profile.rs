@@ -1,0 +1,7 @@
+#![no_main]
+// cargo fuzz run drift_profile (nightly); the function is flotilla_fuzz's, run over its seeds in CI.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    if let Some(t) = flotilla_fuzz::target("drift_profile") {
+        (t.run)(data)
+    }
+});

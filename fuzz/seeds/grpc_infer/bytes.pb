@@ -1,0 +1,4 @@
+
+minilm"
+priority*!
+TEXTBYTES*BhelloBworld
