@@ -81,6 +81,7 @@ pub fn http_access(method: &str, path: &str) -> Access {
     let read = method == "GET" || method == "HEAD";
     match segments.as_slice() {
         ["v2", "health", "live" | "ready"] | ["health"] => Access::Open,
+        ["openapi.json"] if read => Access::Open,
         // The dashboard's page and assets carry no data; its API calls do.
         ["dashboard"] | ["dashboard", ""] if read => Access::Open,
         ["dashboard", "assets", _] if read => Access::Open,
@@ -427,6 +428,7 @@ scopes = ["admin"]
             ("GET", "/v2/fleet", Authenticated),
             ("GET", "/metrics", Authenticated),
             ("GET", "/dashboard", Open),
+            ("GET", "/openapi.json", Open),
             ("GET", "/dashboard/drift", Open),
             ("GET", "/dashboard/assets/app.js", Open),
             ("GET", "/dashboard/api/series", Authenticated),

@@ -6,6 +6,7 @@
 //!   metrics middleware.
 //! - `json`: the JSON + binary tensor codec; `body`: size limits and compression.
 //! - [`auth`]: the bearer-token check in front of every route (when `--auth-tokens` is set).
+//! - [`openapi`]: the OpenAPI document of these routes, at `/openapi.json`.
 //! - [`features`]: Feast's feature-server endpoints (`/get-online-features`, `/push`).
 #![forbid(unsafe_code)]
 
@@ -14,6 +15,7 @@ pub mod body;
 pub mod features;
 mod handlers;
 pub mod json;
+pub mod openapi;
 
 pub use handlers::stats_json;
 
@@ -108,6 +110,8 @@ pub fn router<A: Api>(service: Arc<A>, options: HttpOptions, extra: Router) -> R
         .route("/v2/trace/setting", get(unimplemented_trace).post(unimplemented_trace))
         .route("/v2/models/{model}/trace/setting", get(unimplemented_trace).post(unimplemented_trace))
         .route("/v2/logging", get(unimplemented_logging).post(unimplemented_logging));
+    let described = openapi::document(openapi::Parts { features: features.is_some(), drift });
+    router = router.route("/openapi.json", get(move || std::future::ready(axum::Json(described.clone()))));
     if drift {
         router = router
             .route("/v2/models/{model}/drift", get(model_drift::<A>))
