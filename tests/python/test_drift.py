@@ -131,7 +131,9 @@ def test_profile_then_alert_on_shifted_traffic_with_webhook(repo_copy):
         metrics = requests.get(f"http://127.0.0.1:{s.metrics_port}/metrics", timeout=5).text
         assert 'flotilla_drift_alert{feature="amount",model="fraud_xgb",version="1"} 2' in metrics
         assert 'flotilla_drift_score{feature="amount",metric="psi",model="fraud_xgb",version="1"}' in metrics
-        assert 'flotilla_drift_rows_total{model="fraud_xgb",version="1"} 3000' in metrics
+        # rows are counted into the metric once per drain, after the windows it closed
+        wait_for(lambda: 'flotilla_drift_rows_total{model="fraud_xgb",version="1"} 3000' in requests.get(
+            f"http://127.0.0.1:{s.metrics_port}/metrics", timeout=5).text, timeout=10, what="the rows counted")
     finally:
         receiver.stop()
         assert s.stop() == 0, s.log()
