@@ -2,6 +2,7 @@
 absolute paths or separators (plain or percent-encoded) in load/unload, infer and readiness
 paths, and version strings, over HTTP and gRPC, answer 4xx and load nothing. A symlink the
 operator placed in the repository is followed, as Triton does."""
+import json
 import os
 import shutil
 
@@ -76,3 +77,19 @@ def test_a_symlink_the_operator_placed_is_followed(server):
     assert r.status_code == 200, r.text
     assert requests.get(f"{server.url}/v2/models/linked/ready", timeout=10).status_code == 200
     assert "linked" in loaded(server)
+
+
+@pytest.mark.parametrize("filename", ["../../outside/simple/1/model.onnx", "/etc/passwd", "..", "1/../../x"])
+def test_a_config_override_cannot_name_a_file_outside_the_version_folder(server, filename):
+    """A client's `config` override on load names the model file too: only a file name in the
+    version folder is taken; the model in force is untouched."""
+    config = {"name": "simple", "platform": "onnxruntime_onnx", "default_model_filename": filename,
+              "max_batch_size": 8,
+              "input": [{"name": "INPUT0", "data_type": "TYPE_INT32", "dims": [16]},
+                        {"name": "INPUT1", "data_type": "TYPE_INT32", "dims": [16]}],
+              "output": [{"name": "OUTPUT0", "data_type": "TYPE_INT32", "dims": [16]}]}
+    r = requests.post(f"{server.url}/v2/repository/models/simple/load",
+                      json={"parameters": {"config": json.dumps(config)}}, timeout=30)
+    assert r.status_code == 400, r.text
+    assert "default_model_filename must be a file name in the version folder" in r.json()["error"], r.text
+    assert "simple" in loaded(server)

@@ -95,6 +95,7 @@ pub fn validate(config: &mut ModelConfig, origin: &str) -> Result<()> {
     if config.max_batch_size < 0 {
         return Err(Error::invalid(format!("{origin}: max_batch_size must be >= 0, got {}", config.max_batch_size)));
     }
+    check_model_filename(config, origin)?;
     let mut seen = std::collections::HashSet::new();
     for input in &config.input {
         check_io(&input.name, input.data_type, &input.dims, "input", origin)?;
@@ -114,6 +115,20 @@ pub fn validate(config: &mut ModelConfig, origin: &str) -> Result<()> {
                 num_versions: 1,
             })),
         });
+    }
+    Ok(())
+}
+
+/// `default_model_filename` names a file of the version folder (a client's `config` override
+/// names it too): a plain name, never a path that leaves the folder. Checked before the loader
+/// touches the file.
+pub fn check_model_filename(config: &ModelConfig, origin: &str) -> Result<()> {
+    let file = &config.default_model_filename;
+    let plain = file != "." && file != ".." && !file.contains(['/', '\\', '\0']);
+    if !file.is_empty() && !(plain && std::path::Path::new(file).is_relative()) {
+        return Err(Error::invalid(format!(
+            "{origin}: default_model_filename must be a file name in the version folder, not {file:?}"
+        )));
     }
     Ok(())
 }
@@ -167,6 +182,19 @@ instance_group [ { count: 2 kind: KIND_CPU } ]
 dynamic_batching { max_queue_delay_microseconds: 100 }
 parameters { key: "output_margin" value { string_value: "true" } }
 "#;
+
+    #[test]
+    fn the_model_file_stays_in_its_version_folder() {
+        for bad in ["../../etc/passwd", "/etc/passwd", "..", ".", "a/b", "a\\b", "x\0y"] {
+            let mut c = ModelConfig { default_model_filename: bad.into(), ..ModelConfig::default() };
+            let e = validate(&mut c, "m/config.pbtxt").unwrap_err();
+            assert!(e.message.contains("default_model_filename must be a file name"), "{bad}: {e}");
+        }
+        for good in ["", "model.onnx", "xgb.ubj", "..model"] {
+            let c = ModelConfig { default_model_filename: good.into(), ..ModelConfig::default() };
+            check_model_filename(&c, "m").unwrap();
+        }
+    }
 
     #[test]
     fn parses_triton_pbtxt() {

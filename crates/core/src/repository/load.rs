@@ -122,6 +122,7 @@ pub(crate) fn resolve_config(
         )));
     }
     config.name = name.to_string();
+    config::check_model_filename(&config, &format!("{name}/config.pbtxt"))?;
     let versions = version_dirs(model_dir);
     let backend = pick_backend(&config, &versions, settings)?;
     if config.platform.is_empty() && config.backend.is_empty() {
