@@ -322,6 +322,10 @@ impl Syncer {
     /// folder is staged and swapped in, and the model (re)loaded. Returns whether it moved
     /// (false: a full resync found it as it should be).
     async fn fetch_model(&self, router: &str, model: &str, leaf: &str, have: bool) -> Result<bool, SyncError> {
+        // The model's folder is a name in the repository, whatever the router sends.
+        if !safe_path(model) || model.contains('/') {
+            return Err(SyncError::Invalid(format!("model name {model:?} is not a folder name of the repository")));
+        }
         let url = format!("{router}/v2/fleet/artifacts/{model}");
         let manifest: Manifest = serde_json::from_slice(&self.get(&url).await?)
             .map_err(|e| SyncError::Invalid(format!("manifest of '{model}': {e}")))?;
