@@ -72,6 +72,12 @@ impl IntoResponse for ApiError {
             // Shed load: tell the client when to come back.
             return (status, [(axum::http::header::RETRY_AFTER, "1")], kind, axum::Json(body)).into_response();
         }
+        if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body is never read, so this connection ends after the answer: say
+            // so, or a client reuses it for its next request and finds it closed (HTTP/1.1 only;
+            // HTTP/2 drops the header and resets just the stream).
+            return (status, [(axum::http::header::CONNECTION, "close")], kind, axum::Json(body)).into_response();
+        }
         (status, kind, axum::Json(body)).into_response()
     }
 }

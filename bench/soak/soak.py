@@ -1,0 +1,376 @@
+"""Soak under overload and faults, against the real binary and real services of its own.
+
+For DURATION seconds (default 600), client processes send a mix over HTTP and gRPC, closed loop,
+with more clients than the model's queue admits: valid requests to `soak_model` (queue bounded:
+429 with Retry-After, which these clients honour), malformed JSON, bodies over
+--max-request-bytes, wrong shapes, unknown models, requests enriched from the online store. Meanwhile:
+- Redis (the online store, append-only file) is restarted twice;
+- the NATS server (JetStream, feeding a feature view) is restarted once, while a producer keeps
+  publishing rows;
+- `soak_model` is reloaded every 10 s through the repository API.
+
+The server must never crash; valid requests either succeed or get a clear 429/503 (with
+Retry-After on 429); malformed ones get a 4xx; RSS is sampled every second; and afterwards the
+online store equals what the producer published (each key's newest row: nothing lost, nothing
+applied twice). PostgreSQL restarts during CDC are not in this run (tests/python/test_cdc.py kills
+the consumer under a workload instead). Writes bench/results/soak.md.
+
+    .venv/bin/python bench/soak/soak.py [--duration 600] [--bin target/release/flotilla]
+"""
+import argparse
+import asyncio
+import collections
+import json
+import multiprocessing as mp
+import os
+import pathlib
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import requests
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+class Service:
+    """A private redis-server or nats-server that can be restarted."""
+
+    def __init__(self, name, cmd, port):
+        self.name, self.cmd, self.port, self.proc = name, cmd, port, None
+        self.restarts = []
+
+    def start(self):
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def restart(self, down=2.0):
+        t0 = time.time()
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(30)
+        time.sleep(down)
+        self.start()
+        self.restarts.append((t0, time.time()))
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+
+def write_repos(work, nats_port, redis_port):
+    models = work / "models"
+    shutil.copytree(ROOT / "examples/repository/fraud_xgb", models / "fraud_xgb")
+    shutil.copytree(ROOT / "examples/repository/simple", models / "soak_model")
+    cfg = (models / "soak_model/config.pbtxt").read_text().replace('name: "simple"', 'name: "soak_model"')
+    cfg += "\ndynamic_batching {\n  max_queue_delay_microseconds: 200\n  default_queue_policy { max_queue_size: 8 }\n}\n"
+    (models / "soak_model/config.pbtxt").write_text(cfg)
+    # no drift profile: the soak is about serving and the feature store
+    (models / "fraud_xgb/drift_profile.json").unlink(missing_ok=True)
+    features = work / "features"
+    shutil.copytree(ROOT / "examples/features", features)
+    txn = features / "card_txn_1h.toml"
+    txn.write_text(txn.read_text().replace(
+        'stream = { type = "nats", subject = "features.card_txn_1h" }',
+        f'stream = {{ type = "nats", url = "nats://127.0.0.1:{nats_port}", subject = "soak.card_txn_1h", '
+        f'stream = "SOAK_TXN", durable = "soak", ack_wait = "5s" }}'))
+    return models, features
+
+
+def producer(nats_port, stop, published, errors):
+    """Publishes card_txn_1h rows for 2,000 cards with increasing event times; keeps the newest
+    per card (what the store must hold at the end). Retries through the NATS restart."""
+    import nats
+    from nats.js.errors import NoStreamResponseError
+
+    async def run():
+        nc = js = None
+        seq = 0
+        while not stop.is_set():
+            try:
+                if nc is None or not nc.is_connected:
+                    async def quiet(_):
+                        pass
+                    nc = await nats.connect(f"nats://127.0.0.1:{nats_port}", max_reconnect_attempts=0,
+                                            connect_timeout=1, error_cb=quiet)
+                    js = nc.jetstream()
+                card = random.randrange(1, 2001)
+                seq += 1
+                ts = 1_800_000_000 + seq
+                row = {"card_id": card, "event_timestamp": ts, "last_amount": float(seq % 997),
+                       "txn_count_1h": seq}
+                await js.publish("soak.card_txn_1h", json.dumps(row).encode(), timeout=2)
+                published[card] = (ts, float(seq % 997), seq)
+                if seq % 200 == 0:
+                    await asyncio.sleep(0.05)
+            except (NoStreamResponseError, Exception) as e:  # the server is down: wait and reconnect
+                errors.append(type(e).__name__)
+                nc = None
+                await asyncio.sleep(0.5)
+        if nc is not None:
+            await nc.drain()
+
+    asyncio.run(run())
+
+
+def client(http, grpc, seconds, kind_counts, seed):
+    """One client process: closed loop over a mix of valid and bad requests, HTTP and gRPC."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+    rng = random.Random(seed)
+    s = requests.Session()
+    g = grpcclient.InferenceServerClient(grpc)
+    good = {"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "data": list(range(16))},
+                       {"name": "INPUT1", "shape": [1, 16], "datatype": "INT32", "data": [1] * 16}]}
+    big = b'{"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "data": [' + b"1," * 700_000 + b"1]}]}"
+    wrong = {"inputs": [{"name": "INPUT0", "shape": [1, 15], "datatype": "INT32", "data": list(range(15))},
+                        {"name": "INPUT1", "shape": [1, 16], "datatype": "INT32", "data": [1] * 16}]}
+    enriched = {"inputs": [{"name": "card_id", "shape": [2], "datatype": "INT64", "data": [1, 2]}]}
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    counts = collections.Counter()
+    deadline = time.time() + seconds
+    url = f"http://{http}"
+    kinds = [(0.55, "valid_http"), (0.75, "valid_grpc"), (0.83, "enriched_http"), (0.90, "malformed"),
+             (0.93, "oversized"), (0.97, "wrong_shape"), (1.01, "unknown_model")]
+    while time.time() < deadline:
+        roll = rng.random()
+        kind = next(k for limit, k in kinds if roll < limit)
+        try:
+            if roll < 0.55:
+                r = s.post(url + "/v2/models/soak_model/infer", json=good, timeout=30)
+                kind = "valid_http"
+            elif roll < 0.75:
+                inputs = [grpcclient.InferInput("INPUT0", [1, 16], "INT32"), grpcclient.InferInput("INPUT1", [1, 16], "INT32")]
+                inputs[0].set_data_from_numpy(a)
+                inputs[1].set_data_from_numpy(a)
+                try:
+                    g.infer("soak_model", inputs, client_timeout=30)
+                    counts["valid_grpc 200"] += 1
+                except InferenceServerException as e:
+                    counts[f"valid_grpc {e.status()}"] += 1
+                    if e.status() == "StatusCode.RESOURCE_EXHAUSTED":
+                        time.sleep(0.05)
+                continue
+            elif roll < 0.83:
+                r = s.post(url + "/v2/models/fraud_xgb/infer", json=enriched, timeout=30)
+                kind = "enriched_http"
+            elif roll < 0.90:
+                r = s.post(url + "/v2/models/soak_model/infer", data=b'{"inputs": [{"name": ', timeout=30)
+                kind = "malformed"
+            elif roll < 0.93:
+                r = s.post(url + "/v2/models/soak_model/infer", data=big, timeout=30,
+                           headers={"content-type": "application/json"})
+                kind = "oversized"
+            elif roll < 0.97:
+                r = s.post(url + "/v2/models/soak_model/infer", json=wrong, timeout=30)
+                kind = "wrong_shape"
+            else:
+                r = s.post(url + "/v2/models/nope/infer", json=good, timeout=30)
+                kind = "unknown_model"
+            counts[f"{kind} {r.status_code}"] += 1
+            if r.status_code == 429:
+                counts["429 with Retry-After"] += "retry-after" in {k.lower() for k in r.headers}
+                time.sleep(float(r.headers.get("retry-after", "1")) * 0.05)  # honour it, scaled for the run
+        except requests.RequestException as e:
+            # a body over the limit is answered 413 before it is read whole: the server then closes
+            # the connection, which the client may see as a reset before it reads the answer
+            counts[f"{kind} connection closed ({type(e).__name__})"] += 1
+    kind_counts.put(dict(counts))
+
+
+def client_process(http, grpc, seconds, kind_counts, seed, threads):
+    pool = [threading.Thread(target=client, args=(http, grpc, seconds, kind_counts, seed * 100 + i))
+            for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+
+
+def rss_kb(pid):
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--duration", type=int, default=600)
+    p.add_argument("--bin", default=str(ROOT / "target/release/flotilla"))
+    p.add_argument("--clients", type=int, default=4, help="client processes")
+    p.add_argument("--threads", type=int, default=8, help="closed-loop clients per process")
+    args = p.parse_args()
+    args.bin = str(pathlib.Path(args.bin).resolve())
+    work = pathlib.Path(tempfile.mkdtemp(prefix="flotilla-soak-"))
+    redis_port, nats_port = free_port(), free_port()
+    redis = Service("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(work),
+                              "--appendonly", "yes", "--appendfsync", "always", "--save", ""], redis_port)
+    (work / "js").mkdir()
+    natsd = Service("nats", ["nats-server", "-a", "127.0.0.1", "-p", str(nats_port), "-js", "-sd", str(work / "js")],
+                    nats_port)
+    redis.start()
+    natsd.start()
+    models, features = write_repos(work, nats_port, redis_port)
+    http_port, grpc_port = free_port(), free_port()
+    log = open(work / "server.log", "w")
+    server = subprocess.Popen(
+        [args.bin, "serve", "--model-repository", str(models), "--feature-repo", str(features),
+         "--online-store", f"redis://127.0.0.1:{redis_port}/0", "--model-control-mode", "explicit",
+         "--load-model", "*", "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", "0",
+         "--max-request-bytes", str(1 << 20), "--log-format", "json", "--drift-monitoring", "false"],
+        stdout=subprocess.DEVNULL, stderr=log, cwd=work)
+    base = f"http://127.0.0.1:{http_port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if requests.get(base + "/v2/health/ready", timeout=1).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    stop = threading.Event()
+    published, prod_errors = {}, []
+    prod = threading.Thread(target=producer, args=(nats_port, stop, published, prod_errors), daemon=True)
+    prod.start()
+    rss = []
+    reloads = collections.Counter()
+    faults = []
+    q = mp.Queue()
+    procs = [mp.Process(target=client_process,
+                        args=(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", args.duration, q, i, args.threads))
+             for i in range(args.clients)]
+    t0 = time.time()
+    for pr in procs:
+        pr.start()
+    schedule = {0.25: ("redis", redis), 0.45: ("nats", natsd), 0.7: ("redis", redis)}
+    done = set()
+    last_reload = t0
+    while time.time() - t0 < args.duration:
+        time.sleep(1)
+        elapsed = time.time() - t0
+        rss.append((round(elapsed), rss_kb(server.pid)))
+        if server.poll() is not None:
+            break
+        if time.time() - last_reload >= 10:
+            last_reload = time.time()
+            try:
+                r = requests.post(base + "/v2/repository/models/soak_model/load", timeout=60)
+                reloads[r.status_code] += 1
+            except requests.RequestException as e:
+                reloads[type(e).__name__] += 1
+        for at, (name, svc) in schedule.items():
+            if at not in done and elapsed >= at * args.duration:
+                done.add(at)
+                svc.restart()
+                faults.append(f"{name} restarted at {elapsed:.0f} s (down {svc.restarts[-1][1] - svc.restarts[-1][0]:.1f} s)")
+    counts = collections.Counter()
+    for _ in range(args.clients * args.threads):
+        counts.update(q.get(timeout=args.duration + 120))
+    for pr in procs:
+        pr.join(120)
+    stop.set()
+    prod.join(30)
+    alive = server.poll() is None
+    # the store equals the source: every card's newest published row, read back through Feast's API
+    time.sleep(2)
+
+    def mismatches():
+        cards = sorted(published)
+        bad = []
+        for i in range(0, len(cards), 500):
+            chunk = cards[i:i + 500]
+            body = {"features": ["card_txn_1h:last_amount", "card_txn_1h:txn_count_1h"], "entities": {"card_id": chunk}}
+            res = requests.post(base + "/get-online-features", json=body, timeout=30).json()["results"]
+            for j, card in enumerate(chunk):
+                want = published[card]
+                if res[1]["values"][j] != want[1] or res[2]["values"][j] != want[2]:
+                    bad.append((card, want, res[1]["values"][j], res[2]["values"][j]))
+        return bad
+    bad = None
+    for _ in range(30):  # the consumer catches up after the last restart
+        try:
+            bad = mismatches()
+        except requests.RequestException:
+            bad = ["unreadable"]
+        if not bad:
+            break
+        time.sleep(1)
+    server.send_signal(signal.SIGTERM)
+    code = server.wait(60)
+    redis.stop()
+    natsd.stop()
+    log.close()
+    text = (work / "server.log").read_text()
+    panics = text.count("panicked")
+    valid = {k: v for k, v in counts.items() if k.startswith(("valid", "enriched"))}
+    bad_valid = {k: v for k, v in valid.items() if not k.endswith((" 200", " 429", " 503", "StatusCode.RESOURCE_EXHAUSTED", "StatusCode.UNAVAILABLE"))}
+    bad_invalid = {k: v for k, v in counts.items() if k.startswith(("malformed", "oversized", "wrong_shape", "unknown_model"))
+                   and not k.split()[1].startswith("4")}
+    rss_values = [v for _, v in rss if v]
+    settled = rss_values[len(rss_values) // 10:] or rss_values
+    out = ROOT / "bench/results/soak.md"
+    curve = " ".join(f"{t}s:{v // 1024}" for t, v in rss[:: max(1, len(rss) // 20)] if v)
+    lines = [
+        "# Soak under overload and faults",
+        "",
+        f"`bench/soak/run.sh {args.duration}`, {time.strftime('%Y-%m-%d', time.gmtime())}, {os.cpu_count()} cores, "
+        f"binary `{pathlib.Path(args.bin).name}` ({'release' if 'release' in args.bin else 'debug'} build), "
+        f"{args.clients} client processes × {args.threads} closed-loop clients (honouring Retry-After), "
+        f"soak_model's queue bounded at 8.",
+        "",
+        "| check | result |",
+        "|---|---|",
+        f"| server alive to the end, exit code on SIGTERM | {alive}, {code} |",
+        f"| panics in the log | {panics} |",
+        f"| faults | {'; '.join(faults) or 'none'} |",
+        f"| soak_model reloads (status: count) | {dict(reloads)} |",
+        f"| valid requests answered other than 200/429/503 | {bad_valid or 'none'} |",
+        f"| bad requests answered other than 4xx | {bad_invalid or 'none'} |",
+        f"| rows published to NATS (cards) / producer retries during the NATS restart | {len(published)} cards / {len(prod_errors)} |",
+        f"| online store vs source after the run | {'equal' if not bad else f'{len(bad)} cards differ, e.g. {bad[:3]}'} |",
+        f"| RSS after warm-up, min / max (MiB) | {min(settled) // 1024} / {max(settled) // 1024} |",
+        "",
+        "Answers by kind and status:",
+        "",
+        "| kind and status | count |",
+        "|---|---:|",
+    ]
+    lines += [f"| {k} | {v} |" for k, v in sorted(counts.items())]
+    lines += ["", f"RSS curve (s: MiB): {curve}", ""]
+    out.write_text("\n".join(lines))
+    print("\n".join(lines))
+    ok = alive and code == 0 and panics == 0 and not bad_valid and not bad_invalid and not bad
+    shutil.rmtree(work, ignore_errors=True)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
