@@ -125,7 +125,8 @@ pub fn validate(config: &mut ModelConfig, origin: &str) -> Result<()> {
 pub fn check_model_filename(config: &ModelConfig, origin: &str) -> Result<()> {
     let file = &config.default_model_filename;
     let plain = file != "." && file != ".." && !file.contains(['/', '\\', '\0']);
-    if !file.is_empty() && !(plain && std::path::Path::new(file).is_relative()) {
+    let inside = file.is_empty() || (plain && std::path::Path::new(file).is_relative());
+    if !inside {
         return Err(Error::invalid(format!(
             "{origin}: default_model_filename must be a file name in the version folder, not {file:?}"
         )));
