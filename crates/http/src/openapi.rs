@@ -149,58 +149,25 @@ pub fn document(parts: Parts) -> Value {
         "/v2/models/stats",
         get("allStatistics", "Statistics of every model", vec![], ok("statistics", reference("Statistics"))),
     );
-    add(
-        "/v2/models/{model}",
-        get("modelMetadata", "Model metadata", vec![m.clone()], ok("metadata", reference("ModelMetadata"))),
-    );
-    add(
-        "/v2/models/{model}/versions/{version}",
-        get(
-            "modelVersionMetadata",
-            "Model version metadata",
-            vec![m.clone(), v.clone()],
-            ok("metadata", reference("ModelMetadata")),
-        ),
-    );
-    add(
-        "/v2/models/{model}/ready",
-        get("modelReady", "Model readiness", vec![m.clone()], ok("readiness", reference("ModelReady"))),
-    );
-    add(
-        "/v2/models/{model}/versions/{version}/ready",
-        get(
-            "modelVersionReady",
-            "Model version readiness",
-            vec![m.clone(), v.clone()],
-            ok("readiness", reference("ModelReady")),
-        ),
-    );
-    add(
-        "/v2/models/{model}/config",
-        get("modelConfig", "Model configuration", vec![m.clone()], ok("config", reference("ModelConfig"))),
-    );
-    add(
-        "/v2/models/{model}/versions/{version}/config",
-        get(
-            "modelVersionConfig",
-            "Model version configuration",
-            vec![m.clone(), v.clone()],
-            ok("config", reference("ModelConfig")),
-        ),
-    );
-    add(
-        "/v2/models/{model}/stats",
-        get("modelStatistics", "Model statistics", vec![m.clone()], ok("statistics", reference("Statistics"))),
-    );
-    add(
-        "/v2/models/{model}/versions/{version}/stats",
-        get(
-            "modelVersionStatistics",
-            "Model version statistics",
-            vec![m.clone(), v.clone()],
-            ok("statistics", reference("Statistics")),
-        ),
-    );
+    // Each model read at `/v2/models/{model}<suffix>` and at `.../versions/{version}<suffix>`.
+    let reads = [
+        ("", "modelMetadata", "Model metadata", "metadata", "ModelMetadata"),
+        ("/ready", "modelReady", "Model readiness", "readiness", "ModelReady"),
+        ("/config", "modelConfig", "Model configuration", "config", "ModelConfig"),
+        ("/stats", "modelStatistics", "Model statistics", "statistics", "Statistics"),
+    ];
+    for (suffix, id, summary, answer, schema) in reads {
+        add(&format!("/v2/models/{{model}}{suffix}"), get(id, summary, vec![m.clone()], ok(answer, reference(schema))));
+        add(
+            &format!("/v2/models/{{model}}/versions/{{version}}{suffix}"),
+            get(
+                &id.replacen("model", "modelVersion", 1),
+                &summary.replacen("Model", "Model version", 1),
+                vec![m.clone(), v.clone()],
+                ok(answer, reference(schema)),
+            ),
+        );
+    }
     add(
         "/v2/models/{model}/infer",
         post(
