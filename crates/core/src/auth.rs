@@ -293,19 +293,9 @@ impl Auth {
         Ok(true)
     }
 
-    /// Watches the file every `every` until `stop` turns true, logging each reload or refusal.
-    pub async fn watch(self: Arc<Self>, every: std::time::Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
-            match self.reload_if_changed() {
-                Ok(true) => tracing::info!(path = %self.path.display(), tokens = self.len(), "token file reloaded"),
-                Ok(false) => {}
-                Err(e) => tracing::error!(error = %e, "token file not reloaded; the previous tokens stay in force"),
-            }
-        }
+    /// The token file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The identity behind an `Authorization` header value (`Bearer <token>`), or the 401.

@@ -58,21 +58,38 @@ impl Security {
         Ok(Security { auth, tls, link })
     }
 
-    /// Re-reads the token and TLS files when they change, until `stop` turns true.
+    /// Re-reads the token and TLS files when they change, until `stop` turns true: one task
+    /// checks both every [`RELOAD_EVERY`]; a file that does not load leaves what is in force.
     pub fn spawn_reload(&self, tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>, stop: &watch::Sender<bool>) {
-        if let Some(auth) = self.auth.clone() {
-            let stop = stop.subscribe();
-            tasks.spawn(async move {
-                auth.watch(RELOAD_EVERY, stop).await;
-                Ok(())
-            });
+        if self.auth.is_none() && self.tls.is_none() {
+            return;
         }
-        if let Some(tls) = self.tls.clone() {
-            let stop = stop.subscribe();
-            tasks.spawn(async move {
-                tls.watch(RELOAD_EVERY, stop).await;
-                Ok(())
-            });
-        }
+        let (auth, tls, mut stop) = (self.auth.clone(), self.tls.clone(), stop.subscribe());
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(RELOAD_EVERY) => {}
+                    _ = stop.wait_for(|s| *s) => return Ok(()),
+                }
+                if let Some(auth) = &auth {
+                    match auth.reload_if_changed() {
+                        Ok(true) => {
+                            tracing::info!(path = %auth.path().display(), tokens = auth.len(), "token file reloaded")
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::error!(error = %e, "token file not reloaded; the previous tokens stay in force")
+                        }
+                    }
+                }
+                if let Some(tls) = &tls {
+                    match tls.reload_if_changed() {
+                        Ok(true) => tracing::info!(cert = %tls.cert().display(), "TLS certificate reloaded"),
+                        Ok(false) => {}
+                        Err(e) => tracing::error!(error = %e, "TLS files not reloaded; the certificate in force stays"),
+                    }
+                }
+            }
+        });
     }
 }

@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 /// A certificate, key or CA file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -124,19 +124,9 @@ impl Tls {
         Ok(true)
     }
 
-    /// Checks the files every `every` until `stop` turns true.
-    pub async fn watch(self: Arc<Self>, every: Duration, mut stop: watch::Receiver<bool>) {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
-            match self.reload_if_changed() {
-                Ok(true) => tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded"),
-                Ok(false) => {}
-                Err(e) => tracing::error!(error = %e, "TLS files not reloaded; the certificate in force stays"),
-            }
-        }
+    /// The certificate file.
+    pub fn cert(&self) -> &Path {
+        &self.files.cert
     }
 
     fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
