@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The soak under overload and faults (bench/soak/soak.py): a release server with private Redis and
-# NATS servers that it restarts, for SECONDS (default 600). Writes bench/results/soak.md.
+# NATS servers and a private PostgreSQL (CDC) that it restarts, for SECONDS (default 600). Writes bench/results/soak.md.
 #   bench/soak/run.sh [SECONDS] [--bin PATH]
 set -euo pipefail
 cd "$(dirname "$0")/../.."

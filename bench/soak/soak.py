@@ -7,13 +7,16 @@ with more clients than the model's queue admits: valid requests to `soak_model` 
 - Redis (the online store, append-only file) is restarted twice;
 - the NATS server (JetStream, feeding a feature view) is restarted once, while a producer keeps
   publishing rows;
+- a private PostgreSQL (its own initdb, wal_level = logical) whose table feeds a view by change
+  data capture is restarted once (fast shutdown), while a writer keeps updating rows;
 - `soak_model` is reloaded every 10 s through the repository API.
 
 The server must never crash; valid requests either succeed or get a clear 429/503 (with
 Retry-After on 429); malformed ones get a 4xx; RSS is sampled every second; and afterwards the
 online store equals what the producer published (each key's newest row: nothing lost, nothing
-applied twice). PostgreSQL restarts during CDC are not in this run (tests/python/test_cdc.py kills
-the consumer under a workload instead). Writes bench/results/soak.md.
+applied twice) and what the PostgreSQL table holds. Writes bench/results/soak.md. PostgreSQL's part
+needs Debian's PostgreSQL binaries and root (initdb runs as the postgres user); without them it is
+left out and the report says so.
 
     .venv/bin/python bench/soak/soak.py [--duration 600] [--bin target/release/flotilla]
 """
@@ -82,7 +85,89 @@ class Service:
             self.proc.wait(30)
 
 
-def write_repos(work, nats_port, redis_port):
+PG_BIN = max(pathlib.Path("/usr/lib/postgresql").glob("*/bin"), default=None) \
+    if pathlib.Path("/usr/lib/postgresql").exists() else None
+CDC_TABLE = "soak_limits"
+CDC_KEYS = 1000
+
+
+class Postgres:
+    """A private PostgreSQL (initdb as the postgres user), restarted with a fast shutdown."""
+
+    def __init__(self, port):
+        self.port, self.restarts = port, []
+        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="flotilla-soak-pg-"))
+        shutil.chown(self.dir, "postgres")
+        self.data = self.dir / "data"
+        self.run(["initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres"])
+        self.dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def run(self, args):
+        subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / args[0]), *args[1:]], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+
+    def start(self):
+        opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir} "
+                "-c wal_level=logical -c max_wal_senders=4 -c max_replication_slots=4")
+        self.run(["pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.dir / "pg.log"), "-w", "start"])
+        wait_port(self.port)
+
+    def restart(self, down=2.0):
+        t0 = time.time()
+        self.run(["pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop"])
+        time.sleep(down)
+        self.start()
+        self.restarts.append((t0, time.time()))
+
+    def stop(self):
+        try:
+            self.run(["pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop"])
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def cdc_writer(dsn, stop, errors, committed):
+    """Updates random rows of the CDC table in small transactions until `stop`; reconnects
+    through the restart. Counts the transactions that committed."""
+    import psycopg
+    rng = random.Random(11)
+    conn = None
+    while not stop.is_set():
+        try:
+            if conn is None:
+                conn = psycopg.connect(dsn, autocommit=False, connect_timeout=2)
+            with conn.transaction():
+                for _ in range(rng.randrange(1, 6)):
+                    k = rng.randrange(1, CDC_KEYS + 1)
+                    conn.execute(f"UPDATE {CDC_TABLE} SET limit_amount = %s, status = %s WHERE card_id = %s",
+                                 (round(rng.uniform(0, 10_000), 2), rng.choice(["ok", "hold", "closed"]), k))
+            committed.append(1)
+            time.sleep(0.005)
+        except Exception as e:  # the server restarting: wait and reconnect
+            errors.append(type(e).__name__)
+            conn = None
+            time.sleep(0.5)
+    if conn is not None:
+        conn.close()
+
+
+def cdc_mismatches(base, dsn):
+    import psycopg
+    with psycopg.connect(dsn) as c:
+        truth = {k: (a, s) for k, a, s in c.execute(f"SELECT card_id, limit_amount, status FROM {CDC_TABLE}")}
+    keys = sorted(truth)
+    bad = []
+    for i in range(0, len(keys), 500):
+        chunk = keys[i:i + 500]
+        body = {"features": ["card_limits_cdc:limit_amount", "card_limits_cdc:status"], "entities": {"card_id": chunk}}
+        res = requests.post(base + "/get-online-features", json=body, timeout=30).json()["results"]
+        for j, k in enumerate(chunk):
+            if (res[1]["values"][j], res[2]["values"][j]) != truth[k]:
+                bad.append((k, truth[k], res[1]["values"][j], res[2]["values"][j]))
+    return bad
+
+
+def write_repos(work, nats_port, redis_port, pg=None):
     models = work / "models"
     shutil.copytree(ROOT / "examples/repository/fraud_xgb", models / "fraud_xgb")
     shutil.copytree(ROOT / "examples/repository/simple", models / "soak_model")
@@ -98,6 +183,15 @@ def write_repos(work, nats_port, redis_port):
         'stream = { type = "nats", subject = "features.card_txn_1h" }',
         f'stream = {{ type = "nats", url = "nats://127.0.0.1:{nats_port}", subject = "soak.card_txn_1h", '
         f'stream = "SOAK_TXN", durable = "soak", ack_wait = "5s" }}'))
+    if pg is not None:
+        (features / "card_limits_cdc.toml").write_text(f"""
+[[feature_view]]
+name = "card_limits_cdc"
+entities = ["card"]
+ttl = "0"
+stream = {{ type = "postgres", url = "{pg.dsn}?sslmode=disable", table = "{CDC_TABLE}", slot = "soak", publication = "soak" }}
+features = [{{ name = "limit_amount", dtype = "float64" }}, {{ name = "status", dtype = "string" }}]
+""")
     return models, features
 
 
@@ -238,7 +332,15 @@ def main():
                     nats_port)
     redis.start()
     natsd.start()
-    models, features = write_repos(work, nats_port, redis_port)
+    pg = None
+    if PG_BIN is not None and shutil.which("runuser") and os.geteuid() == 0:
+        import psycopg
+        pg = Postgres(free_port())
+        pg.start()
+        with psycopg.connect(pg.dsn, autocommit=True) as c:
+            c.execute(f"CREATE TABLE {CDC_TABLE} (card_id bigint PRIMARY KEY, limit_amount float8, status text)")
+            c.execute(f"INSERT INTO {CDC_TABLE} SELECT g, g, 'new' FROM generate_series(1, {CDC_KEYS}) g")
+    models, features = write_repos(work, nats_port, redis_port, pg)
     http_port, grpc_port = free_port(), free_port()
     log = open(work / "server.log", "w")
     server = subprocess.Popen(
@@ -260,6 +362,10 @@ def main():
     published, prod_errors = {}, []
     prod = threading.Thread(target=producer, args=(nats_port, stop, published, prod_errors), daemon=True)
     prod.start()
+    pg_errors, pg_committed = [], []
+    if pg is not None:
+        writer = threading.Thread(target=cdc_writer, args=(pg.dsn, stop, pg_errors, pg_committed), daemon=True)
+        writer.start()
     rss = []
     reloads = collections.Counter()
     faults = []
@@ -271,6 +377,8 @@ def main():
     for pr in procs:
         pr.start()
     schedule = {0.25: ("redis", redis), 0.45: ("nats", natsd), 0.7: ("redis", redis)}
+    if pg is not None:
+        schedule[0.55] = ("postgres", pg)
     done = set()
     last_reload = t0
     while time.time() - t0 < args.duration:
@@ -314,6 +422,15 @@ def main():
                 if res[1]["values"][j] != want[1] or res[2]["values"][j] != want[2]:
                     bad.append((card, want, res[1]["values"][j], res[2]["values"][j]))
         return bad
+    cdc_bad = None
+    for _ in range(60 if pg is not None else 0):  # CDC catches up
+        try:
+            cdc_bad = cdc_mismatches(base, pg.dsn)
+        except Exception as e:
+            cdc_bad = [f"unreadable: {e}"]
+        if not cdc_bad:
+            break
+        time.sleep(1)
     bad = None
     for _ in range(30):  # the consumer catches up after the last restart
         try:
@@ -327,6 +444,8 @@ def main():
     code = server.wait(60)
     redis.stop()
     natsd.stop()
+    if pg is not None:
+        pg.stop()
     log.close()
     text = (work / "server.log").read_text()
     panics = text.count("panicked")
@@ -356,6 +475,11 @@ def main():
         f"| bad requests answered other than 4xx | {bad_invalid or 'none'} |",
         f"| rows published to NATS (cards) / producer retries during the NATS restart | {len(published)} cards / {len(prod_errors)} |",
         f"| online store vs source after the run | {'equal' if not bad else f'{len(bad)} cards differ, e.g. {bad[:3]}'} |",
+        f"| PostgreSQL CDC: transactions committed / writer retries during the restart | "
+        + (f"{len(pg_committed)} / {len(pg_errors)} |" if pg is not None else "not run (needs PostgreSQL binaries and root) |"),
+        f"| PostgreSQL CDC: online store vs SELECT of the table ({CDC_KEYS} rows) | "
+        + (("equal" if not cdc_bad else f"{len(cdc_bad)} rows differ, e.g. {cdc_bad[:3]}") if pg is not None else "not run")
+        + " |",
         f"| RSS after warm-up, min / max (MiB) | {min(settled) // 1024} / {max(settled) // 1024} |",
         "",
         "Answers by kind and status:",
@@ -367,7 +491,7 @@ def main():
     lines += ["", f"RSS curve (s: MiB): {curve}", ""]
     out.write_text("\n".join(lines))
     print("\n".join(lines))
-    ok = alive and code == 0 and panics == 0 and not bad_valid and not bad_invalid and not bad
+    ok = alive and code == 0 and panics == 0 and not bad_valid and not bad_invalid and not bad and not cdc_bad
     shutil.rmtree(work, ignore_errors=True)
     sys.exit(0 if ok else 1)
 

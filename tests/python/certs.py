@@ -48,15 +48,18 @@ class Ca:
         self.pem = self.folder / f"{name.replace(' ', '-').lower()}.pem"
         self.pem.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, stem, cn, server=False, expired=False):
-        """Writes `<stem>.pem` and `<stem>.key`; returns their paths."""
+    def issue(self, stem, cn, server=False, expired=False, member=False):
+        """Writes `<stem>.pem` and `<stem>.key`; returns their paths. A `member` certificate (a
+        fleet member's) serves and is presented as a client: both usages, the server's names."""
         key = _key()
         now = datetime.datetime.now(datetime.timezone.utc)
         if expired:
             before, after = now - datetime.timedelta(days=10), now - datetime.timedelta(days=1)
         else:
             before, after = now - datetime.timedelta(days=1), now + datetime.timedelta(days=30)
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+        if member:
+            server, usages = True, [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
         builder = (
             x509.CertificateBuilder()
             .subject_name(_name(cn)).issuer_name(self.cert.subject)
@@ -64,7 +67,7 @@ class Ca:
             .serial_number(x509.random_serial_number())
             .not_valid_before(before).not_valid_after(after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         )
         if server:
             builder = builder.add_extension(x509.SubjectAlternativeName(

@@ -18,6 +18,7 @@
 //! - [`classification`]: the classification extension.
 //! - [`stats`], [`metrics`]: Triton-shaped statistics and Prometheus metrics.
 //! - [`secret`]: secrets that never print, and connection URLs without their password.
+//! - [`tls`]: certificates, keys and CA bundles from PEM files; TLS clients with the checks asked for.
 //! - [`trace`]: request spans and W3C trace context (`traceparent`) in and out, for OTLP.
 #![forbid(unsafe_code)]
 
@@ -41,6 +42,7 @@ pub mod stats;
 pub mod tensor;
 #[cfg(feature = "test-support")]
 pub mod testing;
+pub mod tls;
 pub mod trace;
 
 pub use api::{Api, Readiness};

@@ -24,10 +24,8 @@ pub fn forwarding(fleet: Arc<Fleet>, max_message_bytes: usize) -> ServingService
 
 impl Forwarding {
     async fn client(&self) -> Result<ServingServiceClient<crate::link::Authorized>, Status> {
-        let target = self
-            .fleet
-            .feature_worker()
-            .ok_or_else(|| Status::unavailable("no worker with a feature store is in rotation"))?;
+        let target =
+            self.fleet.feature_worker().ok_or_else(|| Status::unavailable(crate::router::NO_FEATURE_WORKER))?;
         Ok(ServingServiceClient::new(target.channel.clone()).max_decoding_message_size(usize::MAX))
     }
 }

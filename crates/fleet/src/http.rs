@@ -277,7 +277,7 @@ async fn proxy_features(
     body: Body,
 ) -> Response {
     let Some(m) = s.fleet.feature_worker() else {
-        return ApiError(Error::unavailable("no worker with a feature store is in rotation")).into_response();
+        return ApiError(Error::unavailable(crate::router::NO_FEATURE_WORKER)).into_response();
     };
     pass_through(&s, &m.record().http, method, uri.path(), None, headers, body).await
 }

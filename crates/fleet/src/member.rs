@@ -106,7 +106,7 @@ impl Member {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
-        let channel = link.grpc(endpoint.connect_lazy());
+        let channel = link.grpc(endpoint).map_err(|e| format!("worker '{}': {e}", record.id))?;
         let client = GrpcInferenceServiceClient::new(channel.clone())
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);

@@ -91,6 +91,9 @@ impl Settings {
     }
 }
 
+/// Why a feature read through the router finds no worker to answer it.
+pub const NO_FEATURE_WORKER: &str = "no worker with a feature store is in rotation";
+
 /// The fleet router.
 pub struct Fleet {
     pub members: Arc<Members>,
@@ -180,7 +183,8 @@ impl Fleet {
     }
 
     /// The worker in rotation with a feature store and the fewest requests outstanding: where
-    /// the router sends feature reads (Feast's REST and gRPC, GraphQL's feature fields).
+    /// the router sends feature reads (Feast's REST and gRPC, GraphQL's feature fields). `None`
+    /// is answered as unavailable with [`NO_FEATURE_WORKER`].
     pub fn feature_worker(&self) -> Option<Arc<crate::member::Member>> {
         self.members
             .all()

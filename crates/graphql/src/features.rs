@@ -55,17 +55,9 @@ pub(crate) async fn forward(
 ) -> axum::response::Response {
     use axum::http::{header, StatusCode};
     use axum::response::IntoResponse;
-    let answer = |status: StatusCode, message: String| {
-        (
-            status,
-            axum::Json(
-                serde_json::json!({ "errors": [{ "message": message, "extensions": {"code": "unavailable"} }] }),
-            ),
-        )
-            .into_response()
-    };
+    let answer = crate::refused;
     let Some(worker) = fleet.feature_worker() else {
-        return answer(StatusCode::SERVICE_UNAVAILABLE, "no worker with a feature store is in rotation".into());
+        return answer(StatusCode::SERVICE_UNAVAILABLE, flotilla_fleet::router::NO_FEATURE_WORKER.into());
     };
     let body = serde_json::json!({
         "query": request.query,

@@ -133,8 +133,19 @@ pub fn routes(sources: Sources, max_request_bytes: usize) -> Router {
 }
 
 /// A request that never reached the schema, in GraphQL's error shape.
-fn refused(status: StatusCode, message: String) -> Response {
-    (status, Json(serde_json::json!({ "errors": [{ "message": message }] }))).into_response()
+/// A request answered without running it: GraphQL's error shape, with the status and an
+/// `extensions.code` named after it (as the fields' own errors carry).
+pub(crate) fn refused(status: StatusCode, message: String) -> Response {
+    let code = match status {
+        StatusCode::BAD_REQUEST => "invalid_argument",
+        StatusCode::UNAUTHORIZED => "unauthenticated",
+        StatusCode::FORBIDDEN => "permission_denied",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        _ => "internal",
+    };
+    let body = serde_json::json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
+    (status, Json(body)).into_response()
 }
 
 /// The caller whose token the HTTP layer checked (`None` when tokens are off); each root field

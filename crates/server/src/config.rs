@@ -247,6 +247,13 @@ pub struct SecurityArgs {
     /// PEM CA certificate(s): clients must present a certificate it signed (mutual TLS).
     #[arg(long, env = "FLOTILLA_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+
+    /// PEM CA certificate(s) that signed the other fleet members' certificates: links to their
+    /// `https://` addresses (a router to its workers, a worker to `--join https://...`) verify
+    /// them against it, and present this member's --tls-cert when asked (mutual TLS). Defaults
+    /// to --tls-client-ca, then to the system's trust store.
+    #[arg(long, env = "FLOTILLA_FLEET_CA")]
+    pub fleet_ca: Option<PathBuf>,
 }
 
 /// How a server logs.

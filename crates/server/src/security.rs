@@ -1,6 +1,7 @@
 //! The security settings of a server or router, from its flags: the token file (authentication
 //! and scopes, [`flotilla_core::auth`]), the fleet token its links carry
-//! ([`flotilla_fleet::link`]) and TLS on its listeners ([`crate::tls`]); and the task that
+//! and the TLS settings of its links ([`flotilla_fleet::link`]), and TLS on its listeners
+//! ([`crate::tls`]); and the task that
 //! re-reads the token and certificate files when they change.
 
 use crate::config::SecurityArgs;
@@ -8,6 +9,7 @@ use crate::tls::{Tls, TlsFiles};
 use anyhow::Context;
 use flotilla_core::auth::Auth;
 use flotilla_core::secret::Secret;
+use flotilla_core::tls::{ClientTls, Verify};
 use flotilla_fleet::link::Link;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,7 +56,15 @@ impl Security {
                 flotilla_core::auth::MIN_TOKEN_LEN
             );
         }
-        let link = Link::new(args.fleet_token.clone().map(Secret::new));
+        let mut link = Link::new(args.fleet_token.clone().map(Secret::new));
+        if args.fleet_ca.is_some() || args.tls_cert.is_some() {
+            let tls = ClientTls {
+                roots: args.fleet_ca.clone().or_else(|| args.tls_client_ca.clone()),
+                identity: args.tls_cert.clone().zip(args.tls_key.clone()),
+                verify: Verify::Full,
+            };
+            link = link.with_tls(&tls).context("TLS on fleet links (--fleet-ca, --tls-cert/--tls-key)")?;
+        }
         Ok(Security { auth, tls, link })
     }
 

@@ -5,8 +5,8 @@
 //! keep the one they started with. A file that does not load is refused with its path and the
 //! reason, at start (the server does not start) or on reload (the certificate in force stays).
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+pub use flotilla_core::tls::TlsError;
+use flotilla_core::tls::{file_error, load_certs, load_key, load_roots, provider};
 use rustls::server::WebPkiClientVerifier;
 use rustls::ServerConfig;
 use std::io;
@@ -19,19 +19,6 @@ use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-
-/// A certificate, key or CA file that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("{what} {path}: {reason}")]
-    File { what: &'static str, path: PathBuf, reason: String },
-    #[error("TLS settings: {0}")]
-    Config(String),
-}
-
-fn file_error(what: &'static str, path: &Path, reason: impl ToString) -> TlsError {
-    TlsError::File { what, path: path.into(), reason: reason.to_string() }
-}
 
 /// Where the certificate, key and client CA come from.
 #[derive(Debug, Clone)]
@@ -50,32 +37,16 @@ impl TlsFiles {
 
     /// Reads the files into a server configuration.
     fn build(&self) -> Result<ServerConfig, TlsError> {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
-            .map_err(|e| file_error("certificate", &self.cert, e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| file_error("certificate", &self.cert, e))?;
-        if certs.is_empty() {
-            return Err(file_error("certificate", &self.cert, "no PEM CERTIFICATE block"));
-        }
-        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| file_error("private key", &self.key, e))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certs = load_certs("certificate", &self.cert)?;
+        let key = load_key(&self.key)?;
+        let provider = provider();
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Config(e.to_string()))?;
         let builder = match &self.client_ca {
             None => builder.with_no_client_auth(),
             Some(path) => {
-                let mut roots = rustls::RootCertStore::empty();
-                let cas = CertificateDer::pem_file_iter(path)
-                    .map_err(|e| file_error("client CA", path, e))?
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| file_error("client CA", path, e))?;
-                if cas.is_empty() {
-                    return Err(file_error("client CA", path, "no PEM CERTIFICATE block"));
-                }
-                for ca in cas {
-                    roots.add(ca).map_err(|e| file_error("client CA", path, e))?;
-                }
+                let roots = load_roots("client CA", path)?;
                 let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                     .build()
                     .map_err(|e| file_error("client CA", path, e))?;

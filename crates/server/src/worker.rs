@@ -39,11 +39,11 @@ fn local_address_towards(target: &str) -> Option<IpAddr> {
     Some(socket.local_addr().ok()?.ip())
 }
 
-fn url(host: &str, port: u16) -> String {
+fn url(scheme: &str, host: &str, port: u16) -> String {
     if host.contains(':') && !host.starts_with('[') {
-        format!("http://[{host}]:{port}")
+        format!("{scheme}://[{host}]:{port}")
     } else {
-        format!("http://{host}:{port}")
+        format!("{scheme}://{host}:{port}")
     }
 }
 
@@ -95,22 +95,18 @@ pub fn prepare(config: &mut ServeConfig, listeners: &Listeners) -> anyhow::Resul
         anyhow::bail!("--latency-target-ms must be a positive number of milliseconds");
     }
     for target in &f.join {
-        if target.starts_with("https://") {
-            anyhow::bail!("--join {target:?}: links between fleet members do not speak TLS yet; join a router over its private network (http://) or through a NATS registry (nats://)");
-        }
-        if !(target.starts_with("http://") || target.starts_with("nats://")) {
-            anyhow::bail!("--join {target:?}: expected a router's HTTP address (http://host:8000) or a NATS registry (nats://host:4222)");
+        if !["http://", "https://", "nats://"].iter().any(|s| target.starts_with(s)) {
+            anyhow::bail!("--join {target:?}: expected a router's HTTP address (http[s]://host:8000) or a NATS registry (nats://host:4222)");
         }
     }
-    if !f.join.is_empty() && config.security.tls_cert.is_some() {
-        anyhow::bail!("--tls-cert with --join: routers reach their workers over plain HTTP/2, so a fleet worker cannot serve TLS yet; terminate TLS at the router");
-    }
+    // A worker that serves TLS is reached over TLS: it advertises https:// addresses.
+    let scheme = if config.security.tls_cert.is_some() { "https" } else { "http" };
     let agent = AgentSettings {
         join: f.join.clone(),
         bucket: f.registry_bucket.clone(),
         id,
-        http: url(&host, http.port()),
-        grpc: url(&host, grpc.port()),
+        http: url(scheme, &host, http.port()),
+        grpc: url(scheme, &host, grpc.port()),
         class: match f.capacity_class {
             CapacityClassArg::Guaranteed => CapacityClass::Guaranteed,
             CapacityClassArg::Opportunistic => CapacityClass::Opportunistic,
@@ -134,8 +130,8 @@ mod tests {
         let id = default_id(8010);
         assert!(id.ends_with("-8010"));
         assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'));
-        assert_eq!(url("10.0.0.1", 1), "http://10.0.0.1:1");
-        assert_eq!(url("::1", 2), "http://[::1]:2");
+        assert_eq!(url("http", "10.0.0.1", 1), "http://10.0.0.1:1");
+        assert_eq!(url("https", "::1", 2), "https://[::1]:2");
         assert_eq!(local_address_towards("http://127.0.0.1:8000"), Some("127.0.0.1".parse().unwrap()));
         assert_eq!(local_address_towards("nats://127.0.0.1:4222/x"), Some("127.0.0.1".parse().unwrap()));
     }

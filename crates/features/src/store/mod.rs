@@ -11,6 +11,7 @@
 pub mod embedded;
 pub mod redis;
 pub mod redis_cluster;
+pub mod redis_tls;
 
 use crate::definitions::{FeatureView, Registry};
 use crate::error::{FeatureError, Result};
@@ -46,10 +47,10 @@ pub struct Checkpoint {
 pub enum StoreLocation {
     /// `embedded:PATH` (or a bare path): a redb file.
     Embedded(PathBuf),
-    /// `redis://host:port[/db]`.
+    /// `redis://host:port[/db]`, or `rediss://` for TLS (see [`redis_tls`] for its options).
     Redis(String),
-    /// `redis+cluster://host:port,host:port,...`: seed nodes of a Redis Cluster (as
-    /// `redis://[user:password@]host:port` URLs).
+    /// `redis+cluster://host:port,host:port,...` (`rediss+cluster://` for TLS): seed nodes of a
+    /// Redis Cluster (as `redis[s]://[user:password@]host:port[?options]` URLs).
     RedisCluster(Vec<String>),
 }
 
@@ -59,7 +60,12 @@ impl std::str::FromStr for StoreLocation {
         if s.starts_with("redis://") || s.starts_with("rediss://") {
             return Ok(Self::Redis(s.to_string()));
         }
-        if let Some(rest) = s.strip_prefix("redis+cluster://") {
+        let cluster = s.strip_prefix("redis+cluster://").map(|r| ("redis", r));
+        if let Some((scheme, rest)) = cluster.or_else(|| s.strip_prefix("rediss+cluster://").map(|r| ("rediss", r))) {
+            let (rest, query) = match rest.split_once('?') {
+                Some((rest, query)) => (rest, format!("?{query}")),
+                None => (rest, String::new()),
+            };
             let (auth, hosts) = match rest.rsplit_once('@') {
                 Some((auth, hosts)) => (format!("{auth}@"), hosts),
                 None => (String::new(), rest),
@@ -68,7 +74,7 @@ impl std::str::FromStr for StoreLocation {
                 .split(',')
                 .map(str::trim)
                 .filter(|h| !h.is_empty())
-                .map(|h| format!("redis://{auth}{}", h.trim_end_matches('/')))
+                .map(|h| format!("{scheme}://{auth}{}{query}", h.trim_end_matches('/')))
                 .collect();
             if seeds.is_empty() || hosts.split(',').any(|h| !h.trim().contains(':')) {
                 return Err(
@@ -100,11 +106,13 @@ impl std::fmt::Display for StoreLocation {
             Self::RedisCluster(seeds) => {
                 let hosts: Vec<&str> = seeds
                     .iter()
-                    .map(|u| u.trim_start_matches("redis://"))
+                    .map(|u| u.split_once("://").map_or(u.as_str(), |(_, rest)| rest))
+                    .map(|h| h.split_once('?').map_or(h, |(host, _)| host))
                     .map(|h| h.rsplit_once('@').map_or(h, |(_, host)| host))
                     .collect();
                 let auth = if seeds.iter().any(|u| u.contains('@')) { "***@" } else { "" };
-                write!(f, "redis+cluster://{auth}{}", hosts.join(","))
+                let scheme = if seeds.iter().any(|u| u.starts_with("rediss://")) { "rediss" } else { "redis" };
+                write!(f, "{scheme}+cluster://{auth}{}", hosts.join(","))
             }
         }
     }

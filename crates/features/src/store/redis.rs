@@ -56,7 +56,7 @@ fn unavailable(e: impl std::fmt::Display) -> FeatureError {
 
 impl RedisStore {
     pub async fn connect(url: &str, options: RedisOptions) -> Result<Self> {
-        let client = redis::Client::open(url).map_err(|e| FeatureError::invalid(format!("--online-store: {e}")))?;
+        let client = super::redis_tls::RedisUrl::parse(url)?.client()?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.timeout))
             .set_response_timeout(Some(options.timeout))

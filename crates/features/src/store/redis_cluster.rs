@@ -126,9 +126,17 @@ fn moving(e: &RedisError) -> bool {
 impl RedisClusterStore {
     /// Connects to the cluster through any of `seeds` (`host:port` or `redis://host:port`).
     pub async fn connect(seeds: &[String], options: RedisOptions) -> Result<Self> {
-        let urls: Vec<String> =
-            seeds.iter().map(|s| if s.contains("://") { s.clone() } else { format!("redis://{s}") }).collect();
-        let client = redis::cluster::ClusterClient::builder(urls)
+        let mut urls = Vec::with_capacity(seeds.len());
+        for seed in seeds {
+            let seed = if seed.contains("://") { seed.clone() } else { format!("redis://{seed}") };
+            urls.push(super::redis_tls::RedisUrl::parse(&seed)?);
+        }
+        let certs = urls.iter().find_map(|u| u.certs.clone());
+        let mut builder = redis::cluster::ClusterClient::builder(urls.into_iter().map(|u| u.url));
+        if let Some(certs) = certs {
+            builder = builder.certs(certs);
+        }
+        let client = builder
             .connection_timeout(options.timeout)
             .response_timeout(options.timeout)
             .retries(3)

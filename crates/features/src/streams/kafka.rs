@@ -3,7 +3,7 @@
 //! from the last commit, so a message is read again rather than lost; writes are idempotent.
 //! The topic and its dead-letter topic are created (broker defaults) when they do not exist.
 
-use super::{dead_letter_body, read, write};
+use super::{dead_letter_body, read, write, ConsumerError};
 use crate::definitions::{StreamSource, StreamSpec};
 use crate::feature_store::FeatureStore;
 use futures::FutureExt;
@@ -23,14 +23,31 @@ use tokio::sync::watch;
 /// How long broker requests (metadata, topic creation, dead-letter sends) may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(super) async fn run(
+/// A Kafka topic read by a consumer group.
+pub(crate) struct Kafka {
+    pub view: usize,
+    pub spec: StreamSpec,
+}
+
+impl super::Consumer for Kafka {
+    fn run<'a>(
+        &'a self,
+        store: &'a FeatureStore,
+        stop: watch::Receiver<bool>,
+    ) -> futures::future::BoxFuture<'a, Result<(), ConsumerError>> {
+        Box::pin(run(store, self.view, &self.spec, stop))
+    }
+}
+
+/// Consumes until `stop` turns true.
+async fn run(
     store: &FeatureStore,
     view_index: usize,
     spec: &StreamSpec,
     mut stop: watch::Receiver<bool>,
-) -> Result<(), String> {
+) -> Result<(), ConsumerError> {
     let StreamSource::Kafka { brokers, topic, group } = &spec.source else {
-        return Err("not a Kafka source".into());
+        return Err(ConsumerError::stop("not a Kafka source"));
     };
     let view = &store.registry.views[view_index];
     let label = spec.label();
@@ -49,13 +66,13 @@ pub(super) async fn run(
         .set("heartbeat.interval.ms", "2000")
         .set("statistics.interval.ms", "1000")
         .create_with_context(context)
-        .map_err(|e| format!("Kafka consumer for {brokers}: {e}"))?;
+        .map_err(|e| ConsumerError::stop(format!("Kafka consumer for {brokers}: {e}")))?;
     let consumer = Arc::new(consumer);
     consumer.subscribe(&[topic.as_str()]).map_err(|e| format!("subscribe to {topic}: {e}"))?;
     let producer: FutureProducer<Context> = client_config(brokers)
         .set("message.timeout.ms", REQUEST_TIMEOUT.as_millis().to_string())
         .create_with_context(Context { topic: spec.dead_letter.clone(), lag: None })
-        .map_err(|e| format!("Kafka producer for {brokers}: {e}"))?;
+        .map_err(|e| ConsumerError::stop(format!("Kafka producer for {brokers}: {e}")))?;
     tracing::info!(source = %label, view = %view.name, group = %group, "consuming");
     loop {
         let first = tokio::select! {
@@ -125,13 +142,17 @@ async fn commit(
 }
 
 /// Transient consumer errors are librdkafka's to recover from (it reconnects and rejoins);
-/// they are counted and logged. An unusable configuration stops this consumer (and is retried).
-fn consumer_error(store: &FeatureStore, label: &str, e: KafkaError) -> Result<(), String> {
+/// they are counted and logged. A fatal client error is retried with a new client; an unusable
+/// configuration or a refused authorisation stops this consumer.
+fn consumer_error(store: &FeatureStore, label: &str, e: KafkaError) -> Result<(), ConsumerError> {
     store.metrics.stream_errors.with_label_values(&[label]).inc();
     match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::Fatal) => Err(format!("Kafka consumer: {e}").into()),
         Some(
-            RDKafkaErrorCode::Fatal | RDKafkaErrorCode::InvalidConfig | RDKafkaErrorCode::GroupAuthorizationFailed,
-        ) => Err(format!("Kafka consumer: {e}")),
+            RDKafkaErrorCode::InvalidConfig
+            | RDKafkaErrorCode::GroupAuthorizationFailed
+            | RDKafkaErrorCode::TopicAuthorizationFailed,
+        ) => Err(ConsumerError::stop(format!("Kafka consumer: {e}"))),
         _ => {
             tracing::warn!(source = label, error = %e, "Kafka consumer error");
             Ok(())
@@ -147,12 +168,14 @@ fn client_config(brokers: &str) -> ClientConfig {
 
 /// Creates the topics that the broker does not know, with the broker's default partition
 /// count and replication (`-1`), or one partition where the broker does not take defaults.
-async fn ensure_topics(brokers: &str, topics: &[&str]) -> Result<(), String> {
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(brokers).create().map_err(|e| format!("Kafka admin client for {brokers}: {e}"))?;
+async fn ensure_topics(brokers: &str, topics: &[&str]) -> Result<(), ConsumerError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers)
+        .create()
+        .map_err(|e| ConsumerError::stop(format!("Kafka admin client for {brokers}: {e}")))?;
     let metadata = {
-        let consumer: rdkafka::consumer::BaseConsumer =
-            client_config(brokers).create().map_err(|e| format!("Kafka client for {brokers}: {e}"))?;
+        let consumer: rdkafka::consumer::BaseConsumer = client_config(brokers)
+            .create()
+            .map_err(|e| ConsumerError::stop(format!("Kafka client for {brokers}: {e}")))?;
         tokio::task::spawn_blocking(move || consumer.fetch_metadata(None, REQUEST_TIMEOUT))
             .await
             .map_err(|e| e.to_string())?
@@ -181,7 +204,11 @@ async fn ensure_topics(brokers: &str, topics: &[&str]) -> Result<(), String> {
             return Ok(());
         }
         if partitions == 1 {
-            return Err(format!("cannot create Kafka topics ({}); create them on the broker", failed.join(", ")));
+            // The broker refuses (a policy, a permission): it will refuse again.
+            return Err(ConsumerError::stop(format!(
+                "cannot create Kafka topics ({}); create them on the broker",
+                failed.join(", ")
+            )));
         }
     }
     Ok(())

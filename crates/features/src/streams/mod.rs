@@ -13,10 +13,11 @@ pub mod postgres;
 mod rabbitmq;
 mod redis;
 
-use crate::definitions::{FeatureView, StreamSource};
+use crate::definitions::{FeatureView, StreamSource, StreamSpec};
 use crate::feature_store::{now_us, FeatureStore};
 use crate::record::{EntityKey, Record};
 use crate::store::Change;
+use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -36,9 +37,42 @@ pub enum ConsumerError {
     Stop(String),
 }
 
+/// Errors a consumer does not classify are taken as passing (a broker down, a connection lost).
 impl From<String> for ConsumerError {
     fn from(e: String) -> Self {
         ConsumerError::Retry(e)
+    }
+}
+
+impl ConsumerError {
+    /// A source that will not mend by retrying: `what` says what to change.
+    pub(crate) fn stop(what: impl std::fmt::Display) -> Self {
+        ConsumerError::Stop(what.to_string())
+    }
+}
+
+/// A stream source's consumer. Each source implements it once ([`kafka::Kafka`],
+/// [`nats::Nats`], [`rabbitmq::Rabbitmq`], [`redis::RedisStream`], [`postgres::Postgres`]), and
+/// [`spawn_all`] supervises them all alike: `Ok` is a clean stop (or a lost lease),
+/// [`ConsumerError::Retry`] connects again after a backoff, [`ConsumerError::Stop`] ends the
+/// consumer with its reason in the log and the error counter while the server serves on.
+pub(crate) trait Consumer: Send + Sync {
+    /// Connects and consumes into the view until `stop` turns true.
+    fn run<'a>(
+        &'a self,
+        store: &'a FeatureStore,
+        stop: watch::Receiver<bool>,
+    ) -> BoxFuture<'a, Result<(), ConsumerError>>;
+}
+
+/// The consumer that reads `spec` into view `view`.
+fn consumer_for(view: usize, spec: StreamSpec) -> Box<dyn Consumer> {
+    match spec.source {
+        StreamSource::Nats { .. } => Box::new(nats::Nats { view, spec }),
+        StreamSource::Redis { .. } => Box::new(redis::RedisStream { view, spec }),
+        StreamSource::Kafka { .. } => Box::new(kafka::Kafka { view, spec }),
+        StreamSource::Rabbitmq { .. } => Box::new(rabbitmq::Rabbitmq { view, spec }),
+        StreamSource::Postgres { .. } => Box::new(postgres::Postgres { view, spec }),
     }
 }
 
@@ -273,18 +307,16 @@ pub fn spawn_all(
         };
         tasks.spawn(async move {
             let label = spec.label();
+            let consumer = consumer_for(index, spec);
             let mut backoff = Duration::from_millis(200);
             loop {
                 let Some((run_stop, watcher)) = while_held(&stop, held.as_ref(), &label).await else { return };
-                let result = match &spec.source {
-                    StreamSource::Nats { .. } => nats::run(&store, index, &spec, run_stop).await.map_err(Into::into),
-                    StreamSource::Redis { .. } => redis::run(&store, index, &spec, run_stop).await.map_err(Into::into),
-                    StreamSource::Kafka { .. } => kafka::run(&store, index, &spec, run_stop).await.map_err(Into::into),
-                    StreamSource::Rabbitmq { .. } => {
-                        rabbitmq::run(&store, index, &spec, run_stop).await.map_err(Into::into)
-                    }
-                    StreamSource::Postgres { .. } => postgres::run(&store, index, &spec, run_stop).await,
-                };
+                let started = std::time::Instant::now();
+                let result = consumer.run(&store, run_stop).await;
+                // A consumer that ran a while before failing starts its backoff afresh.
+                if started.elapsed() > Duration::from_secs(60) {
+                    backoff = Duration::from_millis(200);
+                }
                 if let Some(w) = watcher {
                     w.abort();
                 }

@@ -1,9 +1,10 @@
 //! NATS JetStream: a durable pull consumer with explicit acks, acknowledged after the write.
 
-use super::{dead_letter_body, read, write};
+use super::{dead_letter_body, read, write, ConsumerError};
 use crate::definitions::{StreamSource, StreamSpec};
 use crate::feature_store::FeatureStore;
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, stream};
+use async_nats::ConnectErrorKind;
 use futures::StreamExt;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -11,19 +12,45 @@ use tokio::sync::watch;
 /// How long one fetch waits for messages before checking for shutdown.
 const FETCH_WAIT: Duration = Duration::from_millis(500);
 
-/// Consumes until `stop` turns true; an `Err` makes the caller reconnect.
-pub(super) async fn run(
+/// A NATS JetStream source.
+pub(crate) struct Nats {
+    pub view: usize,
+    pub spec: StreamSpec,
+}
+
+impl super::Consumer for Nats {
+    fn run<'a>(
+        &'a self,
+        store: &'a FeatureStore,
+        stop: watch::Receiver<bool>,
+    ) -> futures::future::BoxFuture<'a, Result<(), ConsumerError>> {
+        Box::pin(run(store, self.view, &self.spec, stop))
+    }
+}
+
+/// Consumes until `stop` turns true.
+async fn run(
     store: &FeatureStore,
     view_index: usize,
     spec: &StreamSpec,
     mut stop: watch::Receiver<bool>,
-) -> Result<(), String> {
+) -> Result<(), ConsumerError> {
     let StreamSource::Nats { url, subject, stream: stream_name, durable, ack_wait } = &spec.source else {
-        return Err("not a NATS source".into());
+        return Err(ConsumerError::stop("not a NATS source"));
     };
     let view = &store.registry.views[view_index];
     let label = spec.label();
-    let client = async_nats::connect(url.as_str()).await.map_err(|e| format!("cannot connect to {url}: {e}"))?;
+    let client = async_nats::connect(url.as_str()).await.map_err(|e| {
+        let message = format!("cannot connect to {}: {e}", flotilla_core::secret::redact_url(url));
+        // Credentials, TLS settings or a URL that are wrong stay wrong; a server down comes back.
+        match e.kind() {
+            ConnectErrorKind::Authentication
+            | ConnectErrorKind::AuthorizationViolation
+            | ConnectErrorKind::ServerParse
+            | ConnectErrorKind::Tls => ConsumerError::Stop(message),
+            _ => ConsumerError::Retry(message),
+        }
+    })?;
     let js = jetstream::new(client);
     let stream = ensure_stream(&js, stream_name, subject).await?;
     ensure_stream(&js, &format!("{stream_name}_DEAD_LETTER"), &spec.dead_letter).await?;

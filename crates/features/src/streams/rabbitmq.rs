@@ -4,7 +4,7 @@
 //! changes nothing. Bad messages go to a durable dead-letter queue through the default exchange,
 //! each publish confirmed by the broker before the batch is acknowledged.
 
-use super::{dead_letter_body, read, write};
+use super::{dead_letter_body, read, write, ConsumerError};
 use crate::definitions::{StreamSource, StreamSpec};
 use crate::feature_store::FeatureStore;
 use futures::{FutureExt, StreamExt};
@@ -12,7 +12,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     QueueDeclareOptions,
 };
-use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::FieldTable;
 use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind};
@@ -21,21 +21,39 @@ use tokio::sync::watch;
 /// AMQP delivery mode 2: the broker keeps the message on disk (in a durable queue).
 const PERSISTENT: u8 = 2;
 
-/// Consumes until `stop` turns true; an `Err` makes the caller reconnect.
-pub(super) async fn run(
+/// A RabbitMQ queue.
+pub(crate) struct Rabbitmq {
+    pub view: usize,
+    pub spec: StreamSpec,
+}
+
+impl super::Consumer for Rabbitmq {
+    fn run<'a>(
+        &'a self,
+        store: &'a FeatureStore,
+        stop: watch::Receiver<bool>,
+    ) -> futures::future::BoxFuture<'a, Result<(), ConsumerError>> {
+        Box::pin(run(store, self.view, &self.spec, stop))
+    }
+}
+
+/// Consumes until `stop` turns true.
+async fn run(
     store: &FeatureStore,
     view_index: usize,
     spec: &StreamSpec,
     stop: watch::Receiver<bool>,
-) -> Result<(), String> {
+) -> Result<(), ConsumerError> {
     let StreamSource::Rabbitmq { url, queue } = &spec.source else {
-        return Err("not a RabbitMQ source".into());
+        return Err(ConsumerError::stop("not a RabbitMQ source"));
     };
     let shown = flotilla_core::secret::redact_url(url);
-    let uri: AMQPUri = url.parse().map_err(|e: String| format!("RabbitMQ url {shown}: {}", e.replace(url, &shown)))?;
+    let uri: AMQPUri = url
+        .parse()
+        .map_err(|e: String| ConsumerError::stop(format!("RabbitMQ url {shown}: {}", e.replace(url, &shown))))?;
     let connection = Connection::connect_uri(uri, ConnectionProperties::default())
         .await
-        .map_err(|e| format!("cannot connect to {shown}: {e}"))?;
+        .map_err(|e| classify(format!("cannot connect to {shown}"), &e))?;
     let result = consume(store, view_index, spec, queue, &connection, stop).await;
     // The broker puts deliveries not yet acknowledged back in the queue.
     let _ = connection.close(200, "consumer stopped".into()).await;
@@ -49,7 +67,7 @@ async fn consume(
     queue: &str,
     connection: &Connection,
     mut stop: watch::Receiver<bool>,
-) -> Result<(), String> {
+) -> Result<(), ConsumerError> {
     let view = &store.registry.views[view_index];
     let label = spec.label();
     let lag = store.metrics.stream_lag_messages.with_label_values(&[label.as_str()]);
@@ -77,8 +95,8 @@ async fn consume(
         while let Some(delivery) = next {
             match delivery {
                 Some(Ok(d)) => batch.push(d),
-                Some(Err(e)) => return Err(format!("consume from '{queue}': {e}")),
-                None => return Err(format!("the broker cancelled the consumer on '{queue}'")),
+                Some(Err(e)) => return Err(classify(format!("consume from '{queue}'"), &e)),
+                None => return Err(format!("the broker cancelled the consumer on '{queue}'").into()),
             }
             next = if batch.len() < spec.batch { consumer.next().now_or_never() } else { None };
         }
@@ -120,7 +138,7 @@ async fn dead_letter(channel: &Channel, dead_letter: &str, body: &[u8]) -> Resul
 
 /// Declares the queue durable unless it exists; an existing queue is used as it is (declaring
 /// it with other arguments than it has would fail). Returns the messages ready in it.
-async fn ensure_queue(connection: &Connection, name: &str) -> Result<u32, String> {
+async fn ensure_queue(connection: &Connection, name: &str) -> Result<u32, ConsumerError> {
     // A passive declare of a missing queue closes its channel, hence a channel of its own.
     let probe = connection.create_channel().await.map_err(|e| format!("open a channel: {e}"))?;
     let passive = QueueDeclareOptions { passive: true, ..Default::default() };
@@ -130,16 +148,35 @@ async fn ensure_queue(connection: &Connection, name: &str) -> Result<u32, String
             return Ok(q.message_count());
         }
         Err(e) if is_not_found(&e) => QueueDeclareOptions::durable(),
-        Err(e) => return Err(format!("queue '{name}': {e}")),
+        Err(e) => return Err(classify(format!("queue '{name}'"), &e)),
     };
     let channel = connection.create_channel().await.map_err(|e| format!("open a channel: {e}"))?;
     let q = channel
         .queue_declare(name.into(), options, FieldTable::default())
         .await
-        .map_err(|e| format!("cannot declare queue '{name}': {e}"))?;
+        .map_err(|e| classify(format!("cannot declare queue '{name}'"), &e))?;
     let _ = channel.close(200, "declared".into()).await;
     tracing::info!(queue = name, "declared a durable RabbitMQ queue");
     Ok(q.message_count())
+}
+
+/// A refusal the broker will give again (credentials, permissions, a queue declared with other
+/// arguments) stops the consumer; anything else (a broker down, a connection lost) is retried.
+fn classify(what: String, e: &lapin::Error) -> ConsumerError {
+    let message = format!("{what}: {e}");
+    match e.kind() {
+        ErrorKind::ProtocolError(p)
+            if matches!(
+                p.kind(),
+                AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED | AMQPSoftError::PRECONDITIONFAILED)
+                    | AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED)
+            ) =>
+        {
+            ConsumerError::Stop(message)
+        }
+        ErrorKind::AuthProviderError(_) | ErrorKind::InvalidProtocolVersion(_) => ConsumerError::Stop(message),
+        _ => ConsumerError::Retry(message),
+    }
 }
 
 fn is_not_found(e: &lapin::Error) -> bool {

@@ -5,9 +5,10 @@
 //! An entry is one row: either a field `json` (or `data`, `payload`) holding a JSON object, or
 //! the row's columns as fields (`card_id 42 event_timestamp 2026-11-01T12:00:00Z ...`).
 
-use super::{consumer_name, dead_letter_body, read, write};
+use super::{consumer_name, dead_letter_body, read, write, ConsumerError};
 use crate::definitions::{FeatureView, StreamSource, StreamSpec};
 use crate::feature_store::FeatureStore;
+use crate::store::redis_tls::RedisUrl;
 use crate::value::ValueType;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamReadReply};
 use std::time::Duration;
@@ -17,30 +18,60 @@ const BLOCK_MS: u64 = 500;
 /// Entries pending this long with another consumer are taken over.
 const CLAIM_IDLE_MS: u64 = 60_000;
 
-pub(super) async fn run(
+/// A Redis stream read by a consumer group.
+pub(crate) struct RedisStream {
+    pub view: usize,
+    pub spec: StreamSpec,
+}
+
+impl super::Consumer for RedisStream {
+    fn run<'a>(
+        &'a self,
+        store: &'a FeatureStore,
+        stop: watch::Receiver<bool>,
+    ) -> futures::future::BoxFuture<'a, Result<(), ConsumerError>> {
+        Box::pin(run(store, self.view, &self.spec, stop))
+    }
+}
+
+/// Consumes until `stop` turns true.
+async fn run(
     store: &FeatureStore,
     view_index: usize,
     spec: &StreamSpec,
     stop: watch::Receiver<bool>,
-) -> Result<(), String> {
+) -> Result<(), ConsumerError> {
     let StreamSource::Redis { url, stream, group } = &spec.source else {
-        return Err("not a Redis source".into());
+        return Err(ConsumerError::stop("not a Redis source"));
     };
     let view = &store.registry.views[view_index];
     let label = spec.label();
-    let client = redis::Client::open(url.as_str()).map_err(|e| format!("{url}: {e}"))?;
+    // A URL or certificate file that does not work will not work on the next try either.
+    let client = RedisUrl::parse(url).and_then(|u| u.client()).map_err(ConsumerError::stop)?;
     let config =
         redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_millis(BLOCK_MS + 5_000)));
-    let mut con = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+    let mut con = client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| {
+        let message = format!("cannot connect to {}: {e}", flotilla_core::secret::redact_url(url));
+        // A certificate that does not verify arrives as an I/O error carrying rustls's reason.
+        let bad_certificate = message.contains("invalid peer certificate");
+        match e.kind() {
+            redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::InvalidClientConfig => {
+                ConsumerError::Stop(message)
+            }
+            _ if bad_certificate => ConsumerError::Stop(message),
+            _ => ConsumerError::Retry(message),
+        }
+    })?;
     let created: Result<(), redis::RedisError> =
         redis::cmd("XGROUP").arg("CREATE").arg(stream).arg(group).arg("0").arg("MKSTREAM").query_async(&mut con).await;
-    if let Err(e) = created {
-        if e.code() != Some("BUSYGROUP") {
-            return Err(format!("XGROUP CREATE {stream} {group}: {e}"));
+    match created {
+        Err(e) if e.code() == Some("BUSYGROUP") => {}
+        // The key holds something other than a stream, or this user may not read it.
+        Err(e) if matches!(e.code(), Some("WRONGTYPE" | "NOPERM" | "NOAUTH" | "WRONGPASS")) => {
+            return Err(ConsumerError::stop(format!("XGROUP CREATE {stream} {group}: {e}")))
         }
+        Err(e) => return Err(format!("XGROUP CREATE {stream} {group}: {e}").into()),
+        Ok(()) => {}
     }
     let consumer = consumer_name();
     tracing::info!(source = %label, view = %view.name, group = %group, consumer = %consumer, "consuming");

@@ -92,8 +92,24 @@ struct Source<'a> {
     batch: usize,
 }
 
-/// Replicates until `stop` turns true; an `Err` makes the caller reconnect (with backoff).
-pub(super) async fn run(
+/// A PostgreSQL table read by logical replication.
+pub(crate) struct Postgres {
+    pub view: usize,
+    pub spec: StreamSpec,
+}
+
+impl super::Consumer for Postgres {
+    fn run<'a>(
+        &'a self,
+        store: &'a FeatureStore,
+        stop: watch::Receiver<bool>,
+    ) -> futures::future::BoxFuture<'a, Result<(), ConsumerError>> {
+        Box::pin(run(store, self.view, &self.spec, stop))
+    }
+}
+
+/// Replicates until `stop` turns true.
+async fn run(
     store: &FeatureStore,
     view_index: usize,
     spec: &StreamSpec,

@@ -1,10 +1,12 @@
 //! A small PostgreSQL frontend: start-up and authentication (trust, password, MD5, SCRAM-SHA-256),
 //! the simple query protocol with rows read one at a time, and the copy-both sub-protocol of a
 //! replication connection. Enough for logical replication and an exported-snapshot copy; values
-//! travel in text form. TLS is not spoken (`sslmode=require` is refused when the URL is read).
+//! travel in text form. TLS as libpq negotiates it (`SSLRequest`, then rustls), with libpq's
+//! `sslmode` meanings: see [`SslMode`].
 
 use bytes::{Buf, Bytes, BytesMut};
 use flotilla_core::secret::Secret;
+use flotilla_core::tls::{ClientTls, Verify};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::frontend;
 use std::time::Duration;
@@ -26,11 +28,68 @@ pub struct ConnInfo {
     pub user: String,
     pub password: Option<Secret>,
     pub dbname: String,
+    pub ssl: SslMode,
+    /// `sslrootcert`: the CA bundle that signed the server's certificate; `None` with
+    /// `sslrootcert=system` (the system's trust store) or when none was given.
+    pub ssl_root_cert: Option<std::path::PathBuf>,
+    /// `sslrootcert=system`.
+    pub ssl_system_roots: bool,
+    /// `sslcert` and `sslkey`: a client certificate, for servers with `clientcert` in pg_hba.conf.
+    pub ssl_identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+/// libpq's `sslmode`, with libpq's meanings (the default is `prefer`). TLS is asked for over
+/// TCP only; over a Unix socket `require` and the `verify-*` modes are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plain TCP.
+    Disable,
+    /// Plain TCP (libpq would try TLS only after a plain connection is refused).
+    Allow,
+    /// TLS when the server offers it, plain otherwise; the certificate is not checked.
+    Prefer,
+    /// TLS or no connection; the certificate is checked only against a given `sslrootcert`.
+    Require,
+    /// TLS, the certificate's chain checked against `sslrootcert`.
+    VerifyCa,
+    /// TLS, the chain and the host name checked.
+    VerifyFull,
+}
+
+impl std::fmt::Display for SslMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Disable => "disable",
+            Self::Allow => "allow",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        })
+    }
+}
+
+impl std::str::FromStr for SslMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "disable" => Self::Disable,
+            "allow" => Self::Allow,
+            "prefer" => Self::Prefer,
+            "require" => Self::Require,
+            "verify-ca" => Self::VerifyCa,
+            "verify-full" => Self::VerifyFull,
+            other => {
+                return Err(format!("sslmode={other}: give disable, allow, prefer, require, verify-ca or verify-full"))
+            }
+        })
+    }
 }
 
 impl ConnInfo {
     /// Reads a libpq-style URL. A host starting with `/` (or `?host=/path`) is a Unix socket
-    /// folder. Without a password in the URL, `PGPASSWORD` is used when set.
+    /// folder. Without a password in the URL, `PGPASSWORD` is used when set; `PGSSLMODE`,
+    /// `PGSSLROOTCERT`, `PGSSLCERT` and `PGSSLKEY` stand in for the URL's TLS parameters.
     pub fn parse(url: &str) -> Result<Self, String> {
         let rest = url.strip_prefix("postgresql://").or_else(|| url.strip_prefix("postgres://")).ok_or_else(|| {
             "a PostgreSQL URL starts with postgresql:// (postgresql://user@host:5432/dbname)".to_string()
@@ -54,25 +113,64 @@ impl ConnInfo {
             }
             _ => (hostport.to_string(), 5432),
         };
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let (mut sslmode, mut root, mut cert, mut key) =
+            (env("PGSSLMODE"), env("PGSSLROOTCERT"), env("PGSSLCERT"), env("PGSSLKEY"));
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             match k {
                 "host" => host = decode(v)?,
-                "sslmode" if matches!(v, "disable" | "allow" | "prefer") => {}
-                "sslmode" => {
-                    return Err(format!(
-                        "sslmode={v} is not supported (Flotilla speaks plain PostgreSQL; use sslmode=disable)"
-                    ))
-                }
+                "sslmode" => sslmode = Some(decode(v)?),
+                "sslrootcert" => root = Some(decode(v)?),
+                "sslcert" => cert = Some(decode(v)?),
+                "sslkey" => key = Some(decode(v)?),
                 "application_name" | "connect_timeout" => {}
                 other => return Err(format!("unknown PostgreSQL URL parameter '{other}'")),
             }
+        }
+        let ssl: SslMode = sslmode.as_deref().unwrap_or("prefer").parse()?;
+        let ssl_system_roots = root.as_deref() == Some("system");
+        let ssl_root_cert = root.filter(|r| r != "system").map(std::path::PathBuf::from);
+        let ssl_identity = match (cert, key) {
+            (Some(c), Some(k)) => Some((c.into(), k.into())),
+            (None, None) => None,
+            _ => return Err("give sslcert and sslkey together (a client certificate and its key)".into()),
+        };
+        if ssl_system_roots && ssl != SslMode::VerifyFull {
+            return Err("sslrootcert=system needs sslmode=verify-full (as libpq)".into());
         }
         let host = if host.is_empty() { "127.0.0.1".to_string() } else { decode(&host)? };
         let user = if user.is_empty() { std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into()) } else { user };
         let password = password.or_else(|| std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty())).map(Secret::new);
         let dbname = if dbname.is_empty() { user.clone() } else { decode(dbname)? };
-        Ok(Self { host, port, user, password, dbname })
+        Ok(Self { host, port, user, password, dbname, ssl, ssl_root_cert, ssl_system_roots, ssl_identity })
+    }
+
+    /// The TLS client settings for this connection; `None` when TLS is not asked for.
+    fn tls(&self) -> Result<Option<ClientTls>, PgError> {
+        let given = self.ssl_root_cert.clone();
+        let default_root = || {
+            let home = std::env::var_os("HOME").map(std::path::PathBuf::from).unwrap_or_default();
+            home.join(".postgresql/root.crt")
+        };
+        let (verify, roots) = match self.ssl {
+            SslMode::Disable | SslMode::Allow => return Ok(None),
+            SslMode::Prefer => (Verify::Nothing, None),
+            SslMode::Require if given.is_some() => (Verify::ChainOnly, given),
+            SslMode::Require => (Verify::Nothing, None),
+            SslMode::VerifyCa => (Verify::ChainOnly, Some(given.unwrap_or_else(default_root))),
+            SslMode::VerifyFull if self.ssl_system_roots => (Verify::Full, None),
+            SslMode::VerifyFull => (Verify::Full, Some(given.unwrap_or_else(default_root))),
+        };
+        if let Some(path) = roots.as_ref().filter(|p| !p.exists()) {
+            return Err(tls_error(format!(
+                "sslmode={} checks the server's certificate against {}, which does not exist: give \
+                 sslrootcert=PATH (or sslrootcert=system with verify-full)",
+                self.ssl,
+                path.display()
+            )));
+        }
+        Ok(Some(ClientTls { roots, identity: self.ssl_identity.clone(), verify }))
     }
 
     /// The URL without its password (for logs, labels and what is stored).
@@ -98,17 +196,21 @@ fn decode(s: &str) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| format!("'{s}' is not UTF-8 once decoded"))
 }
 
-/// An error the server sent, or a broken connection.
+/// An error the server sent, a broken connection, or a TLS set-up that cannot work.
 #[derive(Debug, Clone)]
 pub struct PgError {
-    /// SQLSTATE (`""` for connection errors).
+    /// SQLSTATE (`""` for connection errors, [`TLS`] for TLS set-up and certificate errors).
     pub code: String,
     pub message: String,
 }
 
+/// The code of a TLS error: a CA file that is missing, a server without TLS when TLS is
+/// required, a certificate that does not verify. Retrying will not mend it.
+pub const TLS: &str = "TLS";
+
 impl std::fmt::Display for PgError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.code.is_empty() {
+        if self.code.is_empty() || self.code == TLS {
             f.write_str(&self.message)
         } else {
             write!(f, "{} (SQLSTATE {})", self.message, self.code)
@@ -122,11 +224,11 @@ impl From<PgError> for String {
     }
 }
 
-/// A refused login (SQLSTATE class 28: a wrong password or user) will not mend by retrying; a
-/// broken connection or any other server error may.
+/// A refused login (SQLSTATE class 28: a wrong password or user) or a TLS set-up that cannot
+/// work will not mend by retrying; a broken connection or any other server error may.
 impl From<PgError> for crate::streams::ConsumerError {
     fn from(e: PgError) -> Self {
-        if e.code.starts_with("28") {
+        if e.code.starts_with("28") || e.code == TLS {
             Self::Stop(e.to_string())
         } else {
             Self::Retry(e.to_string())
@@ -136,6 +238,10 @@ impl From<PgError> for crate::streams::ConsumerError {
 
 fn io(e: impl std::fmt::Display) -> PgError {
     PgError { code: String::new(), message: format!("PostgreSQL connection: {e}") }
+}
+
+fn tls_error(e: impl std::fmt::Display) -> PgError {
+    PgError { code: TLS.into(), message: format!("PostgreSQL TLS: {e}") }
 }
 
 fn protocol(what: impl std::fmt::Display) -> PgError {
@@ -167,6 +273,12 @@ impl Conn {
     async fn start(info: &ConnInfo, replication: bool) -> Result<Self, PgError> {
         let where_ = format!("{}:{}", info.host, info.port);
         let stream: Box<dyn Stream> = if info.host.starts_with('/') {
+            if matches!(info.ssl, SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull) {
+                return Err(tls_error(format!(
+                    "sslmode={} over the Unix socket {}: TLS is spoken over TCP only; give a host name",
+                    info.ssl, info.host
+                )));
+            }
             let path = format!("{}/.s.PGSQL.{}", info.host, info.port);
             Box::new(
                 tokio::net::UnixStream::connect(&path)
@@ -178,7 +290,10 @@ impl Conn {
                 .await
                 .map_err(|e| io(format!("cannot connect to {where_}: {e}")))?;
             let _ = s.set_nodelay(true);
-            Box::new(s)
+            match info.tls()? {
+                Some(tls) => Self::negotiate_tls(s, info, &tls).await?,
+                None => Box::new(s),
+            }
         };
         let mut conn = Self { stream, read: BytesMut::with_capacity(64 * 1024), write: BytesMut::with_capacity(1024) };
         // Text output in fixed forms, whatever the server's defaults: ISO dates in UTC, hex bytea,
@@ -207,6 +322,39 @@ impl Conn {
                 other => return Err(protocol(format!("unexpected message '{}' after authentication", other as char))),
             }
         }
+    }
+
+    /// Asks the server for TLS (`SSLRequest`) and runs the handshake when it agrees; under
+    /// `sslmode=prefer` a server without TLS is spoken to in plain.
+    async fn negotiate_tls(
+        mut s: tokio::net::TcpStream,
+        info: &ConnInfo,
+        tls: &ClientTls,
+    ) -> Result<Box<dyn Stream>, PgError> {
+        // The configuration is read before anything is sent: a missing CA file is not a server's fault.
+        let config = tls.config(&[b"postgresql"]).map_err(tls_error)?;
+        let mut request = BytesMut::new();
+        frontend::ssl_request(&mut request);
+        s.write_all(&request).await.map_err(io)?;
+        // Exactly one byte: anything the server sent after it belongs to the handshake.
+        let answer = s.read_u8().await.map_err(io)?;
+        match answer {
+            b'S' => {}
+            b'N' if info.ssl == SslMode::Prefer => return Ok(Box::new(s)),
+            b'N' => {
+                return Err(tls_error(format!(
+                    "{}:{} does not accept TLS (ssl = off in postgresql.conf), and sslmode={} requires it",
+                    info.host, info.port, info.ssl
+                )))
+            }
+            other => return Err(protocol(format!("answer {other:#x} to SSLRequest"))),
+        }
+        let name = flotilla_core::tls::server_name(&info.host).map_err(tls_error)?;
+        let stream =
+            tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, s).await.map_err(|e| {
+                tls_error(format!("handshake with {}:{} (sslmode={}): {e}", info.host, info.port, info.ssl))
+            })?;
+        Ok(Box::new(stream))
     }
 
     async fn authenticate(&mut self, info: &ConnInfo) -> Result<(), PgError> {
@@ -506,9 +654,39 @@ mod tests {
         let s = ConnInfo::parse("postgres://postgres@/test?host=%2Fvar%2Frun%2Fpostgresql").unwrap();
         assert_eq!((s.host.as_str(), s.port), ("/var/run/postgresql", 5432));
         assert!(ConnInfo::parse("mysql://x").unwrap_err().contains("postgresql://"));
-        assert!(ConnInfo::parse("postgresql://u@h/db?sslmode=require").unwrap_err().contains("sslmode"));
         assert!(ConnInfo::parse("postgresql://u@h:port/db").unwrap_err().contains("port"));
         assert!(ConnInfo::parse("postgresql://u@h/db?bogus=1").unwrap_err().contains("bogus"));
+    }
+
+    #[test]
+    fn sslmode_reads_as_libpq() {
+        let c = ConnInfo::parse("postgresql://u@h/db").unwrap();
+        assert_eq!(c.ssl, SslMode::Prefer, "libpq's default");
+        let c = ConnInfo::parse("postgresql://u@h/db?sslmode=verify-full&sslrootcert=%2Ftmp%2Fca.pem").unwrap();
+        assert_eq!(
+            (c.ssl, c.ssl_root_cert.as_deref()),
+            (SslMode::VerifyFull, Some(std::path::Path::new("/tmp/ca.pem")))
+        );
+        let c = ConnInfo::parse("postgresql://u@h/db?sslmode=verify-full&sslrootcert=system").unwrap();
+        assert!(c.ssl_system_roots && c.ssl_root_cert.is_none());
+        let err = |url: &str| ConnInfo::parse(url).unwrap_err();
+        assert!(err("postgresql://u@h/db?sslmode=on").contains("verify-full"));
+        assert!(err("postgresql://u@h/db?sslmode=require&sslcert=c.pem").contains("together"));
+        assert!(err("postgresql://u@h/db?sslmode=require&sslrootcert=system").contains("verify-full"));
+        // What each mode checks.
+        let tls = |url: &str| ConnInfo::parse(url).unwrap().tls();
+        assert!(tls("postgresql://u@h/db?sslmode=disable").unwrap().is_none());
+        assert_eq!(tls("postgresql://u@h/db?sslmode=require").unwrap().unwrap().verify, Verify::Nothing);
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let with_ca = |mode: &str| format!("postgresql://u@h/db?sslmode={mode}&sslrootcert={}", ca.display());
+        assert_eq!(tls(&with_ca("require")).unwrap().unwrap().verify, Verify::ChainOnly, "as libpq, with a root file");
+        assert_eq!(tls(&with_ca("verify-ca")).unwrap().unwrap().verify, Verify::ChainOnly);
+        assert_eq!(tls(&with_ca("verify-full")).unwrap().unwrap().verify, Verify::Full);
+        let missing = tls("postgresql://u@h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem").unwrap_err();
+        assert_eq!(missing.code, TLS);
+        assert!(missing.message.contains("/nonexistent/ca.pem"), "{missing}");
     }
 
     #[test]
