@@ -715,3 +715,32 @@ def test_ingest_through_a_running_servers_push_api(store_path):
         assert down.returncode != 0 and "online store unavailable: http://127.0.0.1:1/push" in down.stderr, down.stderr
     finally:
         assert s.stop() == 0, s.log()
+
+
+@pytest.mark.parametrize("kind", ["redis_not_a_stream", "rabbitmq_wrong_password", "redis_bad_ca"])
+def test_unreadable_stream_sources_stop_with_their_reason(tmp_path, store_path, redis_db, kind):
+    """A source that can never be read as declared is not retried: its consumer stops once with
+    the reason, and the server serves on."""
+    key = f"flotilla_test:{uuid.uuid4().hex[:8]}"
+    if kind == "redis_not_a_stream":
+        redis_db.set(key, "a string, not a stream")
+        decl = f'stream = {{ type = "redis", url = "redis://127.0.0.1:6379/{REDIS_DB}", stream = "{key}" }}'
+        reason = "WRONGTYPE"
+    elif kind == "rabbitmq_wrong_password":
+        decl = f'stream = {{ type = "rabbitmq", url = "amqp://guest:wrong-password@127.0.0.1:5672/%2f", queue = "{key}" }}'
+        reason = "ACCESS_REFUSED"
+    else:
+        decl = f'stream = {{ type = "redis", url = "rediss://127.0.0.1:6379/0?ssl_ca_certs=/nonexistent/ca.pem", stream = "{key}" }}'
+        reason = "/nonexistent/ca.pem"
+    repo = txn_repo(tmp_path, decl)
+    s = Server(EXAMPLES, "--feature-repo", str(repo),
+               env={"FLOTILLA_ONLINE_STORE": store_path, "FLOTILLA_CONSUME_STREAMS": "true"})
+    try:
+        wait_for(lambda: "its consumer stopped" in s.log(), timeout=30, what="the consumer stopping:\n" + s.log()[-2000:])
+        time.sleep(1.5)
+        log = s.log()
+        assert reason in log, log[-3000:]
+        assert "retrying" not in log and "wrong-password" not in log, log[-3000:]
+        assert requests.get(s.url + "/v2/health/live", timeout=5).status_code == 200
+    finally:
+        assert s.stop() == 0, s.log()
