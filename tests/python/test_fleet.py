@@ -108,9 +108,12 @@ def slow_body(parameters=None):
 class Loop:
     """Client threads sending requests back to back through the router; counts answers by status."""
 
-    def __init__(self, url, model="slow", threads=6, body=None):
+    def __init__(self, url, model="slow", threads=6, body=None, honour_retry_after=False):
         self.url = f"{url}/v2/models/{model}/infer"
         self.body = body or slow_body()
+        # a client that honours 429 + Retry-After waits and sends the request again
+        self.honour_retry_after = honour_retry_after
+        self.shed = 0
         self.stop_flag = threading.Event()
         self.lock = threading.Lock()
         self.ok = 0
@@ -142,8 +145,12 @@ class Loop:
             with self.lock:
                 if status == 200:
                     self.answered(r)
+                elif status == 429 and self.honour_retry_after and r.headers.get("retry-after"):
+                    self.shed += 1
                 else:
                     self.failed(status, text)
+            if status == 429 and self.honour_retry_after and r is not None and r.headers.get("retry-after"):
+                time.sleep(min(float(r.headers["retry-after"]), 1.0))
 
     def finish(self):
         self.stop_flag.set()
@@ -349,7 +356,9 @@ def test_preempt_hook_hands_back_queued_requests(repo):
     f = Fleet(repo, n=2)
     try:
         # `slower` runs one request at a time for 400 ms: 12 concurrent clients queue on both workers.
-        loop = Loop(f.router.url, model="slower", threads=12)
+        # Once w0 is gone, w1 alone may shed some of them (429 + Retry-After, the router's "every
+        # worker at its limit"): these clients honour it and send again, as real ones do.
+        loop = Loop(f.router.url, model="slower", threads=12, honour_retry_after=True)
         time.sleep(1.0)
         w0 = f.workers["w0"]
         r = requests.post(w0.url + "/v2/admin/preempt", json={"deadline_ms": 100})
