@@ -217,16 +217,22 @@ def test_token_file_is_reloaded_and_a_bad_edit_keeps_the_tokens_in_force(server,
     ("[[token]]\nname='a'\ntoken='0123456789abcdef-x'\nscopes=['everything']\n", "unknown scope"),
     ("not toml [", "tokens.toml"),
 ])
-def test_a_bad_token_file_stops_the_start(tmp_path, content, reason):
+def refused_start(*args):
+    """`flotilla serve` with `args`, which must refuse to start: its stderr."""
     import subprocess
+    out = subprocess.run([BIN, "serve", "--model-repository", str(EXAMPLES), "--feature-repo", "none",
+                          "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", *map(str, args)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0, out.stderr
+    return out.stderr
+
+
+def test_a_bad_token_file_stops_the_start(tmp_path, content, reason):
     path = tmp_path / "tokens.toml"
     path.write_text(content)
-    out = subprocess.run([BIN, "serve", "--model-repository", str(EXAMPLES), "--auth-tokens", str(path),
-                          "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode != 0
-    assert reason in out.stderr and str(path) in out.stderr, out.stderr
-    assert "0123456789abcdef" not in out.stderr
+    stderr = refused_start("--auth-tokens", path)
+    assert reason in stderr and str(path) in stderr, stderr
+    assert "0123456789abcdef" not in stderr
 
 
 def test_a_fleet_with_tokens(tokens):
@@ -362,17 +368,14 @@ def test_mutual_tls_refuses_strangers_and_expired_certificates(pki):
     (["--tls-cert", "CERT", "--tls-key", "CERT"], "private key"),
     (["--tls-cert", "CERT", "--tls-key", "OTHER_KEY"], "certificate and key"),
     (["--tls-cert", "CERT"], "--tls-key"),
+    (["--fleet-ca", "/nonexistent/fleet-ca.pem"], "/nonexistent/fleet-ca.pem"),
+    (["--fleet-ca", "KEY"], "no PEM CERTIFICATE block"),
 ])
 def test_bad_tls_settings_stop_the_start(pki, args, reason):
-    import subprocess
     paths = {"CERT": pki["server"][0], "KEY": pki["server"][1], "KEY_AS_CERT": pki["server"][1],
              "OTHER_KEY": pki["client"][1]}
-    args = [str(paths.get(a, a)) for a in args]
-    out = subprocess.run([BIN, "serve", "--model-repository", str(EXAMPLES), "--feature-repo", "none",
-                          "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", *args],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode != 0
-    assert reason in out.stderr, out.stderr
+    stderr = refused_start(*[paths.get(a, a) for a in args])
+    assert reason in stderr, stderr
 
 
 def test_a_fleet_over_mutual_tls(pki):
