@@ -212,11 +212,6 @@ def test_token_file_is_reloaded_and_a_bad_edit_keeps_the_tokens_in_force(server,
              timeout=15, what="the removed token refused")
 
 
-@pytest.mark.parametrize("content, reason", [
-    ("[[token]]\nname='a'\ntoken='short'\nscopes=['infer']\n", "at least 16"),
-    ("[[token]]\nname='a'\ntoken='0123456789abcdef-x'\nscopes=['everything']\n", "unknown scope"),
-    ("not toml [", "tokens.toml"),
-])
 def refused_start(*args):
     """`flotilla serve` with `args`, which must refuse to start: its stderr."""
     import subprocess
@@ -227,6 +222,11 @@ def refused_start(*args):
     return out.stderr
 
 
+@pytest.mark.parametrize("content, reason", [
+    ("[[token]]\nname='a'\ntoken='short'\nscopes=['infer']\n", "at least 16"),
+    ("[[token]]\nname='a'\ntoken='0123456789abcdef-x'\nscopes=['everything']\n", "unknown scope"),
+    ("not toml [", "tokens.toml"),
+])
 def test_a_bad_token_file_stops_the_start(tmp_path, content, reason):
     path = tmp_path / "tokens.toml"
     path.write_text(content)
