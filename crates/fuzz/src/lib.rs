@@ -31,7 +31,7 @@ pub const TARGETS: &[Target] = &[
     Target { name: "feature_repo_toml", run: feature_repo_toml, seeds: &["examples/features", "examples/cdc", "tests/fixtures/features"] },
     Target { name: "stream_message", run: stream_message, seeds: &["fuzz/seeds/stream_message"] },
     Target { name: "pgoutput", run: pgoutput, seeds: &["fuzz/seeds/pgoutput"] },
-    Target { name: "drift_profile", run: drift_profile, seeds: &["examples/repository/fraud_xgb"] },
+    Target { name: "drift_profile", run: drift_profile, seeds: &["fuzz/seeds/drift_profile"] },
 ];
 
 /// The target called `name`.
