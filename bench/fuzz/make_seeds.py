@@ -2,7 +2,8 @@
 fuzz/seeds/<target>/ (small, committed): KServe v2 JSON and binary-extension bodies, gRPC
 ModelInferRequest messages (tritonclient's protobufs), stream messages (JSON rows and Debezium
 envelopes for the example feature views) and PostgreSQL replication frames with pgoutput
-messages; and for the drift profile reader a small profile (64 rows: small sketches, so the fuzzer
+messages; `config.pbtxt` files (the examples' and three that use more of Triton's grammar: dynamic
+batching with queue policies, an ensemble, version policies, warm-up); and for the drift profile reader a small profile (64 rows: small sketches, so the fuzzer
 runs hundreds of times faster than on the 250 KB example) made by `flotilla profile` with the
 binary at $FLOTILLA_BIN (default target/debug/flotilla), and the example's drift.toml.
 Run: .venv/bin/python bench/fuzz/make_seeds.py"""
@@ -129,6 +130,58 @@ def pg():
     write("pgoutput", "keepalive.frame", b"k" + struct.pack(">Qq", 0x16B3780, 800000000000) + b"\x01")
 
 
+CONFIGS = {
+    "batching.pbtxt": """name: "mlp"
+platform: "onnxruntime_onnx"
+max_batch_size: 64
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 256 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 1 ] label_filename: "labels.txt" } ]
+instance_group [ { count: 2 kind: KIND_CPU } ]
+dynamic_batching {
+  preferred_batch_size: [ 8, 16 ]
+  max_queue_delay_microseconds: 100
+  default_queue_policy { max_queue_size: 32 timeout_action: REJECT default_timeout_microseconds: 50000 }
+  priority_levels: 2
+  default_priority_level: 1
+}
+version_policy: { latest: { num_versions: 2 } }
+parameters: { key: "intra_op_threads" value: { string_value: "1" } }
+""",
+    "ensemble.pbtxt": """name: "pipeline"
+platform: "ensemble"
+max_batch_size: 8
+input [ { name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] } ]
+output [ { name: "SCORE" data_type: TYPE_FP32 dims: [ 2 ] } ]
+ensemble_scheduling {
+  step [
+    { model_name: "tokenizer" model_version: -1 input_map { key: "in" value: "TEXT" } output_map { key: "ids" value: "IDS" } },
+    { model_name: "classifier" model_version: 1 input_map { key: "ids" value: "IDS" } output_map { key: "logits" value: "SCORE" } }
+  ]
+}
+""",
+    "trees.pbtxt": """name: "fraud"
+backend: "fil"
+max_batch_size: 1024
+default_model_filename: "xgboost.json"
+input [ { name: "input__0" data_type: TYPE_FP32 dims: [ 8 ] allow_ragged_batch: false } ]
+output [ { name: "output__0" data_type: TYPE_FP32 dims: [ 1 ] reshape: { shape: [ ] } } ]
+version_policy: { specific: { versions: [ 1, 3 ] } }
+parameters [ { key: "output_class" value: { string_value: "false" } }, { key: "threshold" value: { string_value: "0.5" } } ]
+optimization { input_pinned_memory { enable: true } }
+model_warmup [ { name: "zeros" batch_size: 1 inputs { key: "input__0" value: { data_type: TYPE_FP32 dims: [ 8 ] zero_data: true } } } ]
+""",
+}
+
+
+def configs():
+    """Every config.pbtxt of the examples, and three that use more of the grammar."""
+    root = OUT.parents[1]
+    for path in sorted(root.glob("examples/**/config.pbtxt")):
+        write("config_pbtxt", f"{path.parent.name}.pbtxt", path.read_text())
+    for name, text in CONFIGS.items():
+        write("config_pbtxt", name, text)
+
+
 def drift():
     root = OUT.parents[1]
     binary = pathlib.Path(os.environ.get("FLOTILLA_BIN", root / "target/debug/flotilla"))
@@ -150,6 +203,10 @@ def drift():
         out.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([str(binary), "profile", "--model-repository", str(repo), "--model", "fraud_xgb",
                         "--data", str(data), "--out", str(out)], check=True, capture_output=True)
+        # the same bytes on every run: a fixed creation time and source name
+        profile = json.loads(out.read_text())
+        profile["created"], profile["source"] = "2026-12-04T00:00:00Z", "rows.csv"
+        out.write_text(json.dumps(profile, indent=1))
     shutil.copy(root / "examples/repository/fraud_xgb/drift.toml", OUT / "drift_profile" / "drift.toml")
 
 
@@ -158,5 +215,6 @@ if __name__ == "__main__":
     grpc()
     streams()
     pg()
+    configs()
     drift()
     print("seeds in", OUT)

@@ -24,7 +24,7 @@ pub const TARGETS: &[Target] = &[
     Target { name: "rest_json", run: rest_json, seeds: &["fuzz/seeds/rest_json"] },
     Target { name: "rest_binary", run: rest_binary, seeds: &["fuzz/seeds/rest_binary"] },
     Target { name: "grpc_infer", run: grpc_infer, seeds: &["fuzz/seeds/grpc_infer"] },
-    Target { name: "config_pbtxt", run: config_pbtxt, seeds: &["examples/repository", "examples/text"] },
+    Target { name: "config_pbtxt", run: config_pbtxt, seeds: &["fuzz/seeds/config_pbtxt"] },
     Target { name: "xgboost_json", run: xgboost, seeds: &["tests/fixtures/trees"] },
     Target { name: "xgboost_ubjson", run: xgboost, seeds: &["tests/fixtures/trees/xgb_binary_logistic_ubj"] },
     Target { name: "lightgbm_text", run: lightgbm_text, seeds: &["tests/fixtures/trees"] },
