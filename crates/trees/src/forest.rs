@@ -10,6 +10,18 @@
 
 use crate::objective::Objective;
 
+/// The most outputs (classes or targets) a model may declare: far above any real model, and a
+/// bound on what a header's count can make a loader allocate before the trees are read.
+pub const MAX_OUTPUTS: usize = 1 << 16;
+
+/// Refuses an output count no real model has (`what` names the header field).
+pub fn check_outputs(n: usize, what: &str) -> Result<(), String> {
+    if n > MAX_OUTPUTS {
+        return Err(format!("{what} is {n}; at most {MAX_OUTPUTS} classes or targets are supported"));
+    }
+    Ok(())
+}
+
 /// How a split node decides.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Split {

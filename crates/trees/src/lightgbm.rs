@@ -1,7 +1,7 @@
 //! LightGBM text models (`booster.save_model("model.txt")`): header keys, then
 //! `Tree=i` blocks of `key=value` lines, until `end of trees`.
 
-use crate::forest::{f64_to_le, Forest, LinearLeaf, Node, Precision, Split, Tree};
+use crate::forest::{check_outputs, f64_to_le, Forest, LinearLeaf, Node, Precision, Split, Tree};
 use crate::objective::Objective;
 use std::collections::HashMap;
 
@@ -55,6 +55,11 @@ pub fn parse(text: &str) -> Result<Forest, String> {
     let objective = Objective::lightgbm(header.get("objective").copied().unwrap_or("regression"), num_class)?;
     if per_iteration == 0 {
         return Err("num_tree_per_iteration is 0".into());
+    }
+    // One tree per class and iteration (multiclass), else one: never more than the classes.
+    check_outputs(num_class, "num_class")?;
+    if per_iteration > num_class.max(1) {
+        return Err(format!("num_tree_per_iteration is {per_iteration}, more than num_class ({num_class})"));
     }
     let average = flags.contains(&"average_output");
     let feature_names =

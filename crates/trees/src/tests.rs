@@ -151,6 +151,19 @@ fn bad_models_are_clear_load_errors() {
         ("truncated.txt", lgb.as_bytes()[..lgb.len() / 2].to_vec(), "truncated"),
         ("objective.txt", lgb.replace("objective=binary", "objective=astrology").into_bytes(), "astrology"),
         ("leaves.txt", lgb.replacen("num_leaves=", "num_leaves=9", 1).into_bytes(), "Tree=0"),
+        // counts that would make the loader allocate gigabytes before reading a tree (found by
+        // the lightgbm_text fuzz target: num_tree_per_iteration=292996553 asked for 2.3 GB)
+        (
+            "per_iteration.txt",
+            lgb.replace("num_tree_per_iteration=1", "num_tree_per_iteration=292996553").into_bytes(),
+            "more than num_class",
+        ),
+        ("classes.txt", lgb.replace("num_class=1", "num_class=292996553").into_bytes(), "at most 65536"),
+        (
+            "classes.json",
+            json.replace("\"num_class\":\"0\"", "\"num_class\":\"292996553\"").into_bytes(),
+            "at most 65536",
+        ),
         ("truncated.ubj", ubj[..ubj.len() / 2].to_vec(), "end of data"),
         ("garbage.bin", vec![0xff, 0x00, 0x13], "not a recognised tree model"),
         ("empty.json", Vec::new(), "not a recognised"),

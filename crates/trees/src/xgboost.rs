@@ -2,7 +2,7 @@
 //! formats XGBoost itself writes since 1.0 / 1.6, for the `gbtree` and `dart`
 //! boosters.
 
-use crate::forest::{lt_to_le, Forest, Node, Precision, Split, Tree};
+use crate::forest::{check_outputs, lt_to_le, Forest, Node, Precision, Split, Tree};
 use crate::objective::Objective;
 use serde::Deserialize;
 
@@ -124,6 +124,8 @@ fn build(learner: LearnerJson) -> Result<Forest, String> {
     let num_features: usize = number(&p.num_feature, "num_feature")?;
     let num_class: usize = p.num_class.as_deref().map(|s| number(s, "num_class")).transpose()?.unwrap_or(0);
     let num_target: usize = p.num_target.as_deref().map(|s| number(s, "num_target")).transpose()?.unwrap_or(1);
+    check_outputs(num_class, "num_class")?;
+    check_outputs(num_target, "num_target")?;
     let num_groups = num_class.max(num_target).max(1);
     let (objective, to_margin) = Objective::xgboost(&learner.objective.name)?;
 
