@@ -23,20 +23,9 @@ use tokio::sync::watch;
 /// How long broker requests (metadata, topic creation, dead-letter sends) may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A Kafka topic read by a consumer group.
-pub(crate) struct Kafka {
-    pub view: usize,
-    pub spec: StreamSpec,
-}
-
-impl super::Consumer for Kafka {
-    fn run<'a>(
-        &'a self,
-        store: &'a FeatureStore,
-        stop: watch::Receiver<bool>,
-    ) -> futures::future::BoxFuture<'a, Result<(), ConsumerError>> {
-        Box::pin(run(store, self.view, &self.spec, stop))
-    }
+consumer! {
+    /// A Kafka topic read by a consumer group.
+    Kafka
 }
 
 /// Consumes until `stop` turns true.

@@ -6,6 +6,28 @@
 //! that cannot be read goes to the view's dead-letter destination with its reason, is counted, and
 //! never stalls the consumer.
 
+/// A source's consumer type, implemented by its module's `run`: the view it writes and the
+/// declaration it reads (each of the five sources declares one with this).
+macro_rules! consumer {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        pub(crate) struct $name {
+            pub view: usize,
+            pub spec: $crate::definitions::StreamSpec,
+        }
+
+        impl $crate::streams::Consumer for $name {
+            fn run<'a>(
+                &'a self,
+                store: &'a $crate::feature_store::FeatureStore,
+                stop: tokio::sync::watch::Receiver<bool>,
+            ) -> futures::future::BoxFuture<'a, Result<(), $crate::streams::ConsumerError>> {
+                Box::pin(run(store, self.view, &self.spec, stop))
+            }
+        }
+    };
+}
+
 mod debezium;
 mod kafka;
 mod nats;

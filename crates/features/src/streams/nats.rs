@@ -12,20 +12,9 @@ use tokio::sync::watch;
 /// How long one fetch waits for messages before checking for shutdown.
 const FETCH_WAIT: Duration = Duration::from_millis(500);
 
-/// A NATS JetStream source.
-pub(crate) struct Nats {
-    pub view: usize,
-    pub spec: StreamSpec,
-}
-
-impl super::Consumer for Nats {
-    fn run<'a>(
-        &'a self,
-        store: &'a FeatureStore,
-        stop: watch::Receiver<bool>,
-    ) -> futures::future::BoxFuture<'a, Result<(), ConsumerError>> {
-        Box::pin(run(store, self.view, &self.spec, stop))
-    }
+consumer! {
+    /// A NATS JetStream source.
+    Nats
 }
 
 /// Consumes until `stop` turns true.

@@ -21,20 +21,9 @@ use tokio::sync::watch;
 /// AMQP delivery mode 2: the broker keeps the message on disk (in a durable queue).
 const PERSISTENT: u8 = 2;
 
-/// A RabbitMQ queue.
-pub(crate) struct Rabbitmq {
-    pub view: usize,
-    pub spec: StreamSpec,
-}
-
-impl super::Consumer for Rabbitmq {
-    fn run<'a>(
-        &'a self,
-        store: &'a FeatureStore,
-        stop: watch::Receiver<bool>,
-    ) -> futures::future::BoxFuture<'a, Result<(), ConsumerError>> {
-        Box::pin(run(store, self.view, &self.spec, stop))
-    }
+consumer! {
+    /// A RabbitMQ queue.
+    Rabbitmq
 }
 
 /// Consumes until `stop` turns true.

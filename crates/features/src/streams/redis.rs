@@ -18,20 +18,9 @@ const BLOCK_MS: u64 = 500;
 /// Entries pending this long with another consumer are taken over.
 const CLAIM_IDLE_MS: u64 = 60_000;
 
-/// A Redis stream read by a consumer group.
-pub(crate) struct RedisStream {
-    pub view: usize,
-    pub spec: StreamSpec,
-}
-
-impl super::Consumer for RedisStream {
-    fn run<'a>(
-        &'a self,
-        store: &'a FeatureStore,
-        stop: watch::Receiver<bool>,
-    ) -> futures::future::BoxFuture<'a, Result<(), ConsumerError>> {
-        Box::pin(run(store, self.view, &self.spec, stop))
-    }
+consumer! {
+    /// A Redis stream read by a consumer group.
+    RedisStream
 }
 
 /// Consumes until `stop` turns true.

@@ -92,20 +92,9 @@ struct Source<'a> {
     batch: usize,
 }
 
-/// A PostgreSQL table read by logical replication.
-pub(crate) struct Postgres {
-    pub view: usize,
-    pub spec: StreamSpec,
-}
-
-impl super::Consumer for Postgres {
-    fn run<'a>(
-        &'a self,
-        store: &'a FeatureStore,
-        stop: watch::Receiver<bool>,
-    ) -> futures::future::BoxFuture<'a, Result<(), ConsumerError>> {
-        Box::pin(run(store, self.view, &self.spec, stop))
-    }
+consumer! {
+    /// A PostgreSQL table read by logical replication.
+    Postgres
 }
 
 /// Replicates until `stop` turns true.
