@@ -14,7 +14,7 @@ HERE = ROOT / "bench" / "serving"
 WORK = ROOT / "bench" / ".work-serving"
 VENV = {k: ROOT / "bench" / f".venv-serving-{k}" for k in ("mlserver", "triton", "client")}
 SITE = "lib/python3.11/site-packages"
-PORTS = {"flotilla": 18200, "mlserver": 18210, "triton": 18220, "memory": 18230}
+PORTS = {"flotilla": 18200, "mlserver": 18210, "triton": 18220, "memory": 18230, "floor": 18240}
 QUEUE_SIZE = 4  # xgb_q's max_queue_size
 BIG_QUEUE_SIZE = 2  # mlp_big_q's max_queue_size (run.sh passes both to make_models.py)
 
@@ -193,11 +193,23 @@ def cuda_runtime_lib():
     return str(VENV["client"] / SITE / "nvidia" / "cuda_runtime" / "lib")
 
 
-def bench_load(binary, port, model, c, seconds, body="body.json"):
-    out = subprocess.run([binary, f"http://127.0.0.1:{port}/v2/models/{model}/infer", str(WORK / body),
-                          "--connections", str(c), "--seconds", str(seconds), "--threads", str(min(2, c))],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
+def bench_load(binary, port, model, c, seconds, body="body.json", retry_after_scale=0.0):
+    """flotilla-load (crates/bench), closed loop, C connections POSTing one body: each answer's
+    latency is kept under its status, so admitted (200) and shed (429) answers get their own
+    percentiles (wrk reports one latency for all). With retry_after_scale > 0 a connection that
+    gets 429 waits Retry-After × scale before its next request."""
+    mix = WORK / f"mix-{model}-{body}"
+    mix.write_text(json.dumps({"kinds": [{"name": model, "weight": 1, "http": {
+        "path": f"/v2/models/{model}/infer", "text": (WORK / body).read_text(), "content_type": "application/json"}}]}))
+    out = WORK / f"load-{model}.json"
+    subprocess.run([binary, "--mix", str(mix), "--http", f"127.0.0.1:{port}", "--connections", str(c),
+                    "--duration", str(seconds), "--threads", str(min(2, c)), "--honour-retry-after", str(retry_after_scale),
+                    "--out", str(out)], check=True)
+    r = json.loads(out.read_text())
+    status = {k: {**v, "per_s": v["count"] / r["duration_s"]}
+              for k, v in r["kinds"].get(model, {}).items() if not k.startswith("error")}
+    errors = sum(v["count"] for k, v in r["kinds"].get(model, {}).items() if k.startswith("error"))
+    return {"connections": c, "seconds": r["duration_s"], "errors": errors, "status": status}
 
 
 def raw_engine(binary, model, seconds, batch=64, callers=2):
@@ -275,6 +287,7 @@ def main():
     ap.add_argument("--flotilla", required=True)
     ap.add_argument("--raw", required=True)
     ap.add_argument("--load", required=True)
+    ap.add_argument("--floor", required=True, help="flotilla-floor: fixed-answer HTTP and gRPC servers")
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     smoke = a.smoke
@@ -313,6 +326,19 @@ def main():
         log("MLServer over gRPC (perf_analyzer), if it takes it")
         point("mlserver", "xgb", "perf_analyzer", "grpc", 1, perf_analyzer(PORTS["mlserver"] + 1, "xgb", "grpc", 1, pa_ms))
         ml.stop()
+
+        log("the limit: fixed-answer HTTP (axum) and gRPC (tonic) servers on Flotilla's runtime settings, xgb batch 1")
+        floor = Server("floor", [a.floor, "--config", str(WORK / "flotilla" / "xgb" / "config.pbtxt"), "--http-port",
+                                 str(PORTS["floor"]), "--grpc-port", str(PORTS["floor"] + 1)],
+                       [f"http://127.0.0.1:{PORTS['floor']}/v2/health/ready"])
+        for c in conc:
+            point("floor", "xgb", "wrk", "json", c, wrk(PORTS["floor"], "xgb", c, secs))
+        for c in pa_conc:
+            point("floor", "xgb", "perf_analyzer", "grpc", c, perf_analyzer(PORTS["floor"] + 1, "xgb", "grpc", c, pa_ms))
+        floor.stop()
+        for c in pa_conc:
+            point("flotilla", "xgb", "perf_analyzer", "grpc", c,
+                  perf_analyzer(PORTS["flotilla"] + 1, "xgb", "grpc", c, pa_ms))
 
         log("Flotilla vs Triton: ONNX MLP, REST JSON (wrk), HTTP binary and gRPC (perf_analyzer)")
         tr = start_triton()
@@ -405,6 +431,15 @@ def targets(res):
                 f"{r:.1f}× ({f['req_s']:.0f} vs {p['req_s']:.0f} req/s); p99 {f['p99_us']:.0f} vs {p['p99_us']:.0f} µs")
         else:
             add(f"≥ {ratio}× {peer} req/s at c=32", None, "not measured")
+    for client, protocol, share in (("wrk", "json", 0.6), ("perf_analyzer", "grpc", 0.5)):
+        f, p = find(res, "flotilla", "xgb", client, protocol, 32), find(res, "floor", "xgb", client, protocol, 32)
+        name = f"≥ {share:.0%} of the fixed-answer server's req/s at c=32 ({client} {protocol}, xgb), p99 ≤ 2×"
+        if f and p and p["req_s"] > 0:
+            add(name, f["req_s"] >= share * p["req_s"] and f["p99_us"] <= 2 * p["p99_us"],
+                f"{f['req_s'] / p['req_s']:.0%} ({f['req_s']:.0f} vs {p['req_s']:.0f} req/s); "
+                f"p99 {f['p99_us']:.0f} vs {p['p99_us']:.0f} µs (×{f['p99_us'] / p['p99_us']:.1f})")
+        else:
+            add(name, None, "not measured")
     for model in ("xgb", "mlp"):
         f, raw = find(res, "flotilla", model, "wrk", "json", 1), res["raw"][model]["batch1"]
         if f:

@@ -52,6 +52,13 @@ def markdown(res):
             head.format(peer="MLServer"), sep]
     out += side_by_side(res, "xgb", "mlserver", "wrk", "json")
     out += side_by_side(res, "xgb", "mlserver", "perf_analyzer", "grpc")
+    out += ["", "## The limit: Flotilla vs fixed-answer servers (`flotilla-floor`), XGBoost batch 1", "",
+            "`flotilla-floor` (`crates/bench`) is an axum HTTP server and a tonic gRPC server on the runtime settings "
+            "`flotilla serve` uses, answering the infer call with a fixed, valid response without decoding the "
+            "request: what any server on this runtime, machine and client can reach.", "",
+            head.format(peer="floor"), sep]
+    out += side_by_side(res, "xgb", "floor", "wrk", "json")
+    out += side_by_side(res, "xgb", "floor", "perf_analyzer", "grpc")
     out += ["", "## ONNX MLP (30→64→64→1): Flotilla (ONNX Runtime) vs Triton (Python backend + onnxruntime)", "",
             head.format(peer="Triton"), sep]
     for client, protocol in (("wrk", "json"), ("perf_analyzer", "http"), ("perf_analyzer", "grpc")):
@@ -113,7 +120,7 @@ def markdown(res):
         how = (f"200 answers/s by c: {', '.join(f'{c}: {v:,.0f}' for c, v in sweep.items())}; saturation = smallest c "
                "reaching 90% of the best" if sweep else
                "Saturation concurrency: smallest c reaching 90% of the best `xgb` req/s")
-        out += ["", f"## {title} (`{model}`: `max_queue_size: {o['max_queue_size']}`; `bench_load`, latency per status)",
+        out += ["", f"## {title} (`{model}`: `max_queue_size: {o['max_queue_size']}`; `flotilla-load`, latency per status)",
                 "", f"{how}: {o['saturation_concurrency']}; driven at c = {o['concurrency']}.", "",
                 "| load | status | count | per s | p50 | p99 | max |", "|---|---|---:|---:|---:|---:|---:|"]
         for label, run in (("c=1", o["unloaded"]), (f"c={o['concurrency']}", o["loaded"])):

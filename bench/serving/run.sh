@@ -26,10 +26,12 @@ for name in mlserver triton client; do
   ensure_venv bench/.venv-serving-$name bench/serving/requirements-$name.txt
 done
 
-log "cargo build --release (flotilla, bench_raw, bench_load)"
-cargo build --release --locked -q -p flotilla --bin flotilla --example bench_raw --example bench_load
+log "cargo build --release (flotilla, bench_raw, flotilla-load, flotilla-floor)"
+cargo build --release --locked -q -p flotilla --bin flotilla --example bench_raw
+cargo build --release --locked -q -p flotilla-bench --bin flotilla-load --bin flotilla-floor
 
 mkdir -p bench/.work-serving
 bench/.venv-serving-client/bin/python bench/serving/make_models.py bench/.work-serving 4 2
 exec bench/.venv-serving-client/bin/python bench/serving/bench.py "$@" \
-  --flotilla target/release/flotilla --raw target/release/examples/bench_raw --load target/release/examples/bench_load
+  --flotilla target/release/flotilla --raw target/release/examples/bench_raw --load target/release/flotilla-load \
+  --floor target/release/flotilla-floor

@@ -7,5 +7,5 @@ cd "$(dirname "$0")/../.."
 seconds=${1:-600}
 shift || true
 bin=target/release/flotilla
-if [ "${1:-}" = "--bin" ]; then bin=$2; else cargo build --release --locked --bin flotilla; fi
+if [ "${1:-}" = "--bin" ]; then bin=$2; else cargo build --release --locked --bin flotilla --bin flotilla-load; fi
 exec .venv/bin/python bench/soak/soak.py --duration "$seconds" --bin "$bin"

@@ -1,9 +1,11 @@
 """Soak under overload and faults, against the real binary and real services of its own.
 
-For DURATION seconds (default 600), client processes send a mix over HTTP and gRPC, closed loop,
-with more clients than the model's queue admits: valid requests to `soak_model` (queue bounded:
-429 with Retry-After, which these clients honour), malformed JSON, bodies over
---max-request-bytes, wrong shapes, unknown models, requests enriched from the online store. Meanwhile:
+First the server's capacity is measured: flotilla-load (crates/bench), closed loop over the valid
+kinds, counts what is answered 200 a second. Then for DURATION seconds (default 600) flotilla-load
+offers 3x that rate, open loop (it does not slow down when the server does), over HTTP and gRPC:
+valid requests to `soak_model` (queue bounded at 8: 429 with Retry-After beyond it), malformed JSON,
+bodies over --max-request-bytes, wrong shapes over HTTP and gRPC, unknown models, requests enriched
+from the online store. Meanwhile:
 - Redis (the online store, append-only file) is restarted twice;
 - the NATS server (JetStream, feeding a feature view) is restarted once, while a producer keeps
   publishing rows;
@@ -18,13 +20,12 @@ applied twice) and what the PostgreSQL table holds. Writes bench/results/soak.md
 needs Debian's PostgreSQL binaries and root (initdb runs as the postgres user); without them it is
 left out and the report says so.
 
-    .venv/bin/python bench/soak/soak.py [--duration 600] [--bin target/release/flotilla]
+    .venv/bin/python bench/soak/soak.py [--duration 600] [--bin target/release/flotilla] [--overload 3]
 """
 import argparse
 import asyncio
 import collections
 import json
-import multiprocessing as mp
 import os
 import pathlib
 import random
@@ -37,7 +38,6 @@ import tempfile
 import threading
 import time
 
-import numpy as np
 import requests
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -231,78 +231,43 @@ def producer(nats_port, stop, published, errors):
     asyncio.run(run())
 
 
-def client(http, grpc, seconds, kind_counts, seed):
-    """One client process: closed loop over a mix of valid and bad requests, HTTP and gRPC."""
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import InferenceServerException
-    rng = random.Random(seed)
-    s = requests.Session()
-    g = grpcclient.InferenceServerClient(grpc)
+def write_mix(path, valid_only=False):
+    """The request kinds flotilla-load draws from (crates/bench/src/mix.rs), with their weights."""
     good = {"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "data": list(range(16))},
                        {"name": "INPUT1", "shape": [1, 16], "datatype": "INT32", "data": [1] * 16}]}
-    big = b'{"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "data": [' + b"1," * 700_000 + b"1]}]}"
     wrong = {"inputs": [{"name": "INPUT0", "shape": [1, 15], "datatype": "INT32", "data": list(range(15))},
                         {"name": "INPUT1", "shape": [1, 16], "datatype": "INT32", "data": [1] * 16}]}
     enriched = {"inputs": [{"name": "card_id", "shape": [2], "datatype": "INT64", "data": [1, 2]}]}
-    a = np.arange(16, dtype=np.int32).reshape(1, 16)
-    counts = collections.Counter()
-    deadline = time.time() + seconds
-    url = f"http://{http}"
-    kinds = [(0.55, "valid_http"), (0.75, "valid_grpc"), (0.83, "enriched_http"), (0.90, "malformed"),
-             (0.93, "oversized"), (0.97, "wrong_shape"), (1.01, "unknown_model")]
-    while time.time() < deadline:
-        roll = rng.random()
-        kind = next(k for limit, k in kinds if roll < limit)
-        try:
-            if roll < 0.55:
-                r = s.post(url + "/v2/models/soak_model/infer", json=good, timeout=30)
-                kind = "valid_http"
-            elif roll < 0.75:
-                inputs = [grpcclient.InferInput("INPUT0", [1, 16], "INT32"), grpcclient.InferInput("INPUT1", [1, 16], "INT32")]
-                inputs[0].set_data_from_numpy(a)
-                inputs[1].set_data_from_numpy(a)
-                try:
-                    g.infer("soak_model", inputs, client_timeout=30)
-                    counts["valid_grpc 200"] += 1
-                except InferenceServerException as e:
-                    counts[f"valid_grpc {e.status()}"] += 1
-                    if e.status() == "StatusCode.RESOURCE_EXHAUSTED":
-                        time.sleep(0.05)
-                continue
-            elif roll < 0.83:
-                r = s.post(url + "/v2/models/fraud_xgb/infer", json=enriched, timeout=30)
-                kind = "enriched_http"
-            elif roll < 0.90:
-                r = s.post(url + "/v2/models/soak_model/infer", data=b'{"inputs": [{"name": ', timeout=30)
-                kind = "malformed"
-            elif roll < 0.93:
-                r = s.post(url + "/v2/models/soak_model/infer", data=big, timeout=30,
-                           headers={"content-type": "application/json"})
-                kind = "oversized"
-            elif roll < 0.97:
-                r = s.post(url + "/v2/models/soak_model/infer", json=wrong, timeout=30)
-                kind = "wrong_shape"
-            else:
-                r = s.post(url + "/v2/models/nope/infer", json=good, timeout=30)
-                kind = "unknown_model"
-            counts[f"{kind} {r.status_code}"] += 1
-            if r.status_code == 429:
-                counts["429 with Retry-After"] += "retry-after" in {k.lower() for k in r.headers}
-                time.sleep(float(r.headers.get("retry-after", "1")) * 0.05)  # honour it, scaled for the run
-        except requests.RequestException as e:
-            # a body over the limit is answered 413 before it is read whole: the server then closes
-            # the connection, which the client may see as a reset before it reads the answer
-            counts[f"{kind} connection closed ({type(e).__name__})"] += 1
-    kind_counts.put(dict(counts))
+    grpc_good = {"model_name": "soak_model", "inputs": [dict(i) for i in good["inputs"]]}
+    grpc_bad = {"model_name": "soak_model", "inputs": [dict(i) for i in wrong["inputs"]]}
+    infer = "/v2/models/soak_model/infer"
+    kinds = [
+        {"name": "valid_http", "weight": 55, "http": {"path": infer, "json": good}},
+        {"name": "valid_grpc", "weight": 20, "grpc": grpc_good},
+        {"name": "enriched_http", "weight": 8, "http": {"path": "/v2/models/fraud_xgb/infer", "json": enriched}},
+    ]
+    if not valid_only:
+        big = '{"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "data": [' + "1," * 50_000 + '1]}]}'
+        kinds += [
+            {"name": "malformed", "weight": 6, "http": {"path": infer, "text": '{"inputs": [{"name": ',
+                                                          "content_type": "application/json"}},
+            {"name": "oversized", "weight": 1, "http": {"path": infer, "text": big, "content_type": "application/json"}},
+            {"name": "wrong_shape", "weight": 4, "http": {"path": infer, "json": wrong}},
+            {"name": "wrong_shape_grpc", "weight": 3, "grpc": grpc_bad},
+            {"name": "unknown_model", "weight": 3, "http": {"path": "/v2/models/nope/infer", "json": good}},
+        ]
+    path.write_text(json.dumps({"kinds": kinds}))
+    return path
 
 
-def client_process(http, grpc, seconds, kind_counts, seed, threads):
-    pool = [threading.Thread(target=client, args=(http, grpc, seconds, kind_counts, seed * 100 + i))
-            for i in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
+def load(args, mix, http, grpc, seconds, out, rate=None, connections=64):
+    """Runs flotilla-load; returns its JSON report."""
+    cmd = [args.load_bin, "--mix", str(mix), "--http", http, "--grpc", grpc, "--duration", str(seconds),
+           "--connections", str(connections), "--out", str(out)]
+    if rate:
+        cmd += ["--rate", str(rate)]
+    subprocess.run(cmd, check=True, timeout=seconds + 300)
+    return json.loads(out.read_text())
 
 
 def rss_kb(pid):
@@ -319,10 +284,13 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--duration", type=int, default=600)
     p.add_argument("--bin", default=str(ROOT / "target/release/flotilla"))
-    p.add_argument("--clients", type=int, default=4, help="client processes")
-    p.add_argument("--threads", type=int, default=8, help="closed-loop clients per process")
+    p.add_argument("--load-bin", default=None, help="flotilla-load (default: beside --bin)")
+    p.add_argument("--overload", type=float, default=3.0, help="offered rate as a multiple of the measured capacity")
+    p.add_argument("--capacity-seconds", type=int, default=20)
+    p.add_argument("--connections", type=int, default=256, help="flotilla-load's client tasks in the soak")
     args = p.parse_args()
     args.bin = str(pathlib.Path(args.bin).resolve())
+    args.load_bin = str(pathlib.Path(args.load_bin or pathlib.Path(args.bin).with_name("flotilla-load")).resolve())
     work = pathlib.Path(tempfile.mkdtemp(prefix="flotilla-soak-"))
     redis_port, nats_port = free_port(), free_port()
     redis = Service("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(work),
@@ -347,7 +315,7 @@ def main():
         [args.bin, "serve", "--model-repository", str(models), "--feature-repo", str(features),
          "--online-store", f"redis://127.0.0.1:{redis_port}/0", "--model-control-mode", "explicit",
          "--load-model", "*", "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", "0",
-         "--max-request-bytes", str(1 << 20), "--log-format", "json", "--drift-monitoring", "false"],
+         "--max-request-bytes", str(64 << 10), "--log-format", "json", "--drift-monitoring", "false"],
         stdout=subprocess.DEVNULL, stderr=log, cwd=work)
     base = f"http://127.0.0.1:{http_port}"
     deadline = time.time() + 120
@@ -369,13 +337,20 @@ def main():
     rss = []
     reloads = collections.Counter()
     faults = []
-    q = mp.Queue()
-    procs = [mp.Process(target=client_process,
-                        args=(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", args.duration, q, i, args.threads))
-             for i in range(args.clients)]
+    http, grpc = f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"
+    # capacity: what the server completes a second of the valid kinds, closed loop, with the
+    # producer and the CDC writer running as they do in the soak
+    capacity_run = load(args, write_mix(work / "valid.json", valid_only=True), http, grpc,
+                        args.capacity_seconds, work / "capacity.json", connections=32)
+    capacity = capacity_run["ok"] / capacity_run["duration_s"]
+    offered = round(args.overload * capacity)
+    soak_out = work / "soak.json"
+    loader = threading.Thread(target=lambda: soak_result.append(
+        load(args, write_mix(work / "mix.json"), http, grpc, args.duration, soak_out, rate=offered,
+             connections=args.connections)))
+    soak_result = []
     t0 = time.time()
-    for pr in procs:
-        pr.start()
+    loader.start()
     schedule = {0.25: ("redis", redis), 0.45: ("nats", natsd), 0.7: ("redis", redis)}
     if pg is not None:
         schedule[0.55] = ("postgres", pg)
@@ -399,11 +374,10 @@ def main():
                 done.add(at)
                 svc.restart()
                 faults.append(f"{name} restarted at {elapsed:.0f} s (down {svc.restarts[-1][1] - svc.restarts[-1][0]:.1f} s)")
-    counts = collections.Counter()
-    for _ in range(args.clients * args.threads):
-        counts.update(q.get(timeout=args.duration + 120))
-    for pr in procs:
-        pr.join(120)
+    loader.join(args.duration + 300)
+    result = soak_result[0] if soak_result else {"kinds": {}, "timeline": []}
+    counts = collections.Counter({f"{kind} {outcome}": v["count"]
+                                  for kind, outcomes in result["kinds"].items() for outcome, v in outcomes.items()})
     stop.set()
     prod.join(30)
     alive = server.poll() is None
@@ -450,9 +424,19 @@ def main():
     text = (work / "server.log").read_text()
     panics = text.count("panicked")
     valid = {k: v for k, v in counts.items() if k.startswith(("valid", "enriched"))}
-    bad_valid = {k: v for k, v in valid.items() if not k.endswith((" 200", " 429", " 503", "StatusCode.RESOURCE_EXHAUSTED", "StatusCode.UNAVAILABLE"))}
+    bad_valid = {k: v for k, v in valid.items()
+                 if not k.endswith((" 200", " 429", " 503", "grpc Ok", "grpc ResourceExhausted", "grpc Unavailable"))}
+    # a bad request gets a 4xx (or the gRPC codes for one); a body over the limit is answered 413
+    # before it is read whole and the connection closed, which a client may see as a reset first
+    fine_invalid = ("grpc InvalidArgument", "grpc NotFound", "grpc ResourceExhausted", "grpc OutOfRange")
     bad_invalid = {k: v for k, v in counts.items() if k.startswith(("malformed", "oversized", "wrong_shape", "unknown_model"))
-                   and not k.split()[1].startswith("4")}
+                   and not (k.split(" ", 1)[1].startswith("4") or k.endswith(fine_invalid)
+                            or (k.startswith("oversized") and k.endswith("connection closed")))}
+    shed_429 = sum(v for k, v in counts.items() if k.endswith(" 429"))
+    timeline = result["timeline"]
+    step = max(1, len(timeline) // 20)
+    ok_curve = " ".join(f"{i}s:{sum(r[0] for r in timeline[i:i + step]) // step}"
+                        for i in range(0, len(timeline), step))
     rss_values = [v for _, v in rss if v]
     settled = rss_values[len(rss_values) // 10:] or rss_values
     out = ROOT / "bench/results/soak.md"
@@ -462,8 +446,18 @@ def main():
         "",
         f"`bench/soak/run.sh {args.duration}`, {time.strftime('%Y-%m-%d', time.gmtime())}, {os.cpu_count()} cores, "
         f"binary `{pathlib.Path(args.bin).name}` ({'release' if 'release' in args.bin else 'debug'} build), "
-        f"{args.clients} client processes × {args.threads} closed-loop clients (honouring Retry-After), "
-        f"soak_model's queue bounded at 8.",
+        f"flotilla-load (open loop, {args.connections} connections, not backing off on Retry-After) offering "
+        f"{args.overload:g}× the measured capacity, soak_model's queue bounded at 8.",
+        "",
+        "| load | req/s |",
+        "|---|---:|",
+        f"| capacity: valid kinds answered 200 per second, closed loop, 32 connections, {args.capacity_seconds} s "
+        f"| {capacity:,.0f} |",
+        f"| offered in the soak ({args.overload:g}× capacity), the whole mix | {offered:,} |",
+        f"| sent (offered minus `not_sent`: every client task busy) | "
+        f"{(result.get('scheduled', 0) - result.get('not_sent', 0)) / max(1, args.duration):,.0f} |",
+        f"| answered 200 / shed 429-503 / other, per second | {result.get('ok', 0) / max(1, args.duration):,.0f} / "
+        f"{result.get('shed', 0) / max(1, args.duration):,.0f} / {result.get('other', 0) / max(1, args.duration):,.0f} |",
         "",
         "| check | result |",
         "|---|---|",
@@ -472,10 +466,11 @@ def main():
         f"| faults | {'; '.join(faults) or 'none'} |",
         f"| soak_model reloads (status: count) | {dict(reloads)} |",
         f"| valid requests answered other than 200/429/503 | {bad_valid or 'none'} |",
+        f"| 429s with Retry-After | {result.get('shed_with_retry_after', 0)} of {shed_429} |",
         f"| bad requests answered other than 4xx | {bad_invalid or 'none'} |",
         f"| rows published to NATS (cards) / producer retries during the NATS restart | {len(published)} cards / {len(prod_errors)} |",
         f"| online store vs source after the run | {'equal' if not bad else f'{len(bad)} cards differ, e.g. {bad[:3]}'} |",
-        f"| PostgreSQL CDC: transactions committed / writer retries during the restart | "
+        "| PostgreSQL CDC: transactions committed / writer retries during the restart | "
         + (f"{len(pg_committed)} / {len(pg_errors)} |" if pg is not None else "not run (needs PostgreSQL binaries and root) |"),
         f"| PostgreSQL CDC: online store vs SELECT of the table ({CDC_KEYS} rows) | "
         + (("equal" if not cdc_bad else f"{len(cdc_bad)} rows differ, e.g. {cdc_bad[:3]}") if pg is not None else "not run")
@@ -487,11 +482,15 @@ def main():
         "| kind and status | count |",
         "|---|---:|",
     ]
-    lines += [f"| {k} | {v} |" for k, v in sorted(counts.items())]
-    lines += ["", f"RSS curve (s: MiB): {curve}", ""]
+    lines = lines[:-2] + ["| kind | outcome | count | p50 ms | p99 ms | p99.9 ms |", "|---|---|---:|---:|---:|---:|"]
+    lines += [f"| {kind} | {outcome} | {v['count']} | {v['p50_us'] / 1000:.2f} | {v['p99_us'] / 1000:.2f} | "
+              f"{v['p999_us'] / 1000:.2f} |"
+              for kind, outcomes in sorted(result["kinds"].items()) for outcome, v in sorted(outcomes.items())]
+    lines += ["", f"RSS curve (s: MiB): {curve}", "", f"Answered 200 per second (s: req/s): {ok_curve}", ""]
     out.write_text("\n".join(lines))
     print("\n".join(lines))
-    ok = alive and code == 0 and panics == 0 and not bad_valid and not bad_invalid and not bad and not cdc_bad
+    ok = (alive and code == 0 and panics == 0 and bool(soak_result) and not bad_valid and not bad_invalid
+          and not bad and not cdc_bad and result.get("shed_with_retry_after", 0) == shed_429)
     shutil.rmtree(work, ignore_errors=True)
     sys.exit(0 if ok else 1)
 

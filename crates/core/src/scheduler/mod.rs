@@ -10,6 +10,15 @@
 //! - Batching: see [`queue`]; joined inputs run once and outputs are split back.
 //! - Panics: an engine panic fails that batch's requests with an error naming
 //!   the model; the instance's thread is retired and a new one replaces it.
+//! - Cheap requests run inline: when nothing is queued, an instance is free and
+//!   the engine's measured cost for the request's rows is at most
+//!   [`INLINE_MAX_NS`], the calling task runs it itself and skips the hand-off
+//!   to an instance thread and back (two wake-ups, the larger part of a small
+//!   model's latency). It still takes one of the `count` instance slots, so no
+//!   more than `count` executions ever run at once. Not with dynamic batching
+//!   (a lone request would give up the chance to join a batch), not with
+//!   `preserve_ordering`, and never again for a scheduler whose engine panicked
+//!   inline.
 
 pub mod adaptive;
 pub mod batch;
@@ -27,10 +36,17 @@ pub use policy::Policy;
 use queue::{Decision, Queue};
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::oneshot;
+
+/// The most a request's estimated engine time may be for it to run inline, on the calling
+/// task's thread (nanoseconds). The hand-off it saves costs 20-50 µs on a loaded 2-core machine
+/// (`bench/results/serving.md`: 48 µs of queue time for a 4 µs tree model); blocking an async
+/// worker for up to 50 µs costs the other connections on that worker no more than parsing a
+/// large JSON body does.
+pub const INLINE_MAX_NS: u64 = 50_000;
 
 /// What a request gets back from the scheduler.
 #[derive(Debug)]
@@ -121,6 +137,10 @@ struct Shared {
     live: AtomicUsize,
     /// Moving average of one execution's duration, nanoseconds (0 before the first).
     exec_ns: AtomicU64,
+    /// Moving average of one execution's duration per row, nanoseconds (0 before the first).
+    row_ns: AtomicU64,
+    /// Cheap requests may run on the caller's thread (see [`INLINE_MAX_NS`]).
+    inline: AtomicBool,
 }
 
 /// The scheduler of one model version. Dropping it lets the instances finish
@@ -135,6 +155,7 @@ impl Scheduler {
     /// Starts `count` instances of `engine` under `policy`; `label` (`model/version`) names the
     /// model version in errors and thread names.
     pub fn start(engine: Arc<dyn Engine>, policy: Policy, count: usize, label: &str) -> Result<Self> {
+        let inline = policy.batching.is_none() && !policy.preserve_ordering;
         let shared = Arc::new(Shared {
             engine,
             queue: Mutex::new(Queue::new(policy.levels.len())),
@@ -145,6 +166,8 @@ impl Scheduler {
             label: label.to_string(),
             live: AtomicUsize::new(0),
             exec_ns: AtomicU64::new(0),
+            row_ns: AtomicU64::new(0),
+            inline: AtomicBool::new(inline),
         });
         for i in 0..count.max(1) {
             spawn_instance(&shared, i, 0)?;
@@ -249,6 +272,8 @@ impl Scheduler {
             }
         }
         let (reply, answer) = oneshot::channel();
+        let rows = batch::rows(&inputs, s.policy.max_batch > 0);
+        let mut inline = false;
         let seq = {
             let mut q = s.queue.lock();
             let max = s.policy.levels[level].max_queue;
@@ -265,8 +290,8 @@ impl Scheduler {
             }
             let seq = q.next_seq;
             q.next_seq += 1;
-            q.push(Job {
-                rows: batch::rows(&inputs, s.policy.max_batch > 0),
+            let job = Job {
+                rows,
                 inputs,
                 level,
                 enqueued,
@@ -275,10 +300,20 @@ impl Scheduler {
                 seq,
                 span: tracing::Span::current(),
                 reply,
-            });
+            };
+            if s.runs_inline(&q, rows) && !job.expired(Instant::now()) {
+                q.busy += 1;
+                drop(q);
+                inline = true;
+                s.execute(vec![job], true);
+            } else {
+                q.push(job);
+            }
             seq
         };
-        s.work.notify_one();
+        if !inline {
+            s.work.notify_one();
+        }
         let mut waiting = Waiting { shared: s, level, seq, answered: false };
         let done = answer.await;
         waiting.answered = true;
@@ -337,8 +372,7 @@ fn spawn_instance(shared: &Arc<Shared>, index: usize, generation: u32) -> Result
 
 fn instance_loop(shared: Arc<Shared>, index: usize, generation: u32) {
     while let Some(jobs) = shared.next_batch() {
-        let panicked = shared.execute(jobs);
-        shared.queue.lock().busy -= 1;
+        let panicked = shared.execute(jobs, false);
         if panicked {
             tracing::error!(model = %shared.label, instance = index, "engine instance panicked; replacing it");
             let replaced = spawn_instance(&shared, index, generation.wrapping_add(1));
@@ -360,6 +394,11 @@ impl Shared {
     fn next_batch(&self) -> Option<Vec<Job>> {
         let mut q = self.queue.lock();
         loop {
+            if q.busy >= self.live.load(Ordering::Acquire) && !q.closed {
+                // every instance slot is taken (a request runs inline): it wakes one when it ends
+                self.work.wait(&mut q);
+                continue;
+            }
             let mut dropped = Vec::new();
             let decision = q.next(&self.policy, Instant::now(), &mut dropped);
             if !dropped.is_empty() {
@@ -374,6 +413,7 @@ impl Shared {
                     q.busy += 1;
                     return Some(jobs);
                 }
+
                 Decision::Wait(until) => {
                     self.work.wait_until(&mut q, until);
                 }
@@ -402,8 +442,22 @@ impl Shared {
         }
     }
 
-    /// Runs one batch and answers its requests; returns whether the engine panicked.
-    fn execute(&self, jobs: Vec<Job>) -> bool {
+    /// Whether a request of `rows` rows runs on the caller's thread now (see [`INLINE_MAX_NS`]):
+    /// nothing waits before it, an instance slot is free, and the engine's measured time for
+    /// that many rows is small.
+    fn runs_inline(&self, q: &Queue, rows: usize) -> bool {
+        if !self.inline.load(Ordering::Relaxed) || q.len > 0 || q.closed || q.busy >= self.live.load(Ordering::Acquire)
+        {
+            return false;
+        }
+        let row_ns = self.row_ns.load(Ordering::Relaxed);
+        row_ns > 0 && row_ns.saturating_mul(rows as u64) <= INLINE_MAX_NS
+    }
+
+    /// Runs one batch, frees its instance slot (`busy`, taken by the caller) and answers its
+    /// requests; returns whether the engine panicked. `inline`:
+    /// on a request's own task (a panic there turns inline runs off instead of replacing a thread).
+    fn execute(&self, jobs: Vec<Job>, inline: bool) -> bool {
         let rows: Vec<usize> = jobs.iter().map(|j| j.rows).collect();
         let span = jobs[0].span.clone();
         let _entered = span.enter();
@@ -418,11 +472,30 @@ impl Shared {
             batch::split(outputs, &rows, &self.label)
         }));
         let finished = Instant::now();
-        let took = finished.saturating_duration_since(phases.start).as_nanos().min(u128::from(u64::MAX)) as u64;
-        let before = self.exec_ns.load(Ordering::Relaxed);
-        let average = if before == 0 { took } else { before - before / 8 + took / 8 };
-        self.exec_ns.store(average, Ordering::Relaxed);
         let panicked = result.is_err();
+        if !panicked {
+            // moving averages (1/8) of the execution time, whole and per row
+            let took = finished.saturating_duration_since(phases.start).as_nanos().min(u128::from(u64::MAX)) as u64;
+            let per_row = (took / rows.iter().sum::<usize>().max(1) as u64).max(1);
+            for (average, sample) in [(&self.exec_ns, took), (&self.row_ns, per_row)] {
+                let before = average.load(Ordering::Relaxed);
+                average.store(if before == 0 { sample } else { before - before / 8 + sample / 8 }, Ordering::Relaxed);
+            }
+        }
+        {
+            // the slot is free before the answers go out, so a caller answered here finds it free
+            let mut q = self.queue.lock();
+            q.busy -= 1;
+            // an instance held back while every slot was taken may run what waits (this
+            // instance's thread takes one itself when it loops)
+            if q.len > usize::from(!inline) {
+                self.work.notify_one();
+            }
+        }
+        if panicked && inline {
+            tracing::warn!(model = %self.label, "engine panicked on a request's own thread; its requests now always go to instance threads");
+            self.inline.store(false, Ordering::Relaxed);
+        }
         let mut per_request: Vec<Result<Vec<Tensor>>> = match result {
             Ok(Ok(parts)) => parts.into_iter().map(Ok).collect(),
             Ok(Err(e)) => vec![Err(e); jobs.len()],
@@ -446,7 +519,7 @@ impl Shared {
                 finished,
                 batch_rows,
                 records_batch: i == 0,
-                instance_replaced: panicked,
+                instance_replaced: panicked && !inline,
             };
             self.deliver(job, Some(done));
         }

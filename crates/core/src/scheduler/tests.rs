@@ -72,6 +72,12 @@ async fn a_panic_fails_the_batch_and_the_instance_is_replaced() {
     let s = Scheduler::start(engine, policy("max_batch_size: 4"), 2, "echo/1").unwrap();
     let done = s.run(rows(&[7]), Admission::now()).await;
     assert_eq!(done.outputs.unwrap(), rows(&[7]));
+    // that run measured the engine as cheap: the next request runs on this task, and its panic
+    // turns inline runs off instead of retiring a thread
+    let failed = s.run(vec![], Admission::now()).await;
+    assert!(!failed.instance_replaced);
+    assert!(failed.outputs.unwrap_err().message.contains("deliberate test panic"));
+    assert!(!s.shared.inline.load(Ordering::SeqCst));
     for _ in 0..3 {
         let failed = s.run(vec![], Admission::now()).await;
         assert!(failed.instance_replaced);
@@ -302,4 +308,100 @@ async fn adaptive_limit_turns_requests_away_when_reached() {
     release.send(()).unwrap();
     a.await.unwrap().outputs.unwrap();
     b.await.unwrap().outputs.unwrap();
+}
+
+/// Records the name of the thread each execution ran on and the most executions at once.
+#[derive(Default)]
+struct Where {
+    threads: parking_lot::Mutex<Vec<String>>,
+    running: AtomicUsize,
+    most: AtomicUsize,
+    spin: Duration,
+}
+
+impl Engine for Where {
+    fn infer(&self, inputs: &[Tensor], _: &mut Phases) -> Result<Vec<Tensor>> {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        let name = std::thread::current().name().unwrap_or("").to_string();
+        self.threads.lock().push(name);
+        let start = Instant::now();
+        while start.elapsed() < self.spin {
+            std::hint::spin_loop();
+        }
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        Ok(inputs.to_vec())
+    }
+}
+
+fn on_engine_threads(w: &Where) -> Vec<bool> {
+    w.threads.lock().iter().map(|t| t.starts_with("engine-")).collect()
+}
+
+#[tokio::test]
+async fn cheap_requests_run_on_the_callers_task_once_measured() {
+    let w = Arc::new(Where::default());
+    let s = Scheduler::start(w.clone(), policy("max_batch_size: 262144"), 1, "cheap/1").unwrap();
+    for _ in 0..3 {
+        assert_eq!(s.run(rows(&[1, 2]), Admission::now()).await.outputs.unwrap(), rows(&[1, 2]));
+    }
+    // the first run is measured on an instance thread; then the engine is known to be cheap
+    assert_eq!(on_engine_threads(&w), [true, false, false]);
+    // a request whose rows would take longer than INLINE_MAX_NS still goes to the thread
+    let row_ns = s.shared.row_ns.load(Ordering::SeqCst).max(1);
+    let many = (INLINE_MAX_NS / row_ns + 1).min(262_144) as usize;
+    if row_ns * many as u64 > INLINE_MAX_NS {
+        let big = vec![Tensor::new("x", DataType::U8, vec![many as i64, 1], vec![0u8; many])];
+        assert!(s.run(big, Admission::now()).await.outputs.is_ok());
+        assert_eq!(on_engine_threads(&w).last(), Some(&true));
+    }
+}
+
+#[tokio::test]
+async fn costly_engines_batching_and_ordering_keep_the_thread_hop() {
+    let slow = Arc::new(Where { spin: Duration::from_micros(INLINE_MAX_NS / 1000 * 3), ..Where::default() });
+    let s = Scheduler::start(slow.clone(), policy("max_batch_size: 8"), 1, "slow/1").unwrap();
+    for _ in 0..3 {
+        assert!(s.run(rows(&[1]), Admission::now()).await.outputs.is_ok());
+    }
+    assert_eq!(on_engine_threads(&slow), [true, true, true]);
+    for config in
+        ["max_batch_size: 8\ndynamic_batching { }", "max_batch_size: 8\ndynamic_batching { preserve_ordering: true }"]
+    {
+        let w = Arc::new(Where::default());
+        let s = Scheduler::start(w.clone(), policy(config), 1, "batched/1").unwrap();
+        for _ in 0..3 {
+            assert!(s.run(rows(&[1]), Admission::now()).await.outputs.is_ok());
+        }
+        assert_eq!(on_engine_threads(&w), [true, true, true], "{config}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inline_runs_and_instance_threads_never_exceed_the_instance_count() {
+    for count in [1, 2] {
+        let w = Arc::new(Where { spin: Duration::from_micros(5), ..Where::default() });
+        let s = Arc::new(Scheduler::start(w.clone(), policy("max_batch_size: 8"), count, "count/1").unwrap());
+        let callers: Vec<_> = (0..8)
+            .map(|_| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    for _ in 0..300 {
+                        assert!(s.run(rows(&[1]), Admission::now()).await.outputs.is_ok());
+                    }
+                })
+            })
+            .collect();
+        for c in callers {
+            c.await.unwrap();
+        }
+        let kinds = on_engine_threads(&w);
+        assert_eq!(kinds.len(), 2400);
+        assert!(kinds.iter().any(|t| !t), "some requests ran inline");
+        assert!(
+            w.most.load(Ordering::SeqCst) <= count,
+            "{} at once with {count} instances",
+            w.most.load(Ordering::SeqCst)
+        );
+    }
 }
