@@ -123,7 +123,11 @@ def markdown(res):
         out += ["", f"## {title} (`{model}`: `max_queue_size: {o['max_queue_size']}`; `flotilla-load`, latency per status)",
                 "", f"{how}: {o['saturation_concurrency']}; driven at c = {o['concurrency']}.", "",
                 "| load | status | count | per s | p50 | p99 | max |", "|---|---|---:|---:|---:|---:|---:|"]
-        for label, run in (("c=1", o["unloaded"]), (f"c={o['concurrency']}", o["loaded"])):
+        runs = [("c=1", o["unloaded"])]
+        if "polite" in o:
+            runs.append((f"c={o['concurrency']}, honouring Retry-After", o["polite"]))
+        runs.append((f"c={o['concurrency']}" + (", retrying at once" if "polite" in o else ""), o["loaded"]))
+        for label, run in runs:
             for status, s_ in run["status"].items():
                 out.append(f"| {label} | {status} | {s_['count']:,} | {s_['per_s']:,.0f} | {s_['p50_us']:.0f} | "
                            f"{s_['p99_us']:.0f} | {s_['max_us']:.0f} |")
