@@ -12,7 +12,7 @@
 //!   the model; the instance's thread is retired and a new one replaces it.
 //! - Cheap requests run inline: when nothing is queued, an instance is free and
 //!   the engine's measured cost for the request's rows is at most
-//!   [`INLINE_MAX_NS`], the calling task runs it itself and skips the hand-off
+//!   [`INLINE_MAX_NS`] (or the model's `inline_max_us`), the calling task runs it itself and skips the hand-off
 //!   to an instance thread and back (two wake-ups, the larger part of a small
 //!   model's latency). It still takes one of the `count` instance slots, so no
 //!   more than `count` executions ever run at once. Not with dynamic batching
@@ -42,7 +42,8 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 /// The most a request's estimated engine time may be for it to run inline, on the calling
-/// task's thread (nanoseconds). The hand-off it saves costs 20-50 µs on a loaded 2-core machine
+/// task's thread (nanoseconds), unless the model's config parameter `inline_max_us` says
+/// otherwise (0 turns it off). The hand-off it saves costs 20-50 µs on a loaded 2-core machine
 /// (`bench/results/serving.md`: 48 µs of queue time for a 4 µs tree model); blocking an async
 /// worker for up to 50 µs costs the other connections on that worker no more than parsing a
 /// large JSON body does.
@@ -155,7 +156,7 @@ impl Scheduler {
     /// Starts `count` instances of `engine` under `policy`; `label` (`model/version`) names the
     /// model version in errors and thread names.
     pub fn start(engine: Arc<dyn Engine>, policy: Policy, count: usize, label: &str) -> Result<Self> {
-        let inline = policy.batching.is_none() && !policy.preserve_ordering;
+        let inline = policy.batching.is_none() && !policy.preserve_ordering && policy.inline_max_ns > 0;
         let shared = Arc::new(Shared {
             engine,
             queue: Mutex::new(Queue::new(policy.levels.len())),
@@ -451,7 +452,7 @@ impl Shared {
             return false;
         }
         let row_ns = self.row_ns.load(Ordering::Relaxed);
-        row_ns > 0 && row_ns.saturating_mul(rows as u64) <= INLINE_MAX_NS
+        row_ns > 0 && row_ns.saturating_mul(rows as u64) <= self.policy.inline_max_ns
     }
 
     /// Runs one batch, frees its instance slot (`busy`, taken by the caller) and answers its

@@ -22,6 +22,9 @@ pub struct Policy {
     pub preserve_ordering: bool,
     /// Adaptive concurrency limit (config parameter `adaptive_concurrency`).
     pub adaptive: Option<super::adaptive::Settings>,
+    /// Most estimated engine time (ns) for a request to run on its own task instead of an
+    /// instance thread (config parameter `inline_max_us`; 0: never). See [`super::INLINE_MAX_NS`].
+    pub inline_max_ns: u64,
 }
 
 /// `dynamic_batching` settings.
@@ -46,6 +49,19 @@ pub struct LevelPolicy {
     pub delay_on_timeout: bool,
 }
 
+/// The config parameter `inline_max_us`: whole microseconds, 0 to 1000 (a request run on a
+/// network thread must not hold it for long); absent: [`super::INLINE_MAX_NS`].
+fn inline_max_ns(config: &ModelConfig, origin: &str) -> Result<u64> {
+    let Some(p) = config.parameters.get("inline_max_us") else { return Ok(super::INLINE_MAX_NS) };
+    match p.string_value.trim().parse::<u64>() {
+        Ok(us) if us <= 1000 => Ok(us * 1000),
+        _ => Err(Error::invalid(format!(
+            "{origin}: parameter inline_max_us must be a whole number of microseconds from 0 to 1000, not '{}'",
+            p.string_value
+        ))),
+    }
+}
+
 // === impl Policy ===
 
 impl Policy {
@@ -53,6 +69,7 @@ impl Policy {
     pub fn from_config(config: &ModelConfig, origin: &str) -> Result<Self> {
         let max_batch = usize::try_from(config.max_batch_size.max(0)).unwrap_or(0);
         let adaptive = super::adaptive::Settings::from_config(config, origin)?;
+        let inline_max_ns = inline_max_ns(config, origin)?;
         let Some(SchedulingChoice::DynamicBatching(d)) = config.scheduling_choice.as_ref() else {
             return Ok(Self {
                 max_batch,
@@ -61,6 +78,7 @@ impl Policy {
                 default_level: 0,
                 preserve_ordering: false,
                 adaptive,
+                inline_max_ns,
             });
         };
         let mut preferred = Vec::with_capacity(d.preferred_batch_size.len());
@@ -104,7 +122,15 @@ impl Policy {
         }
         let batching = (max_batch > 0)
             .then(|| Batching { preferred, max_delay: Duration::from_micros(d.max_queue_delay_microseconds) });
-        Ok(Self { max_batch, batching, levels, default_level, preserve_ordering: d.preserve_ordering, adaptive })
+        Ok(Self {
+            max_batch,
+            batching,
+            levels,
+            default_level,
+            preserve_ordering: d.preserve_ordering,
+            adaptive,
+            inline_max_ns,
+        })
     }
 
     /// The level index of a request's `priority` parameter (1 is highest; 0 or out of range

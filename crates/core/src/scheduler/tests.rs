@@ -365,9 +365,11 @@ async fn costly_engines_batching_and_ordering_keep_the_thread_hop() {
         assert!(s.run(rows(&[1]), Admission::now()).await.outputs.is_ok());
     }
     assert_eq!(on_engine_threads(&slow), [true, true, true]);
-    for config in
-        ["max_batch_size: 8\ndynamic_batching { }", "max_batch_size: 8\ndynamic_batching { preserve_ordering: true }"]
-    {
+    for config in [
+        "max_batch_size: 8\ndynamic_batching { }",
+        "max_batch_size: 8\ndynamic_batching { preserve_ordering: true }",
+        "max_batch_size: 8\nparameters { key: \"inline_max_us\" value { string_value: \"0\" } }",
+    ] {
         let w = Arc::new(Where::default());
         let s = Scheduler::start(w.clone(), policy(config), 1, "batched/1").unwrap();
         for _ in 0..3 {
@@ -403,5 +405,21 @@ async fn inline_runs_and_instance_threads_never_exceed_the_instance_count() {
             "{} at once with {count} instances",
             w.most.load(Ordering::SeqCst)
         );
+    }
+}
+
+#[test]
+fn inline_max_us_is_checked() {
+    let with = |v: &str| {
+        let text =
+            format!("max_batch_size: 8\nparameters {{ key: \"inline_max_us\" value {{ string_value: \"{v}\" }} }}");
+        Policy::from_config(&parse_pbtxt(&text, "t/config.pbtxt").unwrap(), "t").map(|p| p.inline_max_ns)
+    };
+    assert_eq!(policy("max_batch_size: 8").inline_max_ns, INLINE_MAX_NS);
+    assert_eq!(with("0").unwrap(), 0);
+    assert_eq!(with(" 200 ").unwrap(), 200_000);
+    for bad in ["-1", "1001", "fast", "", "1.5"] {
+        let e = with(bad).unwrap_err();
+        assert!(e.message.contains("inline_max_us") && e.message.contains("0 to 1000"), "{bad}: {e}");
     }
 }
