@@ -323,6 +323,8 @@ def main():
             run = wrk_server_side if c == 1 else wrk
             point("flotilla", "xgb", "wrk", "json", c, run(PORTS["flotilla"], "xgb", c, secs))
             point("mlserver", "xgb", "wrk", "json", c, wrk(PORTS["mlserver"], "xgb", c, secs))
+        # the same model with every request handed to an engine thread (inline_max_us 0)
+        point("flotilla", "xgb_hop", "wrk", "json", 1, wrk_server_side(PORTS["flotilla"], "xgb_hop", 1, secs))
         log("MLServer over gRPC (perf_analyzer), if it takes it")
         point("mlserver", "xgb", "perf_analyzer", "grpc", 1, perf_analyzer(PORTS["mlserver"] + 1, "xgb", "grpc", 1, pa_ms))
         ml.stop()
@@ -450,6 +452,11 @@ def targets(res):
             d = f["p50_us"] - raw["p50_us"]
             add(f"server overhead ≤ 30 µs at c=1 ({model}: wrk p50 − raw p50)", d <= 30,
                 f"{d:.0f} µs ({f['p50_us']:.0f} − {raw['p50_us']:.1f})")
+    hop, inline = find(res, "flotilla", "xgb_hop", "wrk", "json", 1), find(res, "flotilla", "xgb", "wrk", "json", 1)
+    if hop and inline:
+        add("what running cheap requests inline saves at c=1 (xgb_hop p50 − xgb p50; information)", None,
+            f"{hop['p50_us'] - inline['p50_us']:.0f} µs ({hop['p50_us']:.0f} with the engine-thread hand-off, "
+            f"{inline['p50_us']:.0f} inline)", info=True)
     # Dynamic batching and overload: judged on the compute-bound MLP (mlp_big*, one session); the xgb
     # rows are shown too but are protocol-bound (4 µs/row engine: HTTP handling is the limit, not the
     # scheduler), so they are reported as information (result n/a), not as the target.

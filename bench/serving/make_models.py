@@ -94,6 +94,9 @@ def main():
     model_dir(fl, "xgb", fil, [(xgb_file, "model.json")])
     model_dir(fl, "xgb_dyn", fil + "dynamic_batching { max_queue_delay_microseconds: 200 }\n",
               [(xgb_file, "model.json")])
+    # the same model always handed to an engine thread (no inline runs): what the hand-off costs
+    model_dir(fl, "xgb_hop", fil + 'parameters { key: "inline_max_us" value { string_value: "0" } }\n',
+              [(xgb_file, "model.json")])
     model_dir(fl, "xgb_q", fil + f"dynamic_batching {{ default_queue_policy {{ max_queue_size: {queue_size} }} }}\n",
               [(xgb_file, "model.json")])
     ort = io(64) + 'platform: "onnxruntime_onnx"\n' \
