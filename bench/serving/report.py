@@ -146,6 +146,6 @@ def markdown(res):
 
     out += ["", "## Targets", "", "| target | measured | result |", "|---|---|---|"]
     for t in res["targets"]:
-        result = "info (protocol-bound)" if t.get("info") else {True: "PASS", False: "**MISS**", None: "n/a"}[t["pass"]]
+        result = "info" if t.get("info") else {True: "PASS", False: "**MISS**", None: "n/a"}[t["pass"]]
         out.append(f"| {t['target']} | {t['measured']} | {result} |")
     return "\n".join(out) + "\n"
