@@ -446,11 +446,11 @@ def targets(res):
                 f"p99 {f['p99_us']:.0f} vs {p['p99_us']:.0f} µs (×{f['p99_us'] / p['p99_us']:.1f})")
         else:
             add(name, None, "not measured")
+    floor = find(res, "floor", "xgb", "wrk", "json", 1)
     for model in ("xgb", "mlp"):
         f, raw = find(res, "flotilla", model, "wrk", "json", 1), res["raw"][model]["batch1"]
         if f:
             d = f["p50_us"] - raw["p50_us"]
-            floor = find(res, "floor", "xgb", "wrk", "json", 1)
             add(f"server overhead ≤ 30 µs at c=1 ({model}: wrk p50 − raw p50)", d <= 30,
                 f"{d:.0f} µs ({f['p50_us']:.0f} − {raw['p50_us']:.1f})"
                 + (f"; the fixed-answer server's p50 is {floor['p50_us']:.0f} µs with no engine at all" if floor else ""))

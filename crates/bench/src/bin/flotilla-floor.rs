@@ -134,10 +134,12 @@ fn answers(config: ModelConfig) -> Result<Answers> {
         ..Default::default()
     };
     let infer_json = serde_json::json!({"model_name": config.name, "model_version": "1", "outputs": json_outputs});
+    let tensors_json = |ts: &[pb::model_metadata_response::TensorMetadata]| -> Vec<serde_json::Value> {
+        ts.iter().map(|t| serde_json::json!({"name": t.name, "datatype": t.datatype, "shape": t.shape})).collect()
+    };
     let metadata_json = serde_json::json!({
         "name": metadata.name, "versions": metadata.versions, "platform": metadata.platform,
-        "inputs": metadata.inputs.iter().map(|t| serde_json::json!({"name": t.name, "datatype": t.datatype, "shape": t.shape})).collect::<Vec<_>>(),
-        "outputs": metadata.outputs.iter().map(|t| serde_json::json!({"name": t.name, "datatype": t.datatype, "shape": t.shape})).collect::<Vec<_>>(),
+        "inputs": tensors_json(&metadata.inputs), "outputs": tensors_json(&metadata.outputs),
     });
     Ok(Answers {
         config,

@@ -12,9 +12,9 @@
 //!   the model; the instance's thread is retired and a new one replaces it.
 //! - Cheap requests run inline: when nothing is queued, an instance is free and
 //!   the engine's measured cost for the request's rows is at most
-//!   [`INLINE_MAX_NS`] (or the model's `inline_max_us`), the calling task runs it itself and skips the hand-off
-//!   to an instance thread and back (two wake-ups, the larger part of a small
-//!   model's latency). It still takes one of the `count` instance slots, so no
+//!   [`INLINE_MAX_NS`] (or the model's `inline_max_us`), the calling task runs
+//!   it itself and skips the hand-off to an instance thread and back (two
+//!   wake-ups, the larger part of a small model's latency). It still takes one of the `count` instance slots, so no
 //!   more than `count` executions ever run at once. Not with dynamic batching
 //!   (a lone request would give up the chance to join a batch), not with
 //!   `preserve_ordering`, and never again for a scheduler whose engine panicked
@@ -414,7 +414,6 @@ impl Shared {
                     q.busy += 1;
                     return Some(jobs);
                 }
-
                 Decision::Wait(until) => {
                     self.work.wait_until(&mut q, until);
                 }
