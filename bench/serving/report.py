@@ -26,18 +26,20 @@ def side_by_side(res, model, peer, client, protocol):
 
 def markdown(res):
     m, v = res["machine"], res.get("versions", {})
-    out = [f"# Serving benchmark: Flotilla vs MLServer and Triton ({m['date']}, {res['mode']} run)", "",
+    out = [f"# Serving benchmark: Flotilla vs MLServer, Ray Serve and Triton ({m['date']}, {res['mode']} run)", "",
            f"Machine: `{m['host']}`, {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}; 1-minute load average "
            f"{m.get('loadavg_at_start')} at the start, {m.get('loadavg_at_end')} at the end (a shared machine). "
            "Servers and load generators share these cores; one run, same models, same clients. Latencies in µs.", "",
            f"Versions: Flotilla `{v.get('flotilla')}` (release build), MLServer {v.get('mlserver')} "
-           f"(xgboost {v.get('xgboost')}), Triton {v.get('tritonserver')} (nvidia-pytriton {v.get('nvidia-pytriton')}), "
+           f"(xgboost {v.get('xgboost')}), Ray Serve {v.get('ray')}, Triton {v.get('tritonserver')} (nvidia-pytriton {v.get('nvidia-pytriton')}), "
            f"onnxruntime {v.get('onnxruntime')}, {v.get('wrk')}, perf_analyzer from tritonclient {v.get('tritonclient')}.",
            "",
            "Configuration: every server has 2 model instances on 2 cores, no dynamic batching (except `xgb_dyn`, `xgb_q`, `mlp_big_dyn`, `mlp_big_q`). "
            f"MLServer: default settings (parallel_workers = {v.get('mlserver_parallel_workers')}), `OMP_NUM_THREADS=1`. "
            "Triton: default HTTP/gRPC threads, Python backend (`instance_group` count 2) running the ONNX file "
-           "through onnxruntime with 1 intra-op and 1 inter-op thread per instance. Flotilla: tree engine "
+           "through onnxruntime with 1 intra-op and 1 inter-op thread per instance. Ray Serve (`bench/serving/ray_app.py`): "
+           "2 replicas of 1 CPU behind Ray's HTTP proxy, XGBoost with 1 thread per replica, Ray Serve's defaults "
+           "otherwise; it runs with the other servers stopped (Ray's daemons idle on the same cores). Flotilla: tree engine "
            "(`backend: \"fil\"`, 2 instances) and ONNX Runtime from the same wheel (2 sessions, "
            "`intra_op_thread_count` 1). Clients: wrk (REST JSON batch 1, threads = min(2, c), "
            "connections = c) and perf_analyzer (binary tensors over HTTP, and gRPC, batch 1). The compute-bound MLP "
@@ -52,6 +54,9 @@ def markdown(res):
             head.format(peer="MLServer"), sep]
     out += side_by_side(res, "xgb", "mlserver", "wrk", "json")
     out += side_by_side(res, "xgb", "mlserver", "perf_analyzer", "grpc")
+    if any(p["server"] == "ray" for p in res["points"]):
+        out += ["", "## XGBoost: Flotilla vs Ray Serve", "", head.format(peer="Ray Serve"), sep]
+        out += side_by_side(res, "xgb", "ray", "wrk", "json")
     out += ["", "## The limit: Flotilla vs fixed-answer servers (`flotilla-floor`), XGBoost batch 1", "",
             "`flotilla-floor` (`crates/bench`) is an axum HTTP server and a tonic gRPC server on the runtime settings "
             "`flotilla serve` uses, answering the infer call with a fixed, valid response without decoding the "

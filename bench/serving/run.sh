@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Serving benchmark, one command: Flotilla vs MLServer 1.7 (XGBoost) and Triton 2.51 (Python
+# Serving benchmark, one command: Flotilla vs MLServer 1.7 and Ray Serve (XGBoost) and Triton 2.51 (Python
 # backend + onnxruntime MLP), the raw engine in-process, dynamic batching, overload (429s) and
 # memory across reloads, in one run on this machine. Installs what it needs (Debian: wrk,
-# libb64-0d; pinned venvs bench/.venv-serving-{mlserver,triton,client}), builds the release
+# libb64-0d; pinned venvs bench/.venv-serving-{mlserver,triton,client,ray}), builds the release
 # binary, then writes bench/results/serving.{md,json}.
-# Usage: bench/serving/run.sh [--smoke]   (--smoke: seconds per section; table in bench/.work-serving/)
+# Usage: bench/serving/run.sh [--smoke] [--only SECTIONS]   (--smoke: seconds per section; --only: e.g.
+# raw,batching,memory; either writes its table to bench/.work-serving/, not bench/results/)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -22,7 +23,7 @@ fi
 
 # One venv per peer, reinstalled only when its pinned requirements change.
 . bench/venv.sh
-for name in mlserver triton client; do
+for name in mlserver triton client ray; do
   ensure_venv bench/.venv-serving-$name bench/serving/requirements-$name.txt
 done
 
