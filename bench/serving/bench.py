@@ -172,21 +172,28 @@ def wrk(port, model, c, seconds, body="body.json"):
 def server_stats(port, model):
     """Triton statistics extension: cumulative (count, ns) per phase of the model's latest version."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/{model}/stats", timeout=10) as r:
-        s = json.load(r)["model_stats"][0]["inference_stats"]
-    return {k: (v["count"], v["ns"]) for k, v in s.items()}
+        m = json.load(r)["model_stats"][0]
+    return {**{k: (v["count"], v["ns"]) for k, v in m["inference_stats"].items()},
+            "batches": (m.get("execution_count", 0), m.get("inference_count", 0))}
 
 
-def wrk_server_side(port, model, c, seconds):
-    """wrk, plus the server's own mean time per request over the run from its statistics."""
+def wrk_server_side(port, model, c, seconds, body="body.json"):
+    """wrk, plus the server's own mean time per request over the run from its statistics, the
+    mean batch and the share of the run the engine was computing (one instance: at most 1)."""
     before = server_stats(port, model)
-    r = wrk(port, model, c, seconds)
+    r = wrk(port, model, c, seconds, body)
     after = server_stats(port, model)
     phases = ("success", "queue", "compute_input", "compute_infer", "compute_output")
     mean = {}
     for k in phases:
         n, ns = after[k][0] - before[k][0], after[k][1] - before[k][1]
         mean[k] = ns / n / 1000 if n else None
-    return {**r, "server_mean_us": mean}
+    executions = after["batches"][0] - before["batches"][0]
+    rows = after["batches"][1] - before["batches"][1]
+    # every request of a batch is charged the batch's compute time: rows-weighted mean per batch
+    busy = executions * (mean["compute_infer"] or 0) / 1e6 / seconds if executions else None
+    return {**r, "server_mean_us": mean, "executions": executions, "mean_batch": rows / executions if executions else None,
+            "engine_busy": busy}
 
 
 def perf_analyzer(port, model, protocol, c, interval_ms):
@@ -416,7 +423,8 @@ def main():
             log("compute-bound MLP (256→2048→2048→1, 1 session): plain and dynamic batching (500 µs) at c=32")
             for model in ("mlp_big", "mlp_big_dyn"):
                 for c in ((1, 32) if model == "mlp_big" else (32,)):
-                    point("flotilla", model, "wrk", "json", c, wrk(PORTS["flotilla"], model, c, secs, "body_big.json"))
+                    point("flotilla", model, "wrk", "json", c,
+                          wrk_server_side(PORTS["flotilla"], model, c, secs, "body_big.json"))
 
         if want("overload"):
             log(f"overload (xgb_q: max_queue_size {QUEUE_SIZE}) with flotilla-load")
@@ -566,6 +574,11 @@ def targets(res):
     if m:
         add(f"RSS flat (±5%) over {m['cycles']} reload cycles", abs(m["change_pct"]) <= 5,
             f"{m['idle_rss_kib'] / 1024:.1f} → {m['after_rss_kib'] / 1024:.1f} MiB ({m['change_pct']:+.1f}%)")
+        warm = next((r for c, r in m["samples_cycle_rss_kib"] if c == m["cycles"] // 10 and c > 0), None)
+        if warm:
+            add(f"RSS from cycle {m['cycles'] // 10} to {m['cycles']}, after the allocator's first rise (information)",
+                None, f"{warm / 1024:.1f} → {m['after_rss_kib'] / 1024:.1f} MiB "
+                f"({(m['after_rss_kib'] - warm) / warm * 100:+.1f}%); see serving-profile.md", info=True)
     return t
 
 

@@ -76,7 +76,7 @@ def markdown(res):
             out.append(f"| {model} | {s['batch']} | {s['callers']} | {s['calls_per_s']:,.0f} | {s['rows_per_s']:,.0f} "
                        f"| {s['p50_us']:.1f} | {s['p99_us']:.1f} |")
 
-    inside = [p for p in res["points"] if "server_mean_us" in p]
+    inside = [p for p in res["points"] if "server_mean_us" in p and p["concurrency"] == 1]
     if inside:
         out += ["", "## Where the time goes at c=1 (server statistics, mean µs per request over the wrk run)", "",
                 "Client p50 (wrk) against the server's own accounting (Triton statistics extension: `success` is "
@@ -109,11 +109,14 @@ def markdown(res):
                 "REST JSON batch 1, wrk)", "",
                 f"Raw engine, same session settings: {ref}. `mlp_big`: no dynamic batching; `mlp_big_dyn`: "
                 "`dynamic_batching { max_queue_delay_microseconds: 500 }`.", "",
-                "| model | c | req/s | p50 | p99 | errors | req/s ÷ raw batched rows/s |",
-                "|---|---:|---:|---:|---:|---:|---:|"]
+                "Mean batch and engine busy come from the server's statistics over the run (busy: the share of "
+                "the run the one session spent computing).", "",
+                "| model | c | req/s | p50 | p99 | errors | mean batch | engine busy | req/s ÷ raw batched rows/s |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         rows = r.get("batched", {}).get("rows_per_s")
         out += [f"| {p['model']} | {p['concurrency']} | {fmt(p, 'req_s')} | {fmt(p, 'p50_us')} | {fmt(p, 'p99_us')} | "
-                f"{fmt(p, 'errors')} | "
+                f"{fmt(p, 'errors')} | {fmt(p, 'mean_batch', 1)} | "
+                + (f"{p['engine_busy']:.0%}" if p.get("engine_busy") is not None else "—") + " | "
                 + (f"{p['req_s'] / rows * 100:.1f}%" if rows and 'req_s' in p else "—") + " |" for p in big]
 
     for key, title in (("overload_big", "Overload, compute-bound"), ("overload", "Overload, protocol-bound")):

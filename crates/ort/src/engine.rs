@@ -81,6 +81,7 @@ impl OrtEngine {
             sessions = options.sessions,
             intra_op_threads = options.intra_op_threads,
             inter_op_threads = options.inter_op_threads.unwrap_or(0),
+            spinning = options.spinning,
             "onnxruntime: model runs on {provider}"
         );
         Ok(Self { sessions, ..engine })
@@ -217,6 +218,10 @@ fn build_session(
         .with_log_level(ort::logging::LogLevel::Warning)
         .map_err(text)?
         .with_intra_threads(options.intra_op_threads)
+        .map_err(text)?
+        .with_intra_op_spinning(options.spinning)
+        .map_err(text)?
+        .with_inter_op_spinning(options.spinning)
         .map_err(text)?;
     if let Some(n) = options.inter_op_threads {
         builder = builder.with_inter_threads(n).map_err(text)?;
