@@ -22,8 +22,8 @@ pub struct Options {
     /// wake-up per operator, which pays for batch-1 requests. Under dynamic batching with the
     /// sessions' threads on every core, the operators are long and a spinning thread holds a
     /// core the HTTP/gRPC side needs to gather the next batch: on the serving bench's
-    /// compute-bound MLP (1 session, 2 threads, 2 cores, c=32) spinning off gave +25% req/s,
-    /// while without batching it cost 10%. Default: spin, except in that case.
+    /// compute-bound MLP (1 session, 2 threads, 2 cores, c=32) spinning off gave +15-30% req/s
+    /// over three rounds, while without batching it cost 10-14%. Default: spin, except there.
     pub spinning: bool,
 }
 
