@@ -340,7 +340,14 @@ def main():
             if "req_s" in r else f"error: {r['error'][:200]}"
         print(f"  {server:9} {model:8} {client:13} {protocol:4} c={c:<4} {shown}", flush=True)
 
-    tr = ray = None
+    tr = None
+
+    def flotilla_xgb_points():
+        """Flotilla's XGBoost wrk points, when the MLServer section (which takes them) did not run."""
+        if not any(p["server"] == "flotilla" and p["model"] == "xgb" and p["client"] == "wrk" for p in res["points"]):
+            for c in conc:
+                point("flotilla", "xgb", "wrk", "json", c, wrk(PORTS["flotilla"], "xgb", c, secs))
+
     try:
         if want("raw"):
             log("raw engine in-process (bench_raw)")
@@ -378,9 +385,7 @@ def main():
                 point("ray", "xgb", "wrk", "json", c, wrk(PORTS["ray"], "xgb", c, secs))
             ray.stop()
             fl = start_flotilla(a.flotilla, WORK / "flotilla", PORTS["flotilla"])
-            if not want("mlserver"):
-                for c in conc:
-                    point("flotilla", "xgb", "wrk", "json", c, wrk(PORTS["flotilla"], "xgb", c, secs))
+            flotilla_xgb_points()
 
         if want("floor"):
             log("the limit: fixed-answer HTTP (axum) and gRPC (tonic) servers on Flotilla's runtime settings, "
@@ -397,9 +402,7 @@ def main():
             for c in pa_conc:
                 point("flotilla", "xgb", "perf_analyzer", "grpc", c,
                       perf_analyzer(PORTS["flotilla"] + 1, "xgb", "grpc", c, pa_ms))
-            if not want("mlserver"):
-                for c in conc:
-                    point("flotilla", "xgb", "wrk", "json", c, wrk(PORTS["flotilla"], "xgb", c, secs))
+            flotilla_xgb_points()
 
         if want("triton"):
             log("Flotilla vs Triton: ONNX MLP, REST JSON (wrk), HTTP binary and gRPC (perf_analyzer)")
