@@ -342,6 +342,15 @@ def main():
 
     tr = None
 
+    def wrk_side_by_side(peer, model, peer_stats):
+        """Flotilla and a peer by turns at each concurrency (wrk); at c=1 with the server's own
+        statistics (the peer's too when it has Triton's statistics extension)."""
+        for c in conc:
+            point("flotilla", model, "wrk", "json", c,
+                  (wrk_server_side if c == 1 else wrk)(PORTS["flotilla"], model, c, secs))
+            point(peer, model, "wrk", "json", c,
+                  (wrk_server_side if c == 1 and peer_stats else wrk)(PORTS[peer], model, c, secs))
+
     def flotilla_xgb_points():
         """Flotilla's XGBoost wrk points, when the MLServer section (which takes them) did not run."""
         if not any(p["server"] == "flotilla" and p["model"] == "xgb" and p["client"] == "wrk" for p in res["points"]):
@@ -365,10 +374,7 @@ def main():
         if want("mlserver"):
             log("Flotilla vs MLServer: XGBoost, REST JSON batch 1 (wrk)")
             ml = start_mlserver()
-            for c in conc:
-                run = wrk_server_side if c == 1 else wrk
-                point("flotilla", "xgb", "wrk", "json", c, run(PORTS["flotilla"], "xgb", c, secs))
-                point("mlserver", "xgb", "wrk", "json", c, wrk(PORTS["mlserver"], "xgb", c, secs))
+            wrk_side_by_side("mlserver", "xgb", peer_stats=False)
             # the same model with every request handed to an engine thread (inline_max_us 0)
             point("flotilla", "xgb_hop", "wrk", "json", 1, wrk_server_side(PORTS["flotilla"], "xgb_hop", 1, secs))
             log("MLServer over gRPC (perf_analyzer), if it takes it")
@@ -407,10 +413,7 @@ def main():
         if want("triton"):
             log("Flotilla vs Triton: ONNX MLP, REST JSON (wrk), HTTP binary and gRPC (perf_analyzer)")
             tr = start_triton()
-            for c in conc:
-                run = wrk_server_side if c == 1 else wrk
-                point("flotilla", "mlp", "wrk", "json", c, run(PORTS["flotilla"], "mlp", c, secs))
-                point("triton", "mlp", "wrk", "json", c, run(PORTS["triton"], "mlp", c, secs))
+            wrk_side_by_side("triton", "mlp", peer_stats=True)
             for protocol, off in (("http", 0), ("grpc", 1)):
                 for c in pa_conc:
                     point("flotilla", "mlp", "perf_analyzer", protocol, c,

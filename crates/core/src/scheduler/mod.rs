@@ -14,11 +14,11 @@
 //!   the engine's measured cost for the request's rows is at most
 //!   [`INLINE_MAX_NS`] (or the model's `inline_max_us`), the calling task runs
 //!   it itself and skips the hand-off to an instance thread and back (two
-//!   wake-ups, the larger part of a small model's latency). It still takes one of the `count` instance slots, so no
-//!   more than `count` executions ever run at once. Not with dynamic batching
-//!   (a lone request would give up the chance to join a batch), not with
-//!   `preserve_ordering`, and never again for a scheduler whose engine panicked
-//!   inline.
+//!   wake-ups, the larger part of a small model's latency). It still takes one
+//!   of the `count` instance slots, so no more than `count` executions ever
+//!   run at once. Not with dynamic batching (a lone request would give up the
+//!   chance to join a batch), not with `preserve_ordering`, and never again for
+//!   a scheduler whose engine panicked inline.
 
 pub mod adaptive;
 pub mod batch;
