@@ -3,7 +3,8 @@
 //! Configuration (`parameters` in config.pbtxt, Triton FIL names where FIL has one):
 //! - `output_margin` (`true`/`false`): `output__0` carries raw margins instead of predictions.
 //! - `missing` (a number): inputs equal to it are missing, as NaN always is (XGBoost's `missing`).
-//! - `threads`: threads one large batch may use (default: the cores ÷ the configured instances).
+//! - `threads`: most threads one large batch may use (default: every core). A batch
+//!   takes only the cores no other tree batch holds at that moment ([`crate::cores`]).
 //! - FIL's `output_class` + `predict_proba`: with `output_class: "true"` and
 //!   `predict_proba: "false"`, `output__0` is the predicted class (as FP32); with
 //!   `predict_proba: "true"` a binary model gives both class probabilities `[1-p, p]`.
@@ -85,13 +86,8 @@ impl TreeEngine {
             }
         };
         let threads = match param(config, "threads") {
-            // The cores shared among the configured instances, so large batches on several
-            // instances at once do not oversubscribe the machine.
-            None => {
-                let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-                let instances: i32 = config.instance_group.iter().map(|g| g.count.max(1)).sum();
-                (cores / instances.max(1) as usize).max(1)
-            }
+            // Every core: concurrent batches share them through `cores::Lease`.
+            None => crate::cores::available(),
             Some(v) => {
                 v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| bad(format!("parameter 'threads' = {v:?}")))?
             }

@@ -7,12 +7,14 @@
 //! - [`objective`]: margins → predictions (sigmoid, softmax, exp, ...) and classes.
 //! - [`predict`]: the forest compiled for speed (complete branch-free layout or
 //!   general traversal), margins for a batch of rows.
+//! - [`cores`]: the cores large batches share, so one batch uses those others leave idle.
 //! - [`engine`]: the [`Engine`](flotilla_core::engine::Engine) over it: config
 //!   parameters, input checks, outputs.
 //! - [`TreeBackend`]: recognises the files (Triton FIL's `backend: "fil"` with
 //!   `model_type`, or by file name with no config) and completes configurations.
 #![forbid(unsafe_code)]
 
+pub mod cores;
 pub mod engine;
 pub mod forest;
 pub mod lightgbm;

@@ -7,21 +7,28 @@
 //!   lanes (rows × trees) walks down one level at a time, so the loads of
 //!   independent lanes overlap instead of waiting on each other. Used when every
 //!   split is numeric with NaN-or-none missing handling and `D` is small.
-//! - **General**: node-by-node traversal with every split kind (categorical sets,
-//!   LightGBM zero-as-missing, linear leaves), for the rest.
+//! - **General**: the trees as they are (deep, unbalanced, leaf-wise), with every
+//!   split kind (categorical sets, LightGBM zero-as-missing, linear leaves). Without
+//!   linear leaves, rows walk a tree together as lanes too: 16-byte nodes, leaves
+//!   that loop to themselves so a lane that arrived waits without a branch, numeric
+//!   splits decided branch-free and the other kinds by a call; a tree's walk ends
+//!   when every lane stands on a leaf. With linear leaves, row by row.
 //!
 //! Sums follow the library's precision and tree order exactly: for each row the
 //! trees of a group are added one after the other (f32 for XGBoost, f64 for
 //! LightGBM), starting from the base margin.
 
+use crate::cores::Lease;
 use crate::forest::{Forest, LinearLeaf, Node, Precision, Split};
 
 /// Deepest tree the complete layout accepts (2^D leaves per tree).
 const MAX_COMPLETE_DEPTH: usize = 10;
 /// Lanes (row × tree pairs) walked together.
 const LANES: usize = 32;
-/// Rows per block: their features stay in L1 while all trees pass over them.
+/// Rows per block: their features stay in cache while all trees pass over them (a multiple of LANES).
 const BLOCK_ROWS: usize = 32;
+/// A batch is split over threads only when each gets at least this many rows.
+const MIN_ROWS_PER_THREAD: usize = 128;
 const FEATURE_MASK: u32 = 0x7fff_ffff;
 const ZERO_THRESHOLD: f64 = 1e-35f32 as f64;
 
@@ -81,7 +88,32 @@ struct General {
     leaves: Vec<f64>,
     linear: Vec<Option<LinearLeaf>>,
     bits: Vec<u32>,
+    /// The lane walk (empty when a leaf is linear: row-by-row traversal then): its
+    /// nodes, renumbered so that a node's children are adjacent, each tree's root and
+    /// depth, and per walk node its value (leaves) and its index in `nodes`.
+    walk: Vec<WNode>,
+    walk_roots: Vec<u32>,
+    depths: Vec<u32>,
+    values: Vec<f64>,
+    origin: Vec<u32>,
 }
+
+/// A node of the lane walk. `bits`: the feature, and the flags below. The children
+/// are `left` and `left + 1`, so a step is `i = left + went_right`, without a branch.
+#[derive(Clone, Copy)]
+struct WNode {
+    threshold: f32,
+    bits: u32,
+    left: u32,
+}
+
+const W_DEFAULT_LEFT: u32 = 1 << 31;
+/// Not a plain `x <= threshold` split: decided by [`General::goes_left`].
+const W_SPECIAL: u32 = 1 << 30;
+const W_LEAF: u32 = 1 << 29;
+const W_FEATURE: u32 = W_LEAF - 1;
+/// Rows whose features stay in cache while every tree passes over them in lanes.
+const WALK_BLOCK_ROWS: usize = 128;
 
 // === impl Predictor ===
 
@@ -99,6 +131,21 @@ impl Predictor {
         } else {
             Layout::General(General::new(forest))
         };
+        Self::with_layout(forest, layout)
+    }
+
+    /// The general layout whatever the forest, walked by lanes or (`lanes` false) row by
+    /// row: for tests that hold every layout to the same answers.
+    #[cfg(test)]
+    pub(crate) fn general(forest: &Forest, lanes: bool) -> Self {
+        let mut g = General::new(forest);
+        if !lanes {
+            g.walk.clear();
+        }
+        Self::with_layout(forest, Layout::General(g))
+    }
+
+    fn with_layout(forest: &Forest, layout: Layout) -> Self {
         Self {
             layout,
             groups: forest.num_groups,
@@ -119,12 +166,17 @@ impl Predictor {
     }
 
     /// Margins of `rows` (row-major, `features` per row) into `out` (`groups` per row),
-    /// on up to `threads` threads.
+    /// on up to `threads` threads, of which it uses the cores other batches leave idle.
     pub fn margins(&self, rows: &[f32], out: &mut [f64], threads: usize) {
         let n = out.len() / self.groups;
         debug_assert_eq!(rows.len(), n * self.features);
-        // Below a few blocks per thread, spawning costs more than it saves.
-        let threads = threads.clamp(1, n.div_ceil(4 * BLOCK_ROWS).max(1));
+        // Below a few hundred rows per thread, spawning costs more than it saves.
+        let threads = threads.clamp(1, n.div_ceil(MIN_ROWS_PER_THREAD).max(1));
+        if threads == 1 {
+            return self.margins_serial(rows, out);
+        }
+        let lease = Lease::take(threads);
+        let threads = lease.threads();
         if threads == 1 {
             return self.margins_serial(rows, out);
         }
@@ -216,50 +268,80 @@ impl Complete {
     fn run<S: Sum>(&self, p: &Predictor, rows: &[f32], out: &mut [f64]) {
         let f = p.features;
         let g = p.groups;
-        let internal = (1usize << self.depth) - 1;
-        let trees = p.group.len();
         let n = out.len() / g;
         let mut start = 0;
         while start < n {
             let count = BLOCK_ROWS.min(n - start);
             let x = &rows[start * f..(start + count) * f];
             let o = &mut out[start * g..(start + count) * g];
-            // Lanes: `per` trees × `count` rows; lane l = tree (l / count), row (l % count).
-            let per = (LANES / count).max(1);
-            let lanes_rows = count.min(LANES);
+            // Dense rows (no NaN in the block) skip the missing-value test in every step.
+            if x.iter().any(|v| v.is_nan()) {
+                self.run_block::<S, true>(p, x, o);
+            } else {
+                self.run_block::<S, false>(p, x, o);
+            }
+            start += count;
+        }
+    }
+
+    /// One block of rows (`x`, at most BLOCK_ROWS) into its margins `o`; `NAN`: whether
+    /// any value of the block is NaN.
+    fn run_block<S: Sum, const NAN: bool>(&self, p: &Predictor, x: &[f32], o: &mut [f64]) {
+        let f = p.features;
+        let g = p.groups;
+        let internal = (1usize << self.depth) - 1;
+        let trees = p.group.len();
+        let count = o.len() / g;
+        {
+            // Lanes: `per` trees × `rc` rows (lane l = tree l / rc, row l % rc). Large blocks
+            // take one tree at a time over groups of LANES rows; a few rows (batch 1) take
+            // LANES / rows trees at once. The lane tables are made once per block.
+            let rc = count.min(LANES);
+            let per = LANES / rc;
+            let groups = count.div_ceil(rc);
+            let mut lane_tree = [0usize; LANES];
+            let mut lane_base = [0usize; LANES];
+            let mut lane_row = [[0usize; LANES]; BLOCK_ROWS / LANES];
+            let mut lane_off = [[0usize; LANES]; BLOCK_ROWS / LANES];
+            for l in 0..per * rc {
+                lane_tree[l] = l / rc;
+                lane_base[l] = lane_tree[l] * internal;
+                for q in 0..groups {
+                    lane_row[q][l] = q * rc + l % rc;
+                    lane_off[q][l] = lane_row[q][l] * f;
+                }
+            }
             let mut t0 = 0;
             while t0 < trees {
                 let tc = per.min(trees - t0);
-                for r0 in (0..count).step_by(lanes_rows) {
-                    let rc = lanes_rows.min(count - r0);
-                    let m = tc * rc;
+                let nodes = &self.nodes[t0 * internal..];
+                for (rows, off) in lane_row[..groups].iter().zip(&lane_off[..groups]) {
+                    let rows_here = rc.min(count - rows[0]);
+                    // Every tree in the group has `rows_here` rows: lanes l < tc * rc with l % rc < rows_here.
+                    let m = if rows_here == rc { tc * rc } else { rows_here };
                     let mut idx = [0u32; LANES];
-                    let mut base = [0usize; LANES];
-                    let mut off = [0usize; LANES];
-                    for (l, (b, o)) in base[..m].iter_mut().zip(&mut off[..m]).enumerate() {
-                        *b = (t0 + l / rc) * internal;
-                        *o = (r0 + l % rc) * f;
-                    }
                     for _ in 0..self.depth {
-                        for ((i, b), o) in idx[..m].iter_mut().zip(&base[..m]).zip(&off[..m]) {
-                            let node = self.nodes[b + *i as usize];
+                        for ((i, b), o) in idx[..m].iter_mut().zip(&lane_base[..m]).zip(&off[..m]) {
+                            let node = nodes[b + *i as usize];
                             let v = x[o + (node.feature & FEATURE_MASK) as usize];
                             // Right when v > threshold, or v is NaN and missing goes right;
                             // bitwise (not short-circuit) so the step compiles without a branch.
-                            let left = (v <= node.threshold) | (v.is_nan() & (node.feature >> 31 == 1));
+                            let left = if NAN {
+                                (v <= node.threshold) | (v.is_nan() & (node.feature >> 31 == 1))
+                            } else {
+                                v <= node.threshold
+                            };
                             *i = 2 * *i + 1 + u32::from(!left);
                         }
                     }
                     for (l, i) in idx[..m].iter().enumerate() {
-                        let t = t0 + l / rc;
-                        let r = r0 + l % rc;
+                        let t = t0 + lane_tree[l];
                         let leaf = self.leaves[t * (internal + 1) + *i as usize - internal];
-                        S::add(&mut o[r * g + p.group[t] as usize], leaf);
+                        S::add(&mut o[rows[l] * g + p.group[t] as usize], leaf);
                     }
                 }
                 t0 += tc;
             }
-            start += count;
         }
     }
 }
@@ -268,8 +350,18 @@ impl Complete {
 
 impl General {
     fn new(forest: &Forest) -> Self {
-        let mut g =
-            General { nodes: Vec::new(), roots: Vec::new(), leaves: Vec::new(), linear: Vec::new(), bits: Vec::new() };
+        let mut g = General {
+            nodes: Vec::new(),
+            roots: Vec::new(),
+            leaves: Vec::new(),
+            linear: Vec::new(),
+            bits: Vec::new(),
+            walk: Vec::new(),
+            walk_roots: Vec::new(),
+            depths: forest.trees.iter().map(|t| t.depth() as u32).collect(),
+            values: Vec::new(),
+            origin: Vec::new(),
+        };
         for tree in &forest.trees {
             let offset = g.nodes.len() as u32;
             g.roots.push(offset);
@@ -318,7 +410,51 @@ impl General {
                 g.nodes.push(n);
             }
         }
+        let lanes = forest.num_features > 0
+            && g.linear.iter().all(Option::is_none)
+            && g.nodes.iter().all(|n| n.feature <= W_FEATURE);
+        if lanes {
+            g.build_walk();
+        }
         g
+    }
+
+    /// Lays the trees out for the lane walk: breadth first, children side by side.
+    fn build_walk(&mut self) {
+        for root in self.roots.clone() {
+            self.walk_roots.push(self.walk.len() as u32);
+            // (node in `nodes`, its place in `walk`)
+            let mut queue = std::collections::VecDeque::from([(root, self.walk.len())]);
+            self.push_walk(root);
+            while let Some((src, at)) = queue.pop_front() {
+                let n = self.nodes[src as usize];
+                if let Kind::Leaf = n.kind {
+                    // Loops to itself whichever way it goes: threshold +inf, NaN left.
+                    self.walk[at] = WNode { threshold: f32::INFINITY, bits: W_LEAF | W_DEFAULT_LEFT, left: at as u32 };
+                    self.values[at] = self.leaves[n.left as usize];
+                    continue;
+                }
+                let mut bits = n.feature;
+                if n.default_left {
+                    bits |= W_DEFAULT_LEFT;
+                }
+                if !matches!(n.kind, Kind::Le) {
+                    bits |= W_SPECIAL;
+                }
+                let left = self.walk.len();
+                self.walk[at] = WNode { threshold: n.threshold, bits, left: left as u32 };
+                self.push_walk(n.left);
+                self.push_walk(n.right);
+                queue.push_back((n.left, left));
+                queue.push_back((n.right, left + 1));
+            }
+        }
+    }
+
+    fn push_walk(&mut self, origin: u32) {
+        self.walk.push(WNode { threshold: 0.0, bits: 0, left: 0 });
+        self.values.push(0.0);
+        self.origin.push(origin);
     }
 
     fn in_set(&self, bits: (u32, u32), category: f32) -> bool {
@@ -332,38 +468,44 @@ impl General {
         let mut i = root as usize;
         loop {
             let n = &self.nodes[i];
-            let v = x[n.feature as usize];
-            let left = match n.kind {
-                Kind::Leaf => return n.left as usize,
-                Kind::Le => {
-                    if v.is_nan() {
-                        n.default_left
-                    } else {
-                        v <= n.threshold
-                    }
+            if let Kind::Leaf = n.kind {
+                return n.left as usize;
+            }
+            i = if self.goes_left(n, x[n.feature as usize]) { n.left } else { n.right } as usize;
+        }
+    }
+
+    /// Whether a split node sends value `v` left (any kind; a leaf: left).
+    fn goes_left(&self, n: &GNode, v: f32) -> bool {
+        match n.kind {
+            Kind::Leaf => true,
+            Kind::Le => {
+                if v.is_nan() {
+                    n.default_left
+                } else {
+                    v <= n.threshold
                 }
-                Kind::ZeroAsMissing => {
-                    if v.is_nan() || f64::from(v).abs() <= ZERO_THRESHOLD {
-                        n.default_left
-                    } else {
-                        v <= n.threshold
-                    }
+            }
+            Kind::ZeroAsMissing => {
+                if v.is_nan() || f64::from(v).abs() <= ZERO_THRESHOLD {
+                    n.default_left
+                } else {
+                    v <= n.threshold
                 }
-                Kind::CatInRight => {
-                    if v.is_nan() {
-                        n.default_left
-                    } else if !(0.0..16_777_216.0).contains(&v) {
-                        true
-                    } else {
-                        !self.in_set(n.bits, v)
-                    }
+            }
+            Kind::CatInRight => {
+                if v.is_nan() {
+                    n.default_left
+                } else if !(0.0..16_777_216.0).contains(&v) {
+                    true
+                } else {
+                    !self.in_set(n.bits, v)
                 }
-                Kind::CatInLeft => {
-                    let c = v.trunc();
-                    !v.is_nan() && (0.0..2_147_483_648.0).contains(&c) && self.in_set(n.bits, c)
-                }
-            };
-            i = if left { n.left } else { n.right } as usize;
+            }
+            Kind::CatInLeft => {
+                let c = v.trunc();
+                !v.is_nan() && (0.0..2_147_483_648.0).contains(&c) && self.in_set(n.bits, c)
+            }
         }
     }
 
@@ -385,6 +527,9 @@ impl General {
     }
 
     fn run<S: Sum>(&self, p: &Predictor, rows: &[f32], out: &mut [f64]) {
+        if !self.walk.is_empty() {
+            return self.run_lanes::<S>(p, rows, out);
+        }
         let f = p.features;
         let g = p.groups;
         for (r, o) in out.chunks_exact_mut(g).enumerate() {
@@ -392,6 +537,50 @@ impl General {
             for (t, root) in self.roots.iter().enumerate() {
                 let leaf = self.leaf(*root, x);
                 S::add(&mut o[p.group[t] as usize], self.leaf_value(leaf, x));
+            }
+        }
+    }
+
+    /// Rows in blocks; in each block every tree in turn, walked by lanes of rows.
+    fn run_lanes<S: Sum>(&self, p: &Predictor, rows: &[f32], out: &mut [f64]) {
+        let f = p.features;
+        let g = p.groups;
+        let n = out.len() / g;
+        for start in (0..n).step_by(WALK_BLOCK_ROWS) {
+            let count = WALK_BLOCK_ROWS.min(n - start);
+            let x = &rows[start * f..(start + count) * f];
+            let o = &mut out[start * g..(start + count) * g];
+            for (t, root) in self.walk_roots.iter().enumerate() {
+                let group = p.group[t] as usize;
+                for r0 in (0..count).step_by(LANES) {
+                    let lanes = LANES.min(count - r0);
+                    let mut idx = [*root; LANES];
+                    let idx = &mut idx[..lanes];
+                    let mut off = [0usize; LANES];
+                    for (l, o) in off[..lanes].iter_mut().enumerate() {
+                        *o = (r0 + l) * f;
+                    }
+                    for _ in 0..self.depths[t] {
+                        let mut moving = false;
+                        for (i, o) in idx.iter_mut().zip(&off[..lanes]) {
+                            let w = self.walk[*i as usize];
+                            let v = x[o + (w.bits & W_FEATURE) as usize];
+                            // Bitwise, not short-circuit: a numeric split without a branch.
+                            let mut left = (v <= w.threshold) | (v.is_nan() & (w.bits & W_DEFAULT_LEFT != 0));
+                            if w.bits & W_SPECIAL != 0 {
+                                left = self.goes_left(&self.nodes[self.origin[*i as usize] as usize], v);
+                            }
+                            moving |= w.bits & W_LEAF == 0;
+                            *i = w.left + u32::from(!left);
+                        }
+                        if !moving {
+                            break;
+                        }
+                    }
+                    for (l, i) in idx.iter().enumerate() {
+                        S::add(&mut o[(r0 + l) * g + group], self.values[*i as usize]);
+                    }
+                }
             }
         }
     }

@@ -115,6 +115,37 @@ fn numeric_models_use_the_complete_layout() {
     assert!(!predict::Predictor::new(&f).is_complete());
 }
 
+/// Every fixture's margins are the same, bit for bit, from the complete layout (where the
+/// model allows it), the lane walk and the row-by-row traversal, with and without NaNs, on
+/// batches that fill several blocks and a last partial one.
+#[test]
+fn every_layout_gives_the_same_margins() {
+    for dir in std::fs::read_dir(fixtures()).unwrap().flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
+        let case: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("case.json")).unwrap()).unwrap();
+        let file = dir.join(case["model_file"].as_str().unwrap());
+        let forest = load_forest(&file, None).unwrap();
+        let f = forest.num_features;
+        let x = read_f32(&dir.join("X.f32"));
+        // 300 rows: the fixture's, repeated, every 7th value NaN in the second half.
+        let mut rows: Vec<f32> = x.iter().copied().cycle().take(300 * f).collect();
+        for v in rows[150 * f..].iter_mut().step_by(7) {
+            *v = f32::NAN;
+        }
+        let run = |p: &predict::Predictor| {
+            let mut out = vec![0.0; 300 * forest.num_groups];
+            p.margins(&rows, &mut out, 1);
+            out
+        };
+        let default = run(&predict::Predictor::new(&forest));
+        let lanes = run(&predict::Predictor::general(&forest, true));
+        let by_row = run(&predict::Predictor::general(&forest, false));
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let same = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same(&default, &by_row), "{name}: default layout differs from row-by-row");
+        assert!(same(&lanes, &by_row), "{name}: lane walk differs from row-by-row");
+    }
+}
+
 fn temp_model(name: &str, bytes: &[u8]) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("flotilla-trees-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
