@@ -1,20 +1,15 @@
 #!/usr/bin/env bash
-# Tree engine vs XGBoost inplace_predict, LightGBM predict and lleaves, in one run on
-# this machine: same 500-tree depth-8 models on 50 features, same rows, single thread,
-# batch 1 and 1024, all timed in-process. Writes bench/results/trees-<host>.{md,json}.
-# Usage: bench/trees/run.sh [--seconds S]
+# Tree engine vs XGBoost inplace_predict, LightGBM predict and lleaves, in one run on this
+# machine, over a matrix of models (XGBoost hist/exact, LightGBM leaf-wise; depth 4-12; 100
+# and 1,000 trees; dense, 5% NaN and categorical data): Flotilla over HTTP and in-process,
+# the peers in-process with as many threads. Writes bench/results/trees-<host>.{md,json}.
+# Usage: bench/trees/run.sh [--seconds S] [--models REGEX]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-venv=bench/.venv-trees
-stamp=$venv/.requirements.sha
-want=$(sha256sum bench/trees/requirements.txt | cut -d' ' -f1)
-if [ ! -x $venv/bin/python ] || [ "$(cat $stamp 2>/dev/null)" != "$want" ]; then
-  echo "==> creating $venv (xgboost, lightgbm, lleaves)"
-  python3 -m venv $venv
-  $venv/bin/pip install -q --upgrade pip
-  $venv/bin/pip install -q -r bench/trees/requirements.txt
-  echo "$want" > $stamp
-fi
-echo "==> cargo build --release (tree engine bench harness)"
+. bench/venv.sh
+ensure_venv bench/.venv-trees bench/trees/requirements.txt
+echo "==> cargo build --release (flotilla, tree engine bench harness)"
+cargo build --release --locked -q -p flotilla --bin flotilla
 cargo build --release --locked -q -p flotilla-trees --example bench_trees
-exec $venv/bin/python bench/trees/bench.py --harness target/release/examples/bench_trees "$@"
+exec bench/.venv-trees/bin/python bench/trees/bench.py --harness target/release/examples/bench_trees \
+  --flotilla target/release/flotilla "$@"
