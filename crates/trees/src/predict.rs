@@ -170,7 +170,7 @@ impl Predictor {
     pub fn margins(&self, rows: &[f32], out: &mut [f64], threads: usize) {
         let n = out.len() / self.groups;
         debug_assert_eq!(rows.len(), n * self.features);
-        // Below a few hundred rows per thread, spawning costs more than it saves.
+        // Below MIN_ROWS_PER_THREAD rows per thread, spawning costs more than it saves.
         let threads = threads.clamp(1, n.div_ceil(MIN_ROWS_PER_THREAD).max(1));
         if threads == 1 {
             return self.margins_serial(rows, out);
