@@ -9,7 +9,7 @@
 //!   split is numeric with NaN-or-none missing handling and `D` is small.
 //! - **General**: the trees as they are (deep, unbalanced, leaf-wise), with every
 //!   split kind (categorical sets, LightGBM zero-as-missing, linear leaves). Without
-//!   linear leaves, rows walk a tree together as lanes too: 16-byte nodes, leaves
+//!   linear leaves, rows walk a tree together as lanes too: 12-byte nodes, leaves
 //!   that loop to themselves so a lane that arrived waits without a branch, numeric
 //!   splits decided branch-free and the other kinds by a call; a tree's walk ends
 //!   when every lane stands on a leaf. With linear leaves, row by row.
@@ -90,7 +90,8 @@ struct General {
     bits: Vec<u32>,
     /// The lane walk (empty when a leaf is linear: row-by-row traversal then): its
     /// nodes, renumbered so that a node's children are adjacent, each tree's root and
-    /// depth, and per walk node its value (leaves) and its index in `nodes`.
+    /// depth, and per walk node its value (leaves) and its index in `nodes` (for the
+    /// split kinds decided by a call).
     walk: Vec<WNode>,
     walk_roots: Vec<u32>,
     depths: Vec<u32>,
@@ -292,56 +293,54 @@ impl Complete {
         let internal = (1usize << self.depth) - 1;
         let trees = p.group.len();
         let count = o.len() / g;
-        {
-            // Lanes: `per` trees × `rc` rows (lane l = tree l / rc, row l % rc). Large blocks
-            // take one tree at a time over groups of LANES rows; a few rows (batch 1) take
-            // LANES / rows trees at once. The lane tables are made once per block.
-            let rc = count.min(LANES);
-            let per = LANES / rc;
-            let groups = count.div_ceil(rc);
-            let mut lane_tree = [0usize; LANES];
-            let mut lane_base = [0usize; LANES];
-            let mut lane_row = [[0usize; LANES]; BLOCK_ROWS / LANES];
-            let mut lane_off = [[0usize; LANES]; BLOCK_ROWS / LANES];
-            for l in 0..per * rc {
-                lane_tree[l] = l / rc;
-                lane_base[l] = lane_tree[l] * internal;
-                for q in 0..groups {
-                    lane_row[q][l] = q * rc + l % rc;
-                    lane_off[q][l] = lane_row[q][l] * f;
-                }
+        // Lanes: `per` trees × `rc` rows (lane l = tree l / rc, row l % rc). Large blocks
+        // take one tree at a time over groups of LANES rows; a few rows (batch 1) take
+        // LANES / rows trees at once. The lane tables are made once per block.
+        let rc = count.min(LANES);
+        let per = LANES / rc;
+        let groups = count.div_ceil(rc);
+        let mut lane_tree = [0usize; LANES];
+        let mut lane_base = [0usize; LANES];
+        let mut lane_row = [[0usize; LANES]; BLOCK_ROWS / LANES];
+        let mut lane_off = [[0usize; LANES]; BLOCK_ROWS / LANES];
+        for l in 0..per * rc {
+            lane_tree[l] = l / rc;
+            lane_base[l] = lane_tree[l] * internal;
+            for q in 0..groups {
+                lane_row[q][l] = q * rc + l % rc;
+                lane_off[q][l] = lane_row[q][l] * f;
             }
-            let mut t0 = 0;
-            while t0 < trees {
-                let tc = per.min(trees - t0);
-                let nodes = &self.nodes[t0 * internal..];
-                for (rows, off) in lane_row[..groups].iter().zip(&lane_off[..groups]) {
-                    let rows_here = rc.min(count - rows[0]);
-                    // Every tree in the group has `rows_here` rows: lanes l < tc * rc with l % rc < rows_here.
-                    let m = if rows_here == rc { tc * rc } else { rows_here };
-                    let mut idx = [0u32; LANES];
-                    for _ in 0..self.depth {
-                        for ((i, b), o) in idx[..m].iter_mut().zip(&lane_base[..m]).zip(&off[..m]) {
-                            let node = nodes[b + *i as usize];
-                            let v = x[o + (node.feature & FEATURE_MASK) as usize];
-                            // Right when v > threshold, or v is NaN and missing goes right;
-                            // bitwise (not short-circuit) so the step compiles without a branch.
-                            let left = if NAN {
-                                (v <= node.threshold) | (v.is_nan() & (node.feature >> 31 == 1))
-                            } else {
-                                v <= node.threshold
-                            };
-                            *i = 2 * *i + 1 + u32::from(!left);
-                        }
-                    }
-                    for (l, i) in idx[..m].iter().enumerate() {
-                        let t = t0 + lane_tree[l];
-                        let leaf = self.leaves[t * (internal + 1) + *i as usize - internal];
-                        S::add(&mut o[rows[l] * g + p.group[t] as usize], leaf);
+        }
+        let mut t0 = 0;
+        while t0 < trees {
+            let tc = per.min(trees - t0);
+            let nodes = &self.nodes[t0 * internal..];
+            for (rows, off) in lane_row[..groups].iter().zip(&lane_off[..groups]) {
+                let rows_here = rc.min(count - rows[0]);
+                // Every tree in the group has `rows_here` rows: lanes l < tc * rc with l % rc < rows_here.
+                let m = if rows_here == rc { tc * rc } else { rows_here };
+                let mut idx = [0u32; LANES];
+                for _ in 0..self.depth {
+                    for ((i, b), o) in idx[..m].iter_mut().zip(&lane_base[..m]).zip(&off[..m]) {
+                        let node = nodes[b + *i as usize];
+                        let v = x[o + (node.feature & FEATURE_MASK) as usize];
+                        // Right when v > threshold, or v is NaN and missing goes right;
+                        // bitwise (not short-circuit) so the step compiles without a branch.
+                        let left = if NAN {
+                            (v <= node.threshold) | (v.is_nan() & (node.feature >> 31 == 1))
+                        } else {
+                            v <= node.threshold
+                        };
+                        *i = 2 * *i + 1 + u32::from(!left);
                     }
                 }
-                t0 += tc;
+                for (l, i) in idx[..m].iter().enumerate() {
+                    let t = t0 + lane_tree[l];
+                    let leaf = self.leaves[t * (internal + 1) + *i as usize - internal];
+                    S::add(&mut o[rows[l] * g + p.group[t] as usize], leaf);
+                }
             }
+            t0 += tc;
         }
     }
 }
