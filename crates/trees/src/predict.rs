@@ -549,16 +549,17 @@ impl General {
             let count = WALK_BLOCK_ROWS.min(n - start);
             let x = &rows[start * f..(start + count) * f];
             let o = &mut out[start * g..(start + count) * g];
+            // Each lane's row offset in `x`, per group of LANES rows: made once per block.
+            let mut offsets = [[0usize; LANES]; WALK_BLOCK_ROWS / LANES];
+            for (r, off) in offsets.iter_mut().flatten().enumerate().take(count) {
+                *off = r * f;
+            }
             for (t, root) in self.walk_roots.iter().enumerate() {
                 let group = p.group[t] as usize;
-                for r0 in (0..count).step_by(LANES) {
+                for (r0, off) in (0..count).step_by(LANES).zip(&offsets) {
                     let lanes = LANES.min(count - r0);
                     let mut idx = [*root; LANES];
                     let idx = &mut idx[..lanes];
-                    let mut off = [0usize; LANES];
-                    for (l, o) in off[..lanes].iter_mut().enumerate() {
-                        *o = (r0 + l) * f;
-                    }
                     for _ in 0..self.depths[t] {
                         let mut moving = false;
                         for (i, o) in idx.iter_mut().zip(&off[..lanes]) {
