@@ -9,7 +9,6 @@ cd "$(dirname "$0")/../.."
 . bench/venv.sh
 ensure_venv bench/.venv-trees bench/trees/requirements.txt
 echo "==> cargo build --release (flotilla, tree engine bench harness)"
-cargo build --release --locked -q -p flotilla --bin flotilla
-cargo build --release --locked -q -p flotilla-trees --example bench_trees
+cargo build --release --locked -q -p flotilla --bin flotilla -p flotilla-trees --example bench_trees
 exec bench/.venv-trees/bin/python bench/trees/bench.py --harness target/release/examples/bench_trees \
   --flotilla target/release/flotilla "$@"
