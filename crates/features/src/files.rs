@@ -19,7 +19,7 @@ pub struct BatchFile {
 }
 
 /// The Arrow type a column of `ty` is read as.
-fn arrow_type(ty: ValueType) -> DataType {
+pub fn arrow_type(ty: ValueType) -> DataType {
     match ty {
         ValueType::Int32 => DataType::Int32,
         ValueType::Int64 => DataType::Int64,
@@ -192,4 +192,113 @@ pub fn timestamps(
         }
     }
     Ok(out)
+}
+
+/// A file's columns read by up to `threads` threads: Parquet row groups are dealt out in file
+/// order (thread 0 the first ones), each thread calls `each(batch, first_row, thread)` on its
+/// batches in order; the results come back per thread, so their concatenation is in file order.
+/// Only the `columns` the file has are decoded (all of them when one is missing, so that
+/// [`column`]'s error lists the file's columns). CSV files are read by one thread.
+pub fn read_parallel<T: Send>(
+    path: &Path,
+    columns: &[&str],
+    threads: usize,
+    each: impl Fn(RecordBatch, u64, usize) -> Result<T> + Sync,
+) -> Result<Vec<Vec<T>>> {
+    use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
+    use parquet::arrow::ProjectionMask;
+    let name = path.display().to_string();
+    let is_csv = path.extension().is_some_and(|x| x.eq_ignore_ascii_case("csv"));
+    if is_csv {
+        let file = open(path)?;
+        let mut out = Vec::new();
+        let mut first = 0u64;
+        for batch in file.batches {
+            let batch = batch?;
+            let rows = batch.num_rows() as u64;
+            out.push(each(batch, first, 0)?);
+            first += rows;
+        }
+        return Ok(vec![out]);
+    }
+    let file = File::open(path).map_err(|e| FeatureError::invalid(format!("{name}: cannot open: {e}")))?;
+    let meta = ArrowReaderMetadata::load(&file, Default::default())
+        .map_err(|e| FeatureError::invalid(format!("{name}: not a readable Parquet file: {e}")))?;
+    let schema = meta.schema().clone();
+    let roots: Option<Vec<usize>> = columns.iter().map(|c| schema.index_of(c).ok()).collect();
+    let groups: Vec<(usize, u64)> = meta.metadata().row_groups().iter().map(|g| g.num_rows().max(0) as u64).enumerate().collect();
+    let threads = threads.clamp(1, groups.len().max(1));
+    // Contiguous runs of row groups of about equal rows, one per thread.
+    let total: u64 = groups.iter().map(|(_, r)| r).sum();
+    let mut runs: Vec<(Vec<usize>, u64)> = Vec::with_capacity(threads);
+    let (mut start_row, mut acc) = (0u64, 0u64);
+    for (g, rows) in &groups {
+        if runs.is_empty() || (acc >= total * runs.len() as u64 / threads as u64 && runs.len() < threads) {
+            runs.push((Vec::new(), start_row));
+        }
+        if let Some(run) = runs.last_mut() {
+            run.0.push(*g);
+        }
+        acc += rows;
+        start_row += rows;
+    }
+    let read = |groups: Vec<usize>, first: u64, thread: usize| -> Result<Vec<T>> {
+        let file = File::open(path).map_err(|e| FeatureError::invalid(format!("{name}: cannot open: {e}")))?;
+        let mut builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta.clone())
+            .with_batch_size(BATCH_ROWS)
+            .with_row_groups(groups);
+        if let Some(roots) = &roots {
+            let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
+            builder = builder.with_projection(mask);
+        }
+        let reader = builder.build().map_err(|e| FeatureError::invalid(format!("{name}: {e}")))?;
+        let mut out = Vec::new();
+        let mut first = first;
+        for batch in reader {
+            let batch = batch.map_err(|e| FeatureError::invalid(format!("{name}: {e}")))?;
+            let rows = batch.num_rows() as u64;
+            out.push(each(batch, first, thread)?);
+            first += rows;
+        }
+        Ok(out)
+    };
+    if runs.len() <= 1 {
+        let (groups, first) = runs.pop().unwrap_or_default();
+        return Ok(vec![read(groups, first, 0)?]);
+    }
+    std::thread::scope(|s| {
+        let read = &read;
+        let handles: Vec<_> = runs
+            .into_iter()
+            .enumerate()
+            .map(|(t, (groups, first))| s.spawn(move || read(groups, first, t)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(FeatureError::store(format!("{name}: a reader thread panicked")))))
+            .collect()
+    })
+}
+
+/// A timestamp column as UTC microseconds, with the row numbers of nulls checked when `required`.
+pub fn timestamp_array(
+    batch: &RecordBatch,
+    name: &str,
+    what: &str,
+    first_row: u64,
+    required: bool,
+) -> Result<arrow_array::TimestampMicrosecondArray> {
+    let col = column(batch, name, ValueType::UnixTimestamp, what, first_row)?;
+    let ts = col
+        .as_any()
+        .downcast_ref::<arrow_array::TimestampMicrosecondArray>()
+        .ok_or_else(|| FeatureError::invalid(format!("{what}: column '{name}' is not a timestamp")))?;
+    if required && ts.null_count() > 0 {
+        let row = (0..ts.len()).find(|i| ts.is_null(*i)).unwrap_or(0);
+        return Err(FeatureError::invalid(format!(
+            "{what}: column '{name}' row {} has no timestamp",
+            first_row + row as u64 + 1
+        )));
+    }
+    Ok(ts.clone())
 }

@@ -141,26 +141,35 @@ fn training_sets_take_the_latest_row_within_ttl_inclusive_with_created_tie_break
          3,2026-11-01T09:00:00Z\n",
     )
     .unwrap();
-    let out = dir.path().join("out.parquet");
-    let set = TrainingSet {
-        registry: &reg,
-        features: reg.resolve(&["txn:amount", "txn:note"]).unwrap(),
-        timestamp_field: "event_timestamp".into(),
-        full_feature_names: false,
-        progress: false,
-    };
-    let report = set.build(&entities, &out).unwrap();
-    assert_eq!((report.entity_rows, report.feature_rows), (7, 4));
-    let file = crate::files::open(&out).unwrap();
-    let batch = file.batches.map(|b| b.unwrap()).next().unwrap();
-    let amount = crate::files::column(&batch, "amount", crate::value::ValueType::Float32, "out", 0).unwrap();
-    let got: Vec<Option<Value>> =
-        (0..7).map(|r| crate::files::value_at(amount.as_ref(), crate::value::ValueType::Float32, r)).collect();
-    let want = [None, Some(1.0), Some(1.0), Some(3.0), None, Some(4.0), None];
-    let want: Vec<Option<Value>> = want.iter().map(|v| v.map(Value::Float32)).collect();
-    // 09:59:59 before any row; 10:00 exactly (inclusive), the tie goes to the later created;
-    // 12:00:00 is exactly ttl after 11:00 (inclusive); 12:00:01 is outside; card 3 has no rows.
-    assert_eq!(got, want);
+    // In memory, and spilled to disk (a 1-byte limit: every view partitioned).
+    for limit in [None, Some(1)] {
+        let out = dir.path().join("out.parquet");
+        let spill = dir.path().join("spill");
+        std::fs::create_dir_all(&spill).unwrap();
+        let set = TrainingSet {
+            registry: &reg,
+            features: reg.resolve(&["txn:amount", "txn:note"]).unwrap(),
+            timestamp_field: "event_timestamp".into(),
+            full_feature_names: false,
+            progress: false,
+            memory_limit: limit,
+            spill_dir: Some(spill.clone()),
+            threads: 2,
+        };
+        let report = set.build(&entities, &out).unwrap();
+        assert_eq!((report.entity_rows, report.feature_rows, report.spill.is_some()), (7, 4, limit.is_some()));
+        assert_eq!(std::fs::read_dir(&spill).unwrap().count(), 0, "spill files are removed");
+        let file = crate::files::open(&out).unwrap();
+        let batch = file.batches.map(|b| b.unwrap()).next().unwrap();
+        let amount = crate::files::column(&batch, "amount", crate::value::ValueType::Float32, "out", 0).unwrap();
+        let got: Vec<Option<Value>> =
+            (0..7).map(|r| crate::files::value_at(amount.as_ref(), crate::value::ValueType::Float32, r)).collect();
+        let want = [None, Some(1.0), Some(1.0), Some(3.0), None, Some(4.0), None];
+        let want: Vec<Option<Value>> = want.iter().map(|v| v.map(Value::Float32)).collect();
+        // 09:59:59 before any row; 10:00 exactly (inclusive), the tie goes to the later created;
+        // 12:00:00 is exactly ttl after 11:00 (inclusive); 12:00:01 is outside; card 3 has no rows.
+        assert_eq!(got, want, "memory limit {limit:?}");
+    }
 }
 
 #[test]

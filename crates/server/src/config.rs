@@ -180,6 +180,16 @@ pub enum FeaturesCommand {
         /// Name feature columns view__feature (needed when two views share a feature name).
         #[arg(long)]
         full_feature_names: bool,
+        /// Memory the views' indexes may take (512MB, 2GB, 1.5GiB, or bytes); above it the join
+        /// spills to disk. Default: 80% of the machine's memory, as DuckDB's memory_limit.
+        #[arg(long, value_parser = flotilla_features::training::parse_memory)]
+        memory_limit: Option<u64>,
+        /// Folder for spill files (a temporary folder inside it is removed afterwards). Default: $TMPDIR or /tmp.
+        #[arg(long)]
+        spill_dir: Option<PathBuf>,
+        /// Threads reading and indexing the views' sources (0: every core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     },
 }
 

@@ -72,14 +72,26 @@ pub async fn run(command: FeaturesCommand, shutdown: impl Future<Output = ()>) -
             out,
             timestamp_field,
             full_feature_names,
+            memory_limit,
+            spill_dir,
+            threads,
         } => {
             let registry = Registry::load(&feature_repo)?;
             let refs = match feature_service {
                 Some(s) => registry.service(&s)?.features.clone(),
                 None => registry.resolve(&features)?,
             };
-            let set =
-                TrainingSet { registry: &registry, features: refs, timestamp_field, full_feature_names, progress };
+            let memory_limit = memory_limit.or_else(flotilla_features::training::default_memory_limit);
+            let set = TrainingSet {
+                registry: &registry,
+                features: refs,
+                timestamp_field,
+                full_feature_names,
+                progress,
+                memory_limit,
+                spill_dir,
+                threads,
+            };
             let report = tokio::task::block_in_place(|| set.build(&entities, &out))?;
             let secs = report.elapsed.as_secs_f64().max(1e-9);
             println!(
@@ -90,6 +102,25 @@ pub async fn run(command: FeaturesCommand, shutdown: impl Future<Output = ()>) -
                 secs,
                 report.entity_rows as f64 / secs,
                 report.matched
+            );
+            let p = &report.phases;
+            let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+            let how = match (&report.spill, memory_limit) {
+                (Some(s), Some(limit)) => format!(
+                    "spilled: index estimate {:.0} MiB over the {:.0} MiB limit, {} partitions, {:.0} MiB written to disk",
+                    mib(report.memory_estimate),
+                    mib(limit),
+                    s.partitions,
+                    mib(s.bytes)
+                ),
+                _ => format!("in memory: index estimate {:.0} MiB", mib(report.memory_estimate)),
+            };
+            println!(
+                "  read {:.2} s, index {:.2} s, join {:.2} s, write {:.2} s (beside the join); {how}",
+                p.read.as_secs_f64(),
+                p.index.as_secs_f64(),
+                p.join.as_secs_f64(),
+                p.write.as_secs_f64()
             );
         }
     }

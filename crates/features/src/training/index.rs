@@ -1,0 +1,325 @@
+//! A view's source rows indexed by entity for point-in-time lookups.
+//!
+//! Rows are read in parallel (Parquet row groups across threads), each entity key is given a dense
+//! id (one hash lookup per row), rows are bucketed by id with a counting sort and each entity's
+//! rows sorted by (event time, created time, file position), in parallel. A lookup is one hash
+//! lookup and a binary search in the entity's rows. The feature columns stay in the decoded
+//! batches; a gather picks (batch, row) pairs with Arrow's `interleave`.
+
+use crate::definitions::FeatureView;
+use crate::error::{FeatureError, Result};
+use crate::files;
+use crate::value::ValueType;
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int64Type;
+use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, TimestampMicrosecondArray};
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+
+type Fast = foldhash::fast::FixedState;
+
+/// Seed of the spill partitioner's hash (any fixed value: partitions only need to agree within one build).
+const PARTITION_SEED: u64 = 0x5eed_f107_111a;
+
+/// No id: the row's key is null.
+const NO_ID: u32 = u32::MAX;
+
+/// The join-key columns of one batch: a single integer key read as int64, or any keys encoded
+/// as the online store encodes them.
+pub(super) enum BatchKeys {
+    Int(Int64Array),
+    Encoded(Vec<(ArrayRef, ValueType)>),
+}
+
+impl BatchKeys {
+    /// Reads `view`'s join keys from `batch` (errors name the file, column and row).
+    pub fn read(batch: &RecordBatch, view: &FeatureView, what: &str, first_row: u64) -> Result<Self> {
+        if let [(name, ValueType::Int64 | ValueType::Int32)] = view.join_keys.as_slice() {
+            let col = files::column(batch, name, ValueType::Int64, what, first_row)?;
+            return Ok(Self::Int(col.as_primitive::<Int64Type>().clone()));
+        }
+        let cols = view
+            .join_keys
+            .iter()
+            .map(|(k, t)| Ok((files::column(batch, k, *t, what, first_row)?, *t)))
+            .collect::<Result<_>>()?;
+        Ok(Self::Encoded(cols))
+    }
+
+    /// The key columns with their names, as read (spill files keep them in this form).
+    pub fn columns(&self) -> Vec<ArrayRef> {
+        match self {
+            Self::Int(a) => vec![std::sync::Arc::new(a.clone())],
+            Self::Encoded(cols) => cols.iter().map(|(c, _)| c.clone()).collect(),
+        }
+    }
+
+    fn int(&self, row: usize) -> Option<i64> {
+        match self {
+            Self::Int(a) => a.is_valid(row).then(|| a.value(row)),
+            Self::Encoded(_) => None,
+        }
+    }
+
+    fn encoded(&self, row: usize, buf: &mut Vec<u8>) -> bool {
+        buf.clear();
+        match self {
+            Self::Int(a) => {
+                if a.is_null(row) {
+                    return false;
+                }
+                crate::record::put_int(a.value(row), buf);
+                true
+            }
+            Self::Encoded(cols) => cols.iter().all(|(c, t)| files::key_into(c.as_ref(), *t, row, buf)),
+        }
+    }
+
+    /// The spill partition of `row` among `parts` (rows with a null key go to partition 0).
+    pub fn partition(&self, row: usize, parts: usize, buf: &mut Vec<u8>) -> usize {
+        let hasher = Fast::with_seed(PARTITION_SEED);
+        let hash = match self {
+            Self::Int(a) => match a.is_valid(row) {
+                true => hasher.hash_one(a.value(row)),
+                false => return 0,
+            },
+            Self::Encoded(_) => match self.encoded(row, buf) {
+                true => hasher.hash_one(buf.as_slice()),
+                false => return 0,
+            },
+        };
+        // The high bits: the hash map uses the low ones.
+        ((hash >> 32) % parts as u64) as usize
+    }
+}
+
+/// Entity key → dense id.
+enum KeyMap {
+    Int(HashMap<i64, u32, Fast>),
+    Encoded(HashMap<Vec<u8>, u32, Fast>),
+}
+
+impl KeyMap {
+    fn len(&self) -> usize {
+        match self {
+            Self::Int(m) => m.len(),
+            Self::Encoded(m) => m.len(),
+        }
+    }
+
+    fn insert(&mut self, keys: &BatchKeys, row: usize, buf: &mut Vec<u8>) -> u32 {
+        let next = self.len() as u32;
+        match (self, keys) {
+            (Self::Int(m), BatchKeys::Int(_)) => match keys.int(row) {
+                Some(k) => *m.entry(k).or_insert(next),
+                None => NO_ID,
+            },
+            (Self::Encoded(m), _) => {
+                if !keys.encoded(row, buf) {
+                    return NO_ID;
+                }
+                match m.get(buf.as_slice()) {
+                    Some(id) => *id,
+                    None => {
+                        m.insert(buf.clone(), next);
+                        next
+                    }
+                }
+            }
+            (Self::Int(_), BatchKeys::Encoded(_)) => NO_ID,
+        }
+    }
+
+    fn get(&self, keys: &BatchKeys, row: usize, buf: &mut Vec<u8>) -> Option<u32> {
+        match (self, keys) {
+            (Self::Int(m), BatchKeys::Int(_)) => m.get(&keys.int(row)?).copied(),
+            (Self::Encoded(m), _) => keys.encoded(row, buf).then(|| m.get(buf.as_slice()).copied()).flatten(),
+            (Self::Int(_), BatchKeys::Encoded(_)) => None,
+        }
+    }
+}
+
+/// One decoded batch of a view's source: keys, event and created times, requested features.
+pub(super) struct Chunk {
+    pub keys: BatchKeys,
+    pub ts: TimestampMicrosecondArray,
+    pub created: Option<TimestampMicrosecondArray>,
+    pub features: Vec<ArrayRef>,
+}
+
+impl Chunk {
+    fn rows(&self) -> usize {
+        self.ts.len()
+    }
+
+    fn created(&self, row: usize) -> i64 {
+        match &self.created {
+            Some(c) if c.is_valid(row) => c.value(row),
+            _ => i64::MIN,
+        }
+    }
+}
+
+/// A view's rows by entity, and its requested feature columns.
+pub(super) struct ViewIndex {
+    keys: KeyMap,
+    /// `times[starts[id]..starts[id + 1]]` are entity `id`'s event times, ascending (ties by
+    /// created time, then file order); `rows` the matching positions in the source.
+    starts: Vec<usize>,
+    times: Vec<i64>,
+    rows: Vec<u32>,
+    /// Per requested feature, the decoded batches, and the first source position of each batch.
+    columns: Vec<Vec<ArrayRef>>,
+    dtypes: Vec<arrow_schema::DataType>,
+    offsets: Vec<u32>,
+    ttl_us: i64,
+}
+
+impl ViewIndex {
+    /// Indexes the chunks of a view's source (in file order) with up to `threads` threads.
+    pub fn build(
+        view: &FeatureView,
+        chunks: Vec<Chunk>,
+        dtypes: Vec<arrow_schema::DataType>,
+        threads: usize,
+        what: &str,
+    ) -> Result<Self> {
+        let n: usize = chunks.iter().map(Chunk::rows).sum();
+        if u32::try_from(n).is_err() {
+            return Err(FeatureError::invalid(format!("{what}: more than 4 billion rows")));
+        }
+        let mut keys = match view.join_keys.as_slice() {
+            [(_, ValueType::Int64 | ValueType::Int32)] => KeyMap::Int(HashMap::with_hasher(Fast::default())),
+            _ => KeyMap::Encoded(HashMap::with_hasher(Fast::default())),
+        };
+        // One id per row, and each id's row count.
+        let mut ids: Vec<u32> = Vec::with_capacity(n);
+        let mut counts: Vec<usize> = Vec::new();
+        let mut buf = Vec::with_capacity(32);
+        for chunk in &chunks {
+            for row in 0..chunk.rows() {
+                let id = keys.insert(&chunk.keys, row, &mut buf);
+                if id != NO_ID {
+                    if id as usize == counts.len() {
+                        counts.push(0);
+                    }
+                    counts[id as usize] += 1;
+                }
+                ids.push(id);
+            }
+        }
+        let mut starts = Vec::with_capacity(counts.len() + 1);
+        starts.push(0usize);
+        for c in &counts {
+            starts.push(starts[starts.len() - 1] + c);
+        }
+        drop(counts);
+        // Counting sort by id (file order kept within an id), then each id's rows by time.
+        let mut entries: Vec<(i64, i64, u32)> = vec![(0, 0, 0); starts[starts.len() - 1]];
+        let mut cursor = starts.clone();
+        let mut position = 0u32;
+        for chunk in &chunks {
+            let ts = chunk.ts.values();
+            for (row, t) in ts.iter().enumerate() {
+                let id = ids[position as usize];
+                if id != NO_ID {
+                    let slot = &mut cursor[id as usize];
+                    entries[*slot] = (*t, chunk.created(row), position);
+                    *slot += 1;
+                }
+                position += 1;
+            }
+        }
+        drop(ids);
+        drop(cursor);
+        sort_buckets(&mut entries, &starts, threads);
+        let times = entries.iter().map(|e| e.0).collect();
+        let rows = entries.iter().map(|e| e.2).collect();
+        drop(entries);
+        let mut offsets = Vec::with_capacity(chunks.len());
+        let mut columns: Vec<Vec<ArrayRef>> = vec![Vec::with_capacity(chunks.len()); dtypes.len()];
+        let mut at = 0u32;
+        for chunk in chunks {
+            offsets.push(at);
+            at += chunk.rows() as u32;
+            for (col, f) in columns.iter_mut().zip(chunk.features) {
+                col.push(f);
+            }
+        }
+        Ok(Self { keys, starts, times, rows, columns, dtypes, offsets, ttl_us: view.ttl_us })
+    }
+
+    /// The source position of the latest row of `keys[row]`'s entity with event time ≤
+    /// `entity_ts` and within the ttl; `None` when there is none.
+    pub fn pick(&self, keys: &BatchKeys, row: usize, entity_ts: i64, buf: &mut Vec<u8>) -> Option<u32> {
+        let id = self.keys.get(keys, row, buf)? as usize;
+        let (from, to) = (self.starts[id], self.starts[id + 1]);
+        let times = &self.times[from..to];
+        let end = times.partition_point(|t| *t <= entity_ts);
+        let last = end.checked_sub(1)?;
+        let fresh = self.ttl_us <= 0 || times[last] >= entity_ts.saturating_sub(self.ttl_us);
+        fresh.then(|| self.rows[from + last])
+    }
+
+    /// The requested feature columns at `picks` (source positions; `None` gives null).
+    pub fn gather(&self, picks: &[Option<u32>]) -> Result<Vec<ArrayRef>> {
+        let null = self.offsets.len();
+        let indices: Vec<(usize, usize)> = picks
+            .iter()
+            .map(|p| match p {
+                Some(pos) => {
+                    let chunk = self.offsets.partition_point(|o| *o <= *pos) - 1;
+                    (chunk, (*pos - self.offsets[chunk]) as usize)
+                }
+                None => (null, 0),
+            })
+            .collect();
+        self.columns
+            .iter()
+            .zip(&self.dtypes)
+            .map(|(chunks, dtype)| {
+                let nulls = arrow_array::new_null_array(dtype, 1);
+                let mut arrays: Vec<&dyn Array> = chunks.iter().map(|c| c.as_ref()).collect();
+                arrays.push(nulls.as_ref());
+                arrow_select::interleave::interleave(&arrays, &indices)
+                    .map_err(|e| FeatureError::store(format!("gathering features: {e}")))
+            })
+            .collect()
+    }
+}
+
+/// Sorts each bucket `entries[starts[i]..starts[i + 1]]`, buckets split over `threads`.
+fn sort_buckets(entries: &mut [(i64, i64, u32)], starts: &[usize], threads: usize) {
+    fn sort(entries: &mut [(i64, i64, u32)], starts: &[usize], base: usize) {
+        for w in starts.windows(2) {
+            entries[w[0] - base..w[1] - base].sort_unstable();
+        }
+    }
+    let threads = threads.max(1);
+    if threads == 1 || entries.len() < 1 << 16 {
+        return sort(entries, starts, 0);
+    }
+    // Bucket boundaries closest to equal shares of the rows.
+    let mut cuts = vec![0usize];
+    for t in 1..threads {
+        let want = entries.len() * t / threads;
+        let b = starts.partition_point(|s| *s < want).min(starts.len() - 1);
+        if b > cuts[cuts.len() - 1] {
+            cuts.push(b);
+        }
+    }
+    cuts.push(starts.len() - 1);
+    std::thread::scope(|s| {
+        let mut rest = entries;
+        let mut base = 0;
+        for w in cuts.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            let (mine, tail) = rest.split_at_mut(starts[b] - base);
+            rest = tail;
+            let bounds = &starts[a..=b];
+            let my_base = base;
+            s.spawn(move || sort(mine, bounds, my_base));
+            base = starts[b];
+        }
+    });
+}
