@@ -14,6 +14,8 @@
 
 mod index;
 mod spill;
+#[cfg(test)]
+mod tests;
 
 use crate::definitions::{FeatureRef, FeatureView, Registry};
 use crate::error::{FeatureError, Result};
@@ -52,7 +54,7 @@ pub struct TrainingSet<'a> {
 pub struct TrainingReport {
     pub entity_rows: u64,
     pub feature_rows: u64,
-    /// Feature values found (not null) over all rows and features.
+    /// Feature rows found, counted once per requested feature (a found row's value may be null).
     pub matched: u64,
     pub elapsed: Duration,
     /// Where the time went.

@@ -1,0 +1,285 @@
+//! Training sets against a brute-force reference, in memory and spilled, on one and several threads.
+
+use super::{parse_memory, TrainingSet};
+use crate::definitions::Registry;
+use crate::files;
+use crate::value::{Value, ValueType};
+use arrow_array::{ArrayRef, Float32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use parquet::arrow::ArrowWriter;
+use parquet::file::properties::WriterProperties;
+use std::path::Path;
+use std::sync::Arc;
+
+const REPO: &str = r#"
+[[entity]]
+name = "card"
+join_key = "card_id"
+
+[[entity]]
+name = "merchant"
+value_type = "string"
+
+[[feature_view]]
+name = "txn"
+entities = ["card"]
+ttl = "2h"
+source = { path = "txn.parquet", created_timestamp_column = "created" }
+features = [{ name = "amount", dtype = "float32" }, { name = "note", dtype = "string" }]
+
+[[feature_view]]
+name = "shop"
+entities = ["card", "merchant"]
+source = { path = "shop.csv" }
+features = [{ name = "visits", dtype = "int64" }]
+"#;
+
+const MINUTE: i64 = 60_000_000;
+const T0: i64 = 1_790_000_000_000_000;
+
+/// A small deterministic generator (the test must not depend on a random seed).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+fn ts(values: Vec<Option<i64>>) -> ArrayRef {
+    Arc::new(TimestampMicrosecondArray::from(values).with_timezone("UTC"))
+}
+
+fn write_parquet(path: &Path, batch: &RecordBatch, row_group: usize) {
+    let props = WriterProperties::builder().set_max_row_group_row_count(Some(row_group)).build();
+    let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), Some(props)).unwrap();
+    w.write(batch).unwrap();
+    w.close().unwrap();
+}
+
+/// Source rows: (key, event time, created time, value) in file order.
+struct Txn {
+    card: Option<i64>,
+    ts: i64,
+    created: Option<i64>,
+    amount: Option<f32>,
+}
+
+struct Shop {
+    card: i64,
+    merchant: String,
+    ts: i64,
+    visits: i64,
+}
+
+struct Entity {
+    card: Option<i64>,
+    merchant: Option<String>,
+    ts: i64,
+}
+
+/// The latest row (event time, then created time, then file order) within the ttl, by brute force.
+fn reference<'a, R>(rows: &'a [R], matches: impl Fn(&R) -> bool, order: impl Fn(&R) -> (i64, i64), at: i64, ttl: i64) -> Option<&'a R> {
+    let mut best: Option<(&R, (i64, i64, usize))> = None;
+    for (i, r) in rows.iter().enumerate() {
+        let (t, c) = order(r);
+        if !matches(r) || t > at || (ttl > 0 && t < at - ttl) {
+            continue;
+        }
+        if best.as_ref().is_none_or(|(_, k)| (t, c, i) > *k) {
+            best = Some((r, (t, c, i)));
+        }
+    }
+    best.map(|(r, _)| r)
+}
+
+#[test]
+fn training_sets_match_a_brute_force_join_in_memory_and_spilled_on_any_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Lcg(7);
+    // Event times on a coarse grid so that ties (same entity, same time) are common; created
+    // times tie too, and some are null (they sort first).
+    let txn: Vec<Txn> = (0..3000)
+        .map(|_| Txn {
+            card: (rng.next(50) != 0).then(|| rng.next(60) as i64 + 1),
+            ts: T0 + rng.next(24 * 12) as i64 * 5 * MINUTE,
+            created: (rng.next(10) != 0).then(|| T0 + rng.next(3) as i64),
+            amount: (rng.next(20) != 0).then(|| rng.next(10_000) as f32 / 7.0),
+        })
+        .collect();
+    let batch = RecordBatch::try_from_iter(vec![
+        ("card_id", Arc::new(Int64Array::from(txn.iter().map(|r| r.card).collect::<Vec<_>>())) as ArrayRef),
+        ("event_timestamp", ts(txn.iter().map(|r| Some(r.ts)).collect())),
+        ("created", ts(txn.iter().map(|r| r.created).collect())),
+        ("amount", Arc::new(Float32Array::from(txn.iter().map(|r| r.amount).collect::<Vec<_>>()))),
+        ("note", Arc::new(StringArray::from_iter_values(txn.iter().map(|r| format!("n{}", r.ts % 97))))),
+    ])
+    .unwrap();
+    // Row groups of 700 rows: the parallel reader deals several to each thread.
+    write_parquet(&dir.path().join("txn.parquet"), &batch, 700);
+    let shop: Vec<Shop> = (0..800)
+        .map(|_| Shop {
+            card: rng.next(60) as i64 + 1,
+            merchant: format!("m{}", rng.next(5)),
+            ts: T0 + rng.next(24 * 12) as i64 * 5 * MINUTE,
+            visits: rng.next(1000) as i64,
+        })
+        .collect();
+    let mut csv = String::from("card_id,merchant,event_timestamp,visits\n");
+    for r in &shop {
+        let t = chrono::DateTime::from_timestamp_micros(r.ts).unwrap().to_rfc3339();
+        csv.push_str(&format!("{},{},{t},{}\n", r.card, r.merchant, r.visits));
+    }
+    std::fs::write(dir.path().join("shop.csv"), csv).unwrap();
+    std::fs::write(dir.path().join("repo.toml"), REPO).unwrap();
+    let reg = Registry::load(dir.path()).unwrap();
+    // Entity rows: some unknown cards (61+), null keys, times on and off the grid.
+    let ents: Vec<Entity> = (0..1500)
+        .map(|_| Entity {
+            card: (rng.next(40) != 0).then(|| rng.next(64) as i64 + 1),
+            merchant: (rng.next(30) != 0).then(|| format!("m{}", rng.next(6))),
+            ts: T0 + rng.next(26 * 60) as i64 * MINUTE,
+        })
+        .collect();
+    let batch = RecordBatch::try_from_iter(vec![
+        ("card_id", Arc::new(Int64Array::from(ents.iter().map(|e| e.card).collect::<Vec<_>>())) as ArrayRef),
+        ("merchant", Arc::new(StringArray::from(ents.iter().map(|e| e.merchant.clone()).collect::<Vec<_>>()))),
+        ("event_timestamp", ts(ents.iter().map(|e| Some(e.ts)).collect())),
+    ])
+    .unwrap();
+    let entities = dir.path().join("entities.parquet");
+    write_parquet(&entities, &batch, 1 << 20);
+
+    let ttl = 2 * 60 * MINUTE;
+    let txn_hits: Vec<Option<&Txn>> = ents
+        .iter()
+        .map(|e| reference(&txn, |r| r.card.is_some() && r.card == e.card, |r| (r.ts, r.created.unwrap_or(i64::MIN)), e.ts, ttl))
+        .collect();
+    let want_amount: Vec<Option<Value>> = txn_hits.iter().map(|h| h.and_then(|r| r.amount).map(Value::Float32)).collect();
+    let want_visits: Vec<Option<Value>> = ents
+        .iter()
+        .map(|e| {
+            let same = |r: &Shop| Some(r.card) == e.card && Some(&r.merchant) == e.merchant.as_ref();
+            reference(&shop, same, |r| (r.ts, i64::MIN), e.ts, 0).map(|r| Value::Int64(r.visits))
+        })
+        .collect();
+    assert!(want_amount.iter().filter(|v| v.is_some()).count() > 500, "the data must exercise matches");
+
+    for (limit, threads) in [(None, 1), (None, 3), (Some(1), 1), (Some(1), 3), (Some(40_000), 2)] {
+        let out = dir.path().join(format!("out-{limit:?}-{threads}.parquet"));
+        let set = TrainingSet {
+            registry: &reg,
+            features: reg.resolve(&["txn:amount", "txn:note", "shop:visits"]).unwrap(),
+            timestamp_field: "event_timestamp".into(),
+            full_feature_names: false,
+            progress: false,
+            memory_limit: limit,
+            spill_dir: Some(dir.path().to_path_buf()),
+            threads,
+        };
+        let report = set.build(&entities, &out).unwrap();
+        let case = format!("memory limit {limit:?}, {threads} threads");
+        assert_eq!((report.entity_rows, report.feature_rows), (1500, 3800), "{case}");
+        assert_eq!(report.spill.is_some(), limit.is_some(), "{case}");
+        let mut got_amount = Vec::new();
+        let mut got_visits = Vec::new();
+        let mut got_cards = Vec::new();
+        for batch in files::open(&out).unwrap().batches {
+            let batch = batch.unwrap();
+            let amount = files::column(&batch, "amount", ValueType::Float32, "out", 0).unwrap();
+            let visits = files::column(&batch, "visits", ValueType::Int64, "out", 0).unwrap();
+            let cards = files::column(&batch, "card_id", ValueType::Int64, "out", 0).unwrap();
+            for r in 0..batch.num_rows() {
+                got_amount.push(files::value_at(amount.as_ref(), ValueType::Float32, r));
+                got_visits.push(files::value_at(visits.as_ref(), ValueType::Int64, r));
+                got_cards.push(files::value_at(cards.as_ref(), ValueType::Int64, r));
+            }
+        }
+        let cards: Vec<Option<Value>> = ents.iter().map(|e| e.card.map(Value::Int64)).collect();
+        assert_eq!(got_cards, cards, "{case}: entity rows keep their order");
+        assert_eq!(got_amount, want_amount, "{case}");
+        assert_eq!(got_visits, want_visits, "{case}");
+        // Rows found, per feature (a found row may hold a null value).
+        let matched = txn_hits.iter().filter(|h| h.is_some()).count() * 2 + want_visits.iter().filter(|v| v.is_some()).count();
+        assert_eq!(report.matched, matched as u64, "{case}");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("flotilla-training-"))
+        .collect();
+    assert!(leftovers.is_empty(), "spill folders are removed");
+}
+
+#[test]
+fn bad_entity_rows_and_sources_get_errors_that_name_the_file_column_and_row() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("repo.toml"), REPO).unwrap();
+    std::fs::write(dir.path().join("shop.csv"), "card_id,merchant,event_timestamp,visits\n1,m1,2026-11-01T10:00:00Z,3\n")
+        .unwrap();
+    let reg = Registry::load(dir.path()).unwrap();
+    let build = |entities: &str, limit: Option<u64>| {
+        let path = dir.path().join("entities.csv");
+        std::fs::write(&path, entities).unwrap();
+        let set = TrainingSet {
+            registry: &reg,
+            features: reg.resolve(&["shop:visits"]).unwrap(),
+            timestamp_field: "event_timestamp".into(),
+            full_feature_names: false,
+            progress: false,
+            memory_limit: limit,
+            spill_dir: Some(dir.path().to_path_buf()),
+            threads: 2,
+        };
+        set.build(&path, &dir.path().join("out.parquet")).map(|r| r.entity_rows).map_err(|e| e.to_string())
+    };
+    for limit in [None, Some(1)] {
+        let ok = build("card_id,merchant,event_timestamp\n1,m1,2026-11-01T11:00:00Z\n", limit);
+        assert_eq!(ok, Ok(1));
+        let cases = [
+            ("card_id,event_timestamp\n1,2026-11-01T11:00:00Z\n", "entity rows lack column 'merchant' (a key of feature view 'shop')"),
+            ("card_id,merchant,event_timestamp\n1,m1,\n", "column 'event_timestamp' row 1 has no timestamp"),
+            ("card_id,merchant,event_timestamp\nx,m1,2026-11-01T11:00:00Z\n", "column 'card_id' row 1: 'x' is not a valid int64"),
+            ("card_id,merchant,when\n1,m1,2026-11-01T11:00:00Z\n", "column 'event_timestamp' is missing"),
+            ("card_id,merchant,event_timestamp\n", "holds no entity rows"),
+        ];
+        for (text, want) in cases {
+            let e = build(text, limit).unwrap_err();
+            assert!(e.contains(want), "{limit:?}: {e}\n  does not contain: {want}");
+        }
+    }
+    // A source row with a bad value is reported with the source file and row.
+    std::fs::write(dir.path().join("shop.csv"), "card_id,merchant,event_timestamp,visits\n1,m1,2026-11-01T10:00:00Z,many\n")
+        .unwrap();
+    for limit in [None, Some(1)] {
+        let e = build("card_id,merchant,event_timestamp\n1,m1,2026-11-01T11:00:00Z\n", limit).unwrap_err();
+        assert!(e.contains("shop.csv: column 'visits' row 1: 'many' is not a valid int64"), "{e}");
+    }
+    // Not Parquet at all.
+    std::fs::write(dir.path().join("shop.csv"), "card_id,merchant,event_timestamp,visits\n").unwrap();
+    std::fs::write(dir.path().join("entities.parquet"), b"PAR1 not really").unwrap();
+    let set = TrainingSet {
+        registry: &reg,
+        features: reg.resolve(&["shop:visits"]).unwrap(),
+        timestamp_field: "event_timestamp".into(),
+        full_feature_names: false,
+        progress: false,
+        memory_limit: None,
+        spill_dir: None,
+        threads: 0,
+    };
+    let e = set.build(&dir.path().join("entities.parquet"), &dir.path().join("out.parquet")).unwrap_err().to_string();
+    assert!(e.contains("not a readable Parquet file"), "{e}");
+}
+
+#[test]
+fn memory_sizes_parse_as_duckdb_writes_them() {
+    assert_eq!(parse_memory("512MB").unwrap(), 512_000_000);
+    assert_eq!(parse_memory("2GB").unwrap(), 2_000_000_000);
+    assert_eq!(parse_memory("1.5GiB").unwrap(), 3 << 29);
+    assert_eq!(parse_memory(" 300 mib ").unwrap(), 300 << 20);
+    assert_eq!(parse_memory("4096").unwrap(), 4096);
+    for bad in ["", "MB", "-1GB", "12XB", "0", "1e400GB", "nan"] {
+        assert!(parse_memory(bad).is_err(), "{bad:?} should not parse");
+    }
+}
