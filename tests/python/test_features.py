@@ -569,12 +569,17 @@ def test_ingest_reports_the_bad_column_and_row(tmp_path):
 
 # --- point-in-time training sets -----------------------------------------------------------------
 
-def test_training_set_matches_feasts_own_output(tmp_path):
+@pytest.mark.parametrize("memory", ["default", "spilled"])
+def test_training_set_matches_feasts_own_output(tmp_path, memory):
     features = (PIT / "features.txt").read_text().split()
     out = tmp_path / "train.parquet"
+    # A 1 KB limit: every view is hash-partitioned to spill files and joined a partition at a time.
+    limit = ["--memory-limit", "1KB", "--spill-dir", str(tmp_path)] if memory == "spilled" else []
     report = cli("training-set", "--feature-repo", str(PIT), "--entities", str(PIT / "entity_df.parquet"),
-                 "--features", ",".join(features), "--out", str(out)).stdout
+                 "--features", ",".join(features), "--out", str(out), *limit).stdout
     assert "789 entity rows" in report, report
+    assert ("spilled:" in report) == (memory == "spilled"), report
+    assert not list(tmp_path.glob("flotilla-training-*")), "the spill folder is removed"
     ours, theirs = pq.read_table(out), pq.read_table(PIT / "expected.parquet")
     assert sorted(ours.column_names) == sorted(theirs.column_names)
     key = [("event_timestamp", "ascending"), ("user_id", "ascending"), ("merchant_id", "ascending")]

@@ -226,7 +226,8 @@ pub fn read_parallel<T: Send>(
         .map_err(|e| FeatureError::invalid(format!("{name}: not a readable Parquet file: {e}")))?;
     let schema = meta.schema().clone();
     let roots: Option<Vec<usize>> = columns.iter().map(|c| schema.index_of(c).ok()).collect();
-    let groups: Vec<(usize, u64)> = meta.metadata().row_groups().iter().map(|g| g.num_rows().max(0) as u64).enumerate().collect();
+    let groups: Vec<(usize, u64)> =
+        meta.metadata().row_groups().iter().map(|g| g.num_rows().max(0) as u64).enumerate().collect();
     let threads = threads.clamp(1, groups.len().max(1));
     // Contiguous runs of row groups of about equal rows, one per thread.
     let total: u64 = groups.iter().map(|(_, r)| r).sum();
@@ -268,11 +269,8 @@ pub fn read_parallel<T: Send>(
     }
     std::thread::scope(|s| {
         let read = &read;
-        let handles: Vec<_> = runs
-            .into_iter()
-            .enumerate()
-            .map(|(t, (groups, first))| s.spawn(move || read(groups, first, t)))
-            .collect();
+        let handles: Vec<_> =
+            runs.into_iter().enumerate().map(|(t, (groups, first))| s.spawn(move || read(groups, first, t))).collect();
         handles
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|_| Err(FeatureError::store(format!("{name}: a reader thread panicked")))))

@@ -15,6 +15,7 @@ use arrow_array::types::Int64Type;
 use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, TimestampMicrosecondArray};
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::time::Instant;
 
 type Fast = foldhash::fast::FixedState;
 
@@ -163,11 +164,10 @@ impl Chunk {
 /// A view's rows by entity, and its requested feature columns.
 pub(super) struct ViewIndex {
     keys: KeyMap,
-    /// `times[starts[id]..starts[id + 1]]` are entity `id`'s event times, ascending (ties by
-    /// created time, then file order); `rows` the matching positions in the source.
+    /// `entries[starts[id]..starts[id + 1]]` are entity `id`'s rows as (event time, created
+    /// time, position in the source), ascending: ties by created time, then file order.
     starts: Vec<usize>,
-    times: Vec<i64>,
-    rows: Vec<u32>,
+    entries: Vec<(i64, i64, u32)>,
     /// Per requested feature, the decoded batches, and the first source position of each batch.
     columns: Vec<Vec<ArrayRef>>,
     dtypes: Vec<arrow_schema::DataType>,
@@ -192,30 +192,53 @@ impl ViewIndex {
             [(_, ValueType::Int64 | ValueType::Int32)] => KeyMap::Int(HashMap::with_hasher(Fast::default())),
             _ => KeyMap::Encoded(HashMap::with_hasher(Fast::default())),
         };
-        // One id per row, and each id's row count.
-        let mut ids: Vec<u32> = Vec::with_capacity(n);
-        let mut counts: Vec<usize> = Vec::new();
-        let mut buf = Vec::with_capacity(32);
-        for chunk in &chunks {
-            for row in 0..chunk.rows() {
-                let id = keys.insert(&chunk.keys, row, &mut buf);
-                if id != NO_ID {
-                    if id as usize == counts.len() {
-                        counts.push(0);
+        let t0 = Instant::now();
+        // One id per row, and each id's row count. Meanwhile a helper thread writes the sort
+        // entries' memory once: each fresh page costs a fault (2-10 µs on a VM), which would
+        // otherwise stall the scatter below.
+        let fill = |n: usize| {
+            let mut v: Vec<(i64, i64, u32)> = Vec::with_capacity(n);
+            v.resize(n, (0, 0, 0));
+            v
+        };
+        let count = |keys: &mut KeyMap| {
+            let mut ids: Vec<u32> = Vec::with_capacity(n);
+            let mut counts: Vec<usize> = Vec::new();
+            let mut buf = Vec::with_capacity(32);
+            for chunk in &chunks {
+                for row in 0..chunk.rows() {
+                    let id = keys.insert(&chunk.keys, row, &mut buf);
+                    if id != NO_ID {
+                        if id as usize == counts.len() {
+                            counts.push(0);
+                        }
+                        counts[id as usize] += 1;
                     }
-                    counts[id as usize] += 1;
+                    ids.push(id);
                 }
-                ids.push(id);
             }
-        }
+            (ids, counts)
+        };
+        let ((ids, counts), mut entries) = if threads > 1 {
+            std::thread::scope(|s| {
+                let helper = s.spawn(|| fill(n));
+                let counted = count(&mut keys);
+                helper.join().map(|entries| (counted, entries))
+            })
+            .map_err(|_| FeatureError::store("the indexing helper thread panicked"))?
+        } else {
+            (count(&mut keys), fill(n))
+        };
         let mut starts = Vec::with_capacity(counts.len() + 1);
         starts.push(0usize);
         for c in &counts {
             starts.push(starts[starts.len() - 1] + c);
         }
         drop(counts);
+        // Rows with a null key are not indexed.
+        entries.truncate(starts[starts.len() - 1]);
+        let t1 = Instant::now();
         // Counting sort by id (file order kept within an id), then each id's rows by time.
-        let mut entries: Vec<(i64, i64, u32)> = vec![(0, 0, 0); starts[starts.len() - 1]];
         let mut cursor = starts.clone();
         let mut position = 0u32;
         for chunk in &chunks {
@@ -230,12 +253,10 @@ impl ViewIndex {
                 position += 1;
             }
         }
+        let t2 = Instant::now();
         drop(ids);
         drop(cursor);
-        sort_buckets(&mut entries, &starts, threads);
-        let times = entries.iter().map(|e| e.0).collect();
-        let rows = entries.iter().map(|e| e.2).collect();
-        drop(entries);
+        // Keys and times are in the entries now: only the feature columns are kept.
         let mut offsets = Vec::with_capacity(chunks.len());
         let mut columns: Vec<Vec<ArrayRef>> = vec![Vec::with_capacity(chunks.len()); dtypes.len()];
         let mut at = 0u32;
@@ -246,19 +267,51 @@ impl ViewIndex {
                 col.push(f);
             }
         }
-        Ok(Self { keys, starts, times, rows, columns, dtypes, offsets, ttl_us: view.ttl_us })
+        let t3 = Instant::now();
+        sort_buckets(&mut entries, &starts, threads);
+        tracing::debug!(view = %view.name, rows = n, ids = ?(t1 - t0), scatter = ?(t2 - t1), columns = ?(t3 - t2), sort = ?t3.elapsed(), "training set: view indexed");
+        Ok(Self { keys, starts, entries, columns, dtypes, offsets, ttl_us: view.ttl_us })
     }
 
     /// The source position of the latest row of `keys[row]`'s entity with event time ≤
     /// `entity_ts` and within the ttl; `None` when there is none.
     pub fn pick(&self, keys: &BatchKeys, row: usize, entity_ts: i64, buf: &mut Vec<u8>) -> Option<u32> {
         let id = self.keys.get(keys, row, buf)? as usize;
-        let (from, to) = (self.starts[id], self.starts[id + 1]);
-        let times = &self.times[from..to];
-        let end = times.partition_point(|t| *t <= entity_ts);
-        let last = end.checked_sub(1)?;
-        let fresh = self.ttl_us <= 0 || times[last] >= entity_ts.saturating_sub(self.ttl_us);
-        fresh.then(|| self.rows[from + last])
+        let rows = &self.entries[self.starts[id]..self.starts[id + 1]];
+        let end = rows.partition_point(|(t, ..)| *t <= entity_ts);
+        let (t, _, position) = rows[end.checked_sub(1)?];
+        let fresh = self.ttl_us <= 0 || t >= entity_ts.saturating_sub(self.ttl_us);
+        fresh.then_some(position)
+    }
+
+    /// [`Self::pick`] for every row of a batch (event times `ts`), rows split over `threads`.
+    pub fn pick_batch(&self, keys: &BatchKeys, ts: &[i64], threads: usize) -> Vec<Option<u32>> {
+        let pick_range = |from: usize, to: usize| {
+            let mut buf = Vec::with_capacity(32);
+            (from..to).map(|row| self.pick(keys, row, ts[row], &mut buf)).collect::<Vec<_>>()
+        };
+        let threads = threads.clamp(1, ts.len() / 1024 + 1);
+        if threads == 1 {
+            return pick_range(0, ts.len());
+        }
+        let per = ts.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (1..threads)
+                .map(|t| {
+                    let pick_range = &pick_range;
+                    s.spawn(move || pick_range(t * per, ((t + 1) * per).min(ts.len())))
+                })
+                .collect();
+            let mut picks = pick_range(0, per.min(ts.len()));
+            for h in handles {
+                // A panicking helper would be a bug; its rows are looked up again here.
+                let part = h.join().ok();
+                let from = picks.len();
+                let to = (from + per).min(ts.len());
+                picks.extend(part.unwrap_or_else(|| pick_range(from, to)));
+            }
+            picks
+        })
     }
 
     /// The requested feature columns at `picks` (source positions; `None` gives null).

@@ -127,11 +127,13 @@ impl TrainingSet<'_> {
             })?;
             let wanted: Vec<usize> =
                 self.features.iter().enumerate().filter(|(_, f)| f.view == v).map(|(i, _)| i).collect();
-            let dtypes: Vec<DataType> = wanted.iter().map(|i| files::arrow_type(view.features[self.features[*i].feature].dtype)).collect();
+            let dtypes: Vec<DataType> =
+                wanted.iter().map(|i| files::arrow_type(view.features[self.features[*i].feature].dtype)).collect();
             let estimate = estimate(&source.path, &dtypes)?;
             plans.push(ViewPlan { view, wanted, dtypes, estimate });
         }
-        let mut report = TrainingReport { memory_estimate: plans.iter().map(|p| p.estimate).sum(), ..Default::default() };
+        let mut report =
+            TrainingReport { memory_estimate: plans.iter().map(|p| p.estimate).sum(), ..Default::default() };
         let threads = match self.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -169,7 +171,6 @@ impl TrainingSet<'_> {
         } else {
             self.in_memory(&plans, entities, threads, &mut emit)
         };
-        drop(emit);
         drop(tx);
         let written = writer.join().unwrap_or_else(|_| Err(FeatureError::store("the writer thread panicked")));
         let (outcome, timing) = joined?;
@@ -201,7 +202,13 @@ impl TrainingSet<'_> {
     }
 
     /// Every view indexed in memory, then the entity rows streamed through.
-    fn in_memory(&self, plans: &[ViewPlan], entities: &Path, threads: usize, emit: &mut Emit) -> Result<(Outcome, Phases)> {
+    fn in_memory(
+        &self,
+        plans: &[ViewPlan],
+        entities: &Path,
+        threads: usize,
+        emit: &mut Emit,
+    ) -> Result<(Outcome, Phases)> {
         let mut phases = Phases::default();
         let mut outcome = Outcome::default();
         let mut indexes = Vec::with_capacity(plans.len());
@@ -219,24 +226,30 @@ impl TrainingSet<'_> {
         let file = files::open(entities)?;
         let what = entities.display().to_string();
         let mut first = 0u64;
-        let mut buf = Vec::with_capacity(32);
+        let (mut pick_t, mut gather_t, mut emit_t) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
         for batch in file.batches {
             let batch = batch?;
             let ts = files::timestamp_array(&batch, &self.timestamp_field, &what, first, true)?;
             let mut columns: Vec<Option<ArrayRef>> = vec![None; self.features.len()];
             for (plan, index) in plans.iter().zip(&indexes) {
                 let keys = entity_keys(&batch, plan.view, &what, first)?;
-                let picks: Vec<Option<u32>> =
-                    ts.values().iter().enumerate().map(|(row, t)| index.pick(&keys, row, *t, &mut buf)).collect();
+                let tp = Instant::now();
+                let picks = index.pick_batch(&keys, ts.values(), threads);
                 outcome.matched += picks.iter().filter(|p| p.is_some()).count() as u64 * plan.wanted.len() as u64;
+                pick_t += tp.elapsed();
+                let tp = Instant::now();
                 for (col, pos) in index.gather(&picks)?.into_iter().zip(&plan.wanted) {
                     columns[*pos] = Some(col);
                 }
+                gather_t += tp.elapsed();
             }
             first += batch.num_rows() as u64;
+            let tp = Instant::now();
             emit(&batch, columns)?;
+            emit_t += tp.elapsed();
         }
         phases.join = t.elapsed();
+        tracing::debug!(pick = ?pick_t, gather = ?gather_t, emit = ?emit_t, "training set: entity rows joined");
         Ok((outcome, phases))
     }
 
@@ -306,7 +319,8 @@ fn read_chunks<T: Send>(
     each: impl Fn(Chunk, u64, usize) -> Result<T> + Sync,
 ) -> Result<Vec<Vec<T>>> {
     let view = plan.view;
-    let source = view.source.as_ref().ok_or_else(|| FeatureError::invalid(format!("view '{}' has no source", view.name)))?;
+    let source =
+        view.source.as_ref().ok_or_else(|| FeatureError::invalid(format!("view '{}' has no source", view.name)))?;
     let what = source.path.display().to_string();
     let features: Vec<&crate::definitions::Feature> =
         plan.wanted.iter().map(|i| &view.features[set.features[*i].feature]).collect();
@@ -388,11 +402,13 @@ fn estimate(path: &Path, dtypes: &[DataType]) -> Result<u64> {
     let is_csv = path.extension().is_some_and(|x| x.eq_ignore_ascii_case("csv"));
     if is_csv {
         // Text is read as strings, then converted: a few times the file.
-        let len = std::fs::metadata(path).map_err(|e| FeatureError::invalid(format!("{name}: cannot open: {e}")))?.len();
+        let len =
+            std::fs::metadata(path).map_err(|e| FeatureError::invalid(format!("{name}: cannot open: {e}")))?.len();
         return Ok(len.saturating_mul(4));
     }
     let file = std::fs::File::open(path).map_err(|e| FeatureError::invalid(format!("{name}: cannot open: {e}")))?;
-    let meta = parquet::file::metadata::ParquetMetaDataReader::new().parse_and_finish(&file)
+    let meta = parquet::file::metadata::ParquetMetaDataReader::new()
+        .parse_and_finish(&file)
         .map_err(|e| FeatureError::invalid(format!("{name}: not a readable Parquet file: {e}")))?;
     let rows = meta.file_metadata().num_rows().max(0) as u64;
     let mut bytes = rows * PER_ROW;

@@ -54,8 +54,10 @@ pub(super) fn build(
     let mut spilled = SpillReport::default();
     // Half the limit per partition: the other half for batches, buffers and the output writer.
     let budget = (limit / 2).max(1);
-    let parts: Vec<usize> =
-        plans.iter().map(|p| usize::try_from(p.estimate.div_ceil(budget)).unwrap_or(MAX_PARTS).clamp(2, MAX_PARTS)).collect();
+    let parts: Vec<usize> = plans
+        .iter()
+        .map(|p| usize::try_from(p.estimate.div_ceil(budget)).unwrap_or(MAX_PARTS).clamp(2, MAX_PARTS))
+        .collect();
     spilled.partitions = parts.iter().copied().max().unwrap_or(0);
 
     // 1. Sources into partitions.
@@ -75,7 +77,8 @@ pub(super) fn build(
         fields.extend(key_fields(plan));
         fields.push(Field::new("ts", files::arrow_type(crate::value::ValueType::UnixTimestamp), false));
         let schema = Arc::new(Schema::new(fields));
-        writers.push((0..*parts).map(|p| PartWriter::new(dir.path().join(format!("e{v}-{p}")), schema.clone())).collect());
+        writers
+            .push((0..*parts).map(|p| PartWriter::new(dir.path().join(format!("e{v}-{p}")), schema.clone())).collect());
     }
     let mut first = 0u64;
     let mut buf = Vec::with_capacity(32);
@@ -113,10 +116,10 @@ pub(super) fn build(
         fields.extend(plan.dtypes.iter().enumerate().map(|(i, d)| Field::new(format!("f{i}"), d.clone(), true)));
         let schema = Arc::new(Schema::new(fields));
         let mut paths = Vec::with_capacity(*parts);
-        for p in 0..*parts {
+        for (p, files) in sources[v].iter().enumerate() {
             let t = Instant::now();
             let mut chunks = Vec::new();
-            for path in &sources[v][p] {
+            for path in files {
                 for batch in read_ipc(path)? {
                     chunks.push(chunk(plan, &batch?)?);
                 }
@@ -130,8 +133,7 @@ pub(super) fn build(
                 let batch = batch?;
                 let keys = keys_of(plan, &batch, 1);
                 let ts = batch.column(batch.num_columns() - 1).as_primitive::<TimestampMicrosecondType>();
-                let picks: Vec<Option<u32>> =
-                    ts.values().iter().enumerate().map(|(row, t)| index.pick(&keys, row, *t, &mut buf)).collect();
+                let picks = index.pick_batch(&keys, ts.values(), threads);
                 outcome.matched += picks.iter().filter(|p| p.is_some()).count() as u64 * plan.wanted.len() as u64;
                 let mut columns = vec![batch.column(0).clone()];
                 columns.extend(index.gather(&picks)?);
@@ -147,8 +149,10 @@ pub(super) fn build(
 
     // 4. The entity rows again, in order, each taking the next result of its partition.
     let t = Instant::now();
-    let mut cursors: Vec<Vec<Cursor>> =
-        results.iter().map(|paths| paths.iter().map(|p| Cursor::open(p)).collect::<Result<_>>()).collect::<Result<_>>()?;
+    let mut cursors: Vec<Vec<Cursor>> = results
+        .iter()
+        .map(|paths| paths.iter().map(|p| Cursor::open(p)).collect::<Result<_>>())
+        .collect::<Result<_>>()?;
     let mut first = 0u64;
     for batch in files::open(entities)?.batches {
         let batch = batch?;
@@ -187,7 +191,11 @@ fn key_fields(plan: &ViewPlan) -> Vec<Field> {
         [(_, crate::value::ValueType::Int64 | crate::value::ValueType::Int32)] => {
             vec![Field::new("key0", DataType::Int64, true)]
         }
-        keys => keys.iter().enumerate().map(|(i, (_, t))| Field::new(format!("key{i}"), files::arrow_type(*t), true)).collect(),
+        keys => keys
+            .iter()
+            .enumerate()
+            .map(|(i, (_, t))| Field::new(format!("key{i}"), files::arrow_type(*t), true))
+            .collect(),
     }
 }
 

@@ -79,7 +79,13 @@ struct Entity {
 }
 
 /// The latest row (event time, then created time, then file order) within the ttl, by brute force.
-fn reference<'a, R>(rows: &'a [R], matches: impl Fn(&R) -> bool, order: impl Fn(&R) -> (i64, i64), at: i64, ttl: i64) -> Option<&'a R> {
+fn reference<R>(
+    rows: &[R],
+    matches: impl Fn(&R) -> bool,
+    order: impl Fn(&R) -> (i64, i64),
+    at: i64,
+    ttl: i64,
+) -> Option<&R> {
     let mut best: Option<(&R, (i64, i64, usize))> = None;
     for (i, r) in rows.iter().enumerate() {
         let (t, c) = order(r);
@@ -153,9 +159,18 @@ fn training_sets_match_a_brute_force_join_in_memory_and_spilled_on_any_thread_co
     let ttl = 2 * 60 * MINUTE;
     let txn_hits: Vec<Option<&Txn>> = ents
         .iter()
-        .map(|e| reference(&txn, |r| r.card.is_some() && r.card == e.card, |r| (r.ts, r.created.unwrap_or(i64::MIN)), e.ts, ttl))
+        .map(|e| {
+            reference(
+                &txn,
+                |r| r.card.is_some() && r.card == e.card,
+                |r| (r.ts, r.created.unwrap_or(i64::MIN)),
+                e.ts,
+                ttl,
+            )
+        })
         .collect();
-    let want_amount: Vec<Option<Value>> = txn_hits.iter().map(|h| h.and_then(|r| r.amount).map(Value::Float32)).collect();
+    let want_amount: Vec<Option<Value>> =
+        txn_hits.iter().map(|h| h.and_then(|r| r.amount).map(Value::Float32)).collect();
     let want_visits: Vec<Option<Value>> = ents
         .iter()
         .map(|e| {
@@ -200,7 +215,8 @@ fn training_sets_match_a_brute_force_join_in_memory_and_spilled_on_any_thread_co
         assert_eq!(got_amount, want_amount, "{case}");
         assert_eq!(got_visits, want_visits, "{case}");
         // Rows found, per feature (a found row may hold a null value).
-        let matched = txn_hits.iter().filter(|h| h.is_some()).count() * 2 + want_visits.iter().filter(|v| v.is_some()).count();
+        let matched =
+            txn_hits.iter().filter(|h| h.is_some()).count() * 2 + want_visits.iter().filter(|v| v.is_some()).count();
         assert_eq!(report.matched, matched as u64, "{case}");
     }
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
@@ -215,8 +231,11 @@ fn training_sets_match_a_brute_force_join_in_memory_and_spilled_on_any_thread_co
 fn bad_entity_rows_and_sources_get_errors_that_name_the_file_column_and_row() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("repo.toml"), REPO).unwrap();
-    std::fs::write(dir.path().join("shop.csv"), "card_id,merchant,event_timestamp,visits\n1,m1,2026-11-01T10:00:00Z,3\n")
-        .unwrap();
+    std::fs::write(
+        dir.path().join("shop.csv"),
+        "card_id,merchant,event_timestamp,visits\n1,m1,2026-11-01T10:00:00Z,3\n",
+    )
+    .unwrap();
     let reg = Registry::load(dir.path()).unwrap();
     let build = |entities: &str, limit: Option<u64>| {
         let path = dir.path().join("entities.csv");
@@ -237,9 +256,15 @@ fn bad_entity_rows_and_sources_get_errors_that_name_the_file_column_and_row() {
         let ok = build("card_id,merchant,event_timestamp\n1,m1,2026-11-01T11:00:00Z\n", limit);
         assert_eq!(ok, Ok(1));
         let cases = [
-            ("card_id,event_timestamp\n1,2026-11-01T11:00:00Z\n", "entity rows lack column 'merchant' (a key of feature view 'shop')"),
+            (
+                "card_id,event_timestamp\n1,2026-11-01T11:00:00Z\n",
+                "entity rows lack column 'merchant' (a key of feature view 'shop')",
+            ),
             ("card_id,merchant,event_timestamp\n1,m1,\n", "column 'event_timestamp' row 1 has no timestamp"),
-            ("card_id,merchant,event_timestamp\nx,m1,2026-11-01T11:00:00Z\n", "column 'card_id' row 1: 'x' is not a valid int64"),
+            (
+                "card_id,merchant,event_timestamp\nx,m1,2026-11-01T11:00:00Z\n",
+                "column 'card_id' row 1: 'x' is not a valid int64",
+            ),
             ("card_id,merchant,when\n1,m1,2026-11-01T11:00:00Z\n", "column 'event_timestamp' is missing"),
             ("card_id,merchant,event_timestamp\n", "holds no entity rows"),
         ];
@@ -249,8 +274,11 @@ fn bad_entity_rows_and_sources_get_errors_that_name_the_file_column_and_row() {
         }
     }
     // A source row with a bad value is reported with the source file and row.
-    std::fs::write(dir.path().join("shop.csv"), "card_id,merchant,event_timestamp,visits\n1,m1,2026-11-01T10:00:00Z,many\n")
-        .unwrap();
+    std::fs::write(
+        dir.path().join("shop.csv"),
+        "card_id,merchant,event_timestamp,visits\n1,m1,2026-11-01T10:00:00Z,many\n",
+    )
+    .unwrap();
     for limit in [None, Some(1)] {
         let e = build("card_id,merchant,event_timestamp\n1,m1,2026-11-01T11:00:00Z\n", limit).unwrap_err();
         assert!(e.contains("shop.csv: column 'visits' row 1: 'many' is not a valid int64"), "{e}");
