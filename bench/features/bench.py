@@ -520,7 +520,8 @@ def median_run(n, job):
 
 
 def flotilla_run(cmd, name):
-    s, rss = timed(cmd, name)
+    # Debug logs of the training module give the split inside the phases (hashing, bucketing, sorting; lookups, gathers).
+    s, rss = timed(cmd, name, env={"FLOTILLA_LOG_LEVEL": "info,flotilla_features::training=debug"})
     return {"seconds": s, "peak_rss_mib": rss, **flotilla_phases(name)}
 
 
@@ -540,6 +541,11 @@ def flotilla_phases(name):
     m = re.search(r"(\d+) partitions, (\d+) MiB written", text)
     if m:
         out["partitions"], out["spilled_mib"] = int(m.group(1)), int(m.group(2))
+    unit = {"ns": 1e-9, "µs": 1e-6, "ms": 1e-3, "s": 1.0}
+    for k in ("ids", "scatter", "sort", "pick", "gather"):  # summed over views and partitions
+        found = re.findall(rf"\b{k}=([0-9.]+)(ns|µs|ms|s)\b", text)
+        if found:
+            out[f"{k}_s"] = round(sum(float(v) * unit[u] for v, u in found), 3)
     return out
 
 
@@ -825,8 +831,12 @@ def write_report(res, path_md, path_json):
               "and the same job under a memory limit of a quarter of Flotilla's in-memory index estimate: Flotilla "
               "(`--memory-limit`) partitions both sides to Arrow IPC files by entity and joins a partition at a time; "
               "DuckDB gets `SET memory_limit` with the same value (and a temp_directory).", "",
-              "| scale | run | wall s | read s | index s | join s | write s | index estimate MiB | partitions | spilled MiB "
-              "| peak RSS MiB | DuckDB same limit: query s (wall) | peak RSS MiB |",
+              "Inside the index phase: `hash` gives each row its entity id, `bucket` is the counting sort by id, `sort` orders "
+              "each entity's rows by time; inside the join: `lookup` is the hash lookup and binary search per entity row, "
+              "`gather` takes the feature values (from the command's debug log, `FLOTILLA_LOG_LEVEL=flotilla_features::training=debug`; "
+              "the spilled run logs the index split per partition, summed here).", "",
+              "| scale | run | wall s | read s | index s (hash / bucket / sort) | join s (lookup / gather) | write s "
+              "| index estimate MiB | partitions | spilled MiB | peak RSS MiB | DuckDB same limit: query s (wall) | peak RSS MiB |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for s in t["scales"]:
             for run, label in (("flotilla", "in memory"), ("flotilla_spill", f"--memory-limit {s.get('memory_limit_mib')}MiB")):
@@ -836,8 +846,10 @@ def write_report(res, path_md, path_json):
                 dl = s["runs"].get("duckdb_limited", {}) if run == "flotilla_spill" else {}
                 peer = (f"{dl['job_seconds']:.2f} ({dl['seconds']:.2f}) | {dl['peak_rss_mib']:.0f}" if dl.get("seconds") else
                         f"{dl['note']} | —" if dl else "— | —")
-                L.append(f"| {s['scale']} | {label} | {f['seconds']:.2f} | " + " | ".join(
-                    f"{f.get(k, 0):.2f}" for k in ("read", "index", "join", "write")) +
+                sub = lambda *ks: " / ".join(f"{f[k + '_s']:.2f}" if f.get(k + "_s") is not None else "—" for k in ks)
+                L.append(f"| {s['scale']} | {label} | {f['seconds']:.2f} | {f.get('read', 0):.2f} | "
+                         f"{f.get('index', 0):.2f} ({sub('ids', 'scatter', 'sort')}) | "
+                         f"{f.get('join', 0):.2f} ({sub('pick', 'gather')}) | {f.get('write', 0):.2f}" +
                     f" | {f.get('estimate_mib')} | {f.get('partitions', '—')} | {f.get('spilled_mib', '—')} | "
                     f"{f['peak_rss_mib']:.0f} | {peer} |")
         for s in t["scales"]:
