@@ -181,7 +181,7 @@ pub enum FeaturesCommand {
         #[arg(long)]
         full_feature_names: bool,
         /// Memory the views' indexes may take (512MB, 2GB, 1.5GiB, or bytes); above it the join
-        /// spills to disk. Default: 80% of the machine's memory, as DuckDB's memory_limit.
+        /// spills to disk. Default: 80% of the machine's memory (or its container's), as DuckDB's memory_limit.
         #[arg(long, value_parser = flotilla_features::training::parse_memory)]
         memory_limit: Option<u64>,
         /// Folder for spill files (a temporary folder inside it is removed afterwards). Default: $TMPDIR or /tmp.

@@ -292,11 +292,14 @@ pub fn parse_memory(text: &str) -> Result<u64> {
     Ok(bytes as u64)
 }
 
-/// The default memory limit: 80% of the machine's memory, as DuckDB's (None when unknown).
+/// The default memory limit: 80% of the memory this process may use, as DuckDB's: the
+/// machine's, or its container's (cgroup v2 `memory.max`) when lower. None when unknown.
 pub fn default_memory_limit() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kib: u64 = info.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024 / 10 * 8)
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok().and_then(|t| t.trim().parse::<u64>().ok());
+    let total = cgroup.map_or(kib * 1024, |c| c.min(kib * 1024));
+    Some(total / 10 * 8)
 }
 
 /// Receives a batch of entity rows and its feature columns (request order).
