@@ -107,9 +107,13 @@ pub async fn run(command: FeaturesCommand, shutdown: impl Future<Output = ()>) -
             let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
             let how = match (&report.spill, memory_limit) {
                 (Some(s), Some(limit)) => format!(
-                    "spilled: index estimate {:.0} MiB over the {:.0} MiB limit, {} partitions, {:.0} MiB written to disk",
+                    "spilled: index estimate {:.0} MiB over the {} limit, {} partitions, {:.0} MiB written to disk",
                     mib(report.memory_estimate),
-                    mib(limit),
+                    match limit {
+                        l if l >= 1 << 20 => format!("{:.0} MiB", mib(l)),
+                        l if l >= 1 << 10 => format!("{:.0} KiB", l as f64 / 1024.0),
+                        l => format!("{l} B"),
+                    },
                     s.partitions,
                     mib(s.bytes)
                 ),
