@@ -13,7 +13,7 @@
 //! - [`files`], [`ingest`]: Parquet/CSV batches into the online store.
 //! - [`streams`]: Kafka, NATS JetStream, RabbitMQ and Redis Streams consumers with dead letters (JSON
 //!   rows or Debezium change events), and PostgreSQL change data capture ([`streams::postgres`]).
-//! - [`training`]: point-in-time correct training sets.
+//! - [`training`]: point-in-time correct training sets, in memory or spilled to disk under a memory limit.
 #![forbid(unsafe_code)]
 
 pub mod definitions;
