@@ -164,7 +164,7 @@ pub fn key_into(col: &dyn Array, ty: ValueType, row: usize, out: &mut Vec<u8>) -
     true
 }
 
-/// Event times (µs) of a timestamp column, failing on nulls with the row.
+/// Event times (µs) of a timestamp column, failing on nulls with the row when `required`.
 pub fn timestamps(
     batch: &RecordBatch,
     name: &str,
@@ -172,26 +172,7 @@ pub fn timestamps(
     first_row: u64,
     required: bool,
 ) -> Result<Vec<Option<i64>>> {
-    let col = column(batch, name, ValueType::UnixTimestamp, what, first_row)?;
-    let ts = col
-        .as_any()
-        .downcast_ref::<arrow_array::TimestampMicrosecondArray>()
-        .ok_or_else(|| FeatureError::invalid(format!("{what}: column '{name}' is not a timestamp")))?;
-    let mut out = Vec::with_capacity(ts.len());
-    for i in 0..ts.len() {
-        if ts.is_null(i) {
-            if required {
-                return Err(FeatureError::invalid(format!(
-                    "{what}: column '{name}' row {} has no timestamp",
-                    first_row + i as u64 + 1
-                )));
-            }
-            out.push(None);
-        } else {
-            out.push(Some(ts.value(i)));
-        }
-    }
-    Ok(out)
+    Ok(timestamp_array(batch, name, what, first_row, required)?.iter().collect())
 }
 
 /// A file's columns read by up to `threads` threads: Parquet row groups are dealt out in file

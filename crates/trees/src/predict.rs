@@ -120,7 +120,8 @@ const WALK_BLOCK_ROWS: usize = 128;
 
 impl Predictor {
     pub fn new(forest: &Forest) -> Self {
-        let depth = forest.trees.iter().map(|t| t.depth()).max().unwrap_or(0);
+        let depths = tree_depths(forest);
+        let depth = depths.iter().max().copied().unwrap_or(0) as usize;
         let simple = forest.trees.iter().all(|t| {
             t.nodes.iter().all(|n| match n {
                 Node::Split { split, .. } => matches!(split, Split::Le(_)),
@@ -130,7 +131,7 @@ impl Predictor {
         let layout = if simple && depth <= MAX_COMPLETE_DEPTH {
             Layout::Complete(Complete::new(forest, depth))
         } else {
-            Layout::General(General::new(forest))
+            Layout::General(General::new(forest, depths))
         };
         Self::with_layout(forest, layout)
     }
@@ -139,7 +140,7 @@ impl Predictor {
     /// row: for tests that hold every layout to the same answers.
     #[cfg(test)]
     pub(crate) fn general(forest: &Forest, lanes: bool) -> Self {
-        let mut g = General::new(forest);
+        let mut g = General::new(forest, tree_depths(forest));
         if !lanes {
             g.walk.clear();
         }
@@ -347,8 +348,14 @@ impl Complete {
 
 // === impl General ===
 
+/// Each tree's depth, as the walks need it.
+fn tree_depths(forest: &Forest) -> Vec<u32> {
+    forest.trees.iter().map(|t| t.depth() as u32).collect()
+}
+
 impl General {
-    fn new(forest: &Forest) -> Self {
+    /// `depths`: [`tree_depths`] of `forest`.
+    fn new(forest: &Forest, depths: Vec<u32>) -> Self {
         let mut g = General {
             nodes: Vec::new(),
             roots: Vec::new(),
@@ -357,7 +364,7 @@ impl General {
             bits: Vec::new(),
             walk: Vec::new(),
             walk_roots: Vec::new(),
-            depths: forest.trees.iter().map(|t| t.depth() as u32).collect(),
+            depths,
             values: Vec::new(),
             origin: Vec::new(),
         };

@@ -32,19 +32,38 @@ pub(super) enum BatchKeys {
     Encoded(Vec<(ArrayRef, ValueType)>),
 }
 
+/// Whether `view` is keyed by a single integer: such a key is hashed as an `i64`; any other
+/// keys are encoded as the online store encodes them.
+pub(super) fn int_keyed(view: &FeatureView) -> bool {
+    matches!(view.join_keys.as_slice(), [(_, ValueType::Int64 | ValueType::Int32)])
+}
+
+/// The types a view's key columns are read as (int64 for a single integer key).
+pub(super) fn key_types(view: &FeatureView) -> Vec<ValueType> {
+    match int_keyed(view) {
+        true => vec![ValueType::Int64],
+        false => view.join_keys.iter().map(|(_, t)| *t).collect(),
+    }
+}
+
 impl BatchKeys {
     /// Reads `view`'s join keys from `batch` (errors name the file, column and row).
     pub fn read(batch: &RecordBatch, view: &FeatureView, what: &str, first_row: u64) -> Result<Self> {
-        if let [(name, ValueType::Int64 | ValueType::Int32)] = view.join_keys.as_slice() {
-            let col = files::column(batch, name, ValueType::Int64, what, first_row)?;
-            return Ok(Self::Int(col.as_primitive::<Int64Type>().clone()));
-        }
         let cols = view
             .join_keys
             .iter()
-            .map(|(k, t)| Ok((files::column(batch, k, *t, what, first_row)?, *t)))
-            .collect::<Result<_>>()?;
-        Ok(Self::Encoded(cols))
+            .zip(key_types(view))
+            .map(|((k, _), t)| files::column(batch, k, t, what, first_row))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self::from_columns(view, &cols))
+    }
+
+    /// `view`'s keys from columns already read as [`key_types`] gives (a spill file's).
+    pub fn from_columns(view: &FeatureView, cols: &[ArrayRef]) -> Self {
+        match int_keyed(view) {
+            true => Self::Int(cols[0].as_primitive::<Int64Type>().clone()),
+            false => Self::Encoded(cols.iter().cloned().zip(key_types(view)).collect()),
+        }
     }
 
     /// The key columns with their names, as read (spill files keep them in this form).
@@ -149,7 +168,7 @@ pub(super) struct Chunk {
 }
 
 impl Chunk {
-    fn rows(&self) -> usize {
+    pub fn rows(&self) -> usize {
         self.ts.len()
     }
 
@@ -188,9 +207,9 @@ impl ViewIndex {
         if u32::try_from(n).is_err() {
             return Err(FeatureError::invalid(format!("{what}: more than 4 billion rows")));
         }
-        let mut keys = match view.join_keys.as_slice() {
-            [(_, ValueType::Int64 | ValueType::Int32)] => KeyMap::Int(HashMap::with_hasher(Fast::default())),
-            _ => KeyMap::Encoded(HashMap::with_hasher(Fast::default())),
+        let mut keys = match int_keyed(view) {
+            true => KeyMap::Int(HashMap::with_hasher(Fast::default())),
+            false => KeyMap::Encoded(HashMap::with_hasher(Fast::default())),
         };
         let t0 = Instant::now();
         // One id per row, and each id's row count. Meanwhile a helper thread writes the sort

@@ -215,7 +215,7 @@ impl TrainingSet<'_> {
         for plan in plans {
             let t = Instant::now();
             let chunks = self.read_view(plan, threads)?;
-            outcome.feature_rows += chunks.iter().map(|c| c.ts.len() as u64).sum::<u64>();
+            outcome.feature_rows += chunks.iter().map(|c| c.rows() as u64).sum::<u64>();
             phases.read += t.elapsed();
             let t = Instant::now();
             let what = source_name(plan.view);

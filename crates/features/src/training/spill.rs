@@ -13,12 +13,12 @@
 //! rows than a partition's share still lands in one partition: such skew makes that partition
 //! larger than the limit's share, not wrong.
 
-use super::index::{BatchKeys, Chunk, ViewIndex};
+use super::index::{key_types, BatchKeys, Chunk, ViewIndex};
 use super::{entity_keys, read_chunks, source_name, Emit, Outcome, Phases, SpillReport, TrainingSet, ViewPlan};
 use crate::error::{FeatureError, Result};
 use crate::files;
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int64Type, TimestampMicrosecondType, UInt64Type};
+use arrow_array::types::{TimestampMicrosecondType, UInt64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch, UInt32Array, UInt64Array};
 use arrow_ipc::reader::StreamReader;
 use arrow_ipc::writer::StreamWriter;
@@ -187,28 +187,13 @@ pub(super) fn build(
 
 /// Fields of a view's key columns in spill files.
 fn key_fields(plan: &ViewPlan) -> Vec<Field> {
-    match plan.view.join_keys.as_slice() {
-        [(_, crate::value::ValueType::Int64 | crate::value::ValueType::Int32)] => {
-            vec![Field::new("key0", DataType::Int64, true)]
-        }
-        keys => keys
-            .iter()
-            .enumerate()
-            .map(|(i, (_, t))| Field::new(format!("key{i}"), files::arrow_type(*t), true))
-            .collect(),
-    }
+    let types = key_types(plan.view).into_iter().enumerate();
+    types.map(|(i, t)| Field::new(format!("key{i}"), files::arrow_type(t), true)).collect()
 }
 
 /// The key columns of a spilled batch, starting at column `from`.
 fn keys_of(plan: &ViewPlan, batch: &RecordBatch, from: usize) -> BatchKeys {
-    match plan.view.join_keys.as_slice() {
-        [(_, crate::value::ValueType::Int64 | crate::value::ValueType::Int32)] => {
-            BatchKeys::Int(batch.column(from).as_primitive::<Int64Type>().clone())
-        }
-        keys => BatchKeys::Encoded(
-            keys.iter().enumerate().map(|(i, (_, t))| (batch.column(from + i).clone(), *t)).collect(),
-        ),
-    }
+    BatchKeys::from_columns(plan.view, &batch.columns()[from..from + plan.view.join_keys.len()])
 }
 
 /// A spilled source batch back into a chunk.
@@ -250,7 +235,7 @@ fn partition_source(
         })
         .collect();
     let rows = read_chunks(set, plan, threads, |chunk, _, thread| {
-        let n = chunk.ts.len();
+        let n = chunk.rows();
         let mut columns = chunk.keys.columns();
         columns.push(Arc::new(chunk.ts.clone()));
         if let Some(c) = &chunk.created {
@@ -320,16 +305,19 @@ impl PartWriter {
         self.drain()
     }
 
+    /// The file's writer, created at first use.
+    fn writer(&mut self) -> Result<&mut StreamWriter<BufWriter<File>>> {
+        if self.writer.is_none() {
+            let file = File::create(&self.path)
+                .map_err(|e| FeatureError::store(format!("spill file {}: {e}", self.path.display())))?;
+            self.writer = Some(StreamWriter::try_new_buffered(file, &self.schema).map_err(store)?);
+        }
+        self.writer.as_mut().ok_or_else(|| store("no spill writer"))
+    }
+
     fn drain(&mut self) -> Result<()> {
         while let Some(batch) = self.coalescer.next_completed_batch() {
-            if self.writer.is_none() {
-                let file = File::create(&self.path)
-                    .map_err(|e| FeatureError::store(format!("spill file {}: {e}", self.path.display())))?;
-                self.writer = Some(StreamWriter::try_new_buffered(file, &self.schema).map_err(store)?);
-            }
-            if let Some(w) = self.writer.as_mut() {
-                w.write(&batch).map_err(store)?;
-            }
+            self.writer()?.write(&batch).map_err(store)?;
             self.rows += batch.num_rows() as u64;
         }
         Ok(())
@@ -339,16 +327,8 @@ impl PartWriter {
     fn finish(mut self) -> Result<u64> {
         self.coalescer.finish_buffered_batch().map_err(store)?;
         self.drain()?;
-        let mut writer = match self.writer.take() {
-            Some(w) => w,
-            None => {
-                let file = File::create(&self.path)
-                    .map_err(|e| FeatureError::store(format!("spill file {}: {e}", self.path.display())))?;
-                StreamWriter::try_new_buffered(file, &self.schema).map_err(store)?
-            }
-        };
-        writer.finish().map_err(store)?;
-        drop(writer);
+        self.writer()?.finish().map_err(store)?;
+        drop(self.writer.take());
         Ok(std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0))
     }
 }

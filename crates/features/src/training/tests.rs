@@ -57,6 +57,26 @@ fn write_parquet(path: &Path, batch: &RecordBatch, row_group: usize) {
     w.close().unwrap();
 }
 
+/// A build of `features` with Feast's defaults (column `event_timestamp`, short names).
+fn training_set<'a>(
+    reg: &'a Registry,
+    features: &[&str],
+    memory_limit: Option<u64>,
+    spill_dir: Option<&Path>,
+    threads: usize,
+) -> TrainingSet<'a> {
+    TrainingSet {
+        registry: reg,
+        features: reg.resolve(features).unwrap(),
+        timestamp_field: "event_timestamp".into(),
+        full_feature_names: false,
+        progress: false,
+        memory_limit,
+        spill_dir: spill_dir.map(Path::to_path_buf),
+        threads,
+    }
+}
+
 /// Source rows: (key, event time, created time, value) in file order.
 struct Txn {
     card: Option<i64>,
@@ -182,16 +202,7 @@ fn training_sets_match_a_brute_force_join_in_memory_and_spilled_on_any_thread_co
 
     for (limit, threads) in [(None, 1), (None, 3), (Some(1), 1), (Some(1), 3), (Some(40_000), 2)] {
         let out = dir.path().join(format!("out-{limit:?}-{threads}.parquet"));
-        let set = TrainingSet {
-            registry: &reg,
-            features: reg.resolve(&["txn:amount", "txn:note", "shop:visits"]).unwrap(),
-            timestamp_field: "event_timestamp".into(),
-            full_feature_names: false,
-            progress: false,
-            memory_limit: limit,
-            spill_dir: Some(dir.path().to_path_buf()),
-            threads,
-        };
+        let set = training_set(&reg, &["txn:amount", "txn:note", "shop:visits"], limit, Some(dir.path()), threads);
         let report = set.build(&entities, &out).unwrap();
         let case = format!("memory limit {limit:?}, {threads} threads");
         assert_eq!((report.entity_rows, report.feature_rows), (1500, 3800), "{case}");
@@ -240,16 +251,7 @@ fn bad_entity_rows_and_sources_get_errors_that_name_the_file_column_and_row() {
     let build = |entities: &str, limit: Option<u64>| {
         let path = dir.path().join("entities.csv");
         std::fs::write(&path, entities).unwrap();
-        let set = TrainingSet {
-            registry: &reg,
-            features: reg.resolve(&["shop:visits"]).unwrap(),
-            timestamp_field: "event_timestamp".into(),
-            full_feature_names: false,
-            progress: false,
-            memory_limit: limit,
-            spill_dir: Some(dir.path().to_path_buf()),
-            threads: 2,
-        };
+        let set = training_set(&reg, &["shop:visits"], limit, Some(dir.path()), 2);
         set.build(&path, &dir.path().join("out.parquet")).map(|r| r.entity_rows).map_err(|e| e.to_string())
     };
     for limit in [None, Some(1)] {
@@ -286,16 +288,7 @@ fn bad_entity_rows_and_sources_get_errors_that_name_the_file_column_and_row() {
     // Not Parquet at all.
     std::fs::write(dir.path().join("shop.csv"), "card_id,merchant,event_timestamp,visits\n").unwrap();
     std::fs::write(dir.path().join("entities.parquet"), b"PAR1 not really").unwrap();
-    let set = TrainingSet {
-        registry: &reg,
-        features: reg.resolve(&["shop:visits"]).unwrap(),
-        timestamp_field: "event_timestamp".into(),
-        full_feature_names: false,
-        progress: false,
-        memory_limit: None,
-        spill_dir: None,
-        threads: 0,
-    };
+    let set = training_set(&reg, &["shop:visits"], None, None, 0);
     let e = set.build(&dir.path().join("entities.parquet"), &dir.path().join("out.parquet")).unwrap_err().to_string();
     assert!(e.contains("not a readable Parquet file"), "{e}");
 }
