@@ -16,6 +16,7 @@
 use crate::definitions::{FeatureRef, Registry};
 use crate::error::FeatureError;
 use crate::feature_store::{FeatureStore, ServedCounts, Status};
+use crate::graph::GraphPlan;
 use crate::record::encode_key;
 use crate::serving::KeyColumns;
 use crate::value::{Value, ValueType};
@@ -163,10 +164,9 @@ impl ModelFeatures {
     }
 }
 
-/// What is known of one model's enrichment.
+/// What is known of one model's enrichment: its `features.toml` and its `graph.toml`.
 enum Plan {
-    None,
-    Ready(Arc<ModelFeatures>),
+    Ready { features: Option<Arc<ModelFeatures>>, graph: Option<Arc<GraphPlan>> },
     Broken(String),
 }
 
@@ -187,17 +187,17 @@ impl Enrichment {
         if let Some(p) = self.plans.read().get(model) {
             return p.clone();
         }
-        let path = self.repository.join(model).join(FILE_NAME);
-        let plan = match std::fs::read_to_string(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Plan::None,
-            Err(e) => Plan::Broken(format!("{}: {e}", path.display())),
-            Ok(text) => match ModelFeatures::parse(&path, &text, &self.store.registry) {
-                Ok(p) => Plan::Ready(Arc::new(p)),
-                Err(e) => {
-                    tracing::warn!(model, error = %e, "feature enrichment of this model is broken");
-                    Plan::Broken(e.to_string())
-                }
-            },
+        let folder = self.repository.join(model);
+        let registry = &self.store.registry;
+        let features = read_plan(&folder.join(FILE_NAME), |path, text| ModelFeatures::parse(path, text, registry));
+        let graph =
+            read_plan(&folder.join(crate::graph::FILE_NAME), |path, text| GraphPlan::parse(path, text, registry));
+        let plan = match (features, graph) {
+            (Ok(features), Ok(graph)) => Plan::Ready { features, graph },
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(model, error = %e, "feature enrichment of this model is broken");
+                Plan::Broken(e)
+            }
         };
         let plan = Arc::new(plan);
         self.plans.write().insert(model.to_string(), plan.clone());
@@ -205,19 +205,68 @@ impl Enrichment {
     }
 
     async fn run(&self, mv: &ModelVersion, request: &mut InferRequest) -> Result<(), Error> {
-        let plan = match &*self.plan(&mv.name) {
-            Plan::None => return Ok(()),
+        let (features, graph) = match &*self.plan(&mv.name) {
             Plan::Broken(m) => return Err(Error::precondition(format!("model '{}': {m}", mv.name))),
-            Plan::Ready(p) => p.clone(),
+            Plan::Ready { features, graph } => (features.clone(), graph.clone()),
         };
+        if let Some(graph) = &graph {
+            self.graph(mv, request, graph).await?;
+        }
+        if let Some(features) = &features {
+            self.features(mv, request, features).await?;
+        }
+        strip_unused(mv, request, features.as_deref(), graph.as_deref());
+        Ok(())
+    }
+
+    /// Fills a graph model's inputs from the target nodes the request names (unless the client
+    /// sent them itself).
+    async fn graph(&self, mv: &ModelVersion, request: &mut InferRequest, plan: &GraphPlan) -> Result<(), Error> {
+        let names = plan.input_names();
+        if names.iter().all(|n| request.inputs.iter().any(|t| &t.name == n)) {
+            return Ok(());
+        }
+        let t = request.inputs.iter().find(|t| t.name == plan.key).ok_or_else(|| {
+            Error::invalid(format!(
+                "model '{}' is a graph model: send the target nodes as input '{}' ({}, shape [rows]), or {} itself",
+                mv.name,
+                plan.key,
+                if matches!(plan.key_type, ValueType::String | ValueType::Bytes) { "BYTES" } else { "INT64" },
+                names.join(", ")
+            ))
+        })?;
+        let targets = tensor_keys(t, plan.key_type)?;
+        if targets.is_empty() {
+            return Err(Error::invalid(format!("input '{}' holds no target nodes", plan.key)));
+        }
+        crate::graph::sample::check_size(plan, targets.len()).map_err(FeatureError::into_core)?;
+        if plan.layout == crate::graph::plan::Layout::EdgeIndex && mv.config.max_batch_size > 0 {
+            return Err(Error::precondition(format!(
+                "model '{}': graph.toml's edge_index layout has no batch dimension; set max_batch_size: 0",
+                mv.name
+            )));
+        }
+        let first = names.first().map(String::as_str).unwrap_or("x0");
+        let datatype = mv.config.input.iter().find(|c| c.name == first).map(input_datatype).unwrap_or(DataType::F32);
+        let (tensors, timings) =
+            crate::graph::build(&self.store, plan, &targets, datatype).await.map_err(FeatureError::into_core)?;
+        let m = &self.store.metrics.graph_duration;
+        m.with_label_values(&[mv.name.as_str(), "fetch"]).observe(timings.fetch.as_secs_f64());
+        m.with_label_values(&[mv.name.as_str(), "gather"]).observe(timings.gather.as_secs_f64());
+        request.inputs.retain(|t| !names.contains(&t.name));
+        request.inputs.extend(tensors);
+        Ok(())
+    }
+
+    /// Fills the inputs a `features.toml` assembles (unless the client sent them itself).
+    async fn features(&self, mv: &ModelVersion, request: &mut InferRequest, plan: &ModelFeatures) -> Result<(), Error> {
         let todo: Vec<&InputPlan> =
             plan.inputs.iter().filter(|i| !request.inputs.iter().any(|t| t.name == i.name)).collect();
         if todo.is_empty() {
-            strip_unused(mv, request, &plan);
             return Ok(());
         }
         let started = Instant::now();
-        let (keys, rows) = key_values(mv, request, &plan)?;
+        let (keys, rows) = key_values(mv, request, plan)?;
         let mut views: Vec<usize> = todo
             .iter()
             .flat_map(|i| i.items.iter())
@@ -261,7 +310,6 @@ impl Enrichment {
             request.inputs.push(tensor);
         }
         store.record_served(&served);
-        strip_unused(mv, request, &plan);
         store.metrics.enrich_duration.with_label_values(&[mv.name.as_str()]).observe(started.elapsed().as_secs_f64());
         Ok(())
     }
@@ -278,12 +326,36 @@ impl Enricher for Enrichment {
 }
 
 /// Removes key and `request:` inputs the model itself does not take.
-fn strip_unused(mv: &ModelVersion, request: &mut InferRequest, plan: &ModelFeatures) {
+fn strip_unused(
+    mv: &ModelVersion,
+    request: &mut InferRequest,
+    plan: Option<&ModelFeatures>,
+    graph: Option<&GraphPlan>,
+) {
     let used = |name: &str| {
-        plan.keys.iter().any(|(k, _)| k == name)
-            || plan.inputs.iter().flat_map(|i| i.items.iter()).any(|it| matches!(it, Item::Request(n) if n == name))
+        graph.is_some_and(|g| g.key == name)
+            || plan.is_some_and(|plan| {
+                plan.keys.iter().any(|(k, _)| k == name)
+                    || plan
+                        .inputs
+                        .iter()
+                        .flat_map(|i| i.items.iter())
+                        .any(|it| matches!(it, Item::Request(n) if n == name))
+            })
     };
     request.inputs.retain(|t| !used(&t.name) || mv.config.input.iter().any(|c| c.name == t.name));
+}
+
+/// A model folder's plan file parsed by `parse`; `None` when the folder has none.
+fn read_plan<T>(
+    path: &Path,
+    parse: impl FnOnce(&Path, &str) -> Result<T, FeatureError>,
+) -> Result<Option<Arc<T>>, String> {
+    match std::fs::read_to_string(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+        Ok(text) => parse(path, &text).map(|p| Some(Arc::new(p))).map_err(|e| e.to_string()),
+    }
 }
 
 /// The entity keys of every row, from the request's key inputs.
@@ -325,7 +397,7 @@ fn check_column_shape(t: &Tensor) -> Result<usize, Error> {
     }
 }
 
-fn tensor_keys(t: &Tensor, ty: ValueType) -> Result<Vec<Value>, Error> {
+pub(crate) fn tensor_keys(t: &Tensor, ty: ValueType) -> Result<Vec<Value>, Error> {
     let n = check_column_shape(t)?;
     t.validate(&format!("input '{}'", t.name))?;
     let what = format!("input '{}'", t.name);

@@ -223,7 +223,7 @@ impl FeatureStore {
                 .map_err(|m| FeatureError::invalid(format!("feature '{}': {m}", f.name)))?;
             values.push(v);
         }
-        Ok((key, Record { event_ts, created_ts, values }))
+        Ok((key, Record::new(event_ts, created_ts, values)))
     }
 }
 

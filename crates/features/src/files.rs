@@ -29,7 +29,13 @@ pub fn arrow_type(ty: ValueType) -> DataType {
         ValueType::Bool => DataType::Boolean,
         ValueType::Bytes => DataType::Binary,
         ValueType::UnixTimestamp => timestamp_type(),
+        list => DataType::List(Arc::new(Field::new_list_field(arrow_type(item_type(list)), true))),
     }
+}
+
+/// The item type of a list type (the type itself for a scalar).
+fn item_type(ty: ValueType) -> ValueType {
+    ty.element().unwrap_or(ty)
 }
 
 fn timestamp_type() -> DataType {
@@ -74,6 +80,14 @@ pub fn column(batch: &RecordBatch, name: &str, ty: ValueType, what: &str, first_
         let have: Vec<String> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
         FeatureError::invalid(format!("{what}: column '{name}' is missing; the file has {}", have.join(", ")))
     })?;
+    if ty.is_list() {
+        return list_column(col, name, ty, what, first_row);
+    }
+    convert(col, name, ty, what, first_row)
+}
+
+/// A scalar column converted to `ty` (see [`column`]).
+fn convert(col: &ArrayRef, name: &str, ty: ValueType, what: &str, first_row: u64) -> Result<ArrayRef> {
     let from = col.data_type();
     let text = matches!(from, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
     let allowed = text
@@ -98,6 +112,7 @@ pub fn column(batch: &RecordBatch, name: &str, ty: ValueType, what: &str, first_
                         | DataType::LargeUtf8
                 )
             }
+            _ => false,
         };
     if !allowed && from != &DataType::Null {
         return Err(FeatureError::invalid(format!("{what}: column '{name}' is {from} in the file but declared {ty}")));
@@ -121,6 +136,138 @@ pub fn column(batch: &RecordBatch, name: &str, ty: ValueType, what: &str, first_
     Ok(cast)
 }
 
+/// A list column converted to `ty`: Arrow lists of a readable item type, CSV text holding a
+/// JSON array (`[1, 2]`), or a scalar column of the item type (each value a list of one, as an
+/// edge file has one edge per row). List items cannot be null.
+fn list_column(col: &ArrayRef, name: &str, ty: ValueType, what: &str, first_row: u64) -> Result<ArrayRef> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::ListArray;
+    use arrow_buffer::OffsetBuffer;
+    let item = item_type(ty);
+    let from = col.data_type();
+    let to = arrow_type(ty);
+    let list: ListArray = match from {
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) | DataType::ListView(f) => {
+            // Check the items as a column of their own, so an unreadable item names its row.
+            let cast = arrow_cast::cast(col, &DataType::List(f.clone())).map_err(|e| {
+                FeatureError::invalid(format!("{what}: column '{name}' ({from}) cannot be read as {ty}: {e}"))
+            })?;
+            let list = cast.as_list::<i32>();
+            let items = convert(list.values(), name, item, what, first_row).map_err(|e| {
+                FeatureError::invalid(format!("{e} (an item of the list column '{name}', declared {ty})"))
+            })?;
+            let field = Arc::new(Field::new_list_field(arrow_type(item), true));
+            ListArray::try_new(field, list.offsets().clone(), items, list.nulls().cloned())
+                .map_err(|e| FeatureError::invalid(format!("{what}: column '{name}': {e}")))?
+        }
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+            let text = arrow_cast::cast(col, &DataType::Utf8)
+                .map_err(|e| FeatureError::invalid(format!("{what}: column '{name}': {e}")))?;
+            let text = text.as_string::<i32>();
+            let mut values = Vec::with_capacity(text.len());
+            for row in 0..text.len() {
+                if text.is_null(row) || text.value(row).trim().is_empty() {
+                    values.push(None);
+                    continue;
+                }
+                let bad = |m: String| {
+                    FeatureError::invalid(format!(
+                        "{what}: column '{name}' row {}: {m} (a {ty} cell holds a JSON array such as [1, 2])",
+                        first_row + row as u64 + 1
+                    ))
+                };
+                let json: serde_json::Value =
+                    serde_json::from_str(text.value(row)).map_err(|e| bad(format!("not JSON: {e}")))?;
+                values.push(ty.from_json(&json).map_err(bad)?);
+            }
+            return Ok(array_of(ty, &values));
+        }
+        DataType::Null => return Ok(arrow_array::new_null_array(&to, col.len())),
+        _ => {
+            let items = convert(col, name, item, what, first_row)?;
+            let field = Arc::new(Field::new_list_field(arrow_type(item), true));
+            let offsets = OffsetBuffer::from_lengths(std::iter::repeat_n(1, items.len()));
+            let nulls = items.nulls().cloned();
+            ListArray::try_new(field, offsets, items, nulls)
+                .map_err(|e| FeatureError::invalid(format!("{what}: column '{name}': {e}")))?
+        }
+    };
+    if let Some(row) = (0..list.len()).find(|r| list.is_valid(*r) && list.value(*r).null_count() > 0) {
+        return Err(FeatureError::invalid(format!(
+            "{what}: column '{name}' row {}: a list item is null (list items cannot be missing)",
+            first_row + row as u64 + 1
+        )));
+    }
+    Ok(Arc::new(list))
+}
+
+/// An Arrow column of type [`arrow_type`]`(ty)` holding `values` (which must be of type `ty`;
+/// any other value is written as null).
+pub fn array_of(ty: ValueType, values: &[Option<Value>]) -> ArrayRef {
+    use arrow_array::*;
+    if let Some(item) = ty.element() {
+        let mut lengths = Vec::with_capacity(values.len());
+        let mut items = Vec::new();
+        for v in values {
+            let list = v.as_ref().and_then(Value::items).unwrap_or_default();
+            lengths.push(list.len());
+            items.extend(list.iter().cloned().map(Some));
+        }
+        let valid: Vec<bool> = values.iter().map(|v| v.as_ref().is_some_and(|v| v.items().is_some())).collect();
+        let field = Arc::new(Field::new_list_field(arrow_type(item), true));
+        let offsets = arrow_buffer::OffsetBuffer::from_lengths(lengths);
+        return Arc::new(ListArray::new(field, offsets, array_of(item, &items), Some(valid.into())));
+    }
+    macro_rules! collect {
+        ($array:ty, $variant:ident) => {
+            Arc::new(
+                values
+                    .iter()
+                    .map(|v| match v {
+                        Some(Value::$variant(x)) => Some(x.clone()),
+                        _ => None,
+                    })
+                    .collect::<$array>(),
+            )
+        };
+    }
+    match ty {
+        ValueType::Int32 => collect!(Int32Array, Int32),
+        ValueType::Int64 => collect!(Int64Array, Int64),
+        ValueType::Float32 => collect!(Float32Array, Float32),
+        ValueType::Float64 => collect!(Float64Array, Float64),
+        ValueType::Bool => collect!(BooleanArray, Bool),
+        ValueType::String => Arc::new(
+            values
+                .iter()
+                .map(|v| match v {
+                    Some(Value::String(s)) => Some(s.as_ref()),
+                    _ => None,
+                })
+                .collect::<StringArray>(),
+        ),
+        ValueType::Bytes => Arc::new(
+            values
+                .iter()
+                .map(|v| match v {
+                    Some(Value::Bytes(b)) => Some(b.as_ref()),
+                    _ => None,
+                })
+                .collect::<BinaryArray>(),
+        ),
+        _ => {
+            let ts: TimestampMicrosecondArray = values
+                .iter()
+                .map(|v| match v {
+                    Some(Value::UnixTimestamp(t)) => Some(*t),
+                    _ => None,
+                })
+                .collect();
+            Arc::new(ts.with_timezone("+00:00"))
+        }
+    }
+}
+
 /// The value at `row` of a column produced by [`column`] for `ty`.
 pub fn value_at(col: &dyn Array, ty: ValueType, row: usize) -> Option<Value> {
     use arrow_array::cast::AsArray;
@@ -137,6 +284,11 @@ pub fn value_at(col: &dyn Array, ty: ValueType, row: usize) -> Option<Value> {
         ValueType::Bool => Value::Bool(col.as_boolean().value(row)),
         ValueType::Bytes => Value::Bytes(col.as_binary::<i32>().value(row).into()),
         ValueType::UnixTimestamp => Value::UnixTimestamp(col.as_primitive::<TimestampMicrosecondType>().value(row)),
+        list => {
+            let item = item_type(list);
+            let items = col.as_list::<i32>().value(row);
+            Value::List(item, (0..items.len()).filter_map(|i| value_at(items.as_ref(), item, i)).collect())
+        }
     })
 }
 

@@ -124,7 +124,7 @@ pub async fn ingest(
             let values =
                 features.iter().zip(&view.features).map(|(c, f)| files::value_at(c.as_ref(), f.dtype, row)).collect();
             let created_ts = created.as_ref().and_then(|c| c[row]).unwrap_or(0);
-            pending.push((key, Record { event_ts, created_ts, values }));
+            pending.push((key, Record::new(event_ts, created_ts, values)));
         }
         report.rows += batch.num_rows() as u64;
         if pending.len() >= COMMIT_ROWS {

@@ -10,6 +10,8 @@
 //! - [`feature_store`]: [`FeatureStore`], the registry + store + metrics every entry point shares.
 //! - [`serving`]: Feast's `get-online-features` and `push`, protocol-neutral.
 //! - [`enrich`]: a model's `features.toml` and request-time enrichment of inference requests.
+//! - [`graph`]: a graph model's `graph.toml`: k-hop neighbourhoods sampled from edge lists at
+//!   request time, node features gathered into the model's input tensors.
 //! - [`files`], [`ingest`]: Parquet/CSV batches into the online store.
 //! - [`streams`]: Kafka, NATS JetStream, RabbitMQ and Redis Streams consumers with dead letters (JSON
 //!   rows or Debezium change events), and PostgreSQL change data capture ([`streams::postgres`]).
@@ -22,6 +24,7 @@ pub mod enrich;
 pub mod error;
 pub mod feature_store;
 pub mod files;
+pub mod graph;
 pub mod ingest;
 pub mod metrics;
 pub mod record;

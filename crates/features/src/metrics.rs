@@ -11,6 +11,9 @@ pub struct FeatureMetrics {
     pub read_duration: HistogramVec,
     /// Time request-time enrichment added to an inference request, per model.
     pub enrich_duration: HistogramVec,
+    /// Time graph models' inputs took per request, by model and phase (`fetch`: edge lists and
+    /// sampling; `gather`: node features and tensors).
+    pub graph_duration: HistogramVec,
     /// Rows offered to the online store, by view, source and outcome (`applied` / `stale`).
     pub rows_written: IntCounterVec,
     /// Stream messages by source and outcome (`ok` / `dead_letter`).
@@ -60,6 +63,11 @@ impl FeatureMetrics {
                 "flotilla_feature_enrich_duration_seconds",
                 "Request-time feature enrichment duration per model, seconds.",
                 &["model"],
+            ),
+            graph_duration: histogram(
+                "flotilla_graph_input_duration_seconds",
+                "Time building a graph model's inputs per request, by model and phase (fetch, gather), seconds.",
+                &["model", "phase"],
             ),
             rows_written: counter(
                 "flotilla_feature_rows_written_total",
@@ -137,6 +145,7 @@ impl FeatureMetrics {
             Box::new(m.view_newest_event.clone()),
             Box::new(m.read_duration.clone()),
             Box::new(m.enrich_duration.clone()),
+            Box::new(m.graph_duration.clone()),
             Box::new(m.rows_written.clone()),
             Box::new(m.stream_messages.clone()),
             Box::new(m.stream_lag_messages.clone()),

@@ -35,7 +35,7 @@ fn key(reg: &Registry, card: i64) -> Vec<u8> {
 }
 
 fn record(event_ts: i64, created_ts: i64, amount: f32) -> Record {
-    Record { event_ts, created_ts, values: vec![Some(Value::Float32(amount)), None, None] }
+    Record::new(event_ts, created_ts, vec![Some(Value::Float32(amount)), None, None])
 }
 
 #[test]

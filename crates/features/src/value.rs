@@ -1,5 +1,6 @@
-//! Feature values and their types (Feast's scalar value types), the compact binary
-//! encoding the online stores keep, and conversion from and to JSON.
+//! Feature values and their types (Feast's scalar value types and their lists, Feast's
+//! `Array(...)`), the compact binary encoding the online stores keep, and conversion from and
+//! to JSON.
 
 use crate::error::{FeatureError, Result};
 use std::fmt;
@@ -17,6 +18,15 @@ pub enum ValueType {
     Bytes,
     /// A point in time, kept as microseconds since the Unix epoch (UTC).
     UnixTimestamp,
+    /// Lists of the scalars above (`int64[]`, Feast's `Array(Int64)`): items are never null.
+    Int32List,
+    Int64List,
+    Float32List,
+    Float64List,
+    StringList,
+    BoolList,
+    BytesList,
+    UnixTimestampList,
 }
 
 /// One feature value. Missing values are `None` where a value is optional.
@@ -31,14 +41,26 @@ pub enum Value {
     Bytes(Arc<[u8]>),
     /// Microseconds since the Unix epoch.
     UnixTimestamp(i64),
+    /// A list of values of one scalar type (the first field), none of them a list.
+    List(ValueType, Arc<[Value]>),
 }
 
 // === impl ValueType ===
 
 impl ValueType {
-    /// Parses a declared type: our lower-case names or Feast's (`Float32`, `Int64`, `UnixTimestamp`, ...).
+    /// Parses a declared type: our lower-case names or Feast's (`Float32`, `Int64`, `UnixTimestamp`, ...);
+    /// lists as `int64[]`, Feast's `Array(Int64)` or its value type name `INT64_LIST`.
     pub fn parse(s: &str) -> Option<Self> {
-        let t = match s.to_ascii_lowercase().replace('_', "").as_str() {
+        let lower = s.trim().to_ascii_lowercase().replace('_', "");
+        let inner = lower
+            .strip_suffix("[]")
+            .or_else(|| lower.strip_prefix("array(").and_then(|r| r.strip_suffix(')')))
+            .or_else(|| lower.strip_prefix("list<").and_then(|r| r.strip_suffix('>')))
+            .or_else(|| lower.strip_suffix("list"));
+        if let Some(inner) = inner {
+            return Self::parse(inner).filter(|t| !t.is_list()).and_then(Self::list);
+        }
+        let t = match lower.as_str() {
             "int32" => Self::Int32,
             "int64" => Self::Int64,
             "float32" | "float" => Self::Float32,
@@ -62,7 +84,49 @@ impl ValueType {
             Self::Bool => "bool",
             Self::Bytes => "bytes",
             Self::UnixTimestamp => "unix_timestamp",
+            Self::Int32List => "int32[]",
+            Self::Int64List => "int64[]",
+            Self::Float32List => "float32[]",
+            Self::Float64List => "float64[]",
+            Self::StringList => "string[]",
+            Self::BoolList => "bool[]",
+            Self::BytesList => "bytes[]",
+            Self::UnixTimestampList => "unix_timestamp[]",
         }
+    }
+
+    /// The item type of a list type; `None` for a scalar.
+    pub fn element(self) -> Option<Self> {
+        Some(match self {
+            Self::Int32List => Self::Int32,
+            Self::Int64List => Self::Int64,
+            Self::Float32List => Self::Float32,
+            Self::Float64List => Self::Float64,
+            Self::StringList => Self::String,
+            Self::BoolList => Self::Bool,
+            Self::BytesList => Self::Bytes,
+            Self::UnixTimestampList => Self::UnixTimestamp,
+            _ => return None,
+        })
+    }
+
+    /// The list type of a scalar type; `None` for a list (lists do not nest).
+    pub fn list(self) -> Option<Self> {
+        Some(match self {
+            Self::Int32 => Self::Int32List,
+            Self::Int64 => Self::Int64List,
+            Self::Float32 => Self::Float32List,
+            Self::Float64 => Self::Float64List,
+            Self::String => Self::StringList,
+            Self::Bool => Self::BoolList,
+            Self::Bytes => Self::BytesList,
+            Self::UnixTimestamp => Self::UnixTimestampList,
+            _ => return None,
+        })
+    }
+
+    pub fn is_list(self) -> bool {
+        self.element().is_some()
     }
 
     /// Whether values of this type can be fed to a model as numbers.
@@ -84,6 +148,24 @@ impl ValueType {
             return Ok(None);
         }
         let bad = || format!("expected {}, got {}", self.as_str(), short_json(v));
+        if let Some(item) = self.element() {
+            // A scalar is a list of one (a stream row that appends one edge).
+            let J::Array(items) = v else {
+                let one = item.from_json(v).map_err(|_| bad())?;
+                return Ok(one.map(|x| Value::List(item, vec![x].into())));
+            };
+            let mut out = Vec::with_capacity(items.len());
+            for (i, x) in items.iter().enumerate() {
+                match item.from_json(x) {
+                    Ok(Some(x)) => out.push(x),
+                    Ok(None) => {
+                        return Err(format!("{}: item {i} is null (list items cannot be missing)", self.as_str()))
+                    }
+                    Err(e) => return Err(format!("{}: item {i}: {e}", self.as_str())),
+                }
+            }
+            return Ok(Some(Value::List(item, out.into())));
+        }
         let out = match (self, v) {
             (Self::Int64, J::Number(n)) => Value::Int64(n.as_i64().ok_or_else(bad)?),
             (Self::Int32, J::Number(n)) => {
@@ -138,6 +220,15 @@ impl Value {
             Self::Bool(_) => ValueType::Bool,
             Self::Bytes(_) => ValueType::Bytes,
             Self::UnixTimestamp(_) => ValueType::UnixTimestamp,
+            Self::List(item, _) => item.list().unwrap_or(*item),
+        }
+    }
+
+    /// The items of a list value (`None` for a scalar).
+    pub fn items(&self) -> Option<&[Value]> {
+        match self {
+            Self::List(_, items) => Some(items),
+            _ => None,
         }
     }
 
@@ -151,7 +242,7 @@ impl Value {
             Self::Float64(v) => *v,
             Self::Bool(v) => f64::from(u8::from(*v)),
             Self::UnixTimestamp(us) => *us as f64 / 1e6,
-            Self::String(_) | Self::Bytes(_) => return None,
+            Self::String(_) | Self::Bytes(_) | Self::List(..) => return None,
         })
     }
 
@@ -167,6 +258,8 @@ impl Value {
             Self::Bool(b) => J::Bool(*b),
             Self::Bytes(b) => J::String(String::from_utf8_lossy(b).into_owned()),
             Self::UnixTimestamp(us) => J::String(format_timestamp(*us)),
+            // Feast's feature server writes a list as a plain JSON array of its items.
+            Self::List(_, items) => J::Array(items.iter().map(Value::to_json).collect()),
         }
     }
 
@@ -209,6 +302,14 @@ impl Value {
                 out.push(8);
                 out.extend_from_slice(&v.to_le_bytes());
             }
+            Self::List(item, items) => {
+                out.push(9);
+                out.push(scalar_tag(*item));
+                out.extend_from_slice(&(items.len() as u32).to_le_bytes());
+                for v in items.iter() {
+                    Value::encode(Some(v), out);
+                }
+            }
         }
     }
 
@@ -228,10 +329,55 @@ impl Value {
             6 => Self::Bool(take(input, 1)?[0] != 0),
             7 => Self::Bytes(take_bytes(input)?.into()),
             8 => Self::UnixTimestamp(i64::from_le_bytes(array(take(input, 8)?))),
+            9 => {
+                let item = tag_type(take(input, 1)?[0]).ok_or_else(|| corrupt("unknown list item tag"))?;
+                let n = u32::from_le_bytes(array(take(input, 4)?)) as usize;
+                // Every item takes at least two bytes: a count beyond that is corrupt, not a huge list.
+                if n > input.len() / 2 {
+                    return Err(corrupt("list longer than its record"));
+                }
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    match Self::decode(input)? {
+                        Some(v) if v.value_type() == item => items.push(v),
+                        _ => return Err(corrupt("list item of another type")),
+                    }
+                }
+                Self::List(item, items.into())
+            }
             t => return Err(corrupt(&format!("unknown value tag {t}"))),
         };
         Ok(Some(v))
     }
+}
+
+/// The tag [`Value::encode`] writes before a scalar of type `ty` (0 for a list type, never written).
+fn scalar_tag(ty: ValueType) -> u8 {
+    match ty {
+        ValueType::Int32 => 1,
+        ValueType::Int64 => 2,
+        ValueType::Float32 => 3,
+        ValueType::Float64 => 4,
+        ValueType::String => 5,
+        ValueType::Bool => 6,
+        ValueType::Bytes => 7,
+        ValueType::UnixTimestamp => 8,
+        _ => 0,
+    }
+}
+
+fn tag_type(tag: u8) -> Option<ValueType> {
+    Some(match tag {
+        1 => ValueType::Int32,
+        2 => ValueType::Int64,
+        3 => ValueType::Float32,
+        4 => ValueType::Float64,
+        5 => ValueType::String,
+        6 => ValueType::Bool,
+        7 => ValueType::Bytes,
+        8 => ValueType::UnixTimestamp,
+        _ => return None,
+    })
 }
 
 fn corrupt(what: &str) -> FeatureError {
@@ -322,6 +468,12 @@ mod tests {
             any::<bool>().prop_map(|v| Some(Value::Bool(v))),
             proptest::collection::vec(any::<u8>(), 0..40).prop_map(|v| Some(Value::Bytes(v.into()))),
             any::<i64>().prop_map(|v| Some(Value::UnixTimestamp(v))),
+            proptest::collection::vec(any::<i64>(), 0..6)
+                .prop_map(|v| Some(Value::List(ValueType::Int64, v.into_iter().map(Value::Int64).collect()))),
+            proptest::collection::vec(".{0,5}", 0..4).prop_map(|v| Some(Value::List(
+                ValueType::String,
+                v.into_iter().map(|s: String| Value::String(s.into())).collect()
+            ))),
         ]
     }
 
@@ -364,6 +516,38 @@ mod tests {
             ValueType::UnixTimestamp.from_json(&json!("2026-11-01T00:00:01Z")).unwrap(),
             Some(Value::UnixTimestamp(1_793_491_201_000_000))
         );
+    }
+
+    #[test]
+    fn list_types_parse_in_our_and_feasts_spellings_and_read_json_arrays() {
+        use serde_json::json;
+        for s in ["int64[]", "Array(Int64)", "INT64_LIST", "list<int64>", "Int64List"] {
+            assert_eq!(ValueType::parse(s), Some(ValueType::Int64List), "{s}");
+        }
+        assert_eq!(ValueType::parse("unix_timestamp[]"), Some(ValueType::UnixTimestampList));
+        assert_eq!(ValueType::parse("Array(Float32)").map(ValueType::as_str), Some("float32[]"));
+        assert_eq!(ValueType::parse("int64[][]"), None, "lists do not nest");
+        assert_eq!(ValueType::parse("Array(Nothing)"), None);
+        assert!(!ValueType::Int64List.is_key() && !ValueType::Int64List.is_numeric());
+        let v = ValueType::Int64List.from_json(&json!([3, 1, 2])).unwrap().unwrap();
+        assert_eq!(v.value_type(), ValueType::Int64List);
+        assert_eq!(v.to_json(), json!([3, 1, 2]));
+        assert_eq!(ValueType::StringList.from_json(&json!([])).unwrap().unwrap().to_json(), json!([]));
+        assert_eq!(ValueType::Int64List.from_json(&json!(7)).unwrap().unwrap().to_json(), json!([7]), "a list of one");
+        assert_eq!(ValueType::Int64List.from_json(&json!("x")).unwrap_err(), "expected int64[], got \"x\"");
+        assert_eq!(
+            ValueType::Int64List.from_json(&json!([1, null])).unwrap_err(),
+            "int64[]: item 1 is null (list items cannot be missing)"
+        );
+        assert_eq!(
+            ValueType::Int32List.from_json(&json!([1, "x"])).unwrap_err(),
+            "int32[]: item 1: expected int32, got \"x\""
+        );
+        // A list count beyond the bytes that follow is corrupt, not an allocation of 4 GiB.
+        let mut input: &[u8] = &[9, 2, 255, 255, 255, 255, 2];
+        assert!(Value::decode(&mut input).is_err());
+        let mut input: &[u8] = &[9, 2, 1, 0, 0, 0, 1, 0, 0, 0, 0];
+        assert!(Value::decode(&mut input).unwrap_err().to_string().contains("another type"));
     }
 
     #[test]

@@ -55,9 +55,15 @@ pub struct FeatureView {
     pub source: Option<BatchSource>,
     pub stream: Option<StreamSpec>,
     pub push_source: Option<String>,
+    /// An append view (`max_items = N`, an edge list): every feature is a list, a written row
+    /// appends its items (a scalar is one item) in event-time order, and the newest N are kept.
+    pub max_items: Option<usize>,
     pub description: String,
     pub tags: std::collections::BTreeMap<String, String>,
 }
+
+/// The largest `max_items` of an append view: a record holds every item of its entity.
+pub const MAX_ITEMS_LIMIT: i64 = 100_000;
 
 /// One feature of one view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -216,7 +222,7 @@ impl Registry {
                 ));
             }
             let dtype = ValueType::parse(f.dtype.get_ref()).ok_or_else(|| at.error(f.dtype.span(), format!(
-                "feature '{name}:{fname}': unknown dtype '{}' (int32, int64, float32, float64, string, bool, bytes, unix_timestamp)",
+                "feature '{name}:{fname}': unknown dtype '{}' (int32, int64, float32, float64, string, bool, bytes, unix_timestamp, or a list of one of them: int64[], Array(Float32), ...)",
                 f.dtype.get_ref()
             )))?;
             features.push(Feature { name: fname.clone(), dtype, description: f.description.clone() });
@@ -242,6 +248,30 @@ impl Registry {
             None => None,
             Some(s) => Some(StreamSpec::parse(name, s.get_ref()).map_err(|m| at.error(s.span(), m))?),
         };
+        let max_items = match &v.max_items {
+            None => None,
+            Some(n) if !(1..=MAX_ITEMS_LIMIT).contains(n.get_ref()) => {
+                return Err(at.error(
+                    n.span(),
+                    format!("feature view '{name}': max_items must be between 1 and {MAX_ITEMS_LIMIT}"),
+                ))
+            }
+            Some(n) => {
+                if let Some(f) =
+                    v.features.iter().find(|f| ValueType::parse(f.dtype.get_ref()).is_some_and(|t| !t.is_list()))
+                {
+                    return Err(at.error(
+                        f.dtype.span(),
+                        format!(
+                            "feature view '{name}' appends items (max_items), so feature '{}' must be a list, such as '{}[]'",
+                            f.name.get_ref(),
+                            f.dtype.get_ref()
+                        ),
+                    ));
+                }
+                Some(*n.get_ref() as usize)
+            }
+        };
         let push_source = v.push_source.as_ref().map(|p| p.get_ref().clone());
         if let Some(p) = &v.push_source {
             if let Some(other) = self.views.iter().find(|x| x.push_source.as_deref() == Some(p.get_ref())) {
@@ -266,6 +296,7 @@ impl Registry {
             source,
             stream,
             push_source,
+            max_items,
             description: v.description.clone(),
             tags: v.tags.clone(),
         });

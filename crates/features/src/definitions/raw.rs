@@ -47,6 +47,8 @@ pub struct FeatureView {
     pub source: Option<Source>,
     pub stream: Option<Spanned<BTreeMap<String, toml::Value>>>,
     pub features: Vec<Feature>,
+    /// Makes the view an append view (an edge list): rows append items, the newest N are kept.
+    pub max_items: Option<Spanned<i64>>,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
 }

@@ -113,20 +113,10 @@ impl Embedded {
     ) -> Result<WriteOutcome> {
         let _writer = self.writer.lock();
         let mut outcome = WriteOutcome::default();
-        // The newest row per key within this batch, judged against what is stored.
-        let mut winners: HashMap<EntityKey, Record> = HashMap::with_capacity(rows.len());
-        for (key, record) in rows {
-            let beats_batch = winners.get(&key).is_none_or(|w| record.supersedes(w));
-            let beats_stored = beats_batch && self.get(view.index, &key).is_none_or(|c| record.supersedes(&c));
-            if beats_stored {
-                if winners.insert(key, record).is_some() {
-                    outcome.stale += 1;
-                }
-            } else {
-                outcome.stale += 1;
-            }
-        }
-        outcome.applied = winners.len();
+        let winners = match view.max_items {
+            Some(max) => self.appended(view, rows, max, &mut outcome),
+            None => self.newest(view, rows, &mut outcome),
+        };
         if winners.is_empty() && checkpoint.is_none() {
             return Ok(outcome);
         }
@@ -147,6 +137,50 @@ impl Embedded {
             self.shard(view.index, &key).write().insert(key, Arc::new(record));
         }
         Ok(outcome)
+    }
+
+    /// The newest row per key within a batch, judged against what is stored.
+    fn newest(
+        &self,
+        view: &FeatureView,
+        rows: Vec<(EntityKey, Record)>,
+        outcome: &mut WriteOutcome,
+    ) -> HashMap<EntityKey, Record> {
+        let mut winners: HashMap<EntityKey, Record> = HashMap::with_capacity(rows.len());
+        for (key, record) in rows {
+            let beats_batch = winners.get(&key).is_none_or(|w| record.supersedes(w));
+            let beats_stored = beats_batch && self.get(view.index, &key).is_none_or(|c| record.supersedes(&c));
+            if beats_stored {
+                if winners.insert(key, record).is_some() {
+                    outcome.stale += 1;
+                }
+            } else {
+                outcome.stale += 1;
+            }
+        }
+        outcome.applied = winners.len();
+        winners
+    }
+
+    /// An append view's records with the batch's items added (see [`crate::record::append`]).
+    fn appended(
+        &self,
+        view: &FeatureView,
+        rows: Vec<(EntityKey, Record)>,
+        max: usize,
+        outcome: &mut WriteOutcome,
+    ) -> HashMap<EntityKey, Record> {
+        let mut out = HashMap::new();
+        for (key, rows) in super::by_key(rows) {
+            let current = self.get(view.index, &key);
+            let (record, added) = crate::record::append(view, current.as_deref(), &rows, max);
+            outcome.applied += added;
+            outcome.stale += rows.len() - added;
+            if let Some(r) = record {
+                out.insert(key, r);
+            }
+        }
+        out
     }
 
     /// Applies changes in order: the last change of each entity decides its row (or its absence).

@@ -160,6 +160,16 @@ impl OnlineStore {
                 let view = view.clone();
                 blocking(s, move |s| s.write(&view, rows, checkpoint.as_ref())).await
             }
+            Self::Redis(_) | Self::RedisCluster(_) if view.max_items.is_some() => {
+                let max = view.max_items.unwrap_or(1);
+                let outcome = append_swapping(self, view, rows, max).await?;
+                match self {
+                    Self::Redis(s) => s.write(view, Vec::new(), checkpoint).await?,
+                    Self::RedisCluster(s) => s.write(view, Vec::new(), checkpoint).await?,
+                    Self::Embedded(_) => WriteOutcome::default(),
+                };
+                Ok(outcome)
+            }
             Self::Redis(s) => s.write(view, rows, checkpoint).await,
             Self::RedisCluster(s) => s.write(view, rows, checkpoint).await,
         }
@@ -173,6 +183,11 @@ impl OnlineStore {
         changes: Vec<Change>,
         checkpoint: Option<Checkpoint>,
     ) -> Result<WriteOutcome> {
+        if view.max_items.is_some() {
+            // An append view takes a change stream's rows as items; deleting a source row keeps them.
+            let rows: Vec<(EntityKey, Record)> = changes.into_iter().filter_map(|(k, r)| Some((k, r?))).collect();
+            return Box::pin(self.write(view, rows, checkpoint)).await;
+        }
         match self {
             Self::Embedded(s) => {
                 let view = view.clone();
@@ -243,6 +258,84 @@ impl OnlineStore {
         }
     }
 }
+
+/// Rows grouped by entity, in the order each entity first appears, each group in the order given.
+pub(crate) fn by_key(rows: Vec<(EntityKey, Record)>) -> Vec<(EntityKey, Vec<Record>)> {
+    let mut at: std::collections::HashMap<EntityKey, usize> = std::collections::HashMap::with_capacity(rows.len());
+    let mut out: Vec<(EntityKey, Vec<Record>)> = Vec::new();
+    for (key, record) in rows {
+        match at.get(&key) {
+            Some(i) => out[*i].1.push(record),
+            None => {
+                at.insert(key.clone(), out.len());
+                out.push((key, vec![record]));
+            }
+        }
+    }
+    out
+}
+
+/// Appends rows to an append view in Redis: read the stored records, add the items, and write
+/// each back only if it is still what was read (compare and set on the server); entities that
+/// another writer changed in between are read and merged again.
+async fn append_swapping(
+    store: &OnlineStore,
+    view: &FeatureView,
+    rows: Vec<(EntityKey, Record)>,
+    max: usize,
+) -> Result<WriteOutcome> {
+    let groups = by_key(rows);
+    let mut outcome = WriteOutcome::default();
+    let mut todo: Vec<usize> = (0..groups.len()).collect();
+    for _ in 0..APPEND_ATTEMPTS {
+        if todo.is_empty() {
+            return Ok(outcome);
+        }
+        let keys: Vec<EntityKey> = todo.iter().map(|i| groups[*i].0.clone()).collect();
+        let stored = match store {
+            OnlineStore::Redis(s) => s.raw(view, &keys).await?,
+            OnlineStore::RedisCluster(s) => s.raw(view, &keys).await?,
+            OnlineStore::Embedded(_) => {
+                return Err(FeatureError::Store("compare-and-set append on the embedded store".into()))
+            }
+        };
+        let mut swaps = Vec::new();
+        for (i, bytes) in todo.iter().zip(stored) {
+            let (key, rows) = &groups[*i];
+            let current = bytes.as_deref().map(|b| Record::decode(b, view)).transpose()?;
+            match crate::record::append(view, current.as_ref(), rows, max) {
+                (Some(record), added) => swaps.push((*i, key.clone(), bytes, record, added)),
+                (None, _) => outcome.stale += rows.len(),
+            }
+        }
+        let writes: Vec<(EntityKey, Option<Vec<u8>>, &Record)> =
+            swaps.iter().map(|(_, k, old, r, _)| (k.clone(), old.clone(), r)).collect();
+        let done = match store {
+            OnlineStore::Redis(s) => s.swap(view, &writes).await?,
+            OnlineStore::RedisCluster(s) => s.swap(view, &writes).await?,
+            OnlineStore::Embedded(_) => Vec::new(),
+        };
+        todo.clear();
+        for ((i, _, _, _, added), ok) in swaps.iter().zip(done) {
+            if ok {
+                outcome.applied += added;
+                outcome.stale += groups[*i].1.len() - added;
+            } else {
+                todo.push(*i);
+            }
+        }
+    }
+    if todo.is_empty() {
+        return Ok(outcome);
+    }
+    Err(FeatureError::Unavailable(format!(
+        "feature view '{}': {} entities changed under {APPEND_ATTEMPTS} attempts to append to them",
+        view.name,
+        todo.len()
+    )))
+}
+
+const APPEND_ATTEMPTS: usize = 32;
 
 /// Runs a write of the embedded store on the blocking pool (it waits for an fsync).
 async fn blocking<T: Send + 'static>(

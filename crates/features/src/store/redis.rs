@@ -25,6 +25,15 @@ redis.call('HSET', KEYS[1], 't', ARGV[1], 'c', ARGV[2], 'v', ARGV[3])
 return 1
 "#;
 
+/// Compare and set: writes the record only if the stored one is still the bytes read before
+/// (an empty string for none). Appends to append views go through it.
+pub(super) const SWAP_SCRIPT: &str = r#"
+local cur = redis.call('HGET', KEYS[1], 'v')
+if (cur or '') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 't', ARGV[2], 'c', ARGV[3], 'v', ARGV[4])
+return 1
+"#;
+
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
     /// Prefix of every key Flotilla writes.
@@ -237,6 +246,34 @@ impl RedisStore {
             });
         }
         Ok(out)
+    }
+
+    /// The stored bytes of each key of `view`.
+    pub async fn raw(&self, view: &FeatureView, keys: &[EntityKey]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("HGET").arg(self.key(view, key)).arg("v");
+        }
+        self.query(&pipe).await.map_err(unavailable)
+    }
+
+    /// Writes each record whose key still holds the bytes given (see [`SWAP_SCRIPT`]); says which did.
+    pub async fn swap(
+        &self,
+        view: &FeatureView,
+        writes: &[(EntityKey, Option<Vec<u8>>, &Record)],
+    ) -> Result<Vec<bool>> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (key, old, record) in writes {
+            pipe.cmd("EVAL").arg(SWAP_SCRIPT).arg(1).arg(self.key(view, key));
+            pipe.arg(old.as_deref().unwrap_or_default()).arg(record.event_ts).arg(record.created_ts);
+            pipe.arg(record.encode(view));
+        }
+        let answers: Vec<i64> = self.query(&pipe).await.map_err(unavailable)?;
+        Ok(answers.into_iter().map(|a| a == 1).collect())
     }
 
     pub async fn checkpoint(&self, source: &str) -> Result<Option<Vec<u8>>> {

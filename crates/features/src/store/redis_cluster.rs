@@ -19,7 +19,7 @@
 //! the replay ends in the same state, and the count of changes applied, kept in the position,
 //! moves only with it.
 
-use super::redis::{RedisOptions, WRITE_SCRIPT};
+use super::redis::{RedisOptions, SWAP_SCRIPT, WRITE_SCRIPT};
 use super::{Change, Checkpoint, WriteOutcome};
 use crate::definitions::{FeatureView, Registry};
 use crate::error::{FeatureError, Result};
@@ -428,6 +428,44 @@ impl RedisClusterStore {
             });
         }
         Ok(out)
+    }
+
+    /// The stored bytes of each key of `view`.
+    pub async fn raw(&self, view: &FeatureView, keys: &[EntityKey]) -> Result<Vec<Option<Vec<u8>>>> {
+        let keys: Vec<Vec<u8>> = keys.iter().map(|k| self.key(view, k)).collect();
+        let answers = self
+            .grouped(&keys, false, self.options.timeout, |i, pipe| {
+                pipe.cmd("HGET").arg(&keys[i]).arg("v");
+            })
+            .await?;
+        Ok(answers
+            .into_iter()
+            .map(|v| match v {
+                Value::BulkString(b) => Some(b),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Writes each record whose key still holds the bytes given (compare and set); says which did.
+    pub async fn swap(
+        &self,
+        view: &FeatureView,
+        writes: &[(EntityKey, Option<Vec<u8>>, &Record)],
+    ) -> Result<Vec<bool>> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<Vec<u8>> = writes.iter().map(|(k, _, _)| self.key(view, k)).collect();
+        let values: Vec<Vec<u8>> = writes.iter().map(|(_, _, r)| r.encode(view)).collect();
+        let answers = self
+            .grouped(&keys, true, WRITE_DEADLINE, |i, pipe| {
+                let (_, old, r) = &writes[i];
+                pipe.cmd("EVAL").arg(SWAP_SCRIPT).arg(1).arg(&keys[i]).arg(old.as_deref().unwrap_or_default());
+                pipe.arg(r.event_ts).arg(r.created_ts).arg(&values[i]);
+            })
+            .await?;
+        Ok(answers.iter().map(|a| matches!(a, Value::Int(1))).collect())
     }
 
     pub async fn checkpoint(&self, source: &str) -> Result<Option<Vec<u8>>> {

@@ -60,7 +60,7 @@ pub(crate) fn event(view: &FeatureView, payload: &Map<String, Json>, schema: Opt
                     .map_err(|m| format!("feature '{}': {m}", feature.name))?;
                 values.push(v);
             }
-            Ok(Event::Change((key, Some(Record { event_ts: ts, created_ts: 0, values }))))
+            Ok(Event::Change((key, Some(Record::new(ts, 0, values)))))
         }
         "d" => {
             let before = row("before").map_err(|e| {

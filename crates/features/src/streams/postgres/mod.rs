@@ -533,7 +533,7 @@ impl Source<'_> {
             };
             values.push(v);
         }
-        Some((key, Some(Record { event_ts, created_ts: 0, values })))
+        Some((key, Some(Record::new(event_ts, 0, values))))
     }
 
     /// The entity's latest row: a pending change, else the store's.

@@ -24,9 +24,39 @@ const NUMERIC: u32 = 1700;
 const UUID: u32 = 2950;
 const JSONB: u32 = 3802;
 
+/// The item type of a one-dimensional array type (`bigint[]` → `bigint`).
+fn element_oid(oid: u32) -> Option<u32> {
+    Some(match oid {
+        1000 => BOOL,
+        1001 => BYTEA,
+        1003 => NAME,
+        1005 => INT2,
+        1007 => INT4,
+        1009 => TEXT,
+        1014 => BPCHAR,
+        1015 => VARCHAR,
+        1016 => INT8,
+        1021 => FLOAT4,
+        1022 => FLOAT8,
+        1115 => TIMESTAMP,
+        1182 => DATE,
+        1185 => TIMESTAMPTZ,
+        1231 => NUMERIC,
+        2951 => UUID,
+        _ => return None,
+    })
+}
+
 /// The feature types a column of type `oid` can be read as. Every column can be read as a
-/// string (its text form).
-pub fn readable_as(oid: u32) -> &'static [ValueType] {
+/// string (its text form); an array column as a list of what its items can be read as.
+pub fn readable_as(oid: u32) -> Vec<ValueType> {
+    match element_oid(oid) {
+        Some(item) => scalar_readable_as(item).iter().filter_map(|t| t.list()).chain([ValueType::String]).collect(),
+        None => scalar_readable_as(oid).to_vec(),
+    }
+}
+
+fn scalar_readable_as(oid: u32) -> &'static [ValueType] {
     use ValueType::*;
     match oid {
         BOOL => &[Bool, String],
@@ -57,6 +87,15 @@ pub fn check(column: &str, type_name: &str, oid: u32, feature: &str, ty: ValueTy
 /// Reads a column's text form as a value of `ty` (checked with [`check`] beforehand).
 pub fn parse(text: &str, oid: u32, ty: ValueType) -> Result<Value, String> {
     let bad = |e: &dyn std::fmt::Display| format!("'{}' is not {ty}: {e}", crate::value::shorten(text, 40));
+    if let Some(item) = ty.element() {
+        let item_oid = element_oid(oid).unwrap_or(TEXT);
+        let mut items = Vec::new();
+        for x in array_items(text).map_err(|e| bad(&e))? {
+            let x = x.ok_or_else(|| bad(&"a NULL item (list items cannot be missing)"))?;
+            items.push(parse(&x, item_oid, item)?);
+        }
+        return Ok(Value::List(item, items.into()));
+    }
     Ok(match ty {
         ValueType::String => Value::String(text.into()),
         ValueType::Bool => match text {
@@ -74,7 +113,63 @@ pub fn parse(text: &str, oid: u32, ty: ValueType) -> Result<Value, String> {
         }
         ValueType::Bytes => Value::Bytes(text.as_bytes().into()),
         ValueType::UnixTimestamp => Value::UnixTimestamp(parse_timestamp(text).map_err(|e| bad(&e))?),
+        _ => return Err(bad(&"not a list type")),
     })
+}
+
+/// The items of a one-dimensional array's text form (`{1,2}`, `{"a b",NULL}`, `[0:1]={1,2}`);
+/// `None` for a NULL item.
+fn array_items(text: &str) -> Result<Vec<Option<String>>, &'static str> {
+    let text = match text.split_once("={") {
+        Some((bounds, rest)) if bounds.starts_with('[') => &text[bounds.len() + 1..][..rest.len() + 1],
+        _ => text,
+    };
+    let inner = text.strip_prefix('{').and_then(|t| t.strip_suffix('}')).ok_or("an array is written {a,b}")?;
+    let mut items = Vec::new();
+    if inner.trim().is_empty() {
+        return Ok(items);
+    }
+    let mut chars = inner.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut item = String::new();
+        let quoted = chars.peek() == Some(&'"');
+        if quoted {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('\\') => item.push(chars.next().ok_or("an unfinished escape")?),
+                    Some('"') => break,
+                    Some(c) => item.push(c),
+                    None => return Err("an unclosed quote"),
+                }
+            }
+            while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                chars.next();
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                if c == '{' {
+                    return Err("only one-dimensional arrays can be read as lists");
+                }
+                item.push(c);
+                chars.next();
+            }
+            item = item.trim().to_string();
+        }
+        let null = !quoted && item.eq_ignore_ascii_case("NULL");
+        items.push(if null { None } else { Some(item) });
+        match chars.next() {
+            Some(',') => continue,
+            None => return Ok(items),
+            Some(_) => return Err("text after a quoted item"),
+        }
+    }
 }
 
 fn float(text: &str) -> Result<f64, std::num::ParseFloatError> {
@@ -115,6 +210,22 @@ mod tests {
         assert!(parse("infinity", TIMESTAMPTZ, ValueType::UnixTimestamp).is_err());
         assert!(parse("99999999999", INT8, ValueType::Int32).is_err());
         assert!(parse("\\x0", BYTEA, ValueType::Bytes).is_err());
+    }
+
+    #[test]
+    fn arrays_read_as_lists() {
+        let ints = parse("{3,1,2}", 1016, ValueType::Int64List).unwrap();
+        assert_eq!(ints, Value::List(ValueType::Int64, vec![Value::Int64(3), Value::Int64(1), Value::Int64(2)].into()));
+        assert_eq!(parse("{}", 1016, ValueType::Int64List).unwrap(), Value::List(ValueType::Int64, Vec::new().into()));
+        let s = parse(r#"{"a,b","c\"d",plain}"#, 1009, ValueType::StringList).unwrap();
+        assert_eq!(s.to_json(), serde_json::json!(["a,b", "c\"d", "plain"]));
+        assert_eq!(parse("[0:1]={5,6}", 1007, ValueType::Int32List).unwrap().to_json(), serde_json::json!([5, 6]));
+        assert!(parse("{1,NULL}", 1016, ValueType::Int64List).unwrap_err().contains("NULL item"));
+        assert!(parse("{{1,2},{3,4}}", 1016, ValueType::Int64List).unwrap_err().contains("one-dimensional"));
+        assert!(parse("{1,x}", 1016, ValueType::Int64List).is_err());
+        assert!(parse("1,2", 1016, ValueType::Int64List).is_err());
+        assert!(check("ids", "bigint[]", 1016, "ids", ValueType::Int64List).is_ok());
+        assert!(check("ids", "bigint[]", 1016, "ids", ValueType::Int64).unwrap_err().contains("int64[]"));
     }
 
     #[test]
