@@ -1,9 +1,13 @@
-//! The hook through which drift monitoring sees what a model served: each successful request's
-//! inputs (after enrichment) and raw outputs. An observer must never slow or block a request:
-//! it takes cheap clones (tensor data is reference-counted) and hands them off.
+//! The hooks through which monitoring sees what a model served. [`Observer`] (drift) gets each
+//! successful request's inputs (after enrichment) and raw outputs; [`Recorder`] (the payload
+//! log) gets every request that reached the model's inputs, failed ones too, with its id, time,
+//! latency and trace id. Neither may slow or block a request: they take cheap clones (tensor
+//! data is reference-counted) and hand them off.
 
+use crate::error::Error;
 use crate::repository::ModelVersion;
 use crate::tensor::Tensor;
+use std::time::{Duration, SystemTime};
 
 pub trait Observer: Send + Sync {
     /// Whether requests to `mv` are observed at all (checked per request, before any clone).
@@ -12,6 +16,34 @@ pub trait Observer: Send + Sync {
     /// One served request: its inputs and the model's outputs (all of them, before any
     /// client-side selection or classification).
     fn observe(&self, mv: &ModelVersion, inputs: Vec<Tensor>, outputs: Vec<Tensor>);
+
+    /// Forgets what it knows of `model` (called when the model is loaded, reloaded or unloaded).
+    fn model_changed(&self, model: &str);
+}
+
+/// One request as the [`Recorder`] sees it.
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// The request's id (generated when the client sent none).
+    pub id: String,
+    /// When it arrived.
+    pub started: SystemTime,
+    /// Arrival to answer.
+    pub latency: Duration,
+    /// The W3C trace id, when tracing is on.
+    pub trace_id: Option<String>,
+    /// The inputs after enrichment.
+    pub inputs: Vec<Tensor>,
+    /// The model's raw outputs (all of them), or why the request failed.
+    pub outputs: Result<Vec<Tensor>, Error>,
+}
+
+pub trait Recorder: Send + Sync {
+    /// Whether requests to `mv` may be recorded (checked per request, before any clone).
+    fn wants(&self, mv: &ModelVersion) -> bool;
+
+    /// One request, served or failed after enrichment.
+    fn record(&self, mv: &ModelVersion, served: Served);
 
     /// Forgets what it knows of `model` (called when the model is loaded, reloaded or unloaded).
     fn model_changed(&self, model: &str);

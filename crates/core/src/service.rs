@@ -7,7 +7,7 @@ use crate::config::{self, full_shape, input_datatype, output_datatype};
 use crate::enrich::Enricher;
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::{Metrics, VersionMetrics};
-use crate::observe::Observer;
+use crate::observe::{Observer, Recorder, Served};
 use crate::protocol::{self, LoadOptions};
 use crate::repository::{IndexEntry, ModelVersion, Repository};
 use crate::request::{InferRequest, InferResponse, Parameters};
@@ -89,6 +89,7 @@ pub struct Service {
     in_flight: AtomicUsize,
     enricher: Option<Arc<dyn Enricher>>,
     observer: Option<Arc<dyn Observer>>,
+    recorder: Option<Arc<dyn Recorder>>,
 }
 
 // === impl Service ===
@@ -104,6 +105,7 @@ impl Service {
             in_flight: AtomicUsize::new(0),
             enricher: None,
             observer: None,
+            recorder: None,
         }
     }
 
@@ -116,6 +118,12 @@ impl Service {
     /// Hands every successful request's inputs and outputs to `observer` (drift monitoring).
     pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
         self.observer = Some(observer);
+        self
+    }
+
+    /// Hands every request that reaches its model (failed ones too) to `recorder` (the payload log).
+    pub fn with_recorder(mut self, recorder: Arc<dyn Recorder>) -> Self {
+        self.recorder = Some(recorder);
         self
     }
 
@@ -278,7 +286,30 @@ impl Service {
         let m = self.version_metrics(&mv);
         let result = {
             let _in_flight = InFlight::enter(&m.in_flight);
-            self.infer_on(&mv, m, request, started).await
+            match self.recorder.as_ref().filter(|r| r.wants(&mv)) {
+                None => self.infer_on(&mv, m, request, started, None).await,
+                Some(recorder) => {
+                    let id = if request.id.is_empty() { generated_id() } else { request.id.clone() };
+                    let mut capture = Capture::default();
+                    let result = self.infer_on(&mv, m, request, started, Some(&mut capture)).await;
+                    let latency = started.elapsed();
+                    recorder.record(
+                        &mv,
+                        Served {
+                            id,
+                            started: std::time::SystemTime::now().checked_sub(latency).unwrap_or(std::time::UNIX_EPOCH),
+                            latency,
+                            trace_id: crate::trace::current_trace_id(),
+                            inputs: capture.inputs,
+                            outputs: match &result {
+                                Ok(_) => Ok(capture.outputs),
+                                Err(e) => Err(e.clone()),
+                            },
+                        },
+                    );
+                    result
+                }
+            }
         };
         m.queue_depth.set(mv.scheduler.queued() as i64);
         if let (Some(gauge), Some(limit)) = (&m.concurrency_limit, mv.scheduler.limit()) {
@@ -305,10 +336,20 @@ impl Service {
         m: &VersionMetrics,
         mut request: InferRequest,
         started: Instant,
+        mut capture: Option<&mut Capture>,
     ) -> Result<InferResponse> {
         if let Some(enricher) = &self.enricher {
             let span = tracing::debug_span!(target: crate::trace::TARGET, "enrich");
-            enricher.enrich(mv, &mut request).instrument(span).await?;
+            let enriched = enricher.enrich(mv, &mut request).instrument(span).await;
+            if let Err(e) = enriched {
+                if let Some(c) = capture {
+                    c.inputs = request.inputs;
+                }
+                return Err(e);
+            }
+        }
+        if let Some(c) = capture.as_deref_mut() {
+            c.inputs = request.inputs.clone();
         }
         let config = &mv.config;
         let observer = self.observer.as_ref().filter(|o| o.wants(mv));
@@ -348,6 +389,9 @@ impl Service {
         }
         if let (Some(o), Some(observed)) = (observer, observed_inputs) {
             o.observe(mv, observed, outputs.clone());
+        }
+        if let Some(c) = capture {
+            c.outputs = outputs.clone();
         }
         let output_start = Instant::now();
         let result = self.finish_outputs(mv, &mut outputs, &request.outputs, batch);
@@ -623,4 +667,18 @@ impl Api for Service {
     async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
         Service::infer(self, request).await
     }
+}
+
+/// What the [`Recorder`] keeps of a request while it runs.
+#[derive(Default)]
+struct Capture {
+    inputs: Vec<Tensor>,
+    outputs: Vec<Tensor>,
+}
+
+/// An id for a request that came without one: unique in this process and across restarts.
+fn generated_id() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
+    format!("flotilla-{start:x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }

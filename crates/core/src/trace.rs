@@ -89,6 +89,17 @@ pub fn outgoing() -> Vec<(&'static str, String)> {
     headers.0
 }
 
+/// The current trace's id (32 hex digits), when there is a trace.
+pub fn current_trace_id() -> Option<String> {
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return None;
+    }
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
 /// Records a stage that already happened (`start`..`end`, measured elsewhere: the scheduler's
 /// queue and execution) as a child of the current span, with `attributes` (built only when
 /// the stage is exported, so a request without a trace allocates nothing).

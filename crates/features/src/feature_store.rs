@@ -143,6 +143,11 @@ impl FeatureStore {
         source: &str,
         checkpoint: Option<Checkpoint>,
     ) -> Result<WriteOutcome> {
+        if view.max_items.is_some() {
+            for (_, r) in &rows {
+                r.items(view)?;
+            }
+        }
         let newest = rows.iter().map(|(_, r)| r.event_ts).max();
         let outcome = self.store.write(view, rows, checkpoint).await?;
         if outcome.applied > 0 {
@@ -223,7 +228,11 @@ impl FeatureStore {
                 .map_err(|m| FeatureError::invalid(format!("feature '{}': {m}", f.name)))?;
             values.push(v);
         }
-        Ok((key, Record::new(event_ts, created_ts, values)))
+        let record = Record::new(event_ts, created_ts, values);
+        if view.max_items.is_some() {
+            record.items(view)?;
+        }
+        Ok((key, record))
     }
 }
 

@@ -124,7 +124,12 @@ pub async fn ingest(
             let values =
                 features.iter().zip(&view.features).map(|(c, f)| files::value_at(c.as_ref(), f.dtype, row)).collect();
             let created_ts = created.as_ref().and_then(|c| c[row]).unwrap_or(0);
-            pending.push((key, Record::new(event_ts, created_ts, values)));
+            let record = Record::new(event_ts, created_ts, values);
+            if view.max_items.is_some() {
+                let row = first + row as u64 + 1;
+                record.items(view).map_err(|e| FeatureError::invalid(format!("{what} row {row}: {e}")))?;
+            }
+            pending.push((key, record));
         }
         report.rows += batch.num_rows() as u64;
         if pending.len() >= COMMIT_ROWS {

@@ -174,10 +174,12 @@ impl Record {
                 }
             };
             match n {
-                Some(m) if m != len => return Err(FeatureError::invalid(format!(
+                Some(m) if m != len => {
+                    return Err(FeatureError::invalid(format!(
                     "feature view '{}' appends items: feature '{}' has {len} items but the features before it have {m}",
                     view.name, f.name
-                ))),
+                )))
+                }
                 _ => n = Some(len),
             }
         }

@@ -3,7 +3,7 @@
 
 use flotilla_features::feature_store::Status;
 use flotilla_features::serving::OnlineResponse;
-use flotilla_features::value::Value;
+use flotilla_features::value::{Value, ValueType};
 use flotilla_features::FeatureStore;
 use flotilla_proto::feast::serving::get_online_features_request::Kind;
 use flotilla_proto::feast::serving::serving_service_server::ServingService;
@@ -45,6 +45,9 @@ fn value_json(v: &PbValue, key: &str, row: usize) -> Result<serde_json::Value, R
         Some(Val::FloatVal(f)) => serde_json::Number::from_f64(f64::from(*f)).map(J::Number).unwrap_or(J::Null),
         Some(Val::BoolVal(b)) => J::Bool(*b),
         Some(Val::UnixTimestampVal(s)) => J::from(*s),
+        Some(_) => {
+            return Err(RpcStatus::invalid_argument(format!("entities.{key}[{row}]: a list cannot be an entity key")))
+        }
     })
 }
 
@@ -59,8 +62,37 @@ fn pb_value(v: Option<&Value>) -> PbValue {
         Some(Value::Bool(b)) => Val::BoolVal(*b),
         Some(Value::Bytes(b)) => Val::BytesVal(b.to_vec()),
         Some(Value::UnixTimestamp(us)) => Val::UnixTimestampVal(us.div_euclid(1_000_000)),
+        Some(Value::List(item, items)) => list(*item, items),
     };
     PbValue { val: Some(val) }
+}
+
+/// A list value as Feast's `*_list_val` of its item type.
+fn list(item: ValueType, items: &[Value]) -> Val {
+    use flotilla_proto::feast::types as t;
+    macro_rules! collect {
+        ($variant:ident, $list:ident, $pat:pat => $x:expr) => {
+            Val::$variant(t::$list {
+                val: items
+                    .iter()
+                    .filter_map(|v| match v {
+                        $pat => Some($x),
+                        _ => None,
+                    })
+                    .collect(),
+            })
+        };
+    }
+    match item {
+        ValueType::Int32 => collect!(Int32ListVal, Int32List, Value::Int32(i) => *i),
+        ValueType::Int64 => collect!(Int64ListVal, Int64List, Value::Int64(i) => *i),
+        ValueType::Float32 => collect!(FloatListVal, FloatList, Value::Float32(f) => *f),
+        ValueType::Float64 => collect!(DoubleListVal, DoubleList, Value::Float64(f) => *f),
+        ValueType::String => collect!(StringListVal, StringList, Value::String(s) => s.to_string()),
+        ValueType::Bool => collect!(BoolListVal, BoolList, Value::Bool(b) => *b),
+        ValueType::Bytes => collect!(BytesListVal, BytesList, Value::Bytes(b) => b.to_vec()),
+        _ => collect!(UnixTimestampListVal, Int64List, Value::UnixTimestamp(us) => us.div_euclid(1_000_000)),
+    }
 }
 
 fn pb_status(s: Status) -> i32 {

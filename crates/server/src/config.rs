@@ -25,6 +25,56 @@ pub enum Command {
     Features(FeaturesCommand),
     /// Build a model's drift reference profile from its training data (written into its folder).
     Profile(ProfileArgs),
+    /// Run a model's logged requests (its payload log) through a candidate version and report how
+    /// it would have answered them.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// The payload log folder (`serve --payload-log`): its `<model>/` folder is read.
+    #[arg(long)]
+    pub log: PathBuf,
+    /// The logged model.
+    #[arg(long)]
+    pub model: String,
+    /// The candidate: a version number of the model, a model folder (its newest version) or a
+    /// version folder.
+    #[arg(long)]
+    pub candidate: String,
+    /// The model repository holding the model (its config, and the logged primary version).
+    #[arg(long, env = "FLOTILLA_MODEL_REPOSITORY", default_value = "examples/repository")]
+    pub model_repository: PathBuf,
+    /// Labels by request id: a Parquet file with `request_id` and a label column.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// The labels file's label column.
+    #[arg(long, default_value = "label")]
+    pub label_column: String,
+    /// The output whose classes and scores are judged (default: the first).
+    #[arg(long)]
+    pub output: Option<String>,
+    /// A request whose outputs differ from the logged ones by more than this is "changed".
+    #[arg(long, default_value_t = 1e-6)]
+    pub tolerance: f64,
+    /// Most rows per replayed batch (consecutive requests with the same shapes are joined).
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// Take the canary's bounds from this fleet.toml's `[models.M.canary]`.
+    #[arg(long)]
+    pub fleet: Option<PathBuf>,
+    /// Canary bound: the candidate's error rate may exceed the primary's by at most this (default 0.01).
+    #[arg(long)]
+    pub max_error_rate_increase: Option<f64>,
+    /// Canary bound: the candidate's p99 may be at most this times the primary's (default 1.5).
+    #[arg(long)]
+    pub max_p99_ratio: Option<f64>,
+    /// Report files: OUT.md and OUT.json (default: replay-<model>.md/.json here).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -368,6 +418,24 @@ pub struct ServeConfig {
     /// `flotilla profile`): windows, drift scores, alerts, GET /v2/models/{m}/drift.
     #[arg(long, env = "FLOTILLA_DRIFT_MONITORING", default_value_t = true, action = ArgAction::Set)]
     pub drift_monitoring: bool,
+
+    /// Log sampled requests of models whose folder has a payload.toml (inputs after enrichment,
+    /// outputs, latency) as Parquet files under this folder (`<dir>/<model>/`); `none` = off.
+    #[arg(long, env = "FLOTILLA_PAYLOAD_LOG")]
+    pub payload_log: Option<PathBuf>,
+
+    /// A payload log file is completed (and a new one started) past this size...
+    #[arg(long, env = "FLOTILLA_PAYLOAD_LOG_MAX_MB", default_value_t = 64)]
+    pub payload_log_max_mb: u64,
+
+    /// ... or this age, in seconds.
+    #[arg(long, env = "FLOTILLA_PAYLOAD_LOG_MAX_AGE_SECS", default_value_t = 60.0)]
+    pub payload_log_max_age_secs: f64,
+
+    /// Requests waiting for the payload log's writer; beyond it requests are not logged (counted
+    /// as dropped), so logging never slows serving.
+    #[arg(long, env = "FLOTILLA_PAYLOAD_LOG_QUEUE", default_value_t = 10_000)]
+    pub payload_log_queue: usize,
 
     /// Where drift windows and alert states are kept across restarts (`<dir>/<model>.json`); `none` =
     /// not kept. Default: .flotilla/drift, or .flotilla/workers/<worker id>/drift for a fleet worker.

@@ -11,6 +11,7 @@
 //! - `flotilla-text`: text models (tokenizer.json + ONNX encoder): strings in, embeddings or logits out.
 //! - `flotilla-features`: the feature store (online store, ingestion, enrichment, training sets).
 //! - `flotilla-drift`: drift monitoring (reference profiles, windows, drift scores, alerts).
+//! - `flotilla-payload`: the payload log (sampled requests to Parquet) and offline replay.
 //! - `flotilla-proto`: protocol and model-config messages (built with protox).
 //! - this crate: the CLI ([`config`]) and [`run`], which wires everything and drains on shutdown;
 //!   [`telemetry`]: logs, and request traces over OTLP; [`dashboard`]: the live web pages at
@@ -22,6 +23,7 @@ pub mod config;
 pub mod dashboard;
 pub mod features_cli;
 pub mod profile_cli;
+pub mod replay_cli;
 pub mod route;
 pub mod security;
 pub mod telemetry;
@@ -161,9 +163,25 @@ pub async fn build_service(config: &ServeConfig) -> anyhow::Result<Built> {
         autocomplete: AutocompleteOptions { default_max_batch_size: config.default_max_batch_size },
         default_instances: instances,
     };
+    let payload = match &config.payload_log {
+        Some(dir) if dir.as_os_str() != "none" => {
+            let options = flotilla_payload::log::Options {
+                dir: dir.clone(),
+                max_bytes: config.payload_log_max_mb.max(1) * 1024 * 1024,
+                max_age: Duration::from_secs_f64(config.payload_log_max_age_secs.max(1.0)),
+                queue: config.payload_log_queue,
+                salt: std::env::var("FLOTILLA_PAYLOAD_SALT").unwrap_or_default().into_bytes(),
+            };
+            let log = flotilla_payload::log::PayloadLog::start(&config.model_repository, options, &metrics.registry)
+                .context("payload log")?;
+            Some(Arc::new(log))
+        }
+        _ => None,
+    };
     let ready = metrics.model_ready.clone();
     let hook_enrichment = enrichment.clone();
     let hook_drift = drift.clone();
+    let hook_payload = payload.clone();
     let check_drift = drift.clone();
     let repository = Repository::new(config.model_repository.clone(), mode, settings)
         .with_load_check(move |model, config| {
@@ -179,6 +197,9 @@ pub async fn build_service(config: &ServeConfig) -> anyhow::Result<Built> {
             }
             if let Some(d) = &hook_drift {
                 d.model_changed(model);
+            }
+            if let Some(p) = &hook_payload {
+                flotilla_core::observe::Recorder::model_changed(p.as_ref(), model);
             }
         });
     repository
@@ -197,7 +218,10 @@ pub async fn build_service(config: &ServeConfig) -> anyhow::Result<Built> {
     if let Some(d) = &drift {
         service = service.with_observer(d.clone());
     }
-    Ok(Built { service: Arc::new(service), features, drift })
+    if let Some(p) = &payload {
+        service = service.with_recorder(p.clone());
+    }
+    Ok(Built { service: Arc::new(service), features, drift, payload })
 }
 
 /// What [`build_service`] makes: the service and the optional parts beside it.
@@ -205,6 +229,7 @@ pub struct Built {
     pub service: Arc<Service>,
     pub features: Option<Arc<FeatureStore>>,
     pub drift: Option<Arc<Monitor>>,
+    pub payload: Option<Arc<flotilla_payload::log::PayloadLog>>,
 }
 
 /// A worker's source leases, as the stream consumers ask for them.
@@ -228,7 +253,7 @@ pub async fn run(
     let security = security::Security::from_args(&config.security)?;
     let worker::Prepared { agent: mut agent_settings, consumer } = worker::prepare(&mut config, &listeners)?;
     agent_settings.link = security.link.clone();
-    let Built { service, features, drift } = build_service(&config).await?;
+    let Built { service, features, drift, payload } = build_service(&config).await?;
     agent_settings.features = features.is_some();
     agent_settings.drift = drift.is_some();
     let agent = flotilla_fleet::agent::Agent::new(agent_settings, service.clone());
@@ -340,6 +365,10 @@ pub async fn run(
     flotilla_grpc::set_not_serving(&health).await;
     stop_tx.send_replace(true);
     drain_tasks(tasks, exit_timeout).await;
+    if let Some(p) = payload {
+        // What the payload log buffered is written and its files completed.
+        tokio::task::spawn_blocking(move || p.close()).await.ok();
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -42,7 +42,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(config) => telemetry::init(&config.log, "flotilla")?,
         Command::Route(config) => telemetry::init(&config.log, "flotilla-router")?,
         Command::Features(_) => telemetry::init_cli("info"),
-        Command::Profile(_) => telemetry::init_cli("warn"),
+        Command::Profile(_) | Command::Replay(_) => telemetry::init_cli("warn"),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(command(cli.command));
@@ -63,5 +63,6 @@ async fn command(command: Command) -> anyhow::Result<()> {
         }
         Command::Features(command) => flotilla::features_cli::run(command, shutdown_signal()).await,
         Command::Profile(args) => flotilla::profile_cli::run(args).await,
+        Command::Replay(args) => flotilla::replay_cli::run(args).await,
     }
 }

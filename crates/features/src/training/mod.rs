@@ -125,6 +125,14 @@ impl TrainingSet<'_> {
                     view.name
                 ))
             })?;
+            if let Some(max) = view.max_items {
+                return Err(FeatureError::invalid(format!(
+                    "feature view '{}' appends items (max_items = {max}): training sets join one row per entity \
+                     and event time, and do not rebuild an append view's item lists as of each entity row; \
+                     join its source file's rows (one item each) instead",
+                    view.name
+                )));
+            }
             let wanted: Vec<usize> =
                 self.features.iter().enumerate().filter(|(_, f)| f.view == v).map(|(i, _)| i).collect();
             let dtypes: Vec<DataType> =

@@ -1,0 +1,386 @@
+//! The payload log: requests of models with a `payload.toml`, sampled on the request path (a
+//! counter and a hash: no lock), handed to one writer thread through a bounded queue (a full
+//! queue drops the request and counts it: serving never waits for the log), and written there as
+//! Parquet (see [`crate::columns`] for the schema), one row group per flush, into
+//! `DIR/<model>/<model>-v<version>-<start>-<n>.parquet`. A file being written ends in `.partial`
+//! and is renamed when it reaches the size or age limit, or when the server stops.
+
+use crate::columns::{self, Column, Values};
+use crate::settings::{Settings, FILE_NAME};
+use crate::{PayloadError, Result};
+use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use flotilla_core::observe::{Recorder, Served};
+use flotilla_core::repository::ModelVersion;
+use parking_lot::{Mutex, RwLock};
+use parquet::arrow::ArrowWriter;
+use prometheus::IntCounterVec;
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Where and how the log is written (`flotilla serve --payload-log ...`).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub dir: PathBuf,
+    /// A file is closed (and a new one started) past this size...
+    pub max_bytes: u64,
+    /// ... or this age.
+    pub max_age: Duration,
+    /// Requests waiting for the writer; more are dropped (and counted).
+    pub queue: usize,
+    /// Salt of hashed inputs' digests.
+    pub salt: Vec<u8>,
+}
+
+/// Rows buffered per file before they are written as a row group.
+const ROW_GROUP: usize = 1024;
+/// Buffered rows are written at least this often.
+const FLUSH: Duration = Duration::from_secs(1);
+
+/// One model's logging, from its `payload.toml`.
+struct ModelLog {
+    settings: Settings,
+    columns: Arc<Vec<Column>>,
+}
+
+enum Message {
+    Row(Box<Entry>),
+    /// Write what is buffered, close every file, answer.
+    Close(SyncSender<()>),
+}
+
+struct Entry {
+    model: String,
+    version: String,
+    columns: Arc<Vec<Column>>,
+    served: Served,
+}
+
+/// The payload log of a server (a [`Recorder`]).
+pub struct PayloadLog {
+    repository: PathBuf,
+    models: RwLock<HashMap<String, Option<Arc<ModelLog>>>>,
+    queue: SyncSender<Message>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    counter: AtomicU64,
+    metrics: Metrics,
+}
+
+#[derive(Clone)]
+struct Metrics {
+    rows: IntCounterVec,
+    files: IntCounterVec,
+}
+
+impl PayloadLog {
+    /// Starts the writer thread; metrics are registered in `registry`.
+    pub fn start(repository: &Path, options: Options, registry: &prometheus::Registry) -> Result<Self> {
+        std::fs::create_dir_all(&options.dir)
+            .map_err(|e| PayloadError::Io(format!("--payload-log {}: {e}", options.dir.display())))?;
+        let rows = IntCounterVec::new(
+            prometheus::Opts::new(
+                "flotilla_payload_log_rows_total",
+                "Requests offered to the payload log, by model and outcome (written, dropped: the queue was full).",
+            ),
+            &["model", "outcome"],
+        )
+        .map_err(|e| PayloadError::Io(e.to_string()))?;
+        let files = IntCounterVec::new(
+            prometheus::Opts::new("flotilla_payload_log_files_total", "Payload log files completed, by model."),
+            &["model"],
+        )
+        .map_err(|e| PayloadError::Io(e.to_string()))?;
+        let _ = registry.register(Box::new(rows.clone()));
+        let _ = registry.register(Box::new(files.clone()));
+        let metrics = Metrics { rows, files };
+        let (queue, rx) = sync_channel(options.queue.max(1));
+        let m = metrics.clone();
+        let writer = std::thread::Builder::new()
+            .name("payload-log".into())
+            .spawn(move || Writer { options, files: HashMap::new(), metrics: m }.run(rx))
+            .map_err(|e| PayloadError::Io(format!("payload log writer: {e}")))?;
+        Ok(Self {
+            repository: repository.to_path_buf(),
+            models: RwLock::new(HashMap::new()),
+            queue,
+            writer: Mutex::new(Some(writer)),
+            counter: AtomicU64::new(0),
+            metrics,
+        })
+    }
+
+    fn model(&self, mv: &ModelVersion) -> Option<Arc<ModelLog>> {
+        if let Some(m) = self.models.read().get(&mv.name) {
+            return m.clone();
+        }
+        let path = self.repository.join(&mv.name).join(FILE_NAME);
+        let log = match std::fs::read_to_string(&path) {
+            Err(_) => None,
+            Ok(text) => {
+                let inputs: Vec<&str> = mv.config.input.iter().map(|i| i.name.as_str()).collect();
+                match Settings::parse(&path, &text, &inputs) {
+                    Ok(settings) => {
+                        let columns = Arc::new(columns::layout(&mv.config, &settings.drop, &settings.hash));
+                        Some(Arc::new(ModelLog { settings, columns }))
+                    }
+                    Err(e) => {
+                        tracing::warn!(model = %mv.name, error = %e, "payload logging of this model is off");
+                        None
+                    }
+                }
+            }
+        };
+        self.models.write().insert(mv.name.clone(), log.clone());
+        log
+    }
+
+    /// Whether this request falls in the sample: a counter spread by SplitMix64, compared with
+    /// the rate (no lock, no shared random state).
+    fn sampled(&self, rate: f64) -> bool {
+        if rate >= 1.0 {
+            return true;
+        }
+        let mut z = self.counter.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64 <= rate && rate > 0.0
+    }
+
+    /// Writes what is buffered and closes every file (at shutdown); later rows are dropped.
+    pub fn close(&self) {
+        let (tx, rx) = sync_channel(1);
+        if self.queue.send(Message::Close(tx)).is_ok() {
+            let _ = rx.recv_timeout(Duration::from_secs(30));
+        }
+        if let Some(w) = self.writer.lock().take() {
+            drop(w);
+        }
+    }
+}
+
+impl Drop for PayloadLog {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Recorder for PayloadLog {
+    fn wants(&self, mv: &ModelVersion) -> bool {
+        self.model(mv).is_some()
+    }
+
+    fn record(&self, mv: &ModelVersion, served: Served) {
+        let Some(log) = self.model(mv) else { return };
+        let keep = match &served.outputs {
+            Ok(_) => self.sampled(log.settings.sample),
+            Err(_) => log.settings.errors,
+        };
+        if !keep {
+            return;
+        }
+        let entry =
+            Entry { model: mv.name.clone(), version: mv.version_str.clone(), columns: log.columns.clone(), served };
+        match self.queue.try_send(Message::Row(Box::new(entry))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.metrics.rows.with_label_values(&[mv.name.as_str(), "dropped"]).inc();
+            }
+        }
+    }
+
+    fn model_changed(&self, model: &str) {
+        self.models.write().remove(model);
+    }
+}
+
+/// An open log file and the rows not yet written to it.
+struct OpenFile {
+    writer: ArrowWriter<File>,
+    path: PathBuf,
+    columns: Arc<Vec<Column>>,
+    schema: Arc<arrow_schema::Schema>,
+    opened: Instant,
+    rows: Vec<Entry>,
+    last_flush: Instant,
+}
+
+/// The writer thread's state.
+struct Writer {
+    options: Options,
+    /// Per (model, version).
+    files: HashMap<(String, String), OpenFile>,
+    metrics: Metrics,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Message>) {
+        loop {
+            match rx.recv_timeout(FLUSH / 4) {
+                Ok(Message::Row(entry)) => self.add(*entry),
+                Ok(Message::Close(done)) => {
+                    self.close_all();
+                    let _ = done.send(());
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.close_all();
+                    return;
+                }
+            }
+            self.tick();
+        }
+    }
+
+    fn add(&mut self, entry: Entry) {
+        let key = (entry.model.clone(), entry.version.clone());
+        if !self.files.contains_key(&key) || self.files[&key].columns != entry.columns {
+            if let Some(f) = self.files.remove(&key) {
+                self.finish(f);
+            }
+            match self.open(&entry) {
+                Ok(f) => {
+                    self.files.insert(key.clone(), f);
+                }
+                Err(e) => {
+                    tracing::warn!(model = %entry.model, error = %e, "payload log file not opened; request dropped");
+                    self.metrics.rows.with_label_values(&[entry.model.as_str(), "dropped"]).inc();
+                    return;
+                }
+            }
+        }
+        if let Some(f) = self.files.get_mut(&key) {
+            f.rows.push(entry);
+            if f.rows.len() >= ROW_GROUP {
+                flush(f, &self.metrics);
+            }
+        }
+    }
+
+    /// Flushes files whose rows waited long enough, and rotates those past their limits.
+    fn tick(&mut self) {
+        let keys: Vec<(String, String)> = self.files.keys().cloned().collect();
+        for key in keys {
+            let Some(f) = self.files.get_mut(&key) else { continue };
+            if !f.rows.is_empty() && f.last_flush.elapsed() >= FLUSH {
+                flush(f, &self.metrics);
+            }
+            let size = f.writer.bytes_written() as u64 + f.writer.in_progress_size() as u64;
+            if size >= self.options.max_bytes || f.opened.elapsed() >= self.options.max_age {
+                if let Some(f) = self.files.remove(&key) {
+                    self.finish(f);
+                }
+            }
+        }
+    }
+
+    fn open(&self, entry: &Entry) -> Result<OpenFile> {
+        let dir = self.options.dir.join(&entry.model);
+        std::fs::create_dir_all(&dir).map_err(|e| PayloadError::Io(format!("{}: {e}", dir.display())))?;
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
+        let path = dir.join(format!("{}-v{}-{stamp}.parquet.partial", entry.model, entry.version));
+        let file = File::create(&path).map_err(|e| PayloadError::Io(format!("{}: {e}", path.display())))?;
+        let schema = columns::schema(&entry.columns);
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::SNAPPY)
+            .build();
+        let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
+            .map_err(|e| PayloadError::Io(format!("{}: {e}", path.display())))?;
+        Ok(OpenFile {
+            writer,
+            path,
+            columns: entry.columns.clone(),
+            schema,
+            opened: Instant::now(),
+            rows: Vec::new(),
+            last_flush: Instant::now(),
+        })
+    }
+
+    fn finish(&self, mut f: OpenFile) {
+        flush(&mut f, &self.metrics);
+        let model = f.path.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().to_string());
+        let path = f.path.clone();
+        match f.writer.close() {
+            Ok(_) => {
+                let done = path.with_extension("");
+                if let Err(e) = std::fs::rename(&path, &done) {
+                    tracing::warn!(path = %path.display(), error = %e, "payload log file not renamed");
+                }
+                self.metrics.files.with_label_values(&[model.unwrap_or_default().as_str()]).inc();
+            }
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "payload log file not closed"),
+        }
+    }
+
+    fn close_all(&mut self) {
+        for (_, f) in std::mem::take(&mut self.files) {
+            self.finish(f);
+        }
+    }
+}
+
+/// Writes a file's buffered rows as one row group.
+fn flush(f: &mut OpenFile, metrics: &Metrics) {
+    f.last_flush = Instant::now();
+    if f.rows.is_empty() {
+        return;
+    }
+    let rows = std::mem::take(&mut f.rows);
+    let model = rows[0].model.clone();
+    let written = rows.len() as u64;
+    let result = batch(&f.schema, &f.columns, &rows)
+        .and_then(|b| f.writer.write(&b).and_then(|_| f.writer.flush()).map_err(|e| PayloadError::Io(e.to_string())));
+    match result {
+        Ok(()) => metrics.rows.with_label_values(&[model.as_str(), "written"]).inc_by(written),
+        Err(e) => {
+            tracing::warn!(model, error = %e, "payload log rows not written");
+            metrics.rows.with_label_values(&[model.as_str(), "dropped"]).inc_by(written);
+        }
+    }
+}
+
+/// The record batch of `rows` (tensors converted here, off the request path).
+fn batch(schema: &Arc<arrow_schema::Schema>, columns: &[Column], rows: &[Entry]) -> Result<RecordBatch> {
+    let salt = std::env::var("FLOTILLA_PAYLOAD_SALT").unwrap_or_default();
+    let text =
+        |f: &dyn Fn(&Entry) -> Option<String>| -> ArrayRef { Arc::new(rows.iter().map(f).collect::<StringArray>()) };
+    let mut arrays: Vec<ArrayRef> = vec![
+        text(&|e| Some(e.served.id.clone())),
+        Arc::new(
+            TimestampMicrosecondArray::from(
+                rows.iter()
+                    .map(|e| e.served.started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64))
+                    .collect::<Vec<i64>>(),
+            )
+            .with_timezone("UTC"),
+        ),
+        text(&|e| Some(e.model.clone())),
+        text(&|e| Some(e.version.clone())),
+        text(&|e| Some(e.served.outputs.as_ref().map_or_else(|err| err.kind.as_str(), |_| "ok").to_string())),
+        text(&|e| e.served.outputs.as_ref().err().map(|err| err.message.clone())),
+        Arc::new(rows.iter().map(|e| e.served.latency.as_micros() as i64).collect::<Int64Array>()),
+        text(&|e| e.served.trace_id.clone()),
+    ];
+    for c in columns {
+        let tensors: Vec<Option<&flotilla_core::Tensor>> = rows
+            .iter()
+            .map(|e| {
+                let list = if c.input { Some(&e.served.inputs) } else { e.served.outputs.as_ref().ok() };
+                list.and_then(|l| l.iter().find(|t| t.name == c.tensor))
+            })
+            .collect();
+        let values: Vec<Option<Values>> =
+            tensors.iter().map(|t| t.and_then(|t| columns::values(t, c.kind, salt.as_bytes()))).collect();
+        let shapes: Vec<Option<&[i64]>> =
+            tensors.iter().zip(&values).map(|(t, v)| v.as_ref().and(t.map(|t| t.shape.as_slice()))).collect();
+        arrays.push(columns::list_array(c.kind, &values.iter().map(Option::as_ref).collect::<Vec<_>>()));
+        arrays.push(columns::shape_array(&shapes));
+    }
+    RecordBatch::try_new(schema.clone(), arrays).map_err(|e| PayloadError::Io(e.to_string()))
+}
