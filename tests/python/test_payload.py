@@ -17,15 +17,15 @@ SALT = "s3cret"
 
 
 def scorer(folder, version, bump):
-    """score = sigmoid(x · w + 0 × tag), plus `bump` where x[0] > 0.5 (the candidate's change)."""
+    """score = sigmoid(x · w - 0.35 + 0 × tag), plus `bump` where x[0] > 0.5 (the candidate's change)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     w = numpy_helper.from_array(np.array([[0.3], [-0.2], [0.5], [0.1]], dtype=np.float32), "w")
     e0 = numpy_helper.from_array(np.array([[1.0], [0.0], [0.0], [0.0]], dtype=np.float32), "e0")
     consts = [numpy_helper.from_array(np.array(v, dtype=np.float32), n) for n, v in
-              (("half", 0.5), ("zero", 0.0), ("bump", bump))]
+              (("half", 0.5), ("zero", 0.0), ("bump", bump), ("bias", -0.35))]
     n = helper.make_node
-    nodes = [n("MatMul", ["x", "w"], ["z0"]), n("Mul", ["tag", "zero"], ["t0"]), n("Add", ["z0", "t0"], ["z1"]),
+    nodes = [n("MatMul", ["x", "w"], ["z0"]), n("Mul", ["tag", "zero"], ["t0"]), n("Add", ["z0", "t0"], ["z0t"]), n("Add", ["z0t", "bias"], ["z1"]),
              n("MatMul", ["x", "e0"], ["x0"]), n("Greater", ["x0", "half"], ["big"]),
              n("Cast", ["big"], ["bigf"], to=TensorProto.FLOAT), n("Mul", ["bigf", "bump"], ["b"]),
              n("Add", ["z1", "b"], ["z"]), n("Sigmoid", ["z"], ["score"])]
@@ -140,7 +140,7 @@ def test_replay_finds_exactly_the_changed_requests(tmp_path):
                         "--out", str(out), "--no-progress"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["replayed"] == 300 and report["logged"] == 300
+    assert report["replayed"] == 300 and report["logged"] == 300 and report["candidate_errors"] == 0
     assert set(report["changed_requests"]) == changed, "exactly the requests with x[0] > 0.5 changed"
     assert report["outputs"][0]["changed"] == len(changed)
     assert report["primary_latency"] is not None, "the logged primary (version 1) ran too"

@@ -53,7 +53,8 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let batching = config.max_batch_size > 0;
     let mut candidate_answers = Vec::with_capacity(replayed.len());
     let mut primary_answers = primary.as_ref().map(|_| Vec::with_capacity(replayed.len()));
-    for group in batches(&logged, &replayed, if batching { args.batch.max(1) } else { 1 }) {
+    let rows = if batching { args.batch.min(config.max_batch_size as usize).max(1) } else { 1 };
+    for group in batches(&logged, &replayed, rows) {
         let requests: Vec<&Logged> = group.iter().map(|i| &logged[*i]).collect();
         candidate_answers.extend(run_batch(&service, "candidate", &requests).await);
         if let Some(p) = primary_answers.as_mut() {
