@@ -229,7 +229,7 @@ async fn run_batch(service: &Service, model: &str, requests: &[&Logged]) -> Vec<
     let inputs: Vec<Tensor> = if requests.len() == 1 {
         requests[0].inputs.clone().unwrap_or_default()
     } else {
-        let first = requests[0].inputs.as_ref().map(|v| v.as_slice()).unwrap_or_default();
+        let first = requests[0].inputs.as_deref().unwrap_or_default();
         first
             .iter()
             .enumerate()
