@@ -1,8 +1,11 @@
 """Drift monitoring cost: the example fraud_xgb model served with monitoring off and on, the same
 load (wrk, KServe v2 JSON bodies of 1 and 64 rows drawn like its training data), one run, points
 interleaved off/on/off/on so that machine noise falls on both. Writes bench/results/drift.{md,json}.
+With --what payload, the same for the payload log (every request logged: `sample = 1.0`), written to
+bench/results/payload.{md,json}.
 
-Usage (from bench/drift/run.sh): python3 bench/drift/bench.py --flotilla target/release/flotilla [--seconds 8] [--smoke]"""
+Usage (from bench/drift/run.sh): python3 bench/drift/bench.py --flotilla target/release/flotilla
+  [--what drift|payload] [--seconds 8] [--smoke]"""
 import argparse
 import datetime as dt
 import json
@@ -52,6 +55,17 @@ def http_get(url):
         return r.read().decode()
 
 
+WHAT = "drift"
+
+
+def feature_flags(mode):
+    """The flags that turn the measured feature off or on."""
+    if WHAT == "payload":
+        flags = ["--drift-monitoring", "false"]
+        return flags + (["--payload-log", str(WORK / "payload")] if mode == "on" else [])
+    return ["--drift-monitoring", "true" if mode == "on" else "false"]
+
+
 class Server:
     def __init__(self, flotilla, repo, mode):
         port = PORTS[mode]
@@ -60,7 +74,7 @@ class Server:
         self.log = open(WORK / f"server-{mode}.log", "w")
         self.proc = subprocess.Popen(
             SERVER_CPUS + [str(flotilla), "serve", "--model-repository", str(repo), "--model-control-mode", "explicit",
-             "--load-model", "fraud_xgb", "--feature-repo", "none", "--drift-monitoring", "true" if mode == "on" else "false",
+             "--load-model", "fraud_xgb", "--feature-repo", "none", *feature_flags(mode),
              "--drift-state-dir", "none", "--host", "127.0.0.1", "--http-port", str(port), "--grpc-port", str(port + 1),
              "--metrics-port", str(port + 2), "--log-level", "warn"],
             stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -125,7 +139,12 @@ def main():
     ap.add_argument("--seconds", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=5, help="off/on pairs per point")
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--what", choices=("drift", "payload"), default="drift")
     args = ap.parse_args()
+    global WHAT, WORK
+    WHAT = args.what
+    if WHAT == "payload":
+        WORK = ROOT / "bench" / ".work-payload"
     if args.smoke:
         args.seconds, args.rounds = 2, 1
     shutil.rmtree(WORK, ignore_errors=True)
@@ -134,6 +153,8 @@ def main():
     shutil.copytree(ROOT / "examples" / "repository" / "fraud_xgb", repo / "fraud_xgb")
     # Monitoring as shipped, minus the example's webhook target (nothing listens during the bench).
     (repo / "fraud_xgb" / "drift.toml").write_text("[window]\nrows = 1000\nseconds = 60\n")
+    # The payload log's worst case: every request logged.
+    (repo / "fraud_xgb" / "payload.toml").write_text("sample = 1.0\n")
     rng = random.Random(7)
     bodies = {}
     for n in (1, 64):
@@ -171,6 +192,11 @@ def main():
                     f"throughput {p['throughput_change']:+.1%}, p99 {p['p99_change']:+.1%}")
                 points.append(p)
         text = http_get(servers["on"].metrics)
+        payload = {
+            "rows_written": metric(text, "flotilla_payload_log_rows_total", outcome="written"),
+            "rows_dropped": metric(text, "flotilla_payload_log_rows_total", outcome="dropped"),
+            "files": metric(text, "flotilla_payload_log_files_total"),
+        }
         drift = {
             "rows_monitored": metric(text, "flotilla_drift_rows_total", model="fraud_xgb"),
             "requests_skipped_overload": metric(text, "flotilla_drift_skipped_requests_total", reason="overload"),
@@ -185,6 +211,7 @@ def main():
             s.stop()
     res = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "seconds": args.seconds,
            "rounds": args.rounds, "smoke": args.smoke, "took_s": time.time() - started, "points": points, "drift": drift,
+           "what": WHAT, "payload": payload,
            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
            "pinning": SERVER_CPUS[-1] if SERVER_CPUS else None,
            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()}
@@ -193,9 +220,9 @@ def main():
         "p99_increase_le_5pct": all(p["p99_change"] <= 0.05 for p in points),
     }
     out = WORK if args.smoke else ROOT / "bench" / "results"
-    (out / "drift.json").write_text(json.dumps(res, indent=1) + "\n")
-    write_md(res, out / "drift.md")
-    log(f"wrote {(out / 'drift.md').relative_to(ROOT)}")
+    (out / f"{WHAT}.json").write_text(json.dumps(res, indent=1) + "\n")
+    write_md(res, out / f"{WHAT}.md")
+    log(f"wrote {(out / f'{WHAT}.md').relative_to(ROOT)}")
     for k, v in res["targets"].items():
         log(f"{'PASS' if v else 'MISS'}  {k}")
 
@@ -206,6 +233,8 @@ def verdict(res, key, ok):
 
 
 def write_md(res, path):
+    if res.get("what") == "payload":
+        return write_payload_md(res, path)
     L = ["# Drift monitoring cost", "",
          f"Generated by `bench/drift/run.sh` on {res['date']} (commit {res['commit']}, took {res['took_s'] / 60:.1f} min). "
          f"One machine ({res['machine']['cores']} cores) runs both servers and wrk; only one server is loaded at a time"
@@ -232,6 +261,32 @@ def write_md(res, path):
           "Targets (at every point): throughput drop ≤ 3% " + verdict(res, "throughput_change", lambda x: x >= -0.03) +
           "; p99 increase ≤ 5% " + verdict(res, "p99_change", lambda x: x <= 0.05) + ".", "",
           "Rerun: `bench/drift/run.sh` (`--smoke`: a short check, tables in bench/.work-drift/).", ""]
+    path.write_text("\n".join(L))
+
+
+def write_payload_md(res, path):
+    L = ["# Payload log cost", "",
+         f"Generated by `bench/drift/run.sh --what payload` on {res['date']} (commit {res['commit']}, took "
+         f"{res['took_s'] / 60:.1f} min). One machine ({res['machine']['cores']} cores) runs both servers and wrk; only one "
+         "server is loaded at a time" + (f"; wrk is pinned to CPU 0 and the servers to CPUs {res['pinning']}"
+                                          if res.get("pinning") else "") + ".", "",
+         "`fraud_xgb` served twice by `target/release/flotilla`, drift monitoring off in both: without `--payload-log` and "
+         "with it, the model's `payload.toml` logging **every** request (`sample = 1.0`, the worst case). "
+         f"Each point is {res['rounds']} off/on pairs of {res['seconds']} s, back to back; medians, and the median of the "
+         "pairs' ratios. *Noise*: the off server's own spread ((max − min) / median).", "",
+         "| rows per request | c | off req/s | off p50 µs | off p99 µs | on req/s | on p50 µs | on p99 µs | throughput | p99 "
+         "| noise req/s | noise p99 |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for p in res["points"]:
+        noise = p.get("off_spread", {"rps": float("nan"), "p99": float("nan")})
+        L.append(f"| {p['rows']} | {p['c']} | {p['off']['rps']:,.0f} | {p['off']['p50_us']:.0f} | {p['off']['p99_us']:.0f} | "
+                 f"{p['on']['rps']:,.0f} | {p['on']['p50_us']:.0f} | {p['on']['p99_us']:.0f} | {p['throughput_change']:+.1%} | "
+                 f"{p['p99_change']:+.1%} | {noise['rps']:.1%} | {noise['p99']:.1%} |")
+    d = res["payload"]
+    L += ["", f"Log side: {d['rows_written']:,.0f} requests written, {d['rows_dropped']:,.0f} dropped (queue full), "
+          f"{d['files']:,.0f} files completed.", "",
+          "Target (at every point): throughput drop ≤ 3% " + verdict(res, "throughput_change", lambda x: x >= -0.03) + ".", "",
+          "Rerun: `bench/drift/run.sh --what payload`.", ""]
     path.write_text("\n".join(L))
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Drift monitoring cost, one command: fraud_xgb served with monitoring off and on under the same
 # wrk load, interleaved; writes bench/results/drift.{md,json}. Installs wrk (Debian) when absent and
-# builds the release binary. Usage: bench/drift/run.sh [--smoke] [--seconds N] [--rounds N]
+# builds the release binary. Usage: bench/drift/run.sh [--smoke] [--seconds N] [--rounds N] [--what payload]
+# (--what payload: the payload log's cost instead, every request logged; bench/results/payload.{md,json})
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 if ! command -v wrk >/dev/null; then
