@@ -181,3 +181,22 @@ def test_a_bad_payload_toml_is_named_and_the_model_still_serves(tmp_path, payloa
     finally:
         assert s.stop() == 0
     assert message in s.log()
+
+
+def test_files_rotate_by_age_while_serving(tmp_path):
+    repo = repository(tmp_path, "sample = 1.0\n")
+    log = tmp_path / "log"
+    s = Server(repo, "--payload-log", str(log), "--payload-log-max-age-secs", "1")
+    try:
+        deadline = time.time() + 4
+        n = 0
+        while time.time() < deadline:
+            assert infer(s, np.zeros((1, 4), dtype=np.float32), [0.0], rid=f"q{n}").status_code == 200
+            n += 1
+            time.sleep(0.01)
+        wait_for(lambda: len(list((log / "scorer").glob("*.parquet"))) >= 2, timeout=10,
+                 what="files completed while the server runs")
+    finally:
+        assert s.stop() == 0, s.log()
+    ids = pa.concat_tables([pq.read_table(f) for f in sorted((log / "scorer").glob("*.parquet"))]).column("request_id")
+    assert sorted(ids.to_pylist(), key=lambda x: int(x[1:])) == [f"q{i}" for i in range(n)], "every request once"
