@@ -129,9 +129,14 @@ fn stage(repo: &Path, name: &str, config: &Path, version: &Path) -> anyhow::Resu
     let text = std::fs::read_to_string(config).with_context(|| format!("{}", config.display()))?;
     // Renamed, and without a version policy: the staged folder holds the one version to run.
     let mut renamed = format!("name: \"{name}\"\n");
-    for line in without_block(&text, "version_policy").lines().filter(|l| !l.trim_start().starts_with("name:")) {
-        renamed += line;
-        renamed.push('\n');
+    let mut depth = 0i64;
+    for line in without_block(&text, "version_policy").lines() {
+        // Only the model's own name (at the top level), not its inputs' and outputs'.
+        if !(depth == 0 && line.trim_start().starts_with("name:")) {
+            renamed += line;
+            renamed.push('\n');
+        }
+        depth += line.matches(['{', '[']).count() as i64 - line.matches(['}', ']']).count() as i64;
     }
     std::fs::write(dir.join("config.pbtxt"), renamed)?;
     // Files beside config.pbtxt (labels) come along; enrichment and graph plans do not: the log
