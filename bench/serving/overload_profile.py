@@ -39,9 +39,10 @@ def threads(pid):
 
 
 def group(name):
-    if name.startswith("tokio-runtime") or name.startswith("flotilla-rt"):
+    if name.startswith("tokio-r") or name.startswith("flotilla-rt"):
         return "async runtime workers"
-    if "instance" in name or name.startswith("mlp") or name.startswith("engine") or name.startswith("ort"):
+    if name.startswith("engine") or name == "flotilla":
+        # engine instance threads, and ONNX Runtime's own (unnamed: the process name)
         return "engine instance threads"
     return name
 
