@@ -4,6 +4,7 @@ import hashlib
 import json
 import subprocess
 import time
+import uuid
 
 import numpy as np
 import pyarrow as pa
@@ -12,6 +13,7 @@ import pytest
 import requests
 
 from conftest import BIN, Server, wait_for
+from test_features import kafka_broker  # noqa: F401 (a fixture)
 
 SALT = "s3cret"
 
@@ -200,3 +202,33 @@ def test_files_rotate_by_age_while_serving(tmp_path):
         assert s.stop() == 0, s.log()
     ids = pa.concat_tables([pq.read_table(f) for f in sorted((log / "scorer").glob("*.parquet"))]).column("request_id")
     assert sorted(ids.to_pylist(), key=lambda x: int(x[1:])) == [f"q{i}" for i in range(n)], "every request once"
+
+
+def test_payload_log_to_a_kafka_topic(tmp_path, kafka_broker):
+    from confluent_kafka import Consumer
+    topic = f"flotilla_payload_{uuid.uuid4().hex[:8]}"
+    repo = repository(tmp_path, 'sample = 1.0\nhash = ["tag"]\n')
+    s = Server(repo, "--payload-log", f"kafka://{kafka_broker.address}/{topic}", env={"FLOTILLA_PAYLOAD_SALT": SALT})
+    try:
+        for i in range(20):
+            assert infer(s, np.full((1, 4), 0.25, dtype=np.float32), [float(i)], rid=f"k{i}").status_code == 200
+        assert infer(s, np.zeros((1, 3), dtype=np.float32), [0.0], rid="k-bad").status_code == 400
+    finally:
+        assert s.stop() == 0, s.log()  # stopping delivers what is queued
+    consumer = Consumer({"bootstrap.servers": kafka_broker.address, "group.id": f"g-{topic}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    got = {}
+    deadline = time.time() + 60
+    while len(got) < 21 and time.time() < deadline:
+        m = consumer.poll(1.0)
+        if m is not None and m.error() is None:
+            got[m.key().decode()] = json.loads(m.value())
+    consumer.close()
+    assert sorted(got) == sorted([f"k{i}" for i in range(20)] + ["k-bad"]), sorted(got)
+    m = got["k3"]
+    assert (m["model"], m["version"], m["status"], m["error"]) == ("scorer", "1", "ok", None)
+    assert m["inputs"]["x"] == {"datatype": "FP32", "shape": [1, 4], "data": [0.25] * 4}
+    assert m["inputs"]["tag"]["data"] == [hashlib.sha256(SALT.encode() + np.float32(3).tobytes()).hexdigest()]
+    assert m["outputs"]["score"]["shape"] == [1, 1] and m["latency_us"] > 0 and m["time"].endswith("Z")
+    assert got["k-bad"]["status"] == "invalid_argument" and got["k-bad"]["outputs"] is None

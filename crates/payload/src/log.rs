@@ -2,8 +2,9 @@
 //! counter and a hash: no lock), handed to one writer thread through a bounded queue (a full
 //! queue drops the request and counts it: serving never waits for the log), and written there as
 //! Parquet (see [`crate::columns`] for the schema), one row group per flush, into
-//! `DIR/<model>/<model>-v<version>-<start>-<n>.parquet`. A file being written ends in `.partial`
-//! and is renamed when it reaches the size or age limit, or when the server stops.
+//! `DIR/<model>/<model>-v<version>-<start>.parquet` — a file being written ends in `.partial` and
+//! is renamed when it reaches the size or age limit, or when the server stops — or sent as one
+//! JSON message per request to a [`MessageSink`] (a Kafka topic), see [`json`].
 
 use crate::columns::{self, Column, Values};
 use crate::settings::{Settings, FILE_NAME};
@@ -22,10 +23,25 @@ use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryS
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Where messages go when the log is not files: a Kafka topic (`--payload-log kafka://...`).
+pub trait MessageSink: Send {
+    /// Queues one message; an error when it cannot be queued (it is counted as dropped).
+    fn send(&mut self, key: &str, payload: &[u8]) -> std::result::Result<(), String>;
+    /// Delivers what is queued (at shutdown).
+    fn flush(&mut self);
+}
+
+/// Where the log goes.
+pub enum Sink {
+    /// Parquet files under this folder.
+    Files(PathBuf),
+    /// JSON messages.
+    Messages(Box<dyn MessageSink>),
+}
+
 /// Where and how the log is written (`flotilla serve --payload-log ...`).
-#[derive(Debug, Clone)]
 pub struct Options {
-    pub dir: PathBuf,
+    pub sink: Sink,
     /// A file is closed (and a new one started) past this size...
     pub max_bytes: u64,
     /// ... or this age.
@@ -78,9 +94,17 @@ struct Metrics {
 
 impl PayloadLog {
     /// Starts the writer thread; metrics are registered in `registry`.
-    pub fn start(repository: &Path, options: Options, registry: &prometheus::Registry) -> Result<Self> {
-        std::fs::create_dir_all(&options.dir)
-            .map_err(|e| PayloadError::Io(format!("--payload-log {}: {e}", options.dir.display())))?;
+    pub fn start(repository: &Path, mut options: Options, registry: &prometheus::Registry) -> Result<Self> {
+        if let Sink::Files(dir) = &options.sink {
+            std::fs::create_dir_all(dir).map_err(|e| PayloadError::Io(format!("--payload-log {}: {e}", dir.display())))?;
+        }
+        let messages = match std::mem::replace(&mut options.sink, Sink::Files(PathBuf::new())) {
+            Sink::Messages(m) => Some(m),
+            files => {
+                options.sink = files;
+                None
+            }
+        };
         let rows = IntCounterVec::new(
             prometheus::Opts::new(
                 "flotilla_payload_log_rows_total",
@@ -101,7 +125,7 @@ impl PayloadLog {
         let m = metrics.clone();
         let writer = std::thread::Builder::new()
             .name("payload-log".into())
-            .spawn(move || Writer { options, files: HashMap::new(), metrics: m }.run(rx))
+            .spawn(move || Writer { options, messages, files: HashMap::new(), metrics: m }.run(rx))
             .map_err(|e| PayloadError::Io(format!("payload log writer: {e}")))?;
         Ok(Self {
             repository: repository.to_path_buf(),
@@ -212,6 +236,7 @@ struct OpenFile {
 /// The writer thread's state.
 struct Writer {
     options: Options,
+    messages: Option<Box<dyn MessageSink>>,
     /// Per (model, version).
     files: HashMap<(String, String), OpenFile>,
     metrics: Metrics,
@@ -238,6 +263,17 @@ impl Writer {
     }
 
     fn add(&mut self, entry: Entry) {
+        if let Some(sink) = self.messages.as_mut() {
+            let outcome = match sink.send(&entry.served.id, &json(&entry, &self.options.salt)) {
+                Ok(()) => "written",
+                Err(e) => {
+                    tracing::debug!(error = %e, "payload log message not sent");
+                    "dropped"
+                }
+            };
+            self.metrics.rows.with_label_values(&[entry.model.as_str(), outcome]).inc();
+            return;
+        }
         let key = (entry.model.clone(), entry.version.clone());
         if !self.files.contains_key(&key) || self.files[&key].columns != entry.columns {
             if let Some(f) = self.files.remove(&key) {
@@ -257,7 +293,7 @@ impl Writer {
         if let Some(f) = self.files.get_mut(&key) {
             f.rows.push(entry);
             if f.rows.len() >= ROW_GROUP {
-                flush(f, &self.metrics);
+                flush(f, &self.metrics, &self.options.salt);
             }
         }
     }
@@ -268,7 +304,7 @@ impl Writer {
         for key in keys {
             let Some(f) = self.files.get_mut(&key) else { continue };
             if !f.rows.is_empty() && f.last_flush.elapsed() >= FLUSH {
-                flush(f, &self.metrics);
+                flush(f, &self.metrics, &self.options.salt);
             }
             let size = f.writer.bytes_written() as u64 + f.writer.in_progress_size() as u64;
             if size >= self.options.max_bytes || f.opened.elapsed() >= self.options.max_age {
@@ -280,7 +316,10 @@ impl Writer {
     }
 
     fn open(&self, entry: &Entry) -> Result<OpenFile> {
-        let dir = self.options.dir.join(&entry.model);
+        let Sink::Files(root) = &self.options.sink else {
+            return Err(PayloadError::Io("the payload log sends messages, not files".into()));
+        };
+        let dir = root.join(&entry.model);
         std::fs::create_dir_all(&dir).map_err(|e| PayloadError::Io(format!("{}: {e}", dir.display())))?;
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
         let path = dir.join(format!("{}-v{}-{stamp}.parquet.partial", entry.model, entry.version));
@@ -303,7 +342,7 @@ impl Writer {
     }
 
     fn finish(&self, mut f: OpenFile) {
-        flush(&mut f, &self.metrics);
+        flush(&mut f, &self.metrics, &self.options.salt);
         let model = f.path.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().to_string());
         let path = f.path.clone();
         match f.writer.close() {
@@ -322,11 +361,14 @@ impl Writer {
         for (_, f) in std::mem::take(&mut self.files) {
             self.finish(f);
         }
+        if let Some(sink) = self.messages.as_mut() {
+            sink.flush();
+        }
     }
 }
 
 /// Writes a file's buffered rows as one row group.
-fn flush(f: &mut OpenFile, metrics: &Metrics) {
+fn flush(f: &mut OpenFile, metrics: &Metrics, salt: &[u8]) {
     f.last_flush = Instant::now();
     if f.rows.is_empty() {
         return;
@@ -334,7 +376,7 @@ fn flush(f: &mut OpenFile, metrics: &Metrics) {
     let rows = std::mem::take(&mut f.rows);
     let model = rows[0].model.clone();
     let written = rows.len() as u64;
-    let result = batch(&f.schema, &f.columns, &rows)
+    let result = batch(&f.schema, &f.columns, &rows, salt)
         .and_then(|b| f.writer.write(&b).and_then(|_| f.writer.flush()).map_err(|e| PayloadError::Io(e.to_string())));
     match result {
         Ok(()) => metrics.rows.with_label_values(&[model.as_str(), "written"]).inc_by(written),
@@ -345,9 +387,52 @@ fn flush(f: &mut OpenFile, metrics: &Metrics) {
     }
 }
 
+/// One request as a JSON message: the file schema's fields, with each logged tensor as KServe
+/// v2 writes one (`{"datatype", "shape", "data"}`) under `inputs` / `outputs`.
+fn json(entry: &Entry, salt: &[u8]) -> Vec<u8> {
+    use serde_json::{json, Map, Value as J};
+    let served = &entry.served;
+    let mut inputs = Map::new();
+    let mut outputs = Map::new();
+    for c in entry.columns.iter() {
+        let list = if c.input { Some(&served.inputs) } else { served.outputs.as_ref().ok() };
+        let Some(t) = list.and_then(|l| l.iter().find(|t| t.name == c.tensor)) else { continue };
+        let Some(values) = columns::values(t, c.kind, salt) else { continue };
+        let data = match values {
+            Values::F32(v) => json!(v),
+            Values::F64(v) => json!(v),
+            Values::I64(v) => json!(v),
+            Values::U64(v) => json!(v),
+            Values::Bool(v) => json!(v),
+            Values::Bytes(v) => J::Array(v.iter().map(|b| J::String(String::from_utf8_lossy(b).into_owned())).collect()),
+            Values::Digest(v) => json!(v),
+        };
+        let datatype = if c.kind == columns::Kind::Digest { "BYTES" } else { c.datatype.as_str() };
+        let tensor = json!({"datatype": datatype, "shape": t.shape, "data": data});
+        if c.input {
+            inputs.insert(c.tensor.clone(), tensor);
+        } else {
+            outputs.insert(c.tensor.clone(), tensor);
+        }
+    }
+    let time = chrono::DateTime::<chrono::Utc>::from(served.started).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let message = json!({
+        "request_id": served.id,
+        "time": time,
+        "model": entry.model,
+        "version": entry.version,
+        "status": served.outputs.as_ref().map_or_else(|e| e.kind.as_str(), |_| "ok"),
+        "error": served.outputs.as_ref().err().map(|e| e.message.clone()),
+        "latency_us": served.latency.as_micros() as i64,
+        "trace_id": served.trace_id,
+        "inputs": inputs,
+        "outputs": if served.outputs.is_ok() { J::Object(outputs) } else { J::Null },
+    });
+    serde_json::to_vec(&message).unwrap_or_default()
+}
+
 /// The record batch of `rows` (tensors converted here, off the request path).
-fn batch(schema: &Arc<arrow_schema::Schema>, columns: &[Column], rows: &[Entry]) -> Result<RecordBatch> {
-    let salt = std::env::var("FLOTILLA_PAYLOAD_SALT").unwrap_or_default();
+fn batch(schema: &Arc<arrow_schema::Schema>, columns: &[Column], rows: &[Entry], salt: &[u8]) -> Result<RecordBatch> {
     let text =
         |f: &dyn Fn(&Entry) -> Option<String>| -> ArrayRef { Arc::new(rows.iter().map(f).collect::<StringArray>()) };
     let mut arrays: Vec<ArrayRef> = vec![
@@ -376,7 +461,7 @@ fn batch(schema: &Arc<arrow_schema::Schema>, columns: &[Column], rows: &[Entry])
             })
             .collect();
         let values: Vec<Option<Values>> =
-            tensors.iter().map(|t| t.and_then(|t| columns::values(t, c.kind, salt.as_bytes()))).collect();
+            tensors.iter().map(|t| t.and_then(|t| columns::values(t, c.kind, salt))).collect();
         let shapes: Vec<Option<&[i64]>> =
             tensors.iter().zip(&values).map(|(t, v)| v.as_ref().and(t.map(|t| t.shape.as_slice()))).collect();
         arrays.push(columns::list_array(c.kind, &values.iter().map(Option::as_ref).collect::<Vec<_>>()));

@@ -422,7 +422,8 @@ pub struct ServeConfig {
     pub drift_monitoring: bool,
 
     /// Log sampled requests of models whose folder has a payload.toml (inputs after enrichment,
-    /// outputs, latency) as Parquet files under this folder (`<dir>/<model>/`); `none` = off.
+    /// outputs, latency) as Parquet files under this folder (`<dir>/<model>/`), or as JSON
+    /// messages to a Kafka topic (`kafka://BROKER:PORT[,...]/TOPIC`); `none` = off.
     #[arg(long, env = "FLOTILLA_PAYLOAD_LOG")]
     pub payload_log: Option<PathBuf>,
 

@@ -165,8 +165,23 @@ pub async fn build_service(config: &ServeConfig) -> anyhow::Result<Built> {
     };
     let payload = match &config.payload_log {
         Some(dir) if dir.as_os_str() != "none" => {
+            let target = dir.to_string_lossy().to_string();
+            let sink = match target.strip_prefix("kafka://") {
+                Some(rest) => {
+                    let (brokers, topic) = rest
+                        .split_once('/')
+                        .filter(|(b, t)| !b.is_empty() && !t.is_empty())
+                        .context("--payload-log kafka://BROKER:PORT[,BROKER:PORT...]/TOPIC")?;
+                    let producer = flotilla_features::streams::TopicProducer::connect(brokers, topic)
+                        .await
+                        .map_err(anyhow::Error::msg)
+                        .with_context(|| format!("--payload-log {target}"))?;
+                    flotilla_payload::log::Sink::Messages(Box::new(KafkaSink(producer)))
+                }
+                None => flotilla_payload::log::Sink::Files(dir.clone()),
+            };
             let options = flotilla_payload::log::Options {
-                dir: dir.clone(),
+                sink,
                 max_bytes: config.payload_log_max_mb.max(1) * 1024 * 1024,
                 max_age: Duration::from_secs_f64(config.payload_log_max_age_secs.max(1.0)),
                 queue: config.payload_log_queue,
@@ -230,6 +245,21 @@ pub struct Built {
     pub features: Option<Arc<FeatureStore>>,
     pub drift: Option<Arc<Monitor>>,
     pub payload: Option<Arc<flotilla_payload::log::PayloadLog>>,
+}
+
+/// The payload log's Kafka topic.
+struct KafkaSink(flotilla_features::streams::TopicProducer);
+
+impl flotilla_payload::log::MessageSink for KafkaSink {
+    fn send(&mut self, key: &str, payload: &[u8]) -> Result<(), String> {
+        self.0.send(key, payload)
+    }
+
+    fn flush(&mut self) {
+        if let Err(e) = self.0.flush(Duration::from_secs(10)) {
+            tracing::warn!(error = %e, "payload log messages not all delivered");
+        }
+    }
 }
 
 /// A worker's source leases, as the stream consumers ask for them.

@@ -155,6 +155,38 @@ fn client_config(brokers: &str) -> ClientConfig {
     config
 }
 
+/// A producer of one topic (the payload log's Kafka sink); the topic is created when absent.
+pub struct TopicProducer {
+    producer: rdkafka::producer::BaseProducer,
+    topic: String,
+}
+
+impl TopicProducer {
+    pub async fn connect(brokers: &str, topic: &str) -> Result<Self, String> {
+        ensure_topics(brokers, &[topic]).await.map_err(|e| e.to_string())?;
+        let producer = client_config(brokers)
+            .set("linger.ms", "20")
+            .set("message.timeout.ms", "30000")
+            .create()
+            .map_err(|e| format!("Kafka producer for {brokers}: {e}"))?;
+        Ok(Self { producer, topic: topic.to_string() })
+    }
+
+    /// Queues one message (sent in the background); an error when the producer's queue is full.
+    pub fn send(&self, key: &str, payload: &[u8]) -> Result<(), String> {
+        use rdkafka::producer::BaseRecord;
+        let sent = self.producer.send(BaseRecord::to(&self.topic).key(key).payload(payload)).map_err(|(e, _)| e.to_string());
+        self.producer.poll(Duration::ZERO);
+        sent
+    }
+
+    /// Waits until queued messages are delivered (or `timeout`).
+    pub fn flush(&self, timeout: Duration) -> Result<(), String> {
+        use rdkafka::producer::Producer;
+        self.producer.flush(timeout).map_err(|e| e.to_string())
+    }
+}
+
 /// Creates the topics that the broker does not know, with the broker's default partition
 /// count and replication (`-1`), or one partition where the broker does not take defaults.
 async fn ensure_topics(brokers: &str, topics: &[&str]) -> Result<(), ConsumerError> {

@@ -30,6 +30,7 @@ macro_rules! consumer {
 
 mod debezium;
 mod kafka;
+pub use kafka::TopicProducer;
 mod nats;
 pub mod postgres;
 mod rabbitmq;
