@@ -96,7 +96,8 @@ impl PayloadLog {
     /// Starts the writer thread; metrics are registered in `registry`.
     pub fn start(repository: &Path, mut options: Options, registry: &prometheus::Registry) -> Result<Self> {
         if let Sink::Files(dir) = &options.sink {
-            std::fs::create_dir_all(dir).map_err(|e| PayloadError::Io(format!("--payload-log {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| PayloadError::Io(format!("--payload-log {}: {e}", dir.display())))?;
         }
         let messages = match std::mem::replace(&mut options.sink, Sink::Files(PathBuf::new())) {
             Sink::Messages(m) => Some(m),
@@ -404,7 +405,9 @@ fn json(entry: &Entry, salt: &[u8]) -> Vec<u8> {
             Values::I64(v) => json!(v),
             Values::U64(v) => json!(v),
             Values::Bool(v) => json!(v),
-            Values::Bytes(v) => J::Array(v.iter().map(|b| J::String(String::from_utf8_lossy(b).into_owned())).collect()),
+            Values::Bytes(v) => {
+                J::Array(v.iter().map(|b| J::String(String::from_utf8_lossy(b).into_owned())).collect())
+            }
             Values::Digest(v) => json!(v),
         };
         let datatype = if c.kind == columns::Kind::Digest { "BYTES" } else { c.datatype.as_str() };
@@ -415,7 +418,8 @@ fn json(entry: &Entry, salt: &[u8]) -> Vec<u8> {
             outputs.insert(c.tensor.clone(), tensor);
         }
     }
-    let time = chrono::DateTime::<chrono::Utc>::from(served.started).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let time =
+        chrono::DateTime::<chrono::Utc>::from(served.started).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let message = json!({
         "request_id": served.id,
         "time": time,

@@ -175,7 +175,8 @@ impl TopicProducer {
     /// Queues one message (sent in the background); an error when the producer's queue is full.
     pub fn send(&self, key: &str, payload: &[u8]) -> Result<(), String> {
         use rdkafka::producer::BaseRecord;
-        let sent = self.producer.send(BaseRecord::to(&self.topic).key(key).payload(payload)).map_err(|(e, _)| e.to_string());
+        let sent =
+            self.producer.send(BaseRecord::to(&self.topic).key(key).payload(payload)).map_err(|(e, _)| e.to_string());
         self.producer.poll(Duration::ZERO);
         sent
     }
