@@ -48,3 +48,22 @@ pub trait Recorder: Send + Sync {
     /// Forgets what it knows of `model` (called when the model is loaded, reloaded or unloaded).
     fn model_changed(&self, model: &str);
 }
+
+/// Puts the calling thread at idle priority (Linux `SCHED_IDLE`): it then runs only on CPU time
+/// no request wants. Monitoring threads call it so that they never take a core from serving;
+/// where the platform refuses, the thread stays at normal priority (and `what` says so in the log).
+pub fn idle_priority(what: &str) {
+    #[cfg(target_os = "linux")]
+    {
+        use thread_priority::unix::{
+            set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy, ThreadSchedulePolicy,
+        };
+        let policy = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+        match set_thread_priority_and_policy(thread_native_id(), thread_priority::ThreadPriority::Min, policy) {
+            Ok(()) => tracing::debug!("{what} runs at idle priority"),
+            Err(e) => tracing::warn!(error = ?e, "{what} cannot take idle priority; it runs at normal priority"),
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = what;
+}

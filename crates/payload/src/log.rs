@@ -1,6 +1,7 @@
 //! The payload log: requests of models with a `payload.toml`, sampled on the request path (a
-//! counter and a hash: no lock), handed to one writer thread through a bounded queue (a full
-//! queue drops the request and counts it: serving never waits for the log), and written there as
+//! counter and a hash: no lock), handed to one writer thread at idle priority through a bounded
+//! queue (a full queue drops the request and counts it: serving never waits for the log, and the
+//! writer only takes CPU time no request wants), and written there as
 //! Parquet (see [`crate::columns`] for the schema), one row group per flush, into
 //! `DIR/<model>/<model>-v<version>-<start>.parquet` — a file being written ends in `.partial` and
 //! is renamed when it reaches the size or age limit, or when the server stops — or sent as one
@@ -126,7 +127,12 @@ impl PayloadLog {
         let m = metrics.clone();
         let writer = std::thread::Builder::new()
             .name("payload-log".into())
-            .spawn(move || Writer { options, messages, files: HashMap::new(), metrics: m }.run(rx))
+            .spawn(move || {
+                // The writer runs on CPU time no request wants; when serving leaves it none, its
+                // queue fills and requests go unlogged (counted), never slower.
+                flotilla_core::observe::idle_priority("payload log writer");
+                Writer { options, messages, files: HashMap::new(), metrics: m }.run(rx)
+            })
             .map_err(|e| PayloadError::Io(format!("payload log writer: {e}")))?;
         Ok(Self {
             repository: repository.to_path_buf(),

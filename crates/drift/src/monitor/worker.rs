@@ -30,7 +30,7 @@ impl Worker {
         }
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let spawned = std::thread::Builder::new().name("flotilla-drift".into()).spawn(move || {
-            lower_priority();
+            flotilla_core::observe::idle_priority("drift aggregator");
             // ends when the monitor (the only sender) is dropped
             while let Ok(job) = rx.recv() {
                 if std::panic::catch_unwind(AssertUnwindSafe(job)).is_err() {
@@ -59,23 +59,6 @@ impl Worker {
                 result.await.ok()
             }
             Worker::Blocking => tokio::task::spawn_blocking(f).await.ok(),
-        }
-    }
-}
-
-/// `SCHED_IDLE` for the calling thread; where the platform refuses, it stays at normal priority.
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        use thread_priority::unix::{
-            set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy, ThreadSchedulePolicy,
-        };
-        let policy = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-        match set_thread_priority_and_policy(thread_native_id(), thread_priority::ThreadPriority::Min, policy) {
-            Ok(()) => tracing::debug!("drift aggregator runs at idle priority"),
-            Err(e) => {
-                tracing::warn!(error = ?e, "drift aggregator cannot take idle priority; it runs at normal priority")
-            }
         }
     }
 }
