@@ -75,7 +75,7 @@ def read_log(folder):
 def test_log_schema_sampling_errors_and_redaction(tmp_path):
     repo = repository(tmp_path, 'sample = 0.5\nhash = ["tag"]\n')
     log = tmp_path / "log"
-    s = Server(repo, "--payload-log", str(log), env={"FLOTILLA_PAYLOAD_SALT": SALT})
+    s = Server(repo, "--payload-log", str(log), "--payload-log-cpu-budget", "0", env={"FLOTILLA_PAYLOAD_SALT": SALT})
     rng = np.random.default_rng(1)
     try:
         for i in range(400):
@@ -121,7 +121,8 @@ def test_log_schema_sampling_errors_and_redaction(tmp_path):
 def test_replay_finds_exactly_the_changed_requests(tmp_path):
     repo = repository(tmp_path, "sample = 1.0\n")
     log = tmp_path / "log"
-    s = Server(repo, "--payload-log", str(log), "--model-control-mode", "explicit", "--load-model", "scorer")
+    s = Server(repo, "--payload-log", str(log), "--payload-log-cpu-budget", "0", "--model-control-mode", "explicit",
+               "--load-model", "scorer")
     rng = np.random.default_rng(2)
     changed, labels = set(), {}
     try:
@@ -188,7 +189,7 @@ def test_a_bad_payload_toml_is_named_and_the_model_still_serves(tmp_path, payloa
 def test_files_rotate_by_age_while_serving(tmp_path):
     repo = repository(tmp_path, "sample = 1.0\n")
     log = tmp_path / "log"
-    s = Server(repo, "--payload-log", str(log), "--payload-log-max-age-secs", "1")
+    s = Server(repo, "--payload-log", str(log), "--payload-log-max-age-secs", "1", "--payload-log-cpu-budget", "0")
     try:
         deadline = time.time() + 4
         n = 0
@@ -208,7 +209,8 @@ def test_payload_log_to_a_kafka_topic(tmp_path, kafka_broker):
     from confluent_kafka import Consumer
     topic = f"flotilla_payload_{uuid.uuid4().hex[:8]}"
     repo = repository(tmp_path, 'sample = 1.0\nhash = ["tag"]\n')
-    s = Server(repo, "--payload-log", f"kafka://{kafka_broker.address}/{topic}", env={"FLOTILLA_PAYLOAD_SALT": SALT})
+    s = Server(repo, "--payload-log", f"kafka://{kafka_broker.address}/{topic}", "--payload-log-cpu-budget", "0",
+               env={"FLOTILLA_PAYLOAD_SALT": SALT})
     try:
         for i in range(20):
             assert infer(s, np.full((1, 4), 0.25, dtype=np.float32), [float(i)], rid=f"k{i}").status_code == 200
@@ -232,3 +234,22 @@ def test_payload_log_to_a_kafka_topic(tmp_path, kafka_broker):
     assert m["inputs"]["tag"]["data"] == [hashlib.sha256(SALT.encode() + np.float32(3).tobytes()).hexdigest()]
     assert m["outputs"]["score"]["shape"] == [1, 1] and m["latency_us"] > 0 and m["time"].endswith("Z")
     assert got["k-bad"]["status"] == "invalid_argument" and got["k-bad"]["outputs"] is None
+
+
+def test_the_writer_keeps_to_its_cpu_budget_by_logging_fewer_requests(tmp_path):
+    repo = repository(tmp_path, "sample = 1.0\n")
+    log = tmp_path / "log"
+    s = Server(repo, "--payload-log", str(log), "--payload-log-cpu-budget", "0.00001")
+    try:
+        x = np.zeros((1, 4), dtype=np.float32)
+        deadline = time.time() + 4
+        while time.time() < deadline:
+            assert infer(s, x, [0.0]).status_code == 200
+
+        def over_budget():
+            m = requests.get(f"http://127.0.0.1:{s.metrics_port}/metrics", timeout=10).text
+            return sum(float(x.split()[-1]) for x in m.splitlines()
+                       if x.startswith('flotilla_payload_log_rows_total{model="scorer",outcome="over_budget"}'))
+        assert over_budget() > 0, "past its budget, the request path logs one request in N"
+    finally:
+        assert s.stop() == 0, s.log()

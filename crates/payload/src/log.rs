@@ -51,6 +51,9 @@ pub struct Options {
     pub queue: usize,
     /// Salt of hashed inputs' digests.
     pub salt: Vec<u8>,
+    /// CPU the writer may use, as a share of one core (0.03 = 3%); above it, the request path
+    /// keeps only one request in N (counted as `over_budget`). 0 = no limit.
+    pub cpu_budget: f64,
 }
 
 /// Rows buffered per file before they are written as a row group.
@@ -84,6 +87,9 @@ pub struct PayloadLog {
     queue: SyncSender<Message>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     counter: AtomicU64,
+    /// One request in this many is kept (the CPU budget's verdict); 1 = all.
+    keep_one_in: Arc<AtomicU64>,
+    requests: AtomicU64,
     metrics: Metrics,
 }
 
@@ -125,13 +131,20 @@ impl PayloadLog {
         let metrics = Metrics { rows, files };
         let (queue, rx) = sync_channel(options.queue.max(1));
         let m = metrics.clone();
+        let keep_one_in = Arc::new(AtomicU64::new(1));
+        let budget = Budget {
+            share: options.cpu_budget,
+            keep_one_in: keep_one_in.clone(),
+            busy: Duration::ZERO,
+            since: Instant::now(),
+        };
         let writer = std::thread::Builder::new()
             .name("payload-log".into())
             .spawn(move || {
                 // The writer runs on CPU time no request wants; when serving leaves it none, its
                 // queue fills and requests go unlogged (counted), never slower.
                 flotilla_core::observe::idle_priority("payload log writer");
-                Writer { options, messages, files: HashMap::new(), metrics: m }.run(rx)
+                Writer { options, messages, files: HashMap::new(), metrics: m, budget }.run(rx)
             })
             .map_err(|e| PayloadError::Io(format!("payload log writer: {e}")))?;
         Ok(Self {
@@ -140,6 +153,8 @@ impl PayloadLog {
             queue,
             writer: Mutex::new(Some(writer)),
             counter: AtomicU64::new(0),
+            keep_one_in,
+            requests: AtomicU64::new(0),
             metrics,
         })
     }
@@ -202,7 +217,15 @@ impl Drop for PayloadLog {
 
 impl Recorder for PayloadLog {
     fn wants(&self, mv: &ModelVersion) -> bool {
-        self.model(mv).is_some()
+        if self.model(mv).is_none() {
+            return false;
+        }
+        let n = self.keep_one_in.load(Ordering::Relaxed);
+        if n > 1 && self.requests.fetch_add(1, Ordering::Relaxed) % n != 0 {
+            self.metrics.rows.with_label_values(&[mv.name.as_str(), "over_budget"]).inc();
+            return false;
+        }
+        true
     }
 
     fn record(&self, mv: &ModelVersion, served: Served) {
@@ -240,8 +263,41 @@ struct OpenFile {
     last_flush: Instant,
 }
 
+/// The writer's CPU budget: its busy time per second against `share`, and the verdict the
+/// request path reads (keep one request in N).
+struct Budget {
+    share: f64,
+    keep_one_in: Arc<AtomicU64>,
+    busy: Duration,
+    since: Instant,
+}
+
+impl Budget {
+    /// Once a second: halve or double N (up to the ratio of use to budget) as the writer's time
+    /// stays under half the budget or goes above it.
+    fn check(&mut self) {
+        let elapsed = self.since.elapsed();
+        if elapsed < Duration::from_secs(1) || self.share <= 0.0 {
+            return;
+        }
+        let used = self.busy.as_secs_f64() / elapsed.as_secs_f64();
+        let n = self.keep_one_in.load(Ordering::Relaxed).max(1);
+        let next = if used > self.share {
+            ((n as f64 * used / self.share).ceil() as u64).clamp(n + 1, 1 << 20)
+        } else if used < self.share / 2.0 {
+            (n / 2).max(1)
+        } else {
+            n
+        };
+        self.keep_one_in.store(next, Ordering::Relaxed);
+        self.busy = Duration::ZERO;
+        self.since = Instant::now();
+    }
+}
+
 /// The writer thread's state.
 struct Writer {
+    budget: Budget,
     options: Options,
     messages: Option<Box<dyn MessageSink>>,
     /// Per (model, version).
@@ -253,7 +309,11 @@ impl Writer {
     fn run(mut self, rx: Receiver<Message>) {
         loop {
             match rx.recv_timeout(FLUSH / 4) {
-                Ok(Message::Row(entry)) => self.add(*entry),
+                Ok(Message::Row(entry)) => {
+                    let started = Instant::now();
+                    self.add(*entry);
+                    self.budget.busy += started.elapsed();
+                }
                 Ok(Message::Close(done)) => {
                     self.close_all();
                     let _ = done.send(());
@@ -265,7 +325,10 @@ impl Writer {
                     return;
                 }
             }
+            let started = Instant::now();
             self.tick();
+            self.budget.busy += started.elapsed();
+            self.budget.check();
         }
     }
 

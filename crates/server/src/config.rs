@@ -435,6 +435,11 @@ pub struct ServeConfig {
     #[arg(long, env = "FLOTILLA_PAYLOAD_LOG_MAX_AGE_SECS", default_value_t = 60.0)]
     pub payload_log_max_age_secs: f64,
 
+    /// CPU the payload log's writer may use, as a share of one core (0.03 = 3%); above it, only
+    /// one request in N is logged (counted as `over_budget`). 0 = no limit.
+    #[arg(long, env = "FLOTILLA_PAYLOAD_LOG_CPU_BUDGET", default_value_t = 0.03)]
+    pub payload_log_cpu_budget: f64,
+
     /// Requests waiting for the payload log's writer; beyond it requests are not logged (counted
     /// as dropped), so logging never slows serving.
     #[arg(long, env = "FLOTILLA_PAYLOAD_LOG_QUEUE", default_value_t = 10_000)]

@@ -186,6 +186,7 @@ pub async fn build_service(config: &ServeConfig) -> anyhow::Result<Built> {
                 max_age: Duration::from_secs_f64(config.payload_log_max_age_secs.max(1.0)),
                 queue: config.payload_log_queue,
                 salt: std::env::var("FLOTILLA_PAYLOAD_SALT").unwrap_or_default().into_bytes(),
+                cpu_budget: config.payload_log_cpu_budget,
             };
             let log = flotilla_payload::log::PayloadLog::start(&config.model_repository, options, &metrics.registry)
                 .context("payload log")?;
