@@ -221,7 +221,7 @@ impl Recorder for PayloadLog {
             return false;
         }
         let n = self.keep_one_in.load(Ordering::Relaxed);
-        if n > 1 && self.requests.fetch_add(1, Ordering::Relaxed) % n != 0 {
+        if n > 1 && !self.requests.fetch_add(1, Ordering::Relaxed).is_multiple_of(n) {
             self.metrics.rows.with_label_values(&[mv.name.as_str(), "over_budget"]).inc();
             return false;
         }
