@@ -196,6 +196,8 @@ def test_a_stream_appends_edges_and_redelivery_adds_nothing(tmp_path):
     s = Server(GRAPH / "repository", "--feature-repo", str(repo),
                env={"FLOTILLA_ONLINE_STORE": store, "FLOTILLA_CONSUME_STREAMS": "true"})
     try:
+        # The consumer creates the stream when it starts: publish once it has.
+        wait_for(lambda: "consuming" in s.log(), what="the consumer to start")
         rows = [{"user_id": 3, "item": 100 + i, "rating": 1.0, "event_timestamp": iso(100 + i)} for i in range(5)]
         source.publish(rows + rows[:2] + [{"user_id": 3, "item": [1, 2], "rating": [1.0], "event_timestamp": iso(1)}])
 
