@@ -232,6 +232,19 @@ def verdict(res, key, ok):
     return "met" if not missed else "**missed** at " + ", ".join(missed)
 
 
+def points_table(res):
+    """The off/on table of every point (drift and payload reports alike)."""
+    L = ["| rows per request | c | off req/s | off p50 µs | off p99 µs | on req/s | on p50 µs | on p99 µs | throughput | p99 "
+         "| noise req/s | noise p99 |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for p in res["points"]:
+        noise = p.get("off_spread", {"rps": float("nan"), "p99": float("nan")})
+        L.append(f"| {p['rows']} | {p['c']} | {p['off']['rps']:,.0f} | {p['off']['p50_us']:.0f} | {p['off']['p99_us']:.0f} | "
+                 f"{p['on']['rps']:,.0f} | {p['on']['p50_us']:.0f} | {p['on']['p99_us']:.0f} | {p['throughput_change']:+.1%} | "
+                 f"{p['p99_change']:+.1%} | {noise['rps']:.1%} | {noise['p99']:.1%} |")
+    return L
+
+
 def write_md(res, path):
     if res.get("what") == "payload":
         return write_payload_md(res, path)
@@ -245,14 +258,7 @@ def write_md(res, path):
          "back to back (which goes first alternates); the columns are medians over the runs, the changes the median "
          "of the pairs' ratios. *Noise* is how far the off server's own runs spread ((max − min) / median): a change "
          "smaller than it cannot be told from the machine's noise.", "",
-         "| rows per request | c | off req/s | off p50 µs | off p99 µs | on req/s | on p50 µs | on p99 µs | throughput | p99 "
-         "| noise req/s | noise p99 |",
-         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for p in res["points"]:
-        noise = p.get("off_spread", {"rps": float("nan"), "p99": float("nan")})
-        L.append(f"| {p['rows']} | {p['c']} | {p['off']['rps']:,.0f} | {p['off']['p50_us']:.0f} | {p['off']['p99_us']:.0f} | "
-                 f"{p['on']['rps']:,.0f} | {p['on']['p50_us']:.0f} | {p['on']['p99_us']:.0f} | {p['throughput_change']:+.1%} | "
-                 f"{p['p99_change']:+.1%} | {noise['rps']:.1%} | {noise['p99']:.1%} |")
+         *points_table(res)]
     d = res["drift"]
     L += ["", f"Monitoring side (server with monitoring on): {d['rows_monitored']:,.0f} rows folded into "
           f"{d['windows']:,.0f} windows; {d.get('requests_sampled_out', 0):,.0f} requests left out by the CPU-budget sampling "
@@ -274,14 +280,7 @@ def write_payload_md(res, path):
          "with it, the model's `payload.toml` logging **every** request (`sample = 1.0`, the worst case). "
          f"Each point is {res['rounds']} off/on pairs of {res['seconds']} s, back to back; medians, and the median of the "
          "pairs' ratios. *Noise*: the off server's own spread ((max − min) / median).", "",
-         "| rows per request | c | off req/s | off p50 µs | off p99 µs | on req/s | on p50 µs | on p99 µs | throughput | p99 "
-         "| noise req/s | noise p99 |",
-         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for p in res["points"]:
-        noise = p.get("off_spread", {"rps": float("nan"), "p99": float("nan")})
-        L.append(f"| {p['rows']} | {p['c']} | {p['off']['rps']:,.0f} | {p['off']['p50_us']:.0f} | {p['off']['p99_us']:.0f} | "
-                 f"{p['on']['rps']:,.0f} | {p['on']['p50_us']:.0f} | {p['on']['p99_us']:.0f} | {p['throughput_change']:+.1%} | "
-                 f"{p['p99_change']:+.1%} | {noise['rps']:.1%} | {noise['p99']:.1%} |")
+         *points_table(res)]
     d = res["payload"]
     L += ["", f"Log side: {d['rows_written']:,.0f} requests written, {d['rows_dropped']:,.0f} dropped (queue full), "
           f"{d['files']:,.0f} files completed.", "",
