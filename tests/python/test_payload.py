@@ -232,8 +232,39 @@ def test_payload_log_to_a_kafka_topic(tmp_path, kafka_broker):
     assert (m["model"], m["version"], m["status"], m["error"]) == ("scorer", "1", "ok", None)
     assert m["inputs"]["x"] == {"datatype": "FP32", "shape": [1, 4], "data": [0.25] * 4}
     assert m["inputs"]["tag"]["data"] == [hashlib.sha256(SALT.encode() + np.float32(3).tobytes()).hexdigest()]
+    assert m["inputs"]["tag"]["hashed"] is True and "hashed" not in m["inputs"]["x"]
     assert m["outputs"]["score"]["shape"] == [1, 1] and m["latency_us"] > 0 and m["time"].endswith("Z")
     assert got["k-bad"]["status"] == "invalid_argument" and got["k-bad"]["outputs"] is None
+
+
+def test_replay_reads_a_log_sent_to_kafka(tmp_path, kafka_broker):
+    topic = f"flotilla_payload_{uuid.uuid4().hex[:8]}"
+    repo = repository(tmp_path, "sample = 1.0\n")
+    s = Server(repo, "--payload-log", f"kafka://{kafka_broker.address}/{topic}", "--payload-log-cpu-budget", "0",
+               "--model-control-mode", "explicit", "--load-model", "scorer")
+    rng = np.random.default_rng(5)
+    changed = set()
+    try:
+        for i in range(120):
+            x = rng.random((1 + i % 2, 4), dtype=np.float32)
+            assert infer(s, x, [0.0] * len(x), rid=f"q{i}").status_code == 200
+            if (x[:, 0] > 0.5).any():
+                changed.add(f"q{i}")
+        assert infer(s, np.zeros((1, 3), dtype=np.float32), [0.0], rid="q-bad").status_code == 400
+    finally:
+        assert s.stop() == 0, s.log()
+    out = tmp_path / "report"
+    p = subprocess.run([BIN, "replay", "--log", f"kafka://{kafka_broker.address}/{topic}", "--model", "scorer",
+                        "--candidate", "2", "--model-repository", str(repo), "--out", str(out), "--no-progress"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert (report["logged"], report["replayed"]) == (121, 120), "the failed request is logged, not replayed"
+    assert set(report["changed_requests"]) == changed
+    missing = subprocess.run([BIN, "replay", "--log", f"kafka://{kafka_broker.address}/nope_{topic}", "--model",
+                              "scorer", "--candidate", "2", "--model-repository", str(repo), "--no-progress"],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0 and "no topic" in missing.stderr, missing.stderr
 
 
 def test_the_writer_keeps_to_its_cpu_budget_by_logging_fewer_requests(tmp_path):

@@ -7,6 +7,7 @@
 use crate::error::Error;
 use crate::repository::ModelVersion;
 use crate::tensor::Tensor;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub trait Observer: Send + Sync {
@@ -39,14 +40,21 @@ pub struct Served {
 }
 
 pub trait Recorder: Send + Sync {
-    /// Whether requests to `mv` may be recorded (checked per request, before any clone).
-    fn wants(&self, mv: &ModelVersion) -> bool;
-
-    /// One request, served or failed after enrichment.
-    fn record(&self, mv: &ModelVersion, served: Served);
+    /// How requests to `mv` are recorded, or `None` when this one is not (checked per request,
+    /// before any clone: a recorder sampling under a budget says no here).
+    fn recording(&self, mv: &ModelVersion) -> Option<Arc<dyn Recording>>;
 
     /// Forgets what it knows of `model` (called when the model is loaded, reloaded or unloaded).
     fn model_changed(&self, model: &str);
+}
+
+/// One model version's recording, as its [`Recorder`] hands it to a request.
+pub trait Recording: Send + Sync {
+    /// Whether a request that ended so (`failed` or not) is kept; asked before [`Served`] is built.
+    fn keeps(&self, failed: bool) -> bool;
+
+    /// One request, served or failed after enrichment.
+    fn record(self: Arc<Self>, served: Served);
 }
 
 /// Puts the calling thread at idle priority (Linux `SCHED_IDLE`): it then runs only on CPU time

@@ -286,17 +286,16 @@ impl Service {
         let m = self.version_metrics(&mv);
         let result = {
             let _in_flight = InFlight::enter(&m.in_flight);
-            match self.recorder.as_ref().filter(|r| r.wants(&mv)) {
+            match self.recorder.as_ref().and_then(|r| r.recording(&mv)) {
                 None => self.infer_on(&mv, m, request, started, None).await,
-                Some(recorder) => {
-                    let id = if request.id.is_empty() { generated_id() } else { request.id.clone() };
+                Some(recording) => {
+                    let id = request.id.clone();
                     let mut capture = Capture::default();
                     let result = self.infer_on(&mv, m, request, started, Some(&mut capture)).await;
-                    let latency = started.elapsed();
-                    recorder.record(
-                        &mv,
-                        Served {
-                            id,
+                    if recording.keeps(result.is_err()) {
+                        let latency = started.elapsed();
+                        recording.record(Served {
+                            id: if id.is_empty() { generated_id() } else { id },
                             started: std::time::SystemTime::now().checked_sub(latency).unwrap_or(std::time::UNIX_EPOCH),
                             latency,
                             trace_id: crate::trace::current_trace_id(),
@@ -305,8 +304,8 @@ impl Service {
                                 Ok(_) => Ok(capture.outputs),
                                 Err(e) => Err(e.clone()),
                             },
-                        },
-                    );
+                        });
+                    }
                     result
                 }
             }

@@ -16,24 +16,15 @@ use flotilla_features::FeatureStore;
 use std::path::PathBuf;
 use std::time::Instant;
 
+mod common;
+use common::percentiles;
+
 fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
 }
 
 fn number(args: &[String], name: &str, default: usize) -> usize {
     arg(args, name).map(|v| v.parse().unwrap_or_else(|_| panic!("{name}: not a number"))).unwrap_or(default)
-}
-
-fn percentiles(name: &str, mut ns: Vec<u64>) -> serde_json::Value {
-    ns.sort_unstable();
-    let at = |q: f64| ns[((ns.len() as f64 * q) as usize).min(ns.len() - 1)] as f64 / 1000.0;
-    let mean = ns.iter().sum::<u64>() as f64 / ns.len() as f64 / 1000.0;
-    let v = serde_json::json!({
-        "calls": ns.len(), "mean_us": mean, "p50_us": at(0.50), "p90_us": at(0.90), "p99_us": at(0.99),
-        "max_us": ns.last().copied().unwrap_or(0) as f64 / 1000.0,
-    });
-    eprintln!("{name}: {v}");
-    v
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -250,54 +250,67 @@ pub fn tensor_at(batch: &RecordBatch, column: &str, row: usize, datatype: DataTy
     let items = lists.value(row);
     let shape: Vec<i64> =
         shapes.value(row).as_primitive_opt::<Int64Type>().ok_or_else(|| bad("shape type"))?.values().to_vec();
-    let floats = |items: &ArrayRef| -> Result<Vec<f64>> {
-        Ok(match items.data_type() {
-            Arrow::Float32 => items.as_primitive::<Float32Type>().values().iter().map(|x| f64::from(*x)).collect(),
-            Arrow::Float64 => items.as_primitive::<Float64Type>().values().to_vec(),
-            Arrow::Int64 => items.as_primitive::<Int64Type>().values().iter().map(|x| *x as f64).collect(),
-            Arrow::UInt64 => items.as_primitive::<UInt64Type>().values().iter().map(|x| *x as f64).collect(),
-            Arrow::Boolean => (0..items.len()).map(|i| f64::from(u8::from(items.as_boolean().value(i)))).collect(),
-            other => return Err(bad(&format!("{other} items cannot be sent as {datatype}"))),
-        })
+    let elements = match items.data_type() {
+        Arrow::Float32 => {
+            Elements::F64(items.as_primitive::<Float32Type>().values().iter().map(|x| f64::from(*x)).collect())
+        }
+        Arrow::Float64 => Elements::F64(items.as_primitive::<Float64Type>().values().to_vec()),
+        Arrow::Int64 => Elements::I64(items.as_primitive::<Int64Type>().values().to_vec()),
+        Arrow::UInt64 => Elements::U64(items.as_primitive::<UInt64Type>().values().to_vec()),
+        Arrow::Boolean => {
+            Elements::F64((0..items.len()).map(|i| f64::from(u8::from(items.as_boolean().value(i)))).collect())
+        }
+        Arrow::Binary => {
+            Elements::Bytes((0..items.len()).map(|i| items.as_binary::<i32>().value(i).to_vec()).collect())
+        }
+        Arrow::Utf8 => {
+            Elements::Bytes((0..items.len()).map(|i| items.as_string::<i32>().value(i).as_bytes().to_vec()).collect())
+        }
+        other => return Err(bad(&format!("{other} items cannot be sent as {datatype}"))),
     };
-    let data: Vec<u8> = match datatype {
-        DataType::Bytes => {
-            let elements: Vec<Vec<u8>> = match items.data_type() {
-                Arrow::Binary => (0..items.len()).map(|i| items.as_binary::<i32>().value(i).to_vec()).collect(),
-                Arrow::Utf8 => {
-                    (0..items.len()).map(|i| items.as_string::<i32>().value(i).as_bytes().to_vec()).collect()
-                }
-                other => return Err(bad(&format!("{other} items cannot be sent as BYTES"))),
-            };
-            join_bytes_elements(elements.iter().map(Vec::as_slice))
-        }
-        DataType::I64 if items.data_type() == &Arrow::Int64 => {
-            items.as_primitive::<Int64Type>().values().iter().flat_map(|x| x.to_le_bytes()).collect()
-        }
-        DataType::U64 if items.data_type() == &Arrow::UInt64 => {
-            items.as_primitive::<UInt64Type>().values().iter().flat_map(|x| x.to_le_bytes()).collect()
-        }
-        dt => {
-            let f = floats(&items)?;
-            match dt {
-                DataType::F32 => f.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect(),
-                DataType::F64 => f.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                DataType::F16 => f.iter().flat_map(|x| half::f16::from_f64(*x).to_le_bytes()).collect(),
-                DataType::BF16 => f.iter().flat_map(|x| half::bf16::from_f64(*x).to_le_bytes()).collect(),
-                DataType::I64 => f.iter().flat_map(|x| (*x as i64).to_le_bytes()).collect(),
-                DataType::I32 => f.iter().flat_map(|x| (*x as i32).to_le_bytes()).collect(),
-                DataType::I16 => f.iter().flat_map(|x| (*x as i16).to_le_bytes()).collect(),
-                DataType::I8 => f.iter().map(|x| *x as i8 as u8).collect(),
-                DataType::U64 => f.iter().flat_map(|x| (*x as u64).to_le_bytes()).collect(),
-                DataType::U32 => f.iter().flat_map(|x| (*x as u32).to_le_bytes()).collect(),
-                DataType::U16 => f.iter().flat_map(|x| (*x as u16).to_le_bytes()).collect(),
-                DataType::U8 | DataType::Bool => f.iter().map(|x| *x as u8).collect(),
-                DataType::Bytes => Vec::new(),
-            }
-        }
-    };
+    let data = encode(elements, datatype).map_err(|m| bad(&m))?;
     let name = column.split_once('.').map_or(column, |(_, n)| n);
     Ok(Some(Tensor::new(name, datatype, shape, data)))
+}
+
+/// A logged tensor's elements as read back (from a Parquet list or a JSON message).
+pub enum Elements {
+    F64(Vec<f64>),
+    I64(Vec<i64>),
+    U64(Vec<u64>),
+    Bytes(Vec<Vec<u8>>),
+}
+
+/// Elements as the tensor data of `datatype` (what a replay sends); integers keep their exact
+/// value where the datatype holds it.
+pub fn encode(elements: Elements, datatype: DataType) -> std::result::Result<Vec<u8>, String> {
+    let floats = match (elements, datatype) {
+        (Elements::Bytes(b), DataType::Bytes) => return Ok(join_bytes_elements(b.iter().map(Vec::as_slice))),
+        (Elements::Bytes(_), dt) | (_, dt @ DataType::Bytes) => {
+            return Err(format!("text and numbers do not mix: these items cannot be sent as {dt}"))
+        }
+        (Elements::I64(v), DataType::I64) => return Ok(v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        (Elements::U64(v), DataType::U64) => return Ok(v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        (Elements::I64(v), _) => v.iter().map(|x| *x as f64).collect(),
+        (Elements::U64(v), _) => v.iter().map(|x| *x as f64).collect(),
+        (Elements::F64(v), _) => v,
+    };
+    let f = floats;
+    Ok(match datatype {
+        DataType::F32 => f.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect(),
+        DataType::F64 => f.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        DataType::F16 => f.iter().flat_map(|x| half::f16::from_f64(*x).to_le_bytes()).collect(),
+        DataType::BF16 => f.iter().flat_map(|x| half::bf16::from_f64(*x).to_le_bytes()).collect(),
+        DataType::I64 => f.iter().flat_map(|x| (*x as i64).to_le_bytes()).collect(),
+        DataType::I32 => f.iter().flat_map(|x| (*x as i32).to_le_bytes()).collect(),
+        DataType::I16 => f.iter().flat_map(|x| (*x as i16).to_le_bytes()).collect(),
+        DataType::I8 => f.iter().map(|x| *x as i8 as u8).collect(),
+        DataType::U64 => f.iter().flat_map(|x| (*x as u64).to_le_bytes()).collect(),
+        DataType::U32 => f.iter().flat_map(|x| (*x as u32).to_le_bytes()).collect(),
+        DataType::U16 => f.iter().flat_map(|x| (*x as u16).to_le_bytes()).collect(),
+        DataType::U8 | DataType::Bool => f.iter().map(|x| *x as u8).collect(),
+        DataType::Bytes => Vec::new(),
+    })
 }
 
 /// The numbers of a tensor (for comparing outputs); `None` for BYTES.

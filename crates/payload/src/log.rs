@@ -1,7 +1,9 @@
 //! The payload log: requests of models with a `payload.toml`, sampled on the request path (a
 //! counter and a hash: no lock), handed to one writer thread at idle priority through a bounded
 //! queue (a full queue drops the request and counts it: serving never waits for the log, and the
-//! writer only takes CPU time no request wants), and written there as
+//! writer only takes CPU time no request wants). The request path never wakes the writer: it
+//! wakes itself every [`POLL`] and takes all that waits (a wake-up per request would cost each
+//! request two context switches). Rows are written as
 //! Parquet (see [`crate::columns`] for the schema), one row group per flush, into
 //! `DIR/<model>/<model>-v<version>-<start>.parquet` — a file being written ends in `.partial` and
 //! is renamed when it reaches the size or age limit, or when the server stops — or sent as one
@@ -11,16 +13,16 @@ use crate::columns::{self, Column, Values};
 use crate::settings::{Settings, FILE_NAME};
 use crate::{PayloadError, Result};
 use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
-use flotilla_core::observe::{Recorder, Served};
+use flotilla_core::observe::{Recorder, Recording, Served};
 use flotilla_core::repository::ModelVersion;
 use parking_lot::{Mutex, RwLock};
 use parquet::arrow::ArrowWriter;
-use prometheus::IntCounterVec;
+use prometheus::{IntCounter, IntCounterVec};
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,11 +62,26 @@ pub struct Options {
 const ROW_GROUP: usize = 1024;
 /// Buffered rows are written at least this often.
 const FLUSH: Duration = Duration::from_secs(1);
+/// The writer wakes this often and takes every request that waits.
+pub const POLL: Duration = Duration::from_millis(20);
+/// The writer offers its core back after this many rows.
+const YIELD_EVERY: usize = 32;
 
-/// One model's logging, from its `payload.toml`.
-struct ModelLog {
+/// One model version's logging, from its model's `payload.toml`: what a request gets from
+/// [`PayloadLog`]'s `recording`, and what the writer gets with each row.
+struct VersionLog {
+    model: String,
+    version: String,
+    /// `model/version`: the writer's key for this version's open file.
+    key: Arc<str>,
     settings: Settings,
     columns: Arc<Vec<Column>>,
+    /// The sampling counter.
+    counter: AtomicU64,
+    queue: SyncSender<Message>,
+    pending: Arc<Pending>,
+    dropped: IntCounter,
+    over_budget: IntCounter,
 }
 
 enum Message {
@@ -74,19 +91,26 @@ enum Message {
 }
 
 struct Entry {
-    model: String,
-    version: String,
-    columns: Arc<Vec<Column>>,
+    log: Arc<VersionLog>,
     served: Served,
+}
+
+/// Rows in the queue, against its capacity: a request that would find the queue full is not
+/// captured at all (when serving leaves the writer no CPU time, logging then costs requests an
+/// atomic load).
+struct Pending {
+    rows: std::sync::atomic::AtomicUsize,
+    capacity: usize,
 }
 
 /// The payload log of a server (a [`Recorder`]).
 pub struct PayloadLog {
     repository: PathBuf,
-    models: RwLock<HashMap<String, Option<Arc<ModelLog>>>>,
+    /// Per model, per version (`None`: not logged).
+    models: RwLock<HashMap<String, HashMap<String, Option<Arc<VersionLog>>>>>,
     queue: SyncSender<Message>,
+    pending: Arc<Pending>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    counter: AtomicU64,
     /// One request in this many is kept (the CPU budget's verdict); 1 = all.
     keep_one_in: Arc<AtomicU64>,
     requests: AtomicU64,
@@ -130,12 +154,15 @@ impl PayloadLog {
         let _ = registry.register(Box::new(files.clone()));
         let metrics = Metrics { rows, files };
         let (queue, rx) = sync_channel(options.queue.max(1));
+        let pending = Arc::new(Pending { rows: Default::default(), capacity: options.queue.max(1) });
+        let taken = pending.clone();
         let m = metrics.clone();
         let keep_one_in = Arc::new(AtomicU64::new(1));
         let budget = Budget {
             share: options.cpu_budget,
             keep_one_in: keep_one_in.clone(),
             busy: Duration::ZERO,
+            cpu: None,
             since: Instant::now(),
         };
         let writer = std::thread::Builder::new()
@@ -144,24 +171,24 @@ impl PayloadLog {
                 // The writer runs on CPU time no request wants; when serving leaves it none, its
                 // queue fills and requests go unlogged (counted), never slower.
                 flotilla_core::observe::idle_priority("payload log writer");
-                Writer { options, messages, files: HashMap::new(), metrics: m, budget }.run(rx)
+                Writer { options, messages, files: HashMap::new(), metrics: m, budget, pending: taken }.run(rx)
             })
             .map_err(|e| PayloadError::Io(format!("payload log writer: {e}")))?;
         Ok(Self {
             repository: repository.to_path_buf(),
             models: RwLock::new(HashMap::new()),
             queue,
+            pending,
             writer: Mutex::new(Some(writer)),
-            counter: AtomicU64::new(0),
             keep_one_in,
             requests: AtomicU64::new(0),
             metrics,
         })
     }
 
-    fn model(&self, mv: &ModelVersion) -> Option<Arc<ModelLog>> {
-        if let Some(m) = self.models.read().get(&mv.name) {
-            return m.clone();
+    fn version(&self, mv: &ModelVersion) -> Option<Arc<VersionLog>> {
+        if let Some(v) = self.models.read().get(&mv.name).and_then(|m| m.get(&mv.version_str)) {
+            return v.clone();
         }
         let path = self.repository.join(&mv.name).join(FILE_NAME);
         let log = match std::fs::read_to_string(&path) {
@@ -169,10 +196,18 @@ impl PayloadLog {
             Ok(text) => {
                 let inputs: Vec<&str> = mv.config.input.iter().map(|i| i.name.as_str()).collect();
                 match Settings::parse(&path, &text, &inputs) {
-                    Ok(settings) => {
-                        let columns = Arc::new(columns::layout(&mv.config, &settings.drop, &settings.hash));
-                        Some(Arc::new(ModelLog { settings, columns }))
-                    }
+                    Ok(settings) => Some(Arc::new(VersionLog {
+                        model: mv.name.clone(),
+                        version: mv.version_str.clone(),
+                        key: format!("{}/{}", mv.name, mv.version_str).into(),
+                        columns: Arc::new(columns::layout(&mv.config, &settings.drop, &settings.hash)),
+                        settings,
+                        counter: AtomicU64::new(0),
+                        queue: self.queue.clone(),
+                        pending: self.pending.clone(),
+                        dropped: self.metrics.rows.with_label_values(&[mv.name.as_str(), "dropped"]),
+                        over_budget: self.metrics.rows.with_label_values(&[mv.name.as_str(), "over_budget"]),
+                    })),
                     Err(e) => {
                         tracing::warn!(model = %mv.name, error = %e, "payload logging of this model is off");
                         None
@@ -180,27 +215,17 @@ impl PayloadLog {
                 }
             }
         };
-        self.models.write().insert(mv.name.clone(), log.clone());
+        self.models.write().entry(mv.name.clone()).or_default().insert(mv.version_str.clone(), log.clone());
         log
-    }
-
-    /// Whether this request falls in the sample: a counter spread by SplitMix64, compared with
-    /// the rate (no lock, no shared random state).
-    fn sampled(&self, rate: f64) -> bool {
-        if rate >= 1.0 {
-            return true;
-        }
-        let mut z = self.counter.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64 <= rate && rate > 0.0
     }
 
     /// Writes what is buffered and closes every file (at shutdown); later rows are dropped.
     pub fn close(&self) {
         let (tx, rx) = sync_channel(1);
         if self.queue.send(Message::Close(tx)).is_ok() {
+            if let Some(w) = self.writer.lock().as_ref() {
+                w.thread().unpark();
+            }
             let _ = rx.recv_timeout(Duration::from_secs(30));
         }
         if let Some(w) = self.writer.lock().take() {
@@ -216,39 +241,60 @@ impl Drop for PayloadLog {
 }
 
 impl Recorder for PayloadLog {
-    fn wants(&self, mv: &ModelVersion) -> bool {
-        if self.model(mv).is_none() {
-            return false;
+    fn recording(&self, mv: &ModelVersion) -> Option<Arc<dyn Recording>> {
+        let log = self.version(mv)?;
+        if self.pending.rows.load(Ordering::Relaxed) >= self.pending.capacity {
+            log.dropped.inc();
+            return None;
         }
         let n = self.keep_one_in.load(Ordering::Relaxed);
         if n > 1 && !self.requests.fetch_add(1, Ordering::Relaxed).is_multiple_of(n) {
-            self.metrics.rows.with_label_values(&[mv.name.as_str(), "over_budget"]).inc();
-            return false;
+            log.over_budget.inc();
+            return None;
         }
-        true
-    }
-
-    fn record(&self, mv: &ModelVersion, served: Served) {
-        let Some(log) = self.model(mv) else { return };
-        let keep = match &served.outputs {
-            Ok(_) => self.sampled(log.settings.sample),
-            Err(_) => log.settings.errors,
-        };
-        if !keep {
-            return;
-        }
-        let entry =
-            Entry { model: mv.name.clone(), version: mv.version_str.clone(), columns: log.columns.clone(), served };
-        match self.queue.try_send(Message::Row(Box::new(entry))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.metrics.rows.with_label_values(&[mv.name.as_str(), "dropped"]).inc();
-            }
-        }
+        Some(log)
     }
 
     fn model_changed(&self, model: &str) {
         self.models.write().remove(model);
+    }
+}
+
+impl VersionLog {
+    /// Whether this request falls in the sample: a counter spread by SplitMix64, compared with
+    /// the rate (no lock, no shared random state).
+    fn sampled(&self) -> bool {
+        let rate = self.settings.sample;
+        if rate >= 1.0 {
+            return true;
+        }
+        let mut z = self.counter.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64 <= rate && rate > 0.0
+    }
+}
+
+impl Recording for VersionLog {
+    fn keeps(&self, failed: bool) -> bool {
+        if failed {
+            self.settings.errors
+        } else {
+            self.sampled()
+        }
+    }
+
+    /// Hands the request to the writer without waking it; a full queue drops it (counted).
+    fn record(self: Arc<Self>, served: Served) {
+        let entry = Entry { log: Arc::clone(&self), served };
+        self.pending.rows.fetch_add(1, Ordering::Relaxed);
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.queue.try_send(Message::Row(Box::new(entry)))
+        {
+            self.pending.rows.fetch_sub(1, Ordering::Relaxed);
+            self.dropped.inc();
+        }
     }
 }
 
@@ -263,13 +309,23 @@ struct OpenFile {
     last_flush: Instant,
 }
 
-/// The writer's CPU budget: its busy time per second against `share`, and the verdict the
+/// The writer's CPU budget: its CPU time per second against `share`, and the verdict the
 /// request path reads (keep one request in N).
 struct Budget {
     share: f64,
     keep_one_in: Arc<AtomicU64>,
+    /// Time spent working (where the thread's CPU time cannot be read).
     busy: Duration,
+    /// The writer thread's CPU time at `since`.
+    cpu: Option<Duration>,
     since: Instant,
+}
+
+/// The calling thread's CPU time (Linux: `/proc/thread-self/schedstat`, its first field in ns):
+/// unlike wall time, it does not count the time the writer waited for a core.
+fn thread_cpu() -> Option<Duration> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    text.split_whitespace().next()?.parse().ok().map(Duration::from_nanos)
 }
 
 impl Budget {
@@ -280,7 +336,12 @@ impl Budget {
         if elapsed < Duration::from_secs(1) || self.share <= 0.0 {
             return;
         }
-        let used = self.busy.as_secs_f64() / elapsed.as_secs_f64();
+        let cpu = thread_cpu();
+        let busy = match (cpu, self.cpu) {
+            (Some(now), Some(then)) => now.saturating_sub(then),
+            _ => self.busy,
+        };
+        let used = busy.as_secs_f64() / elapsed.as_secs_f64();
         let n = self.keep_one_in.load(Ordering::Relaxed).max(1);
         let next = if used > self.share {
             ((n as f64 * used / self.share).ceil() as u64).clamp(n + 1, 1 << 20)
@@ -291,6 +352,7 @@ impl Budget {
         };
         self.keep_one_in.store(next, Ordering::Relaxed);
         self.busy = Duration::ZERO;
+        self.cpu = cpu;
         self.since = Instant::now();
     }
 }
@@ -300,35 +362,48 @@ struct Writer {
     budget: Budget,
     options: Options,
     messages: Option<Box<dyn MessageSink>>,
-    /// Per (model, version).
-    files: HashMap<(String, String), OpenFile>,
+    /// Per `model/version`.
+    files: HashMap<Arc<str>, OpenFile>,
     metrics: Metrics,
+    pending: Arc<Pending>,
 }
 
 impl Writer {
+    /// Every [`POLL`] (or when [`PayloadLog::close`] unparks it): takes every request that
+    /// waits, then flushes and rotates files.
     fn run(mut self, rx: Receiver<Message>) {
+        self.budget.cpu = thread_cpu();
         loop {
-            match rx.recv_timeout(FLUSH / 4) {
-                Ok(Message::Row(entry)) => {
-                    let started = Instant::now();
-                    self.add(*entry);
-                    self.budget.busy += started.elapsed();
-                }
-                Ok(Message::Close(done)) => {
-                    self.close_all();
-                    let _ = done.send(());
-                    return;
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.close_all();
-                    return;
+            let started = Instant::now();
+            let mut taken = 0usize;
+            loop {
+                match rx.try_recv() {
+                    Ok(Message::Row(entry)) => {
+                        self.pending.rows.fetch_sub(1, Ordering::Relaxed);
+                        self.add(*entry);
+                        // An idle-priority thread that got a core keeps it until the next tick;
+                        // handing it back often keeps a long queue from delaying requests.
+                        taken += 1;
+                        if taken.is_multiple_of(YIELD_EVERY) {
+                            std::thread::yield_now();
+                        }
+                    }
+                    Ok(Message::Close(done)) => {
+                        self.close_all();
+                        let _ = done.send(());
+                        return;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        self.close_all();
+                        return;
+                    }
                 }
             }
-            let started = Instant::now();
             self.tick();
             self.budget.busy += started.elapsed();
             self.budget.check();
+            std::thread::park_timeout(POLL);
         }
     }
 
@@ -341,26 +416,27 @@ impl Writer {
                     "dropped"
                 }
             };
-            self.metrics.rows.with_label_values(&[entry.model.as_str(), outcome]).inc();
+            self.metrics.rows.with_label_values(&[entry.log.model.as_str(), outcome]).inc();
             return;
         }
-        let key = (entry.model.clone(), entry.version.clone());
-        if !self.files.contains_key(&key) || self.files[&key].columns != entry.columns {
-            if let Some(f) = self.files.remove(&key) {
+        // A version reloaded with another layout of columns starts a new file.
+        let same = |f: &OpenFile| Arc::ptr_eq(&f.columns, &entry.log.columns) || f.columns == entry.log.columns;
+        if !self.files.get(&*entry.log.key).is_some_and(same) {
+            if let Some(f) = self.files.remove(&*entry.log.key) {
                 self.finish(f);
             }
             match self.open(&entry) {
                 Ok(f) => {
-                    self.files.insert(key.clone(), f);
+                    self.files.insert(entry.log.key.clone(), f);
                 }
                 Err(e) => {
-                    tracing::warn!(model = %entry.model, error = %e, "payload log file not opened; request dropped");
-                    self.metrics.rows.with_label_values(&[entry.model.as_str(), "dropped"]).inc();
+                    tracing::warn!(model = %entry.log.model, error = %e, "payload log file not opened; request dropped");
+                    entry.log.dropped.inc();
                     return;
                 }
             }
         }
-        if let Some(f) = self.files.get_mut(&key) {
+        if let Some(f) = self.files.get_mut(&*entry.log.key) {
             f.rows.push(entry);
             if f.rows.len() >= ROW_GROUP {
                 flush(f, &self.metrics, &self.options.salt);
@@ -370,7 +446,7 @@ impl Writer {
 
     /// Flushes files whose rows waited long enough, and rotates those past their limits.
     fn tick(&mut self) {
-        let keys: Vec<(String, String)> = self.files.keys().cloned().collect();
+        let keys: Vec<Arc<str>> = self.files.keys().cloned().collect();
         for key in keys {
             let Some(f) = self.files.get_mut(&key) else { continue };
             if !f.rows.is_empty() && f.last_flush.elapsed() >= FLUSH {
@@ -389,12 +465,13 @@ impl Writer {
         let Sink::Files(root) = &self.options.sink else {
             return Err(PayloadError::Io("the payload log sends messages, not files".into()));
         };
-        let dir = root.join(&entry.model);
+        let log = &entry.log;
+        let dir = root.join(&log.model);
         std::fs::create_dir_all(&dir).map_err(|e| PayloadError::Io(format!("{}: {e}", dir.display())))?;
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
-        let path = dir.join(format!("{}-v{}-{stamp}.parquet.partial", entry.model, entry.version));
+        let path = dir.join(format!("{}-v{}-{stamp}.parquet.partial", log.model, log.version));
         let file = File::create(&path).map_err(|e| PayloadError::Io(format!("{}: {e}", path.display())))?;
-        let schema = columns::schema(&entry.columns);
+        let schema = columns::schema(&log.columns);
         let props = parquet::file::properties::WriterProperties::builder()
             .set_compression(parquet::basic::Compression::SNAPPY)
             .build();
@@ -403,7 +480,7 @@ impl Writer {
         Ok(OpenFile {
             writer,
             path,
-            columns: entry.columns.clone(),
+            columns: log.columns.clone(),
             schema,
             opened: Instant::now(),
             rows: Vec::new(),
@@ -444,7 +521,7 @@ fn flush(f: &mut OpenFile, metrics: &Metrics, salt: &[u8]) {
         return;
     }
     let rows = std::mem::take(&mut f.rows);
-    let model = rows[0].model.clone();
+    let model = rows[0].log.model.clone();
     let written = rows.len() as u64;
     let result = batch(&f.schema, &f.columns, &rows, salt)
         .and_then(|b| f.writer.write(&b).and_then(|_| f.writer.flush()).map_err(|e| PayloadError::Io(e.to_string())));
@@ -464,7 +541,7 @@ fn json(entry: &Entry, salt: &[u8]) -> Vec<u8> {
     let served = &entry.served;
     let mut inputs = Map::new();
     let mut outputs = Map::new();
-    for c in entry.columns.iter() {
+    for c in entry.log.columns.iter() {
         let list = if c.input { Some(&served.inputs) } else { served.outputs.as_ref().ok() };
         let Some(t) = list.and_then(|l| l.iter().find(|t| t.name == c.tensor)) else { continue };
         let Some(values) = columns::values(t, c.kind, salt) else { continue };
@@ -479,8 +556,11 @@ fn json(entry: &Entry, salt: &[u8]) -> Vec<u8> {
             }
             Values::Digest(v) => json!(v),
         };
-        let datatype = if c.kind == columns::Kind::Digest { "BYTES" } else { c.datatype.as_str() };
-        let tensor = json!({"datatype": datatype, "shape": t.shape, "data": data});
+        let tensor = if c.kind == columns::Kind::Digest {
+            json!({"datatype": "BYTES", "shape": t.shape, "data": data, "hashed": true})
+        } else {
+            json!({"datatype": c.datatype.as_str(), "shape": t.shape, "data": data})
+        };
         if c.input {
             inputs.insert(c.tensor.clone(), tensor);
         } else {
@@ -492,8 +572,8 @@ fn json(entry: &Entry, salt: &[u8]) -> Vec<u8> {
     let message = json!({
         "request_id": served.id,
         "time": time,
-        "model": entry.model,
-        "version": entry.version,
+        "model": entry.log.model,
+        "version": entry.log.version,
         "status": served.outputs.as_ref().map_or_else(|e| e.kind.as_str(), |_| "ok"),
         "error": served.outputs.as_ref().err().map(|e| e.message.clone()),
         "latency_us": served.latency.as_micros() as i64,
@@ -518,8 +598,8 @@ fn batch(schema: &Arc<arrow_schema::Schema>, columns: &[Column], rows: &[Entry],
             )
             .with_timezone("UTC"),
         ),
-        text(&|e| Some(e.model.clone())),
-        text(&|e| Some(e.version.clone())),
+        text(&|e| Some(e.log.model.clone())),
+        text(&|e| Some(e.log.version.clone())),
         text(&|e| Some(e.served.outputs.as_ref().map_or_else(|err| err.kind.as_str(), |_| "ok").to_string())),
         text(&|e| e.served.outputs.as_ref().err().map(|err| err.message.clone())),
         Arc::new(rows.iter().map(|e| e.served.latency.as_micros() as i64).collect::<Int64Array>()),

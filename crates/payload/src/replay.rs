@@ -111,6 +111,77 @@ pub fn read(paths: &[PathBuf], model: &str, config: &ModelConfig) -> Result<Vec<
     Ok(out)
 }
 
+/// Every logged request of `model` among payload log messages (the JSON that
+/// `serve --payload-log kafka://...` sends, see [`crate::log`]), with tensors typed as `config`
+/// declares them; errors name `what` (the topic) and the message.
+pub fn messages(payloads: &[Vec<u8>], model: &str, config: &ModelConfig, what: &str) -> Result<Vec<Logged>> {
+    use serde_json::Value as J;
+    let mut out = Vec::new();
+    for (n, payload) in payloads.iter().enumerate() {
+        let bad = |m: String| PayloadError::Invalid(format!("{what} message {}: {m}", n + 1));
+        let m: J = serde_json::from_slice(payload).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let text = |k: &str| m.get(k).and_then(J::as_str).map(str::to_string);
+        let (Some(id), Some(status)) = (text("request_id"), text("status")) else {
+            return Err(bad("not a Flotilla payload log message (no request_id or status)".into()));
+        };
+        if text("model").is_some_and(|x| x != model) {
+            continue;
+        }
+        // A side is `None` when a tensor is missing (dropped, a failed request's outputs) or
+        // hashed: it cannot be sent again.
+        let side = |key: &str, names: Vec<(&str, flotilla_core::DataType)>| -> Result<Option<Vec<Tensor>>> {
+            let Some(map) = m.get(key).and_then(J::as_object) else { return Ok(None) };
+            let mut tensors = Vec::with_capacity(names.len());
+            for (name, datatype) in names {
+                let Some(t) = map.get(name) else { return Ok(None) };
+                if t.get("hashed").and_then(J::as_bool) == Some(true) {
+                    return Ok(None);
+                }
+                tensors.push(json_tensor(name, t, datatype).map_err(|e| bad(format!("{key}.{name}: {e}")))?);
+            }
+            Ok(Some(tensors))
+        };
+        out.push(Logged {
+            id,
+            version: text("version").unwrap_or_default(),
+            status,
+            latency_us: m.get("latency_us").and_then(J::as_i64).unwrap_or(0),
+            inputs: side("inputs", config.input.iter().map(|i| (i.name.as_str(), input_datatype(i))).collect())?,
+            outputs: side("outputs", config.output.iter().map(|o| (o.name.as_str(), output_datatype(o))).collect())?,
+        });
+    }
+    Ok(out)
+}
+
+/// A tensor of a message (`{"datatype", "shape", "data"}`, as KServe v2 writes one) as `datatype`.
+fn json_tensor(name: &str, t: &serde_json::Value, datatype: flotilla_core::DataType) -> Result<Tensor, String> {
+    use columns::Elements;
+    use serde_json::Value as J;
+    let shape: Vec<i64> = t
+        .get("shape")
+        .and_then(J::as_array)
+        .and_then(|a| a.iter().map(J::as_i64).collect())
+        .ok_or("no shape (a list of integers)")?;
+    let data = t.get("data").and_then(J::as_array).ok_or("no data (a list)")?;
+    let elements = if datatype == flotilla_core::DataType::Bytes {
+        Elements::Bytes(
+            data.iter()
+                .map(|x| x.as_str().map(|s| s.as_bytes().to_vec()))
+                .collect::<Option<_>>()
+                .ok_or("BYTES items are strings")?,
+        )
+    } else if let Some(v) = data.iter().map(J::as_i64).collect::<Option<Vec<i64>>>() {
+        Elements::I64(v)
+    } else if let Some(v) = data.iter().map(J::as_u64).collect::<Option<Vec<u64>>>() {
+        Elements::U64(v)
+    } else {
+        let number = |x: &J| x.as_f64().or_else(|| x.as_bool().map(|b| f64::from(u8::from(b))));
+        Elements::F64(data.iter().map(number).collect::<Option<_>>().ok_or("items are numbers")?)
+    };
+    let bytes = columns::encode(elements, datatype)?;
+    Ok(Tensor::new(name, datatype, shape, bytes))
+}
+
 /// Labels by request id, from a Parquet or CSV-free Parquet file with `request_id` and `label`.
 pub fn labels(path: &Path, column: &str) -> Result<HashMap<String, f64>> {
     let what = path.display().to_string();

@@ -34,7 +34,8 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct ReplayArgs {
-    /// The payload log folder (`serve --payload-log`): its `<model>/` folder is read.
+    /// The payload log: its folder (`serve --payload-log DIR`; its `<model>/` folder is read), or
+    /// the Kafka topic it was sent to (`kafka://BROKER:PORT[,...]/TOPIC`, read from its start).
     #[arg(long)]
     pub log: PathBuf,
     /// The logged model.

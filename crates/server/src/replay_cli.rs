@@ -19,13 +19,13 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let candidate_dir = candidate_folder(&args, &model_dir)?;
     let tmp = tempfile::tempdir().context("a temporary model repository")?;
     let candidate_label = args.candidate.clone();
-    // The logged primary version, when the repository still has it.
-    let files = replay::files(&args.log, &args.model)?;
+    let source = LogSource::of(&args)?;
     stage(tmp.path(), "candidate", &config_path, &candidate_dir)?;
     let service = load(tmp.path(), &["candidate"]).await.context("the candidate did not load")?;
     let candidate = service.repository.get("candidate", "").context("the candidate did not load")?;
     let config = candidate.config.clone();
-    let logged = replay::read(&files, &args.model, &config)?;
+    let logged = source.read(&args.model, &config).await?;
+    // The logged primary version, when the repository still has it.
     let primary_version = logged.iter().find(|l| l.status == "ok").map(|l| l.version.clone()).unwrap_or_default();
     let primary_dir = model_dir.join(&primary_version);
     let primary = if !primary_version.is_empty() && primary_dir.is_dir() && primary_dir != candidate_dir {
@@ -89,6 +89,51 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     println!("{markdown}");
     println!("report: {} and {}", md.display(), json.display());
     Ok(())
+}
+
+/// Where the log is: files (`serve --payload-log DIR`) or a Kafka topic (`kafka://B/T`).
+enum LogSource {
+    Files(Vec<PathBuf>),
+    Kafka { brokers: String, topic: String },
+}
+
+/// How long reading a topic to its end may take.
+const KAFKA_READ: std::time::Duration = std::time::Duration::from_secs(120);
+
+impl LogSource {
+    fn of(args: &ReplayArgs) -> anyhow::Result<Self> {
+        let text = args.log.to_string_lossy();
+        let Some(rest) = text.strip_prefix("kafka://") else {
+            return Ok(Self::Files(replay::files(&args.log, &args.model)?));
+        };
+        let (brokers, topic) = rest
+            .split_once('/')
+            .filter(|(b, t)| !b.is_empty() && !t.is_empty())
+            .context("--log kafka://BROKER:PORT[,BROKER:PORT...]/TOPIC")?;
+        Ok(Self::Kafka { brokers: brokers.to_string(), topic: topic.to_string() })
+    }
+
+    async fn read(&self, model: &str, config: &flotilla_core::ModelConfig) -> anyhow::Result<Vec<Logged>> {
+        match self {
+            Self::Files(files) => Ok(replay::read(files, model, config)?),
+            Self::Kafka { brokers, topic } => {
+                let (b, t) = (brokers.clone(), topic.clone());
+                let payloads =
+                    tokio::task::spawn_blocking(move || flotilla_features::streams::read_topic(&b, &t, KAFKA_READ))
+                        .await?
+                        .map_err(anyhow::Error::msg)
+                        .with_context(|| format!("--log kafka://{brokers}/{topic}"))?;
+                let logged = replay::messages(&payloads, model, config, &format!("kafka://{brokers}/{topic}"))?;
+                if logged.is_empty() {
+                    bail!(
+                        "kafka://{brokers}/{topic}: no logged request of model '{model}' ({} messages)",
+                        payloads.len()
+                    );
+                }
+                Ok(logged)
+            }
+        }
+    }
 }
 
 /// The version folder the candidate is: a version number of the model, a model folder (its
@@ -282,21 +327,28 @@ async fn run_batch(service: &Service, model: &str, requests: &[&Logged]) -> Vec<
     }
 }
 
-/// Rows `at..at + n` of an output whose first dimension is `total`.
+/// Rows `at..at + n` of an output whose first dimension is `total` (BYTES outputs are split at
+/// their elements' length prefixes).
 fn slice(t: &Tensor, at: i64, n: i64, total: i64) -> Result<Tensor, String> {
-    let size = t
-        .datatype
-        .size()
-        .ok_or_else(|| format!("output '{}': BYTES outputs are replayed one request at a time", t.name))?;
     if t.shape.first() != Some(&total) {
         return Err(format!("output '{}' has shape {:?} for {total} rows", t.name, t.shape));
     }
-    let per_row = t.data.len() / total.max(1) as usize;
-    let (from, to) = (at as usize * per_row, (at + n) as usize * per_row);
     let mut shape = t.shape.clone();
     shape[0] = n;
+    let (from, to) = (at as usize, (at + n) as usize);
+    let Some(size) = t.datatype.size() else {
+        let what = format!("output '{}'", t.name);
+        let elements = flotilla_core::tensor::split_bytes_elements(&t.data, &what).map_err(|e| e.message)?;
+        let per_row = elements.len() / total.max(1) as usize;
+        if per_row * total as usize != elements.len() {
+            return Err(format!("{what} has {} elements for {total} rows", elements.len()));
+        }
+        let rows = flotilla_core::tensor::join_bytes_elements(elements[from * per_row..to * per_row].iter().copied());
+        return Ok(Tensor::new(t.name.clone(), t.datatype, shape, rows));
+    };
+    let per_row = t.data.len() / total.max(1) as usize;
     debug_assert_eq!(per_row % size, 0);
-    Ok(Tensor::new(t.name.clone(), t.datatype, shape, t.data.slice(from..to)))
+    Ok(Tensor::new(t.name.clone(), t.datatype, shape, t.data.slice(from * per_row..to * per_row)))
 }
 
 /// The canary's bounds: flags, else `[models.M.canary]` of `--fleet`, else the defaults.
@@ -319,4 +371,29 @@ fn bounds(args: &ReplayArgs) -> anyhow::Result<Bounds> {
         b.max_p99_ratio = x;
     }
     Ok(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slice;
+    use flotilla_core::tensor::{join_bytes_elements, split_bytes_elements};
+    use flotilla_core::{DataType, Tensor};
+
+    #[test]
+    fn batched_outputs_split_back_by_rows_bytes_too() {
+        let words: Vec<&[u8]> = vec![b"a", b"", b"ccc", b"dd", b"e", b"ffff"];
+        let t = Tensor::new("label", DataType::Bytes, vec![3, 2], join_bytes_elements(words.iter().copied()));
+        let middle = slice(&t, 1, 2, 3).unwrap();
+        assert_eq!(middle.shape, vec![2, 2]);
+        assert_eq!(split_bytes_elements(&middle.data, "x").unwrap(), &words[2..6]);
+        let first = slice(&t, 0, 1, 3).unwrap();
+        assert_eq!(split_bytes_elements(&first.data, "x").unwrap(), &words[0..2]);
+        let numbers = Tensor::new("p", DataType::F32, vec![3, 1], [1f32, 2.0, 3.0].map(f32::to_le_bytes).concat());
+        assert_eq!(&slice(&numbers, 2, 1, 3).unwrap().data[..], &3f32.to_le_bytes());
+        assert!(slice(&numbers, 0, 1, 4).unwrap_err().contains("shape [3, 1] for 4 rows"));
+        let uneven = Tensor::new("u", DataType::Bytes, vec![2], join_bytes_elements(words[..3].iter().copied()));
+        assert!(slice(&uneven, 0, 1, 2).unwrap_err().contains("3 elements for 2 rows"));
+        let truncated = Tensor::new("t", DataType::Bytes, vec![1], vec![9u8, 0, 0, 0, b'x']);
+        assert!(slice(&truncated, 0, 1, 1).unwrap_err().contains("declares 9 bytes"));
+    }
 }

@@ -188,6 +188,68 @@ impl TopicProducer {
     }
 }
 
+/// Every message of `topic`, from the start of each partition up to where it ended when this
+/// was called (partition by partition, in offset order): how `flotilla replay` reads a payload
+/// log sent to Kafka. No consumer group offsets are read or committed. Blocking.
+pub fn read_topic(brokers: &str, topic: &str, timeout: Duration) -> Result<Vec<Vec<u8>>, String> {
+    use rdkafka::consumer::BaseConsumer;
+    let consumer: BaseConsumer = client_config(brokers)
+        .set("group.id", "flotilla-replay")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .map_err(|e| format!("Kafka client for {brokers}: {e}"))?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+        .map_err(|e| format!("cannot reach Kafka at {brokers}: {e}"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(format!("Kafka at {brokers} has no topic '{topic}'"));
+    }
+    let mut ends = BTreeMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for p in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, REQUEST_TIMEOUT)
+            .map_err(|e| format!("{topic} partition {p}: offsets: {e}"))?;
+        if high > low {
+            assignment.add_partition_offset(topic, p, Offset::Offset(low)).map_err(|e| e.to_string())?;
+            ends.insert(p, high);
+        }
+    }
+    consumer.assign(&assignment).map_err(|e| format!("{topic}: {e}"))?;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut by_partition: BTreeMap<i32, Vec<Vec<u8>>> = BTreeMap::new();
+    while !ends.is_empty() {
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "{topic}: not read to its end within {timeout:?} (partitions left: {:?})",
+                ends.keys()
+            ));
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Ok(m)) => {
+                let p = m.partition();
+                by_partition.entry(p).or_default().push(m.payload().unwrap_or_default().to_vec());
+                if ends.get(&p).is_some_and(|end| m.offset() + 1 >= *end) {
+                    ends.remove(&p);
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                ends.remove(&p);
+            }
+            Some(Err(e)) => tracing::warn!(topic, error = %e, "Kafka read error; retrying"),
+        }
+    }
+    Ok(by_partition.into_values().flatten().collect())
+}
+
 /// Creates the topics that the broker does not know, with the broker's default partition
 /// count and replication (`-1`), or one partition where the broker does not take defaults.
 async fn ensure_topics(brokers: &str, topics: &[&str]) -> Result<(), ConsumerError> {

@@ -30,7 +30,7 @@ macro_rules! consumer {
 
 mod debezium;
 mod kafka;
-pub use kafka::TopicProducer;
+pub use kafka::{read_topic, TopicProducer};
 mod nats;
 pub mod postgres;
 mod rabbitmq;

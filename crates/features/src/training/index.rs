@@ -5,11 +5,17 @@
 //! rows sorted by (event time, created time, file position), in parallel. A lookup is one hash
 //! lookup and a binary search in the entity's rows. The feature columns stay in the decoded
 //! batches; a gather picks (batch, row) pairs with Arrow's `interleave`.
+//!
+//! An append view's value as of an entity row is its item list then: the entity's rows up to
+//! that time, newest first, are appended (as [`crate::record::append`] does online) until the
+//! newest `max_items` distinct items are known.
 
-use crate::definitions::FeatureView;
+use super::ViewPlan;
+use crate::definitions::{FeatureRef, FeatureView};
 use crate::error::{FeatureError, Result};
 use crate::files;
-use crate::value::ValueType;
+use crate::record::Record;
+use crate::value::{Value, ValueType};
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
 use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, TimestampMicrosecondArray};
@@ -192,17 +198,39 @@ pub(super) struct ViewIndex {
     dtypes: Vec<arrow_schema::DataType>,
     offsets: Vec<u32>,
     ttl_us: i64,
+    /// Set for an append view.
+    items: Option<Items>,
+}
+
+/// An append view's item lists: the view (every feature is read), how many items it keeps and
+/// which read column each requested feature is.
+struct Items {
+    view: FeatureView,
+    max: usize,
+    out: Vec<usize>,
 }
 
 impl ViewIndex {
-    /// Indexes the chunks of a view's source (in file order) with up to `threads` threads.
+    /// Indexes the chunks of a view's source (in file order, columns as `plan` reads them) with
+    /// up to `threads` threads; `features` are the build's requested features.
     pub fn build(
-        view: &FeatureView,
+        plan: &ViewPlan,
+        features: &[FeatureRef],
         chunks: Vec<Chunk>,
-        dtypes: Vec<arrow_schema::DataType>,
         threads: usize,
         what: &str,
     ) -> Result<Self> {
+        let view = plan.view;
+        let dtypes = plan.read_dtypes.clone();
+        let items = view.max_items.map(|max| Items {
+            view: view.clone(),
+            max,
+            out: plan
+                .wanted
+                .iter()
+                .map(|i| plan.read.iter().position(|f| *f == features[*i].feature).unwrap_or(0))
+                .collect(),
+        });
         let n: usize = chunks.iter().map(Chunk::rows).sum();
         if u32::try_from(n).is_err() {
             return Err(FeatureError::invalid(format!("{what}: more than 4 billion rows")));
@@ -289,7 +317,81 @@ impl ViewIndex {
         let t3 = Instant::now();
         sort_buckets(&mut entries, &starts, threads);
         tracing::debug!(view = %view.name, rows = n, ids = ?(t1 - t0), scatter = ?(t2 - t1), columns = ?(t3 - t2), sort = ?t3.elapsed(), "training set: view indexed");
-        Ok(Self { keys, starts, entries, columns, dtypes, offsets, ttl_us: view.ttl_us })
+        Ok(Self { keys, starts, entries, columns, dtypes, offsets, ttl_us: view.ttl_us, items })
+    }
+
+    /// The requested features of every entity row of a batch (keys, event times `ts`), rows
+    /// split over `threads`, and how many rows found a value.
+    pub fn join(&self, keys: &BatchKeys, ts: &[i64], threads: usize) -> Result<(u64, Vec<ArrayRef>)> {
+        let Some(items) = &self.items else {
+            let picks = self.pick_batch(keys, ts, threads);
+            let found = picks.iter().filter(|p| p.is_some()).count() as u64;
+            return Ok((found, self.gather(&picks)?));
+        };
+        let records = split_rows(ts.len(), threads, |row, buf| self.items_at(items, keys, row, ts[row], buf));
+        let found = records.iter().filter(|r| r.is_some()).count() as u64;
+        let columns = items
+            .out
+            .iter()
+            .map(|&o| {
+                let values: Vec<Option<Value>> =
+                    records.iter().map(|r| r.as_ref().and_then(|r| r.values[o].clone())).collect();
+                files::array_of(items.view.features[o].dtype, &values)
+            })
+            .collect();
+        Ok((found, columns))
+    }
+
+    /// An append view's record as of `entity_ts` for `keys[row]`'s entity: its rows up to then
+    /// appended as the online store appends them (event-time order, ties by created time and
+    /// file order, an item equal to one at the same time kept once, the newest `max` kept).
+    /// `None` when the entity has no item by then, or its newest is older than the ttl.
+    fn items_at(
+        &self,
+        items: &Items,
+        keys: &BatchKeys,
+        row: usize,
+        entity_ts: i64,
+        buf: &mut Vec<u8>,
+    ) -> Option<Record> {
+        let id = self.keys.get(keys, row, buf)? as usize;
+        let rows = &self.entries[self.starts[id]..self.starts[id + 1]];
+        let end = rows.partition_point(|(t, ..)| *t <= entity_ts);
+        let newest = rows[end.checked_sub(1)?].0;
+        if self.ttl_us > 0 && newest < entity_ts.saturating_sub(self.ttl_us) {
+            return None;
+        }
+        // Rows newest first until `want` items (and every row at the oldest time taken, whose
+        // order decides ties); more when repeated items were merged away.
+        let mut taken = std::collections::VecDeque::new();
+        let (mut from, mut raw, mut want) = (end, 0usize, items.max);
+        loop {
+            while from > 0 && (raw < want || (from < end && rows[from - 1].0 == rows[from].0)) {
+                from -= 1;
+                let record = self.record_at(items, rows[from]);
+                raw += record.items(&items.view).unwrap_or(0);
+                taken.push_front(record);
+            }
+            let (record, _) = crate::record::append(&items.view, None, taken.make_contiguous(), items.max);
+            let got = record.as_ref().map_or(0, |r| r.item_ts.len());
+            if got >= items.max || from == 0 {
+                return record;
+            }
+            want += items.max - got;
+        }
+    }
+
+    /// The source row at an index entry, as the record a write of it would carry.
+    fn record_at(&self, items: &Items, (ts, created, position): (i64, i64, u32)) -> Record {
+        let chunk = self.offsets.partition_point(|o| *o <= position) - 1;
+        let at = (position - self.offsets[chunk]) as usize;
+        let values = self
+            .columns
+            .iter()
+            .zip(&items.view.features)
+            .map(|(col, f)| files::value_at(col[chunk].as_ref(), f.dtype, at))
+            .collect();
+        Record::new(ts, created.max(0), values)
     }
 
     /// The source position of the latest row of `keys[row]`'s entity with event time ≤
@@ -305,32 +407,7 @@ impl ViewIndex {
 
     /// [`Self::pick`] for every row of a batch (event times `ts`), rows split over `threads`.
     pub fn pick_batch(&self, keys: &BatchKeys, ts: &[i64], threads: usize) -> Vec<Option<u32>> {
-        let pick_range = |from: usize, to: usize| {
-            let mut buf = Vec::with_capacity(32);
-            (from..to).map(|row| self.pick(keys, row, ts[row], &mut buf)).collect::<Vec<_>>()
-        };
-        let threads = threads.clamp(1, ts.len() / 1024 + 1);
-        if threads == 1 {
-            return pick_range(0, ts.len());
-        }
-        let per = ts.len().div_ceil(threads);
-        std::thread::scope(|s| {
-            let handles: Vec<_> = (1..threads)
-                .map(|t| {
-                    let pick_range = &pick_range;
-                    s.spawn(move || pick_range(t * per, ((t + 1) * per).min(ts.len())))
-                })
-                .collect();
-            let mut picks = pick_range(0, per.min(ts.len()));
-            for h in handles {
-                // A panicking helper would be a bug; its rows are looked up again here.
-                let part = h.join().ok();
-                let from = picks.len();
-                let to = (from + per).min(ts.len());
-                picks.extend(part.unwrap_or_else(|| pick_range(from, to)));
-            }
-            picks
-        })
+        split_rows(ts.len(), threads, |row, buf| self.pick(keys, row, ts[row], buf))
     }
 
     /// The requested feature columns at `picks` (source positions; `None` gives null).
@@ -358,6 +435,37 @@ impl ViewIndex {
             })
             .collect()
     }
+}
+
+/// `each` of rows `0..n` (with a key buffer per thread), in order, rows split over up to
+/// `threads` threads (one per 1,024 rows).
+fn split_rows<T: Send>(n: usize, threads: usize, each: impl Fn(usize, &mut Vec<u8>) -> T + Sync) -> Vec<T> {
+    let range = |from: usize, to: usize| {
+        let mut buf = Vec::with_capacity(32);
+        (from..to).map(|row| each(row, &mut buf)).collect::<Vec<_>>()
+    };
+    let threads = threads.clamp(1, n / 1024 + 1);
+    if threads == 1 {
+        return range(0, n);
+    }
+    let per = n.div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (1..threads)
+            .map(|t| {
+                let range = &range;
+                s.spawn(move || range(t * per, ((t + 1) * per).min(n)))
+            })
+            .collect();
+        let mut out = range(0, per.min(n));
+        for h in handles {
+            // A panicking helper would be a bug; its rows are done again here.
+            let part = h.join().ok();
+            let from = out.len();
+            let to = (from + per).min(n);
+            out.extend(part.unwrap_or_else(|| range(from, to)));
+        }
+        out
+    })
 }
 
 /// Sorts each bucket `entries[starts[i]..starts[i + 1]]`, buckets split over `threads`.

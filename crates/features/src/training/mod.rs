@@ -90,8 +90,13 @@ pub struct SpillReport {
 /// A view taking part in the build, with the request positions of its features.
 struct ViewPlan<'a> {
     view: &'a FeatureView,
+    /// Request positions of the view's features, and their output types.
     wanted: Vec<usize>,
     dtypes: Vec<DataType>,
+    /// The view's features read from its source, and their types: the wanted ones, or every
+    /// feature of an append view (its items are told apart by all their values).
+    read: Vec<usize>,
+    read_dtypes: Vec<DataType>,
     estimate: u64,
 }
 
@@ -125,20 +130,17 @@ impl TrainingSet<'_> {
                     view.name
                 ))
             })?;
-            if let Some(max) = view.max_items {
-                return Err(FeatureError::invalid(format!(
-                    "feature view '{}' appends items (max_items = {max}): training sets join one row per entity \
-                     and event time, and do not rebuild an append view's item lists as of each entity row; \
-                     join its source file's rows (one item each) instead",
-                    view.name
-                )));
-            }
             let wanted: Vec<usize> =
                 self.features.iter().enumerate().filter(|(_, f)| f.view == v).map(|(i, _)| i).collect();
             let dtypes: Vec<DataType> =
                 wanted.iter().map(|i| files::arrow_type(view.features[self.features[*i].feature].dtype)).collect();
-            let estimate = estimate(&source.path, &dtypes)?;
-            plans.push(ViewPlan { view, wanted, dtypes, estimate });
+            let read: Vec<usize> = match view.max_items {
+                Some(_) => (0..view.features.len()).collect(),
+                None => wanted.iter().map(|i| self.features[*i].feature).collect(),
+            };
+            let read_dtypes: Vec<DataType> = read.iter().map(|f| files::arrow_type(view.features[*f].dtype)).collect();
+            let estimate = estimate(&source.path, &read_dtypes)?;
+            plans.push(ViewPlan { view, wanted, dtypes, read, read_dtypes, estimate });
         }
         let mut report =
             TrainingReport { memory_estimate: plans.iter().map(|p| p.estimate).sum(), ..Default::default() };
@@ -227,14 +229,14 @@ impl TrainingSet<'_> {
             phases.read += t.elapsed();
             let t = Instant::now();
             let what = source_name(plan.view);
-            indexes.push(ViewIndex::build(plan.view, chunks, plan.dtypes.clone(), threads, &what)?);
+            indexes.push(ViewIndex::build(plan, &self.features, chunks, threads, &what)?);
             phases.index += t.elapsed();
         }
         let t = Instant::now();
         let file = files::open(entities)?;
         let what = entities.display().to_string();
         let mut first = 0u64;
-        let (mut pick_t, mut gather_t, mut emit_t) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        let (mut join_t, mut emit_t) = (Duration::ZERO, Duration::ZERO);
         for batch in file.batches {
             let batch = batch?;
             let ts = files::timestamp_array(&batch, &self.timestamp_field, &what, first, true)?;
@@ -242,14 +244,12 @@ impl TrainingSet<'_> {
             for (plan, index) in plans.iter().zip(&indexes) {
                 let keys = entity_keys(&batch, plan.view, &what, first)?;
                 let tp = Instant::now();
-                let picks = index.pick_batch(&keys, ts.values(), threads);
-                outcome.matched += picks.iter().filter(|p| p.is_some()).count() as u64 * plan.wanted.len() as u64;
-                pick_t += tp.elapsed();
-                let tp = Instant::now();
-                for (col, pos) in index.gather(&picks)?.into_iter().zip(&plan.wanted) {
+                let (found, joined) = index.join(&keys, ts.values(), threads)?;
+                outcome.matched += found * plan.wanted.len() as u64;
+                for (col, pos) in joined.into_iter().zip(&plan.wanted) {
                     columns[*pos] = Some(col);
                 }
-                gather_t += tp.elapsed();
+                join_t += tp.elapsed();
             }
             first += batch.num_rows() as u64;
             let tp = Instant::now();
@@ -257,13 +257,13 @@ impl TrainingSet<'_> {
             emit_t += tp.elapsed();
         }
         phases.join = t.elapsed();
-        tracing::debug!(pick = ?pick_t, gather = ?gather_t, emit = ?emit_t, "training set: entity rows joined");
+        tracing::debug!(join = ?join_t, emit = ?emit_t, "training set: entity rows joined");
         Ok((outcome, phases))
     }
 
     /// A view's source decoded in parallel into chunks (file order), columns checked and typed.
     fn read_view(&self, plan: &ViewPlan, threads: usize) -> Result<Vec<Chunk>> {
-        let parts = read_chunks(self, plan, threads, |chunk, _, _| Ok(chunk))?;
+        let parts = read_chunks(plan, threads, |chunk, _, _| Ok(chunk))?;
         Ok(parts.into_iter().flatten().collect())
     }
 }
@@ -324,7 +324,6 @@ struct Outcome {
 /// Reads a view's source with `threads` threads, handing each decoded, checked chunk to `each`
 /// (with its first row and thread); results per thread, in file order.
 fn read_chunks<T: Send>(
-    set: &TrainingSet,
     plan: &ViewPlan,
     threads: usize,
     each: impl Fn(Chunk, u64, usize) -> Result<T> + Sync,
@@ -333,8 +332,7 @@ fn read_chunks<T: Send>(
     let source =
         view.source.as_ref().ok_or_else(|| FeatureError::invalid(format!("view '{}' has no source", view.name)))?;
     let what = source.path.display().to_string();
-    let features: Vec<&crate::definitions::Feature> =
-        plan.wanted.iter().map(|i| &view.features[set.features[*i].feature]).collect();
+    let features: Vec<&crate::definitions::Feature> = plan.read.iter().map(|f| &view.features[*f]).collect();
     let mut columns: Vec<&str> = view.join_keys.iter().map(|(k, _)| k.as_str()).collect();
     columns.push(&source.timestamp_field);
     if let Some(c) = &source.created_timestamp_column {
@@ -354,8 +352,45 @@ fn read_chunks<T: Send>(
                 .map(|f| files::column(&batch, &f.name, f.dtype, &what, first))
                 .collect::<Result<_>>()?,
         };
+        if view.max_items.is_some() {
+            check_items(view, &chunk.features, &what, first)?;
+        }
         each(chunk, first, thread)
     })
+}
+
+/// An append view's source rows each carry items: every feature set and all lists equally long
+/// (as ingestion requires); the error names the file, row and feature.
+fn check_items(view: &FeatureView, columns: &[ArrayRef], what: &str, first: u64) -> Result<()> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::Array;
+    let lists: Vec<&arrow_array::ListArray> = columns.iter().map(|c| c.as_list::<i32>()).collect();
+    for row in 0..lists.first().map_or(0, |l| l.len()) {
+        let mut len = None;
+        for (f, list) in view.features.iter().zip(&lists) {
+            let at = || first + row as u64 + 1;
+            if list.is_null(row) {
+                return Err(FeatureError::invalid(format!(
+                    "{what} row {}: feature '{}' is missing (view '{}' appends items: every item needs every feature)",
+                    at(),
+                    f.name,
+                    view.name
+                )));
+            }
+            let n = list.value_length(row);
+            if len.is_some_and(|m| m != n) {
+                return Err(FeatureError::invalid(format!(
+                    "{what} row {}: feature '{}' has {n} items but the features before it have {} (view '{}')",
+                    at(),
+                    f.name,
+                    len.unwrap_or_default(),
+                    view.name
+                )));
+            }
+            len = Some(n);
+        }
+    }
+    Ok(())
 }
 
 /// The entity rows' keys for `view`, with an error that says which view needs a missing column.

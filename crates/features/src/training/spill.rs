@@ -64,7 +64,7 @@ pub(super) fn build(
     let t = Instant::now();
     let mut sources = Vec::with_capacity(plans.len());
     for (v, (plan, parts)) in plans.iter().zip(&parts).enumerate() {
-        let (files, rows, bytes) = partition_source(set, plan, *parts, threads, dir.path(), v)?;
+        let (files, rows, bytes) = partition_source(plan, *parts, threads, dir.path(), v)?;
         outcome.feature_rows += rows;
         spilled.bytes += bytes;
         sources.push(files);
@@ -124,7 +124,7 @@ pub(super) fn build(
                     chunks.push(chunk(plan, &batch?)?);
                 }
             }
-            let index = ViewIndex::build(plan.view, chunks, plan.dtypes.clone(), threads, &source_name(plan.view))?;
+            let index = ViewIndex::build(plan, &set.features, chunks, threads, &source_name(plan.view))?;
             phases.index += t.elapsed();
             let t = Instant::now();
             let path = dir.path().join(format!("r{v}-{p}"));
@@ -133,10 +133,10 @@ pub(super) fn build(
                 let batch = batch?;
                 let keys = keys_of(plan, &batch, 1);
                 let ts = batch.column(batch.num_columns() - 1).as_primitive::<TimestampMicrosecondType>();
-                let picks = index.pick_batch(&keys, ts.values(), threads);
-                outcome.matched += picks.iter().filter(|p| p.is_some()).count() as u64 * plan.wanted.len() as u64;
+                let (found, joined) = index.join(&keys, ts.values(), threads)?;
+                outcome.matched += found * plan.wanted.len() as u64;
                 let mut columns = vec![batch.column(0).clone()];
-                columns.extend(index.gather(&picks)?);
+                columns.extend(joined);
                 let result = RecordBatch::try_new(schema.clone(), columns).map_err(store)?;
                 writer.push_all(result)?;
             }
@@ -213,7 +213,6 @@ fn chunk(plan: &ViewPlan, batch: &RecordBatch) -> Result<Chunk> {
 /// Splits a view's source into `parts` partitions: per partition, one file per reader thread.
 /// Returns the files (partition → thread order), the rows read and the bytes written.
 fn partition_source(
-    set: &TrainingSet,
     plan: &ViewPlan,
     parts: usize,
     threads: usize,
@@ -227,14 +226,14 @@ fn partition_source(
     if has_created {
         fields.push(Field::new("created", ts_type, true));
     }
-    fields.extend(plan.dtypes.iter().enumerate().map(|(i, d)| Field::new(format!("f{i}"), d.clone(), true)));
+    fields.extend(plan.read_dtypes.iter().enumerate().map(|(i, d)| Field::new(format!("f{i}"), d.clone(), true)));
     let schema = Arc::new(Schema::new(fields));
     let writers: Vec<Mutex<Vec<PartWriter>>> = (0..threads.max(1))
         .map(|t| {
             Mutex::new((0..parts).map(|p| PartWriter::new(dir.join(format!("s{v}-{p}-{t}")), schema.clone())).collect())
         })
         .collect();
-    let rows = read_chunks(set, plan, threads, |chunk, _, thread| {
+    let rows = read_chunks(plan, threads, |chunk, _, thread| {
         let n = chunk.rows();
         let mut columns = chunk.keys.columns();
         columns.push(Arc::new(chunk.ts.clone()));

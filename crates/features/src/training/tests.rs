@@ -304,3 +304,165 @@ fn memory_sizes_parse_as_duckdb_writes_them() {
         assert!(parse_memory(bad).is_err(), "{bad:?} should not parse");
     }
 }
+
+const EDGES: &str = r#"
+[[entity]]
+name = "account"
+
+[[feature_view]]
+name = "paid"
+entities = ["account"]
+ttl = "3h"
+max_items = 4
+source = { path = "paid.parquet", created_timestamp_column = "created" }
+features = [
+  { name = "dst", dtype = "int64[]" },
+  { name = "amount", dtype = "float32[]" },
+  { name = "memo", dtype = "string[]" },
+]
+"#;
+
+/// An edge row: an account pays one or more accounts at once (items share the row's times).
+#[derive(Clone)]
+struct Paid {
+    account: i64,
+    ts: i64,
+    created: Option<i64>,
+    dst: Vec<i64>,
+    amount: Vec<f32>,
+}
+
+/// An append view as of `at`, by brute force: every item of the account's rows up to then in
+/// (event time, created time, file order, list order), an item equal to an earlier one at the
+/// same time dropped, the newest `max` kept; none when the newest is older than the ttl.
+fn items_reference(rows: &[Paid], account: Option<i64>, at: i64, max: usize, ttl: i64) -> Option<Vec<(i64, i64)>> {
+    let mut mine: Vec<(usize, &Paid)> =
+        rows.iter().enumerate().filter(|(_, r)| Some(r.account) == account && r.ts <= at).collect();
+    mine.sort_by_key(|(i, r)| (r.ts, r.created.unwrap_or(i64::MIN), *i));
+    let newest = mine.last()?.1.ts;
+    if newest < at - ttl {
+        return None;
+    }
+    // (time, dst, amount bits, memo)
+    let mut items: Vec<(i64, i64, u32, String)> = Vec::new();
+    for (_, r) in mine {
+        for (d, a) in r.dst.iter().zip(&r.amount) {
+            let item = (r.ts, *d, a.to_bits(), format!("m{d}"));
+            if !items.contains(&item) {
+                items.push(item);
+            }
+        }
+    }
+    let kept = &items[items.len().saturating_sub(max)..];
+    Some(kept.iter().map(|(t, d, ..)| (*t, *d)).collect())
+}
+
+#[test]
+fn append_views_rebuild_each_entity_rows_newest_items_as_the_online_store_appends_them() {
+    use arrow_array::builder::{Float32Builder, Int64Builder, ListBuilder, StringBuilder};
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Lcg(11);
+    let mut paid: Vec<Paid> = Vec::new();
+    for _ in 0..2500 {
+        let n = 1 + rng.next(3) as usize;
+        let dst: Vec<i64> = (0..n).map(|_| 100 + rng.next(30) as i64).collect();
+        let row = Paid {
+            account: rng.next(40) as i64 + 1,
+            // A coarse grid: many rows of an account share a time (ties decided by created time
+            // and file order).
+            ts: T0 + rng.next(24 * 6) as i64 * 10 * MINUTE,
+            created: (rng.next(8) != 0).then(|| T0 + rng.next(3) as i64),
+            amount: dst.iter().map(|_| rng.next(5) as f32).collect(),
+            dst,
+        };
+        paid.push(row.clone());
+        match rng.next(10) {
+            // A redelivered row: its items are there already.
+            0 => paid.push(row),
+            // The same payees at the same time but other amounts: new items.
+            1 => paid.push(Paid { amount: row.amount.iter().map(|a| a + 0.5).collect(), ..row }),
+            _ => {}
+        }
+    }
+    let mut dst = ListBuilder::new(Int64Builder::new());
+    let mut amount = ListBuilder::new(Float32Builder::new());
+    let mut memo = ListBuilder::new(StringBuilder::new());
+    for r in &paid {
+        dst.append_value(r.dst.iter().map(|d| Some(*d)));
+        amount.append_value(r.amount.iter().map(|a| Some(*a)));
+        memo.append_value(r.dst.iter().map(|d| Some(format!("m{d}"))));
+    }
+    let batch = RecordBatch::try_from_iter(vec![
+        ("account_id", Arc::new(Int64Array::from(paid.iter().map(|r| r.account).collect::<Vec<_>>())) as ArrayRef),
+        ("event_timestamp", ts(paid.iter().map(|r| Some(r.ts)).collect())),
+        ("created", ts(paid.iter().map(|r| r.created).collect())),
+        ("dst", Arc::new(dst.finish())),
+        ("amount", Arc::new(amount.finish())),
+        ("memo", Arc::new(memo.finish())),
+    ])
+    .unwrap();
+    write_parquet(&dir.path().join("paid.parquet"), &batch, 600);
+    std::fs::write(dir.path().join("repo.toml"), EDGES).unwrap();
+    let reg = Registry::load(dir.path()).unwrap();
+    let ents: Vec<(Option<i64>, i64)> = (0..1200)
+        .map(|_| ((rng.next(30) != 0).then(|| rng.next(44) as i64 + 1), T0 + rng.next(26 * 60) as i64 * MINUTE))
+        .collect();
+    let batch = RecordBatch::try_from_iter(vec![
+        ("account_id", Arc::new(Int64Array::from(ents.iter().map(|e| e.0).collect::<Vec<_>>())) as ArrayRef),
+        ("event_timestamp", ts(ents.iter().map(|e| Some(e.1)).collect())),
+    ])
+    .unwrap();
+    let entities = dir.path().join("entities.parquet");
+    write_parquet(&entities, &batch, 1 << 20);
+    let want: Vec<Option<Vec<(i64, i64)>>> =
+        ents.iter().map(|(a, at)| items_reference(&paid, *a, *at, 4, 3 * 60 * MINUTE)).collect();
+    assert!(want.iter().filter(|w| w.as_ref().is_some_and(|l| l.len() == 4)).count() > 300, "full lists");
+    assert!(want.iter().filter(|w| w.as_ref().is_some_and(|l| l.len() < 4)).count() > 10, "short lists");
+    assert!(want.iter().filter(|w| w.is_none()).count() > 30, "no items, or too old");
+
+    // `amount` is not requested, yet it tells items apart.
+    for (limit, threads) in [(None, 1), (None, 3), (Some(1), 1), (Some(1), 3)] {
+        let out = dir.path().join(format!("edges-{limit:?}-{threads}.parquet"));
+        let set = training_set(&reg, &["paid:memo", "paid:dst"], limit, Some(dir.path()), threads);
+        let report = set.build(&entities, &out).unwrap();
+        let case = format!("memory limit {limit:?}, {threads} threads");
+        assert_eq!(report.matched, want.iter().filter(|w| w.is_some()).count() as u64 * 2, "{case}");
+        let mut got = Vec::new();
+        for batch in files::open(&out).unwrap().batches {
+            let batch = batch.unwrap();
+            let dst = files::column(&batch, "dst", ValueType::Int64List, "out", 0).unwrap();
+            let memo = files::column(&batch, "memo", ValueType::StringList, "out", 0).unwrap();
+            for r in 0..batch.num_rows() {
+                let d = files::value_at(dst.as_ref(), ValueType::Int64List, r);
+                let m = files::value_at(memo.as_ref(), ValueType::StringList, r);
+                got.push((d, m));
+            }
+        }
+        for (i, (w, (d, m))) in want.iter().zip(got).enumerate() {
+            let want_dst =
+                w.as_ref().map(|l| Value::List(ValueType::Int64, l.iter().map(|x| Value::Int64(x.1)).collect()));
+            let want_memo = w.as_ref().map(|l| {
+                Value::List(ValueType::String, l.iter().map(|x| Value::String(format!("m{}", x.1).into())).collect())
+            });
+            assert_eq!(d, want_dst, "{case}: entity row {i} {:?}", ents[i]);
+            assert_eq!(m, want_memo, "{case}: entity row {i}");
+        }
+    }
+
+    // A source row whose lists differ in length is refused with its row.
+    let bad = RecordBatch::try_from_iter(vec![
+        ("account_id", Arc::new(Int64Array::from(vec![1, 1])) as ArrayRef),
+        ("event_timestamp", ts(vec![Some(T0), Some(T0)])),
+        ("created", ts(vec![None, None])),
+        ("dst", Arc::new(Int64Array::from(vec![5, 6])) as ArrayRef),
+        ("amount", Arc::new(Float32Array::from(vec![1.0, 2.0])) as ArrayRef),
+        ("memo", Arc::new(StringArray::from(vec![Some("[\"a\"]"), Some("[\"a\", \"b\"]")])) as ArrayRef),
+    ])
+    .unwrap();
+    write_parquet(&dir.path().join("paid.parquet"), &bad, 100);
+    for limit in [None, Some(1)] {
+        let set = training_set(&reg, &["paid:dst"], limit, Some(dir.path()), 1);
+        let e = set.build(&entities, &dir.path().join("bad.parquet")).unwrap_err().to_string();
+        assert!(e.contains("paid.parquet row 2: feature 'memo' has 2 items but the features before it have 1"), "{e}");
+    }
+}
