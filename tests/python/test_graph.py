@@ -142,6 +142,17 @@ def test_list_features_ingest_serve_push_and_train(tmp_path):
     assert t.column("tags").to_pylist() == [["a", "b"], [], None]
     assert t.column("seen").to_pylist() == [[7, 8, 9], [1], []]
     assert pa.types.is_list(t.schema.field("seen").type)
+    # An append view's lists as of each entity row: the items up to then, the newest 3 kept, as
+    # the online store kept them from the same file.
+    at = lambda s: dt.datetime.fromisoformat(iso(s))  # noqa: E731
+    pq.write_table(pa.table({"user_id": [1, 1, 1, 2, 2],
+                             "event_timestamp": pa.array([at(0.5), at(2), at(60), at(4), at(60)],
+                                                         type=pa.timestamp("us", tz="UTC"))}), entities)
+    cli("training-set", "--feature-repo", str(repo), "--entities", str(entities),
+        "--features", "recent:item,recent:rating", "--out", str(train))
+    t = pq.read_table(train)
+    assert t.column("item").to_pylist() == [None, [10, 11], [11, 12, 13], None, [20, 21]]
+    assert t.column("rating").to_pylist() == [None, [1.0, 2.0], [2.0, 3.0, 4.0], None, [5.0, 6.0]]
 
 
 def test_list_files_with_bad_items_name_the_column_and_row(tmp_path):

@@ -138,16 +138,38 @@ fn choose(sampling: Sampling, candidates: &[(i64, &Value)], k: usize, node: &[u8
         }
         Sampling::Uniform { .. } if n <= k => (0..n).collect(),
         Sampling::Uniform { seed } => {
-            let mut state = seed ^ fnv1a64(&key_bytes(node)) ^ (hop as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let mut order: Vec<usize> = (0..n).collect();
-            for i in 0..k {
-                let j = i + (splitmix64(&mut state) % (n - i) as u64) as usize;
-                order.swap(i, j);
-            }
-            order.truncate(k);
-            order
+            let state = seed ^ fnv1a64(&key_bytes(node)) ^ (hop as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            shuffle_prefix(state, n, k)
         }
     }
+}
+
+/// The first `k` of `0..n` after a partial Fisher–Yates shuffle driven by SplitMix64 from
+/// `state`. Far more candidates than slots (a hub with thousands of edges) are shuffled
+/// sparsely: only the moved positions are kept, so the cost follows `k`, not `n`; the draws and
+/// the result are the same.
+fn shuffle_prefix(mut state: u64, n: usize, k: usize) -> Vec<usize> {
+    let k = k.min(n);
+    if n <= 4 * k {
+        let mut order: Vec<usize> = (0..n).collect();
+        for i in 0..k {
+            let j = i + (splitmix64(&mut state) % (n - i) as u64) as usize;
+            order.swap(i, j);
+        }
+        order.truncate(k);
+        return order;
+    }
+    let mut moved: HashMap<usize, usize, foldhash::fast::FixedState> =
+        HashMap::with_capacity_and_hasher(2 * k, Default::default());
+    let mut order = Vec::with_capacity(k);
+    for i in 0..k {
+        let j = i + (splitmix64(&mut state) % (n - i) as u64) as usize;
+        let at_j = moved.get(&j).copied().unwrap_or(j);
+        let at_i = moved.get(&i).copied().unwrap_or(i);
+        moved.insert(j, at_i);
+        order.push(at_j);
+    }
+    order
 }
 
 /// A node key as the sampler hashes it: 8 little-endian bytes for an integer, else its bytes.
@@ -336,5 +358,22 @@ mod tests {
         sorted.dedup();
         assert_eq!(sorted.len(), 4, "without replacement");
         assert_eq!(choose(Sampling::Uniform { seed: 1 }, &c[..3], 4, &key, 1), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn the_sparse_shuffle_of_a_hub_draws_what_the_full_shuffle_draws() {
+        for (n, k) in [(5, 1), (41, 10), (1000, 10), (100_000, 25), (257, 64)] {
+            for seed in 0..20u64 {
+                let state = seed.wrapping_mul(0x2545_F491_4F6C_DD1D);
+                let mut full: Vec<usize> = (0..n).collect();
+                let mut s = state;
+                for i in 0..k {
+                    let j = i + (splitmix64(&mut s) % (n - i) as u64) as usize;
+                    full.swap(i, j);
+                }
+                full.truncate(k);
+                assert_eq!(shuffle_prefix(state, n, k), full, "n {n}, k {k}, seed {seed}");
+            }
+        }
     }
 }

@@ -188,16 +188,20 @@ impl TopicProducer {
     }
 }
 
-/// Every message of `topic`, from the start of each partition up to where it ended when this
-/// was called (partition by partition, in offset order): how `flotilla replay` reads a payload
-/// log sent to Kafka. No consumer group offsets are read or committed. Blocking.
+/// Every message of `topic`, from the start of each partition to its end (partition by
+/// partition, in offset order): how `flotilla replay` reads a payload log sent to Kafka. The end
+/// is where each partition reported its end and then nothing more came for [`QUIET`] (a broker's
+/// high watermark may lag what it serves). No consumer group offsets are read or committed.
+/// Blocking.
 pub fn read_topic(brokers: &str, topic: &str, timeout: Duration) -> Result<Vec<Vec<u8>>, String> {
     use rdkafka::consumer::BaseConsumer;
-    let consumer: BaseConsumer = client_config(brokers)
+    use std::collections::BTreeSet;
+    use std::time::Instant;
+    let consumer: BaseConsumer<Context> = client_config(brokers)
         .set("group.id", "flotilla-replay")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
-        .create()
+        .create_with_context(Context { topic: topic.to_string(), lag: None })
         .map_err(|e| format!("Kafka client for {brokers}: {e}"))?;
     let metadata = consumer
         .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
@@ -211,44 +215,36 @@ pub fn read_topic(brokers: &str, topic: &str, timeout: Duration) -> Result<Vec<V
     if partitions.is_empty() {
         return Err(format!("Kafka at {brokers} has no topic '{topic}'"));
     }
-    let mut ends = BTreeMap::new();
     let mut assignment = TopicPartitionList::new();
-    for p in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, REQUEST_TIMEOUT)
-            .map_err(|e| format!("{topic} partition {p}: offsets: {e}"))?;
-        if high > low {
-            assignment.add_partition_offset(topic, p, Offset::Offset(low)).map_err(|e| e.to_string())?;
-            ends.insert(p, high);
-        }
+    for p in &partitions {
+        assignment.add_partition_offset(topic, *p, Offset::Beginning).map_err(|e| e.to_string())?;
     }
     consumer.assign(&assignment).map_err(|e| format!("{topic}: {e}"))?;
-    let deadline = std::time::Instant::now() + timeout;
+    let started = Instant::now();
+    let mut last = Instant::now();
+    let mut open: BTreeSet<i32> = partitions.into_iter().collect();
     let mut by_partition: BTreeMap<i32, Vec<Vec<u8>>> = BTreeMap::new();
-    while !ends.is_empty() {
-        if std::time::Instant::now() > deadline {
-            return Err(format!(
-                "{topic}: not read to its end within {timeout:?} (partitions left: {:?})",
-                ends.keys()
-            ));
+    while !open.is_empty() || last.elapsed() < QUIET {
+        if started.elapsed() > timeout {
+            return Err(format!("{topic}: not read to its end within {timeout:?} (partitions left: {open:?})"));
         }
-        match consumer.poll(Duration::from_millis(200)) {
+        match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Ok(m)) => {
-                let p = m.partition();
-                by_partition.entry(p).or_default().push(m.payload().unwrap_or_default().to_vec());
-                if ends.get(&p).is_some_and(|end| m.offset() + 1 >= *end) {
-                    ends.remove(&p);
-                }
+                by_partition.entry(m.partition()).or_default().push(m.payload().unwrap_or_default().to_vec());
+                last = Instant::now();
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
-                ends.remove(&p);
+                open.remove(&p);
             }
             Some(Err(e)) => tracing::warn!(topic, error = %e, "Kafka read error; retrying"),
         }
     }
     Ok(by_partition.into_values().flatten().collect())
 }
+
+/// How long a topic read to its end waits for more messages.
+const QUIET: Duration = Duration::from_secs(1);
 
 /// Creates the topics that the broker does not know, with the broker's default partition
 /// count and replication (`-1`), or one partition where the broker does not take defaults.
@@ -315,6 +311,10 @@ impl ClientContext for Context {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        // The end of a partition, which a topic read to its end asks to be told.
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+            return;
+        }
         tracing::warn!(target: "librdkafka", topic = %self.topic, %error, reason, "Kafka client error");
     }
 

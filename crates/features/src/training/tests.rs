@@ -308,6 +308,7 @@ fn memory_sizes_parse_as_duckdb_writes_them() {
 const EDGES: &str = r#"
 [[entity]]
 name = "account"
+join_key = "account_id"
 
 [[feature_view]]
 name = "paid"
