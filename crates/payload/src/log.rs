@@ -103,11 +103,14 @@ struct Pending {
     capacity: usize,
 }
 
+/// A model's versions' logging (`None`: not logged).
+type Versions = HashMap<String, Option<Arc<VersionLog>>>;
+
 /// The payload log of a server (a [`Recorder`]).
 pub struct PayloadLog {
     repository: PathBuf,
     /// Per model, per version (`None`: not logged).
-    models: RwLock<HashMap<String, HashMap<String, Option<Arc<VersionLog>>>>>,
+    models: RwLock<HashMap<String, Versions>>,
     queue: SyncSender<Message>,
     pending: Arc<Pending>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
