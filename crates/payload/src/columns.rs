@@ -284,7 +284,7 @@ pub enum Elements {
 /// Elements as the tensor data of `datatype` (what a replay sends); integers keep their exact
 /// value where the datatype holds it.
 pub fn encode(elements: Elements, datatype: DataType) -> std::result::Result<Vec<u8>, String> {
-    let floats = match (elements, datatype) {
+    let f: Vec<f64> = match (elements, datatype) {
         (Elements::Bytes(b), DataType::Bytes) => return Ok(join_bytes_elements(b.iter().map(Vec::as_slice))),
         (Elements::Bytes(_), dt) | (_, dt @ DataType::Bytes) => {
             return Err(format!("text and numbers do not mix: these items cannot be sent as {dt}"))
@@ -295,7 +295,6 @@ pub fn encode(elements: Elements, datatype: DataType) -> std::result::Result<Vec
         (Elements::U64(v), _) => v.iter().map(|x| *x as f64).collect(),
         (Elements::F64(v), _) => v,
     };
-    let f = floats;
     Ok(match datatype {
         DataType::F32 => f.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect(),
         DataType::F64 => f.iter().flat_map(|x| x.to_le_bytes()).collect(),

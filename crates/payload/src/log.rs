@@ -80,6 +80,7 @@ struct VersionLog {
     counter: AtomicU64,
     queue: SyncSender<Message>,
     pending: Arc<Pending>,
+    written: IntCounter,
     dropped: IntCounter,
     over_budget: IntCounter,
 }
@@ -208,6 +209,7 @@ impl PayloadLog {
                         counter: AtomicU64::new(0),
                         queue: self.queue.clone(),
                         pending: self.pending.clone(),
+                        written: self.metrics.rows.with_label_values(&[mv.name.as_str(), "written"]),
                         dropped: self.metrics.rows.with_label_values(&[mv.name.as_str(), "dropped"]),
                         over_budget: self.metrics.rows.with_label_values(&[mv.name.as_str(), "over_budget"]),
                     })),
@@ -412,14 +414,13 @@ impl Writer {
 
     fn add(&mut self, entry: Entry) {
         if let Some(sink) = self.messages.as_mut() {
-            let outcome = match sink.send(&entry.served.id, &json(&entry, &self.options.salt)) {
-                Ok(()) => "written",
+            match sink.send(&entry.served.id, &json(&entry, &self.options.salt)) {
+                Ok(()) => entry.log.written.inc(),
                 Err(e) => {
                     tracing::debug!(error = %e, "payload log message not sent");
-                    "dropped"
+                    entry.log.dropped.inc();
                 }
-            };
-            self.metrics.rows.with_label_values(&[entry.log.model.as_str(), outcome]).inc();
+            }
             return;
         }
         // A version reloaded with another layout of columns starts a new file.
@@ -442,7 +443,7 @@ impl Writer {
         if let Some(f) = self.files.get_mut(&*entry.log.key) {
             f.rows.push(entry);
             if f.rows.len() >= ROW_GROUP {
-                flush(f, &self.metrics, &self.options.salt);
+                flush(f, &self.options.salt);
             }
         }
     }
@@ -453,7 +454,7 @@ impl Writer {
         for key in keys {
             let Some(f) = self.files.get_mut(&key) else { continue };
             if !f.rows.is_empty() && f.last_flush.elapsed() >= FLUSH {
-                flush(f, &self.metrics, &self.options.salt);
+                flush(f, &self.options.salt);
             }
             let size = f.writer.bytes_written() as u64 + f.writer.in_progress_size() as u64;
             if size >= self.options.max_bytes || f.opened.elapsed() >= self.options.max_age {
@@ -492,7 +493,7 @@ impl Writer {
     }
 
     fn finish(&self, mut f: OpenFile) {
-        flush(&mut f, &self.metrics, &self.options.salt);
+        flush(&mut f, &self.options.salt);
         let model = f.path.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().to_string());
         let path = f.path.clone();
         match f.writer.close() {
@@ -518,21 +519,21 @@ impl Writer {
 }
 
 /// Writes a file's buffered rows as one row group.
-fn flush(f: &mut OpenFile, metrics: &Metrics, salt: &[u8]) {
+fn flush(f: &mut OpenFile, salt: &[u8]) {
     f.last_flush = Instant::now();
     if f.rows.is_empty() {
         return;
     }
     let rows = std::mem::take(&mut f.rows);
-    let model = rows[0].log.model.clone();
-    let written = rows.len() as u64;
+    // A file holds one model's rows: their counters are the same.
+    let log = &rows[0].log;
     let result = batch(&f.schema, &f.columns, &rows, salt)
         .and_then(|b| f.writer.write(&b).and_then(|_| f.writer.flush()).map_err(|e| PayloadError::Io(e.to_string())));
     match result {
-        Ok(()) => metrics.rows.with_label_values(&[model.as_str(), "written"]).inc_by(written),
+        Ok(()) => log.written.inc_by(rows.len() as u64),
         Err(e) => {
-            tracing::warn!(model, error = %e, "payload log rows not written");
-            metrics.rows.with_label_values(&[model.as_str(), "dropped"]).inc_by(written);
+            tracing::warn!(model = %log.model, error = %e, "payload log rows not written");
+            log.dropped.inc_by(rows.len() as u64);
         }
     }
 }

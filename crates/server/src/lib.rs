@@ -166,12 +166,9 @@ pub async fn build_service(config: &ServeConfig) -> anyhow::Result<Built> {
     let payload = match &config.payload_log {
         Some(dir) if dir.as_os_str() != "none" => {
             let target = dir.to_string_lossy().to_string();
-            let sink = match target.strip_prefix("kafka://") {
-                Some(rest) => {
-                    let (brokers, topic) = rest
-                        .split_once('/')
-                        .filter(|(b, t)| !b.is_empty() && !t.is_empty())
-                        .context("--payload-log kafka://BROKER:PORT[,BROKER:PORT...]/TOPIC")?;
+            let sink = match kafka_target(&target, "--payload-log") {
+                Some(parsed) => {
+                    let (brokers, topic) = parsed?;
                     let producer = flotilla_features::streams::TopicProducer::connect(brokers, topic)
                         .await
                         .map_err(anyhow::Error::msg)
@@ -246,6 +243,18 @@ pub struct Built {
     pub features: Option<Arc<FeatureStore>>,
     pub drift: Option<Arc<Monitor>>,
     pub payload: Option<Arc<flotilla_payload::log::PayloadLog>>,
+}
+
+/// The brokers and topic of a `kafka://BROKER:PORT[,BROKER:PORT...]/TOPIC` target (`--payload-log`,
+/// `replay --log`); `None` when `target` is not a Kafka URL, an error naming `flag` when it is a
+/// malformed one.
+pub(crate) fn kafka_target<'a>(target: &'a str, flag: &str) -> Option<anyhow::Result<(&'a str, &'a str)>> {
+    let rest = target.strip_prefix("kafka://")?;
+    Some(
+        rest.split_once('/')
+            .filter(|(b, t)| !b.is_empty() && !t.is_empty())
+            .with_context(|| format!("{flag} kafka://BROKER:PORT[,BROKER:PORT...]/TOPIC")),
+    )
 }
 
 /// The payload log's Kafka topic.

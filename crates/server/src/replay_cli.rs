@@ -103,13 +103,10 @@ const KAFKA_READ: std::time::Duration = std::time::Duration::from_secs(120);
 impl LogSource {
     fn of(args: &ReplayArgs) -> anyhow::Result<Self> {
         let text = args.log.to_string_lossy();
-        let Some(rest) = text.strip_prefix("kafka://") else {
+        let Some(parsed) = crate::kafka_target(&text, "--log") else {
             return Ok(Self::Files(replay::files(&args.log, &args.model)?));
         };
-        let (brokers, topic) = rest
-            .split_once('/')
-            .filter(|(b, t)| !b.is_empty() && !t.is_empty())
-            .context("--log kafka://BROKER:PORT[,BROKER:PORT...]/TOPIC")?;
+        let (brokers, topic) = parsed?;
         Ok(Self::Kafka { brokers: brokers.to_string(), topic: topic.to_string() })
     }
 

@@ -222,14 +222,11 @@ impl ViewIndex {
     ) -> Result<Self> {
         let view = plan.view;
         let dtypes = plan.read_dtypes.clone();
+        // An append view reads every feature in declaration order: a feature's column is its index.
         let items = view.max_items.map(|max| Items {
             view: view.clone(),
             max,
-            out: plan
-                .wanted
-                .iter()
-                .map(|i| plan.read.iter().position(|f| *f == features[*i].feature).unwrap_or(0))
-                .collect(),
+            out: plan.wanted.iter().map(|i| features[*i].feature).collect(),
         });
         let n: usize = chunks.iter().map(Chunk::rows).sum();
         if u32::try_from(n).is_err() {
